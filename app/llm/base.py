@@ -1,0 +1,387 @@
+"""The driver interface, and the streaming machinery the HTTP drivers share.
+
+Consume a run with ``contextlib.aclosing`` so that leaving early (Stop, an exception, a cancelled
+task) closes the HTTP response at once, which is how a client cancels generation upstream::
+
+    async with aclosing(driver.stream_chat(messages, model)) as events:
+        async for event in events:
+            ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import httpx
+
+from .events import DELTA, REASONING, RUN_CREATED, LLMEvent, error_event
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+class LLMUnavailable(Exception):
+    """The LLM server cannot be reached or did not answer a listing request sensibly."""
+
+
+class LLMDriver(ABC):
+    """A chat model behind some wire protocol, seen as one stream of ``LLMEvent``."""
+
+    @abstractmethod
+    async def list_models(self) -> list[str]:
+        """Names of the models the server offers; raises ``LLMUnavailable`` with a clear message."""
+
+    @abstractmethod
+    def stream_chat(
+        self, messages: list[dict], model: str, tools: list[dict] | None = None
+    ) -> AsyncIterator[LLMEvent]:
+        """Async generator: ``RUN_CREATED``, then reasoning/answer/tool-call events, then exactly one
+        terminal event (``COMPLETED`` or ``ERROR``). Wire, HTTP and network problems become the
+        ``ERROR`` event, never an exception. Closing the generator early cancels the upstream request.
+        """
+
+    async def aclose(self) -> None:
+        """Release what the driver owns (its HTTP client)."""
+
+    async def __aenter__(self) -> LLMDriver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class ThinkSplitter:
+    """Routes ``<think>…</think>`` spans of streamed text to ``REASONING`` and the rest to ``DELTA``.
+
+    Tags may be split across chunks at any character: a chunk ending in a possible tag prefix
+    (``"<thi"``) holds that prefix back until the next chunk or ``flush()`` decides.
+    """
+
+    OPEN = "<think>"
+    CLOSE = "</think>"
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._thinking = False
+
+    def feed(self, text: str) -> list[LLMEvent]:
+        """Events for ``text``; part of a possible tag at its end is kept for the next call."""
+        out: list[LLMEvent] = []
+        buf = self._pending + text
+        while True:
+            tag = self.CLOSE if self._thinking else self.OPEN
+            at = buf.find(tag)
+            if at < 0:
+                break
+            self._emit(out, buf[:at])
+            buf = buf[at + len(tag) :]
+            self._thinking = not self._thinking
+        keep = _tag_prefix_len(buf, self.CLOSE if self._thinking else self.OPEN)
+        self._emit(out, buf[: len(buf) - keep])
+        self._pending = buf[len(buf) - keep :]
+        return out
+
+    def flush(self) -> list[LLMEvent]:
+        """Events for any held-back text (the stream ended: a partial tag is plain text)."""
+        out: list[LLMEvent] = []
+        self._emit(out, self._pending)
+        self._pending = ""
+        return out
+
+    def _emit(self, out: list[LLMEvent], text: str) -> None:
+        if text:
+            out.append(LLMEvent(REASONING if self._thinking else DELTA, text))
+
+
+def _tag_prefix_len(text: str, tag: str) -> int:
+    """Length of the longest proper prefix of ``tag`` that ``text`` ends with."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+class LineSplitter:
+    """Splits a byte stream into text lines at LF or CRLF (and a lone CR when ``lone_cr``).
+
+    Splitting happens on bytes, so a UTF-8 character split across reads is decoded whole, and only
+    real line ends count: U+2028 or U+0085 inside a JSON string do not end a line (httpx's
+    ``aiter_lines`` would split there).
+    """
+
+    def __init__(self, *, lone_cr: bool = False) -> None:
+        self._buf = bytearray()
+        self._end = re.compile(rb"\r\n|\r|\n" if lone_cr else rb"\n")
+        self._lone_cr = lone_cr
+
+    def feed(self, data: bytes) -> list[str]:
+        """Complete lines found so far (without their line ends)."""
+        self._buf += data
+        lines: list[str] = []
+        start = 0
+        for m in self._end.finditer(self._buf):
+            if self._lone_cr and m.group() == b"\r" and m.end() == len(self._buf):
+                break  # may be the first half of a CRLF
+            lines.append(_decode(self._buf[start : m.start()]))
+            start = m.end()
+        del self._buf[:start]
+        return lines
+
+    def tail(self) -> str:
+        """The unterminated rest at the end of the stream."""
+        rest = bytes(self._buf).rstrip(b"\r")
+        self._buf.clear()
+        return _decode(rest)
+
+
+def _decode(line: bytes | bytearray) -> str:
+    return bytes(line).rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+class WireDecoder(Protocol):
+    """Turns the lines of one response into events (wire-specific)."""
+
+    def feed(self, line: str) -> list[LLMEvent]:
+        """Events for one line; a terminal event ends the run."""
+
+    def finish(self, tail: str) -> list[LLMEvent]:
+        """Events at the end of the body; ``tail`` is an unterminated last line (maybe empty)."""
+
+
+ErrorFactory = Callable[[str, str], LLMEvent]
+
+
+def error_message(payload: Any) -> str | None:
+    """The human message inside an error payload (Ollama, OpenAI, vLLM and llama.cpp shapes)."""
+    if isinstance(payload, str):
+        return payload
+    if not isinstance(payload, dict):
+        return None
+    err = payload.get("error")
+    if isinstance(err, str):
+        return err
+    if isinstance(err, dict):
+        return str(err.get("message") or json.dumps(err))
+    message = payload.get("message")
+    if payload.get("object") == "error" or isinstance(message, str):
+        return str(message or json.dumps(payload))
+    return None
+
+
+def parse_arguments(raw: Any) -> dict | None:
+    """Tool-call arguments as a dict (they come as an object or as a JSON string); None if invalid."""
+    if isinstance(raw, dict):
+        return raw
+    if raw is None or raw == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class HTTPDriver(LLMDriver):
+    """Shared machinery of the streaming HTTP drivers: request, status errors, stall, cancellation."""
+
+    label = "the LLM server"
+    url_env = "QUANDA_LLM_URL"
+    model_env = "QUANDA_LLM_MODEL"
+    lone_cr = False
+
+    def __init__(
+        self, base_url: str, *, stall_s: float = 60.0, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.stall_s = stall_s
+        self._client = client if client is not None else httpx.AsyncClient()
+        self._owns_client = client is None
+        self._timeout = httpx.Timeout(stall_s, connect=min(stall_s, 10.0))
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    @abstractmethod
+    def _chat_request(
+        self, messages: list[dict], model: str, tools: list[dict] | None
+    ) -> tuple[str, dict]:
+        """URL and JSON body of a streaming chat request."""
+
+    @abstractmethod
+    def _decoder(self) -> WireDecoder:
+        """A fresh decoder for one response."""
+
+    @abstractmethod
+    def _unreachable_hint(self, model: str) -> str:
+        """How to get a server running at ``base_url``."""
+
+    @abstractmethod
+    def _missing_model_hint(self, model: str) -> str:
+        """How to get ``model`` (or pick another)."""
+
+    def _headers(self) -> dict[str, str]:
+        return {}
+
+    async def _get_json(self, path: str) -> Any:
+        url = self.base_url + path
+        try:
+            resp = await self._client.get(url, headers=self._headers(), timeout=min(self.stall_s, 10.0))
+        except httpx.HTTPError as exc:
+            raise LLMUnavailable(
+                f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {self._unreachable_hint('<model>')}"
+            ) from exc
+        if resp.status_code != 200:
+            raise LLMUnavailable(
+                f"{self.label} at {self.base_url} answered HTTP {resp.status_code} to GET {path}: "
+                f"{_body_message(resp.content)}. Check {self.url_env}."
+            )
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise LLMUnavailable(
+                f"{self.label} at {self.base_url} sent a non-JSON answer to GET {path}. Check {self.url_env}."
+            ) from exc
+
+    async def stream_chat(
+        self, messages: list[dict], model: str, tools: list[dict] | None = None
+    ) -> AsyncIterator[LLMEvent]:
+        yield LLMEvent(RUN_CREATED)
+        url, body = self._chat_request(messages, model, tools)
+        answered = False
+        try:
+            async with self._client.stream(
+                "POST", url, json=body, headers=self._headers(), timeout=self._timeout
+            ) as resp:
+                answered = True
+                if resp.status_code >= 300:
+                    yield await self._status_error(resp, model)
+                    return
+                decoder = self._decoder()
+                lines = LineSplitter(lone_cr=self.lone_cr)
+                async for data in resp.aiter_bytes():
+                    for line in lines.feed(data):
+                        for event in decoder.feed(line):
+                            yield event
+                            if event.is_terminal:
+                                return
+                for event in decoder.finish(lines.tail()):
+                    yield event
+                    if event.is_terminal:
+                        return
+                yield self._error(
+                    "truncated",
+                    f"The answer from {self.label} at {self.base_url} ended without its final line. "
+                    "The partial answer is kept; Retry. If it keeps happening, check the server's log "
+                    "(a crash or out of memory?).",
+                )
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                yield self._unreachable(exc, model)
+            else:
+                yield self._error(
+                    "stall",
+                    f"{self.label} at {self.base_url} sent nothing for {self.stall_s:g} s, so the answer "
+                    "was stopped. The partial answer is kept; Retry. If the model is slow to load, raise "
+                    "QUANDA_LLM_STALL_S.",
+                )
+        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+            yield self._unreachable(exc, model)
+        except httpx.TransportError as exc:
+            if not answered:
+                yield self._unreachable(exc, model)
+            else:
+                yield self._error(
+                    "truncated",
+                    f"{self.label} at {self.base_url} closed the connection mid-answer ({_describe(exc)}). "
+                    "The partial answer is kept; Retry. If it keeps happening, check the server's log.",
+                )
+        except httpx.HTTPError as exc:
+            yield self._error(
+                "stream_error", f"Talking to {self.label} at {self.base_url} failed: {_describe(exc)}. Retry."
+            )
+
+    def _error(self, reason: str, text: str, status: int | None = None) -> LLMEvent:
+        return error_event(reason, text, status=status)
+
+    def _wire_error(self, reason: str, detail: str) -> LLMEvent:
+        """The ERROR event for a problem a decoder found in the body (``stream_error``/``malformed``)."""
+        if reason == "stream_error":
+            return self._error(
+                reason,
+                f"{self.label} reported an error mid-answer: {detail}. The partial answer is kept; "
+                "Retry, and check the server's log if it repeats.",
+            )
+        return self._error(
+            reason,
+            f"{self.label} at {self.base_url} sent something that is not valid {detail}. Check that "
+            f"{self.url_env} points at the right kind of server, then Retry.",
+        )
+
+    def _unreachable(self, exc: Exception, model: str) -> LLMEvent:
+        return self._error(
+            "unreachable",
+            f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {self._unreachable_hint(model)}.",
+        )
+
+    async def _status_error(self, resp: httpx.Response, model: str) -> LLMEvent:
+        raw = bytearray()
+        async for data in resp.aiter_bytes():
+            raw += data
+            if len(raw) >= MAX_ERROR_BODY:
+                break
+        status = resp.status_code
+        detail = _body_message(bytes(raw))
+        if status == 404:
+            try:
+                models = await self.list_models()
+            except LLMUnavailable:
+                pass
+            else:
+                available = ", ".join(models) if models else "none"
+                return error_event(
+                    "model_missing",
+                    f"Model {model!r} is not available at {self.base_url} (HTTP 404: {detail}). "
+                    f"Available models: {available}. {self._missing_model_hint(model)}",
+                    status=status,
+                    models=models,
+                )
+        return self._error(
+            "http_status",
+            f"{self.label} at {self.base_url} answered HTTP {status}: {detail}. {self._status_hint(status)}",
+            status,
+        )
+
+    def _status_hint(self, status: int) -> str:
+        if status in (401, 403):
+            return "Check the API key (QUANDA_LLM_API_KEY)."
+        if status == 404:
+            return f"Check the server URL ({self.url_env})."
+        if status == 429:
+            return "The server is rate-limiting or busy; wait a moment and Retry."
+        if status >= 500:
+            return "Check the server's log, then Retry."
+        return (
+            "The server rejected the request (conversation too long for the context, or a feature the "
+            "model lacks?); Retry with a shorter conversation or another model."
+        )
+
+
+def _body_message(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        message = error_message(json.loads(text))
+    except ValueError:
+        message = None
+    return _shorten(message or text or "(empty body)")
+
+
+def _describe(exc: Exception) -> str:
+    return _shorten(str(exc) or type(exc).__name__)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,18 @@
+"""The Quanda core: persistent, append-only streaming messages shared by any number of writers and readers.
+
+No web framework is imported here; the app and the CLI are both clients of this package.
+"""
+
+from .errors import QuandaError, QuandaImmutableError, QuandaLimitError, QuandaNotFoundError, QuandaStoreError
+from .message import QuandaMessage
+from .reader import QuandaReader
+from .replay import MessageState, replay
+from .store import DEFAULT_URL, QuandaStore, open_store
+from .token import QuandaToken
+from .writer import QuandaWriter
+
+__all__ = [
+    "DEFAULT_URL", "MessageState", "QuandaError", "QuandaImmutableError", "QuandaLimitError", "QuandaMessage",
+    "QuandaNotFoundError", "QuandaReader", "QuandaStore", "QuandaStoreError", "QuandaToken", "QuandaWriter",
+    "open_store", "replay",
+]

@@ -1,0 +1,30 @@
+"""Stores by URL: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `mongodb://host:port/db`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import QuandaError
+from .base import MessageRecord, QuandaStore
+
+DEFAULT_URL = "sqlite:///data/quanda.db"
+
+__all__ = ["DEFAULT_URL", "MessageRecord", "QuandaStore", "open_store"]
+
+
+async def open_store(url: str = DEFAULT_URL, *, client: Any = None, **limits: int) -> QuandaStore:
+    """Open the backend the URL names. `client` lets a caller hand in a ready MongoDB client."""
+    if url.startswith("sqlite:///"):
+        from .sqlite import SQLiteStore
+        path = url[len("sqlite:///"):]
+        if not path or path == ":memory:":
+            raise QuandaError("sqlite URLs need a file path (several connections share it): sqlite:///data/quanda.db")
+        return await SQLiteStore(path, **limits).open()
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from .mongo import MongoStore, make_client
+        database = urlsplit(url).path.lstrip("/") or "quanda"
+        client = client or make_client(url, os.environ.get("QUANDA_MONGO_DRIVER", "motor"))
+        return await MongoStore(client, database, **limits).open()
+    raise QuandaError(f"unsupported store URL {url!r}: use sqlite:///path/to.db or mongodb://host:port/db")

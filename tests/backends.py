@@ -1,0 +1,71 @@
+"""The backends the contract suite runs on: SQLite always, MongoDB via mongomock-motor (made to yield to the
+event loop before every call, or races stay invisible), and a real MongoDB when QUANDA_TEST_MONGO_URL is set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any
+
+from app.quanda import QuandaStore, open_store
+
+REAL_MONGO_URL = os.environ.get("QUANDA_TEST_MONGO_URL", "")
+BACKENDS = ["sqlite", "mongomock", "mongo"]
+NO_REAL_MONGO = ("set QUANDA_TEST_MONGO_URL=mongodb://host:port to run the contract suite against a real "
+                 "MongoDB (none can be installed on this machine)")
+
+
+class Yielding:
+    """Proxy that awaits `asyncio.sleep(0)` before each awaitable call, and wraps what it returns."""
+
+    def __init__(self, target: Any):
+        self._target = target
+
+    def __getitem__(self, name: str) -> "Yielding":
+        return Yielding(self._target[name])
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                async def yielding() -> Any:
+                    await asyncio.sleep(0)
+                    return await result
+                return yielding()
+            if hasattr(result, "to_list") or hasattr(result, "insert_one"):
+                return Yielding(result)
+            return result
+
+        return call
+
+
+def mongomock_client() -> Any:
+    from mongomock_motor import AsyncMongoMockClient
+    return Yielding(AsyncMongoMockClient())
+
+
+async def make_store(backend: str, tmp_path: Any, shared: Any = None, **limits: int) -> QuandaStore:
+    """A fresh store. `shared` is what a second store on the same database needs: the SQLite path, or the
+    mongomock client, or the real database's URL (see `store_target`)."""
+    if backend == "sqlite":
+        return await open_store(f"sqlite:///{shared or tmp_path / 'quanda.db'}", **limits)
+    if backend == "mongomock":
+        return await open_store("mongodb://mongomock/quanda", client=shared or mongomock_client(), **limits)
+    if backend == "mongo":
+        url = shared or f"{REAL_MONGO_URL.rstrip('/')}/quanda_test_{uuid.uuid4().hex[:12]}"
+        return await open_store(url, **limits)
+    raise ValueError(backend)
+
+
+def store_target(backend: str, store: QuandaStore) -> Any:
+    """What `make_store(..., shared=)` takes to open a second store on `store`'s database."""
+    if backend == "sqlite":
+        return store.path
+    if backend == "mongomock":
+        return store._client
+    return f"{REAL_MONGO_URL.rstrip('/')}/{store._db.name}"
