@@ -187,7 +187,7 @@ def parse_arguments(raw: Any) -> dict | None:
 class HTTPDriver(LLMDriver):
     """Shared machinery of the streaming HTTP drivers: request, status errors, stall, cancellation."""
 
-    label = "the LLM server"
+    label = "LLM server"
     url_env = "QUANDA_LLM_URL"
     model_env = "QUANDA_LLM_MODEL"
     lone_cr = False

@@ -210,11 +210,13 @@ class QuandaStore(ABC):
                 log.warning("watcher: %s", exc)
                 changed = None
                 delay = self.poll_max
-            if changed and self._remote_progress(changed):
-                delay = self.poll_min
-            else:
-                delay = min(delay * 2, self.poll_max)
+            delay = self.next_poll_delay(delay, woke=bool(changed) and self._remote_progress(changed))
             await asyncio.sleep(delay)
+
+    @classmethod
+    def next_poll_delay(cls, delay: float, woke: bool) -> float:
+        """Tight while other processes write, doubling up to `poll_max` while they are idle."""
+        return cls.poll_min if woke else min(delay * 2, cls.poll_max)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
