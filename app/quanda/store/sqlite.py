@@ -6,6 +6,10 @@ concurrent writers share one. Several processes may share the file; `BEGIN IMMED
 so seqs are assigned and committed in order and a reader never sees a later token without the earlier.
 Reads run on the event loop's own connection: a WAL read of one row takes microseconds, less than the
 hop to a thread would. Other processes' commits are noticed by polling `PRAGMA data_version`.
+
+Rewriting a growing `content` column on every chunk would make each commit cost O(message size), so
+the row holds the content as of `content_seq` (a checkpoint) and the chunks after it are read from the
+token log; a checkpoint is written every CHECKPOINT_EVERY chunks, and at every override and seal.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ log = logging.getLogger("quanda.store.sqlite")
 
 BUSY_TIMEOUT_MS = 30_000
 MAX_BATCH = 512
+CHECKPOINT_EVERY = 64
 _STOP = object()
 
 SCHEMA = """
@@ -36,6 +41,7 @@ CREATE TABLE IF NOT EXISTS quanda_messages (
     role TEXT NOT NULL,
     content TEXT NOT NULL,
     content_bytes INTEGER NOT NULL,
+    content_seq INTEGER NOT NULL DEFAULT 0,
     estimate TEXT,
     warning TEXT NOT NULL DEFAULT '',
     immutable INTEGER NOT NULL DEFAULT 0,
@@ -54,16 +60,17 @@ CREATE TABLE IF NOT EXISTS quanda_tokens (
 ) WITHOUT ROWID;
 """
 
-_MESSAGE_COLUMNS = "id, role, content, estimate, warning, immutable, last_seq, created_at, updated_at"
+_MESSAGE_COLUMNS = "id, role, content, estimate, warning, immutable, last_seq, created_at, updated_at, content_seq"
+_TAIL = "SELECT text FROM quanda_tokens WHERE message_id = ? AND seq > ? AND kind = 'chunk' ORDER BY seq"
 _UPDATE_BY_KIND = {
-    CHUNK: "UPDATE quanda_messages SET content = content || ?, content_bytes = ?, estimate = ?, "
-           "last_seq = ?, updated_at = ? WHERE id = ?",
-    OVERRIDE: "UPDATE quanda_messages SET content = ?, content_bytes = ?, estimate = ?, "
+    CHUNK: "UPDATE quanda_messages SET content_bytes = ?, estimate = ?, last_seq = ?, updated_at = ? WHERE id = ?",
+    OVERRIDE: "UPDATE quanda_messages SET content = ?, content_seq = ?, content_bytes = ?, estimate = NULL, "
               "last_seq = ?, updated_at = ? WHERE id = ?",
     WARNING: "UPDATE quanda_messages SET warning = ?, last_seq = ?, updated_at = ? WHERE id = ?",
     IMMUTABLE: "UPDATE quanda_messages SET immutable = 1, warning = '', estimate = NULL, "
                "last_seq = ?, updated_at = ? WHERE id = ?",
 }
+_CHECKPOINT = "UPDATE quanda_messages SET content = content || ?, content_seq = ? WHERE id = ?"
 
 Op = Callable[[sqlite3.Connection], Any]
 
@@ -76,8 +83,15 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _record(row: tuple) -> MessageRecord:
-    mid, role, content, estimate, warning, immutable, last_seq, created, updated = row
+def _tail(conn: sqlite3.Connection, message_id: str, after_seq: int) -> str:
+    """The chunks logged after the content checkpoint."""
+    return "".join(text for (text,) in conn.execute(_TAIL, (message_id, after_seq)))
+
+
+def _record(conn: sqlite3.Connection, row: tuple) -> MessageRecord:
+    mid, role, content, estimate, warning, immutable, last_seq, created, updated, content_seq = row
+    if last_seq > content_seq:
+        content += _tail(conn, mid, content_seq)
     return MessageRecord(mid, role, content, estimate, warning, bool(immutable), last_seq, created, updated)
 
 
@@ -198,11 +212,11 @@ class SQLiteStore(QuandaStore):
         over_limit = self._over_message_limit
 
         def op(conn: sqlite3.Connection) -> QuandaToken:
-            row = conn.execute("SELECT last_seq, immutable, content_bytes FROM quanda_messages WHERE id = ?",
-                               (message_id,)).fetchone()
+            row = conn.execute("SELECT last_seq, immutable, content_bytes, content_seq FROM quanda_messages "
+                               "WHERE id = ?", (message_id,)).fetchone()
             if row is None:
                 raise QuandaNotFoundError(f"no message with id {message_id!r}")
-            last_seq, immutable, content_bytes = row
+            last_seq, immutable, content_bytes, content_seq = row
             if immutable:
                 if kind == IMMUTABLE:
                     return QuandaToken(IMMUTABLE, "", None, last_seq)
@@ -213,22 +227,25 @@ class SQLiteStore(QuandaStore):
                 size = (content_bytes if kind == CHUNK else 0) + utf8_len(text)
                 if size > max_bytes:
                     raise over_limit(message_id, size)
-                params: tuple = (text, size, estimate, seq, now, message_id)
+                params: tuple = ((size, estimate, seq, now, message_id) if kind == CHUNK
+                                 else (text, seq, size, seq, now, message_id))
             elif kind == WARNING:
                 params = (text, seq, now, message_id)
             else:
                 params = (seq, now, message_id)
             conn.execute("INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)", (message_id, seq, kind, text, estimate))
             conn.execute(_UPDATE_BY_KIND[kind], params)
+            if kind == IMMUTABLE or (kind == CHUNK and seq - content_seq >= CHECKPOINT_EVERY):
+                conn.execute(_CHECKPOINT, (_tail(conn, message_id, content_seq), seq, message_id))
             return QuandaToken(kind, text, estimate, seq)
 
         return await self._write(op, publish=message_id)
 
     async def _get_message(self, message_id: str) -> MessageRecord:
-        row = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM quanda_messages WHERE id = ?", (message_id,), one=True)
-        if row is None:
+        records = self._read_records("WHERE id = ?", (message_id,))
+        if not records:
             raise QuandaNotFoundError(f"no message with id {message_id!r}")
-        return _record(row)
+        return records[0]
 
     async def _select_tokens(self, message_id: str, gt: int, limit: int) -> list[QuandaToken]:
         rows = self._read("SELECT kind, text, estimate, seq FROM quanda_tokens WHERE message_id = ? AND seq > ? "
@@ -246,9 +263,7 @@ class SQLiteStore(QuandaStore):
             where.append("immutable = ?")
             params.append(int(immutable))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM quanda_messages {clause} "
-                          f"ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
-        return [_record(row) for row in rows]
+        return self._read_records(f"{clause} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
 
     async def _poll_last_seqs(self, message_ids: list[str]) -> dict[str, int] | None:
         version = self._read("PRAGMA data_version", (), one=True)[0]
@@ -261,6 +276,21 @@ class SQLiteStore(QuandaStore):
             marks = ",".join("?" * len(part))
             found.update(self._read(f"SELECT id, last_seq FROM quanda_messages WHERE id IN ({marks})", part))
         return found
+
+    def _read_records(self, where: str, params: tuple) -> list[MessageRecord]:
+        """Rows and their not yet checkpointed chunks, read in one snapshot (a WAL read transaction)."""
+        reader = self._reader
+        if reader is None or self._closed:
+            raise QuandaStoreError("the store is closed")
+        try:
+            reader.execute("BEGIN")
+            try:
+                rows = reader.execute(f"SELECT {_MESSAGE_COLUMNS} FROM quanda_messages {where}", params).fetchall()
+                return [_record(reader, row) for row in rows]
+            finally:
+                reader.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise QuandaStoreError(f"SQLite read failed: {exc}") from exc
 
     def _read(self, sql: str, params: tuple | list, one: bool = False) -> Any:
         if self._reader is None or self._closed:

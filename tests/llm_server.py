@@ -1,0 +1,504 @@
+"""A scriptable LLM server on a loopback port, for tests and benchmarks.
+
+It speaks both wire protocols the app uses, over real HTTP/1.1 (chunked bodies):
+Ollama ``POST /api/chat`` (NDJSON) and ``GET /api/tags``; OpenAI-compatible
+``POST /v1/chat/completions`` (SSE) and ``GET /v1/models``. Replies come from a script::
+
+    async with LLMTestServer(Reply(chunks=["Hel", "lo"])) as srv:
+        OllamaDriver(srv.url)                      # Ollama wire
+        OpenAIDriver(srv.openai_url)               # OpenAI wire (srv.url + "/v1")
+        srv.script = Reply(chunks=[Chunk(thinking="hm"), "Hi"], end="stall")
+        srv.script = [Reply(...), Reply(...)]      # one per chat request, in order
+        srv.chat_requests[-1].json["messages"]     # what the client sent
+        assert await srv.wait_disconnect()         # a client left a stream before its end
+
+``async with`` serves on the running event loop; ``with`` serves from a background thread (for
+synchronous code, or an app under test running in another process). ``python tests/llm_server.py``
+serves a steady stream of tokens for manual runs and benchmarks.
+
+Faults: ``Reply(status=500)`` fails before the stream; ``end=`` ``"error"`` (an error line instead of
+the final line), ``"truncate"`` (clean end without it), ``"drop"`` (connection cut), ``"stall"``
+(silence until the client leaves); ``Raw(b"...")`` writes bytes verbatim (a non-JSON line, an SSE
+comment); ``split=n`` writes every frame in ``n``-byte pieces (lines and UTF-8 characters split across
+network writes); ``SSE(...)`` picks OpenAI-wire details (CRLF, ``data:`` without a space, keep-alive
+comments, multi-line data, reasoning field, llama.cpp or vLLM error style). A chat request for a model
+not in ``srv.models`` gets a 404, as from the real servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+NOW = "2025-01-01T00:00:00Z"
+PIECE_PAUSE_S = 0.001
+
+
+@dataclass
+class ToolCall:
+    """A complete tool call; the OpenAI wire streams its arguments as fragments."""
+
+    name: str
+    arguments: dict
+
+
+@dataclass
+class Chunk:
+    """One streamed message: answer text, thinking text and/or tool calls."""
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    delay: float | None = None
+
+
+@dataclass
+class Raw:
+    """Bytes written verbatim as one frame."""
+
+    data: bytes
+    delay: float | None = None
+
+
+@dataclass
+class SSE:
+    """How the OpenAI wire is written."""
+
+    crlf: bool = False
+    no_space: bool = False
+    keepalive: bool = False
+    multiline: bool = False
+    reasoning_field: str = "reasoning_content"
+    error_style: Literal["data", "field"] = "data"
+    done_after_error: bool = True
+
+
+@dataclass
+class Reply:
+    """The script of one chat answer.
+
+    ``chunks``: strings (answer text), ``Chunk`` or ``Raw`` frames. ``final``: text carried by the
+    final line. ``delay``: seconds before each frame unless the frame sets its own. ``status``: not
+    200 answers that status with the protocol's JSON error body and no stream.
+    """
+
+    chunks: list[str | Chunk | Raw] = field(default_factory=list)
+    final: str = ""
+    done_reason: str = "stop"
+    end: Literal["done", "error", "truncate", "drop", "stall"] = "done"
+    error: str = "scripted failure"
+    status: int = 200
+    delay: float = 0.0
+    split: int | None = None
+    sse: SSE = field(default_factory=SSE)
+
+
+@dataclass
+class RecordedRequest:
+    """A request the server received; ``json`` is the decoded body (None when empty or not JSON)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+
+
+class LLMTestServer:
+    """The server. ``url`` is the Ollama base URL, ``openai_url`` the OpenAI one (``url + "/v1"``)."""
+
+    def __init__(
+        self,
+        script: Reply | list[Reply] | None = None,
+        *,
+        models: list[str] | None = None,
+        api_key: str | None = None,
+        port: int = 0,
+    ) -> None:
+        self.script = script if script is not None else Reply()
+        self.models = list(models) if models is not None else ["quanda-test"]
+        self.api_key = api_key
+        self.port = port
+        self.requests: list[RecordedRequest] = []
+        self.disconnects = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task] = set()
+        self._changed: asyncio.Condition | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def script(self) -> Reply | deque[Reply]:
+        """The reply for every chat request, or a queue of replies consumed one per request."""
+        return self._script
+
+    @script.setter
+    def script(self, value: Reply | list[Reply]) -> None:
+        self._script = value if isinstance(value, Reply) else deque(value)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The chat requests received, oldest first."""
+        return [r for r in self.requests if r.path in ("/api/chat", "/v1/chat/completions")]
+
+    async def start(self) -> None:
+        """Serve on the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Condition()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop serving and end every open connection."""
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> LLMTestServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def __enter__(self) -> LLMTestServer:
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve_in_thread(started),), daemon=True
+        )
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("LLMTestServer did not start")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._loop is not None and self._stop is not None and self._thread is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    async def _serve_in_thread(self, started: threading.Event) -> None:
+        self._stop = asyncio.Event()
+        await self.start()
+        started.set()
+        await self._stop.wait()
+        await self.stop()
+
+    async def wait_disconnect(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """True once ``count`` clients in all have left a stream before its end; False on timeout."""
+        assert self._loop is not None
+        waiting = self._wait_disconnect(count, timeout)
+        if asyncio.get_running_loop() is self._loop:
+            return await waiting
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(waiting, self._loop))
+
+    async def _wait_disconnect(self, count: int, timeout: float) -> bool:
+        assert self._changed is not None
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.disconnects >= count), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            request = await _read_request(reader)
+            if request is not None:
+                self.requests.append(request)
+                await self._route(request, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass  # stop() ends open streams; a cancelled handler would upset asyncio's stream callback
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _route(
+        self, req: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        openai = req.path.startswith("/v1/")
+        if openai and self.api_key and req.headers.get("authorization") != f"Bearer {self.api_key}":
+            await _send_json(writer, 401, _error_body(True, "Invalid API key", 401))
+        elif (req.method, req.path) == ("GET", "/api/tags"):
+            tags = [{"name": m, "model": m, "modified_at": NOW, "size": 1, "digest": "0" * 64} for m in self.models]
+            await _send_json(writer, 200, {"models": tags})
+        elif (req.method, req.path) == ("GET", "/v1/models"):
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "quanda-test"} for m in self.models]
+            await _send_json(writer, 200, {"object": "list", "data": data})
+        elif req.method == "POST" and req.path in ("/api/chat", "/v1/chat/completions"):
+            await self._chat(req, openai, reader, writer)
+        else:
+            await _send_json(writer, 404, {"error": f"no route for {req.method} {req.path}"})
+
+    def _next_reply(self) -> Reply | None:
+        if isinstance(self._script, Reply):
+            return self._script
+        return self._script.popleft() if self._script else None
+
+    async def _chat(
+        self, req: RecordedRequest, openai: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        model = req.json.get("model") if isinstance(req.json, dict) else None
+        reply = self._next_reply()
+        if reply is None:
+            await _send_json(writer, 500, _error_body(openai, "LLMTestServer: no scripted reply left", 500))
+            return
+        if model not in self.models:
+            message = f"model '{model}' not found" if not openai else f"The model `{model}` does not exist."
+            await _send_json(writer, 404, _error_body(openai, message, 404))
+            return
+        if reply.status != 200:
+            await _send_json(writer, reply.status, _error_body(openai, reply.error, reply.status))
+            return
+        frames = _openai_frames(reply, model) if openai else _ollama_frames(reply, model)
+        ctype = "text/event-stream" if openai else "application/x-ndjson"
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        finished = asyncio.Event()
+        stream = asyncio.ensure_future(_write_stream(writer, reply, frames, finished))
+        watch = asyncio.ensure_future(_wait_eof(reader))
+        try:
+            await asyncio.wait({stream, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, watch):
+                task.cancel()
+            await asyncio.gather(stream, watch, return_exceptions=True)
+        if stream.done() and not stream.cancelled() and stream.exception() and not _failed(stream):
+            raise stream.exception()  # type: ignore[misc]
+        left_early = not finished.is_set() and (watch.done() and not watch.cancelled() or _failed(stream))
+        if left_early:
+            assert self._changed is not None
+            async with self._changed:
+                self.disconnects += 1
+                self._changed.notify_all()
+
+
+def _failed(task: asyncio.Future) -> bool:
+    return task.done() and not task.cancelled() and isinstance(task.exception(), ConnectionError)
+
+
+async def _wait_eof(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
+
+
+async def _write_stream(
+    writer: asyncio.StreamWriter, reply: Reply, frames: list[tuple[float | None, bytes]], finished: asyncio.Event
+) -> None:
+    pieces: list[tuple[float, bytes]] = []
+    for delay, frame in frames:
+        step = reply.split or len(frame) or 1
+        for i in range(0, len(frame), step):
+            pause = (reply.delay if delay is None else delay) if i == 0 else PIECE_PAUSE_S
+            pieces.append((pause, frame[i : i + step]))
+    for n, (pause, piece) in enumerate(pieces):
+        if pause:
+            await asyncio.sleep(pause)
+        last = n == len(pieces) - 1
+        if last and reply.end in ("done", "error", "truncate"):
+            finished.set()
+            writer.write(_http_chunk(piece) + b"0\r\n\r\n")
+        else:
+            writer.write(_http_chunk(piece))
+        await writer.drain()
+    if not pieces and reply.end != "stall":
+        finished.set()
+        writer.write(b"0\r\n\r\n")
+    if reply.end == "drop":
+        finished.set()
+        writer.transport.abort()
+    elif reply.end == "stall":
+        await asyncio.sleep(3600)
+
+
+def _http_chunk(data: bytes) -> bytes:
+    return f"{len(data):X}\r\n".encode() + data + b"\r\n"
+
+
+def _chunks(reply: Reply) -> list[Chunk | Raw]:
+    return [Chunk(content=c) if isinstance(c, str) else c for c in reply.chunks]
+
+
+def _go_json(obj: Any) -> bytes:
+    """JSON as Go's encoder writes it (Ollama): ``<``, ``>``, ``&``, U+2028/9 escaped."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return (text + "\n").encode()
+
+
+def _ollama_frames(reply: Reply, model: str) -> list[tuple[float | None, bytes]]:
+    frames: list[tuple[float | None, bytes]] = []
+    for chunk in _chunks(reply):
+        if isinstance(chunk, Raw):
+            frames.append((chunk.delay, chunk.data))
+            continue
+        message: dict = {"role": "assistant", "content": chunk.content}
+        if chunk.thinking:
+            message["thinking"] = chunk.thinking
+        if chunk.tool_calls:
+            message["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": c.arguments}} for c in chunk.tool_calls
+            ]
+        line = {"model": model, "created_at": NOW, "message": message, "done": False}
+        frames.append((chunk.delay, _go_json(line)))
+    if reply.end == "done":
+        final = {
+            "model": model,
+            "created_at": NOW,
+            "message": {"role": "assistant", "content": reply.final},
+            "done": True,
+            "done_reason": reply.done_reason,
+            "total_duration": 1000,
+            "eval_count": len(frames),
+        }
+        frames.append((None, _go_json(final)))
+    elif reply.end == "error":
+        frames.append((None, _go_json({"error": reply.error})))
+    return frames
+
+
+def _openai_frames(reply: Reply, model: str) -> list[tuple[float | None, bytes]]:
+    style = reply.sse
+
+    def event(obj: Any, field_name: str = "data") -> bytes:
+        nl = "\r\n" if style.crlf else "\n"
+        sep = ":" if style.no_space else ": "
+        text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, indent=1 if style.multiline else None)
+        head = f": keep-alive{nl}{nl}" if style.keepalive else ""
+        return (head + "".join(f"{field_name}{sep}{line}{nl}" for line in text.split("\n")) + nl).encode()
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return event({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [choice]})
+
+    frames: list[tuple[float | None, bytes]] = [(0.0, chunk({"role": "assistant", "content": None}))]
+    next_index = 0
+    for item in _chunks(reply):
+        if isinstance(item, Raw):
+            frames.append((item.delay, item.data))
+            continue
+        delta: dict = {}
+        if item.thinking:
+            delta[style.reasoning_field] = item.thinking
+        if item.content:
+            delta["content"] = item.content
+        if delta:
+            frames.append((item.delay, chunk(delta)))
+        for fragment in _tool_call_fragments(item.tool_calls, next_index):
+            frames.append((item.delay, chunk({"tool_calls": [fragment]})))
+        next_index += len(item.tool_calls)
+    if reply.end == "done":
+        frames.append((None, chunk({"content": reply.final} if reply.final else {}, reply.done_reason)))
+        frames.append((None, event("[DONE]")))
+    elif reply.end == "error":
+        error = {"code": 500, "message": reply.error, "type": "server_error"}
+        if style.error_style == "field":
+            frames.append((None, event(error, "error")))
+        else:
+            frames.append((None, event({"error": error})))
+        if style.done_after_error:
+            frames.append((None, event("[DONE]")))
+    return frames
+
+
+def _tool_call_fragments(calls: list[ToolCall], first_index: int, size: int = 7) -> list[dict]:
+    """Opening deltas for every call, then argument fragments interleaved round-robin by index."""
+    out: list[dict] = []
+    pending: list[tuple[int, str]] = []
+    for offset, call in enumerate(calls):
+        index = first_index + offset
+        out.append({"index": index, "id": f"call_{index}", "type": "function", "function": {"name": call.name, "arguments": ""}})
+        pending.append((index, json.dumps(call.arguments)))
+    pos = 0
+    while any(pos < len(args) for _, args in pending):
+        for index, args in pending:
+            if pos < len(args):
+                out.append({"index": index, "function": {"arguments": args[pos : pos + size]}})
+        pos += size
+    return out
+
+
+def _error_body(openai: bool, message: str, status: int) -> dict:
+    if openai:
+        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": status}}
+    return {"error": message}
+
+
+async def _send_json(writer: asyncio.StreamWriter, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    writer.write(
+        f"HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+    )
+    await writer.drain()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> RecordedRequest | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = request_line.split(" ", 2)
+    headers = {}
+    for line in header_lines:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0") or 0)
+    raw = await reader.readexactly(length) if length else b""
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    return RecordedRequest(method, target.split("?", 1)[0], headers, body)
+
+
+def main() -> None:
+    """Serve a steady token stream until interrupted (for manual runs and benchmarks)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--port", type=int, default=11435)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--delay", type=float, default=0.0005, help="seconds between tokens")
+    parser.add_argument("--model", default="quanda-test")
+    args = parser.parse_args()
+    reply = Reply(chunks=[f"token{i} " for i in range(args.tokens)], delay=args.delay)
+
+    async def serve() -> None:
+        async with LLMTestServer(reply, models=[args.model], port=args.port) as srv:
+            print(f"Ollama wire at {srv.url}, OpenAI wire at {srv.openai_url}, model {args.model!r}", flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
