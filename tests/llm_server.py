@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 NOW = "2025-01-01T00:00:00Z"
 PIECE_PAUSE_S = 0.001
+Frames = list[tuple[float | None, bytes]]  # per line/event: (delay before it, None = the reply's; bytes)
 
 
 @dataclass
@@ -243,10 +244,10 @@ class LLMTestServer:
         if openai and self.api_key and req.headers.get("authorization") != f"Bearer {self.api_key}":
             await _send_json(writer, 401, _error_body(True, "Invalid API key", 401))
         elif (req.method, req.path) == ("GET", "/api/tags"):
-            tags = [{"name": m, "model": m, "modified_at": NOW, "size": 1, "digest": "0" * 64} for m in self.models]
+            tags = [{"name": m, "model": m, "modified_at": NOW, "size": 1} for m in self.models]
             await _send_json(writer, 200, {"models": tags})
         elif (req.method, req.path) == ("GET", "/v1/models"):
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "quanda-test"} for m in self.models]
+            data = [{"id": m, "object": "model", "owned_by": "quanda-test"} for m in self.models]
             await _send_json(writer, 200, {"object": "list", "data": data})
         elif req.method == "POST" and req.path in ("/api/chat", "/v1/chat/completions"):
             await self._chat(req, openai, reader, writer)
@@ -309,7 +310,7 @@ async def _wait_eof(reader: asyncio.StreamReader) -> None:
 
 
 async def _write_stream(
-    writer: asyncio.StreamWriter, reply: Reply, frames: list[tuple[float | None, bytes]], finished: asyncio.Event
+    writer: asyncio.StreamWriter, reply: Reply, frames: Frames, finished: asyncio.Event
 ) -> None:
     pieces: list[tuple[float, bytes]] = []
     for delay, frame in frames:
@@ -348,13 +349,13 @@ def _chunks(reply: Reply) -> list[Chunk | Raw]:
 def _go_json(obj: Any) -> bytes:
     """JSON as Go's encoder writes it (Ollama): ``<``, ``>``, ``&``, U+2028/9 escaped."""
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escaped)
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
     return (text + "\n").encode()
 
 
-def _ollama_frames(reply: Reply, model: str) -> list[tuple[float | None, bytes]]:
-    frames: list[tuple[float | None, bytes]] = []
+def _ollama_frames(reply: Reply, model: str) -> Frames:
+    frames: Frames = []
     for chunk in _chunks(reply):
         if isinstance(chunk, Raw):
             frames.append((chunk.delay, chunk.data))
@@ -384,21 +385,23 @@ def _ollama_frames(reply: Reply, model: str) -> list[tuple[float | None, bytes]]
     return frames
 
 
-def _openai_frames(reply: Reply, model: str) -> list[tuple[float | None, bytes]]:
+def _openai_frames(reply: Reply, model: str) -> Frames:
     style = reply.sse
 
     def event(obj: Any, field_name: str = "data") -> bytes:
         nl = "\r\n" if style.crlf else "\n"
         sep = ":" if style.no_space else ": "
-        text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, indent=1 if style.multiline else None)
+        indent = 1 if style.multiline else None
+        text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, indent=indent)
         head = f": keep-alive{nl}{nl}" if style.keepalive else ""
         return (head + "".join(f"{field_name}{sep}{line}{nl}" for line in text.split("\n")) + nl).encode()
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return event({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [choice]})
+        obj = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model}
+        return event({**obj, "choices": [choice]})
 
-    frames: list[tuple[float | None, bytes]] = [(0.0, chunk({"role": "assistant", "content": None}))]
+    frames: Frames = [(0.0, chunk({"role": "assistant", "content": None}))]
     next_index = 0
     for item in _chunks(reply):
         if isinstance(item, Raw):
@@ -434,7 +437,8 @@ def _tool_call_fragments(calls: list[ToolCall], first_index: int, size: int = 7)
     pending: list[tuple[int, str]] = []
     for offset, call in enumerate(calls):
         index = first_index + offset
-        out.append({"index": index, "id": f"call_{index}", "type": "function", "function": {"name": call.name, "arguments": ""}})
+        function = {"name": call.name, "arguments": ""}
+        out.append({"index": index, "id": f"call_{index}", "type": "function", "function": function})
         pending.append((index, json.dumps(call.arguments)))
     pos = 0
     while any(pos < len(args) for _, args in pending):
@@ -493,7 +497,7 @@ def main() -> None:
 
     async def serve() -> None:
         async with LLMTestServer(reply, models=[args.model], port=args.port) as srv:
-            print(f"Ollama wire at {srv.url}, OpenAI wire at {srv.openai_url}, model {args.model!r}", flush=True)
+            print(f"Ollama at {srv.url}, OpenAI at {srv.openai_url}, model {args.model!r}", flush=True)
             await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -114,6 +114,7 @@ async def test_streams_answer_and_completes(chat, srv, wire):
     [req] = srv.chat_requests
     assert req.path == ("/api/chat" if wire == "ollama" else "/v1/chat/completions")
     assert req.json == {"model": MODEL, "messages": MESSAGES, "stream": True}
+    assert srv.disconnects == 0
 
 
 async def test_final_line_text_and_done_reason(chat):
@@ -201,9 +202,12 @@ async def test_error_before_stream_keeps_status_and_message(chat, status):
     assert run.text == ""
 
 
-@pytest.mark.parametrize("style", [SSE(), SSE(error_style="field", done_after_error=False)], ids=["vllm", "llamacpp"])
+@pytest.mark.parametrize(
+    "style", [SSE(), SSE(error_style="field", done_after_error=False)], ids=["vllm", "llamacpp"]
+)
 async def test_error_line_mid_stream(chat, style):
-    run = await chat(Reply(chunks=["partial ", "answer"], end="error", error="CUDA error: out of memory", sse=style))
+    reply = Reply(chunks=["partial ", "answer"], end="error", error="CUDA error: out of memory", sse=style)
+    run = await chat(reply)
     assert run.text == "partial answer"
     assert run.reason == "stream_error"
     assert "CUDA error: out of memory" in run.terminal.text
@@ -223,6 +227,12 @@ async def test_non_json_line_is_malformed_and_stops(chat, wire):
     assert run.text == "ok"
     assert run.reason == "malformed"
     assert "502" in run.terminal.text
+
+
+async def test_openai_non_sse_body_is_malformed(srv):
+    srv.script = Reply(chunks=[Raw(b"<html>\n<body>Not an API</body>\n")], end="truncate")
+    run = await collect(OpenAIDriver(srv.openai_url))
+    assert run.reason == "malformed" and "<html>" in run.terminal.text
 
 
 async def test_stall_ends_run_and_closes_upstream(chat, srv):
@@ -290,11 +300,17 @@ async def test_cancelled_consumer_closes_upstream_request(srv, wire):
 
 @pytest.mark.parametrize(
     "style",
-    [SSE(crlf=True), SSE(no_space=True), SSE(keepalive=True), SSE(multiline=True), SSE(True, True, True, True)],
+    [
+        SSE(crlf=True),
+        SSE(no_space=True),
+        SSE(keepalive=True),
+        SSE(multiline=True),
+        SSE(crlf=True, no_space=True, keepalive=True, multiline=True),
+    ],
     ids=["crlf", "no-space", "keep-alive", "multi-line", "all"],
 )
 async def test_openai_sse_variants(srv, style):
-    split = 4 if style == SSE(True, True, True, True) else None
+    split = 4 if style.crlf and style.multiline else None
     srv.script = Reply(chunks=[Chunk(thinking="hmm"), "a", "b"], sse=style, split=split)
     run = await collect(OpenAIDriver(srv.openai_url))
     assert (run.reasoning, run.text) == ("hmm", "ab")
@@ -357,7 +373,9 @@ def test_think_splitter_example():
     assert split_think(["<th", "ink", "><", "/think>x<thin"]) == ("", "x<thin")
 
 
-PIECES = st.sampled_from(["<think>", "</think>", "<", ">", "/", "<th", "ink>", "</", "think", "a", "é", "\n", "<<"])
+PIECES = st.sampled_from(
+    ["<think>", "</think>", "<", ">", "/", "<th", "ink>", "</", "think", "a", "é", "\n", "<<"]
+)
 
 
 @given(st.lists(PIECES, max_size=30).map("".join), st.lists(st.integers(min_value=0, max_value=200)))

@@ -148,7 +148,11 @@ class WireDecoder(Protocol):
         """Events for one line; a terminal event ends the run."""
 
     def finish(self, tail: str) -> list[LLMEvent]:
-        """Events at the end of the body; ``tail`` is an unterminated last line (maybe empty)."""
+        """Events at the end of the body; ``tail`` is an unterminated last line (maybe empty).
+        Without a terminal event among them the run is truncated (``flush()`` is called next)."""
+
+    def flush(self) -> list[LLMEvent]:
+        """Held-back text (a possible partial ``<think>`` tag), when the run ends early."""
 
 
 ErrorFactory = Callable[[str, str], LLMEvent]
@@ -189,7 +193,6 @@ class HTTPDriver(LLMDriver):
 
     label = "LLM server"
     url_env = "QUANDA_LLM_URL"
-    model_env = "QUANDA_LLM_MODEL"
     lone_cr = False
 
     def __init__(
@@ -231,8 +234,9 @@ class HTTPDriver(LLMDriver):
         try:
             resp = await self._client.get(url, headers=self._headers(), timeout=min(self.stall_s, 10.0))
         except httpx.HTTPError as exc:
+            hint = self._unreachable_hint("<model>")
             raise LLMUnavailable(
-                f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {self._unreachable_hint('<model>')}"
+                f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {hint}"
             ) from exc
         if resp.status_code != 200:
             raise LLMUnavailable(
@@ -251,6 +255,7 @@ class HTTPDriver(LLMDriver):
     ) -> AsyncIterator[LLMEvent]:
         yield LLMEvent(RUN_CREATED)
         url, body = self._chat_request(messages, model, tools)
+        decoder = self._decoder()
         answered = False
         try:
             async with self._client.stream(
@@ -260,7 +265,6 @@ class HTTPDriver(LLMDriver):
                 if resp.status_code >= 300:
                     yield await self._status_error(resp, model)
                     return
-                decoder = self._decoder()
                 lines = LineSplitter(lone_cr=self.lone_cr)
                 async for data in resp.aiter_bytes():
                     for line in lines.feed(data):
@@ -272,59 +276,58 @@ class HTTPDriver(LLMDriver):
                     yield event
                     if event.is_terminal:
                         return
-                yield self._error(
+                failure = error_event(
                     "truncated",
                     f"The answer from {self.label} at {self.base_url} ended without its final line. "
                     "The partial answer is kept; Retry. If it keeps happening, check the server's log "
                     "(a crash or out of memory?).",
                 )
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
-                yield self._unreachable(exc, model)
-            else:
-                yield self._error(
-                    "stall",
-                    f"{self.label} at {self.base_url} sent nothing for {self.stall_s:g} s, so the answer "
-                    "was stopped. The partial answer is kept; Retry. If the model is slow to load, raise "
-                    "QUANDA_LLM_STALL_S.",
-                )
-        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-            yield self._unreachable(exc, model)
-        except httpx.TransportError as exc:
-            if not answered:
-                yield self._unreachable(exc, model)
-            else:
-                yield self._error(
-                    "truncated",
-                    f"{self.label} at {self.base_url} closed the connection mid-answer ({_describe(exc)}). "
-                    "The partial answer is kept; Retry. If it keeps happening, check the server's log.",
-                )
         except httpx.HTTPError as exc:
-            yield self._error(
-                "stream_error", f"Talking to {self.label} at {self.base_url} failed: {_describe(exc)}. Retry."
-            )
+            failure = self._transport_error(exc, answered, model)
+        for event in decoder.flush():
+            yield event
+        yield failure
 
-    def _error(self, reason: str, text: str, status: int | None = None) -> LLMEvent:
-        return error_event(reason, text, status=status)
+    def _transport_error(self, exc: httpx.HTTPError, answered: bool, model: str) -> LLMEvent:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)):
+            return self._unreachable(exc, model)
+        if isinstance(exc, httpx.TimeoutException):
+            return error_event(
+                "stall",
+                f"{self.label} at {self.base_url} sent nothing for {self.stall_s:g} s, so the answer "
+                "was stopped. The partial answer is kept; Retry. If the model is slow to load, raise "
+                "QUANDA_LLM_STALL_S.",
+            )
+        if isinstance(exc, httpx.TransportError):
+            if not answered:
+                return self._unreachable(exc, model)
+            return error_event(
+                "truncated",
+                f"{self.label} at {self.base_url} closed the connection mid-answer ({_describe(exc)}). "
+                "The partial answer is kept; Retry. If it keeps happening, check the server's log.",
+            )
+        return error_event(
+            "stream_error", f"Talking to {self.label} at {self.base_url} failed: {_describe(exc)}. Retry."
+        )
 
     def _wire_error(self, reason: str, detail: str) -> LLMEvent:
         """The ERROR event for a problem a decoder found in the body (``stream_error``/``malformed``)."""
         if reason == "stream_error":
-            return self._error(
+            return error_event(
                 reason,
                 f"{self.label} reported an error mid-answer: {detail}. The partial answer is kept; "
                 "Retry, and check the server's log if it repeats.",
             )
-        return self._error(
+        return error_event(
             reason,
             f"{self.label} at {self.base_url} sent something that is not valid {detail}. Check that "
             f"{self.url_env} points at the right kind of server, then Retry.",
         )
 
     def _unreachable(self, exc: Exception, model: str) -> LLMEvent:
-        return self._error(
-            "unreachable",
-            f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {self._unreachable_hint(model)}.",
+        hint = self._unreachable_hint(model)
+        return error_event(
+            "unreachable", f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {hint}."
         )
 
     async def _status_error(self, resp: httpx.Response, model: str) -> LLMEvent:
@@ -349,10 +352,10 @@ class HTTPDriver(LLMDriver):
                     status=status,
                     models=models,
                 )
-        return self._error(
+        return error_event(
             "http_status",
             f"{self.label} at {self.base_url} answered HTTP {status}: {detail}. {self._status_hint(status)}",
-            status,
+            status=status,
         )
 
     def _status_hint(self, status: int) -> str:

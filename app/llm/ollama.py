@@ -39,7 +39,6 @@ class OllamaDriver(HTTPDriver):
 
     label = "Ollama"
     url_env = "OLLAMA_HOST"
-    model_env = "OLLAMA_MODEL"
 
     def __init__(
         self,
@@ -119,17 +118,15 @@ class NDJSONDecoder:
             out.append(completed_event(obj.get("done_reason")))
         return out
 
-    def finish(self, tail: str) -> list[LLMEvent]:
-        if tail.strip():
-            try:
-                json.loads(tail)
-            except ValueError:
-                return self._think.flush()
-            out = self.feed(tail)
-            if out and out[-1].is_terminal:
-                return out
-            return out + self._think.flush()
+    def flush(self) -> list[LLMEvent]:
         return self._think.flush()
+
+    def finish(self, tail: str) -> list[LLMEvent]:
+        try:
+            json.loads(tail)
+        except ValueError:
+            return []
+        return self.feed(tail)
 
     def _malformed(self, line: str, what: str = "JSON") -> list[LLMEvent]:
         return [*self._think.flush(), self._wire_error("malformed", f"{what}: {line[:120]!r}")]

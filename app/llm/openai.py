@@ -26,7 +26,6 @@ class OpenAIDriver(HTTPDriver):
 
     label = "LLM server"
     url_env = "QUANDA_LLM_URL"
-    model_env = "QUANDA_LLM_MODEL"
     lone_cr = True
 
     def __init__(
@@ -80,6 +79,7 @@ class SSEDecoder:
 
     Follows the SSE rules (comments, ``data:`` with or without a space, multi-line data joined by
     ``\\n``, dispatch on a blank line) and accepts llama.cpp's non-standard ``error: {...}`` field.
+    Any other unknown field is taken as a sign that the server does not speak SSE (an HTML page).
     The run completes at the first ``finish_reason`` (or at ``[DONE]``); tool-call fragments are
     merged by ``index`` and emitted then.
     """
@@ -105,15 +105,18 @@ class SSEDecoder:
         elif field == "error":
             self._event = "error"
             self._data.append(value)
+        elif field not in ("id", "retry"):
+            return self._fail("malformed", f"event stream (line {line[:120]!r})")
         return []
+
+    def flush(self) -> list[LLMEvent]:
+        return self._think.flush()
 
     def finish(self, tail: str) -> list[LLMEvent]:
         out = self.feed(tail) if tail else []
-        if not (out and out[-1].is_terminal):
-            out += self._dispatch(at_eof=True)
         if out and out[-1].is_terminal:
             return out
-        return out + self._think.flush()
+        return out + self._dispatch(at_eof=True)
 
     def _dispatch(self, at_eof: bool = False) -> list[LLMEvent]:
         if not self._data:
@@ -139,12 +142,12 @@ class SSEDecoder:
         if not choices:
             return []
         choice = choices[0] if isinstance(choices, list) else None
-        if not isinstance(choice, dict):
+        delta = (choice.get("delta") or {}) if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
             return self._fail("malformed", f"chunk: {data[:120]!r}")
-        return self._choice(choice)
+        return self._choice(choice, delta)
 
-    def _choice(self, choice: dict) -> list[LLMEvent]:
-        delta = choice.get("delta") or {}
+    def _choice(self, choice: dict, delta: dict) -> list[LLMEvent]:
         out: list[LLMEvent] = []
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
@@ -165,7 +168,8 @@ class SSEDecoder:
         call = self._calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
         if fragment.get("id"):
             call["id"] = fragment["id"]
-        fn = fragment.get("function") or {}
+        fn = fragment.get("function")
+        fn = fn if isinstance(fn, dict) else {}
         if fn.get("name") and not call["name"]:
             call["name"] = fn["name"]
         arguments = fn.get("arguments")
