@@ -1,28 +1,153 @@
-"""create_app(settings, store=None): the web app around the Quanda core (placeholder until the app issue)."""
+"""create_app(settings, store=None): the FastHTML app around the Quanda core.
+
+Pages are server-rendered FT; everything live goes over one `app.ws` endpoint (see app/ws.py). Plugins
+fill the menu (app/plugins/). Only files under static/ are served as static content.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Sequence
 
-from fasthtml.common import H1, P, Titled, fast_app
+from fasthtml.common import FastHTML, JSONResponse, Link, Meta, Script, to_xml
+from starlette.middleware import Middleware
+from starlette.staticfiles import StaticFiles
 
+from app.components.layout import Page
 from app.config import Settings
+from app.context import AppContext, ctx_of
+from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
 from app.quanda import open_store
+from app.ws import FrameGuard, Hub, Notice
+
+log = logging.getLogger("quanda.server")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+HEADERS = (
+    Meta(name="viewport", content="width=device-width, initial-scale=1"),
+    Script(src="/static/htmx.min.js"),
+    Script(src="/static/htmx-ext-ws.js"),
+    Script(src="/static/quanda.js"),
+    Link(rel="stylesheet", href="/static/app.css"),
+)
 
 
-def create_app(settings: Settings | None = None, store=None):
+def session_secret(settings: Settings) -> str:
+    """QUANDA_SECRET, or on loopback a key kept in data/.sesskey so sessions survive a restart."""
+    if settings.secret:
+        return settings.secret
+    if settings.host not in LOOPBACK:
+        raise RuntimeError(f"QUANDA_HOST={settings.host} exposes the app beyond this machine: set QUANDA_SECRET "
+                           "to a long random string to sign sessions")
+    path = Path("data") / ".sesskey"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def session_id(session: dict) -> str:
+    sid = session.get("sid")
+    if not isinstance(sid, str) or len(sid) != 32:
+        sid = session["sid"] = secrets.token_hex(16)
+    return sid
+
+
+async def call(fn: Any, *args: Any) -> Any:
+    result = fn(*args)
+    return await result if inspect.isawaitable(result) else result
+
+
+def create_app(settings: Settings | None = None, store: Any = None, *, builtin: Sequence[str] = BUILTIN_PLUGINS,
+               entry_point_group: str | None = ENTRY_POINT_GROUP, extra_plugins: Sequence[Plugin | str] = ()):
     settings = settings or Settings.from_env()
+    plugins = load_plugins(builtin, entry_point_group=entry_point_group, extra=extra_plugins)
+    if settings.host not in LOOPBACK:
+        log.warning("binding to %s: anyone who can reach this address can use the app", settings.host)
 
     async def lifespan(app):
-        app.state.store = store or await open_store(settings.db_url, max_token_bytes=settings.max_token_bytes,
-                                                    max_message_bytes=settings.max_message_bytes)
+        own_store = store is None
+        the_store = store or await open_store(settings.db_url, max_token_bytes=settings.max_token_bytes,
+                                              max_message_bytes=settings.max_message_bytes)
+        hub = Hub(the_store)
+        ctx = AppContext(settings, the_store, hub, plugins)
+        hub.ctx = ctx
+        for plugin in plugins:
+            hub.handlers.update(plugin.ws_handlers)
+            hub.views.update(plugin.stream_views)
+        app.state.ctx = ctx
+        for plugin in plugins:
+            if plugin.startup is not None:
+                await plugin.startup(ctx)
+        log.info("Quanda serving with %s on %s; plugins: %s", type(the_store).__name__, settings.db_url,
+                 ", ".join(p.name for p in plugins))
         yield
-        if store is None:
-            await app.state.store.close()
+        for job in list(ctx.jobs.values()):
+            job.cancel()
+        await hub.close()
+        if own_store:
+            await the_store.close()
 
-    app, rt = fast_app(default_hdrs=False, lifespan=lifespan)
+    app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
+                   title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    menu_plugins = [p for p in plugins if p.page is not None]
+    by_name = {p.name: p for p in plugins}
 
-    @rt("/")
-    def index():
-        return Titled("Quanda", P("The Quanda core is running on ", settings.db_url, "."))
+    async def render(request, session, plugin: Plugin | None):
+        ctx = ctx_of(request.app)
+        sid = session_id(session)
+        content = await call(plugin.page, ctx, sid) if plugin else home()
+        if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "main":
+            await ctx.post_event(sid, f"You opened {plugin.label}." if plugin else "You opened the home page.")
+            return content
+        return Page(plugins, content, await ctx.recent_events(sid), current=plugin.name if plugin else None)
 
+    def home():
+        from fasthtml.common import H2, P, Section
+        return Section(H2("Welcome to Quanda"),
+                       P("Choose a plugin in the menu. The chat on the right sees what you do."), cls="home")
+
+    @app.get("/")
+    async def index(request, session):
+        default = menu_plugins[0] if menu_plugins else None
+        return await render(request, session, default)
+
+    @app.get("/p/{name}")
+    async def plugin_page(request, session, name: str):
+        plugin = by_name.get(name)
+        if plugin is None or plugin.page is None:
+            return JSONResponse({"error": f"no plugin page {name!r}"}, status_code=404)
+        return await render(request, session, plugin)
+
+    @app.get("/-/plugins")
+    def list_plugins():
+        return JSONResponse([p.describe() for p in plugins])
+
+    async def on_connect(ws, session):
+        sid = session.get("sid") if isinstance(session, dict) else None
+        if not sid:
+            await ws.send_text(to_xml(Notice("no session: reload the page"), indent=False))
+            await ws.close(code=1008)
+            return
+        ctx_of(ws.app).hub.connect(ws, sid)
+
+    async def on_disconnect(ws):
+        ctx_of(ws.app).hub.disconnect(ws)
+
+    @app.ws("/ws", conn=on_connect, disconn=on_disconnect, middleware=[Middleware(FrameGuard)])
+    async def ws_receive(ws, data: dict):
+        await ctx_of(ws.app).hub.receive(ws, data)
+
+    for plugin in plugins:
+        if plugin.router is not None:
+            plugin.router.to_app(app)
     return app
+

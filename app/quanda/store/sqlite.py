@@ -32,6 +32,7 @@ log = logging.getLogger("quanda.store.sqlite")
 
 BUSY_TIMEOUT_MS = 30_000
 MAX_BATCH = 512
+CHECKPOINT_PAGES = 1000  # WAL pages after which the checkpointer thread copies the WAL back into the db
 CHECKPOINT_EVERY = 64
 _STOP = object()
 
@@ -118,12 +119,31 @@ class SQLiteStore(QuandaStore):
         self._thread = threading.Thread(target=self._write_loop, args=(writer,), name="quanda-sqlite-writer",
                                         daemon=True)
         self._thread.start()
+        self._checkpoint_wanted = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="quanda-sqlite-checkpoint",
+                                              daemon=True)
+        self._checkpointer.start()
         return self
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path)
         conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+        # checkpoints (which fsync) run on their own thread, not inside a commit a writer is waiting on
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
+
+    def _checkpoint_loop(self) -> None:
+        conn = _connect(self.path)
+        while True:
+            self._checkpoint_wanted.wait()
+            self._checkpoint_wanted.clear()
+            if self._closed:
+                break
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed: %s", exc)
+        conn.close()
 
     # -- the writer thread ----------------------------------------------------------------------------
 
@@ -136,6 +156,7 @@ class SQLiteStore(QuandaStore):
         return await future
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        pages_since_checkpoint = 0
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -151,6 +172,10 @@ class SQLiteStore(QuandaStore):
                     break
                 batch.append(item)
             outcomes = self._commit(conn, batch)
+            pages_since_checkpoint += 1
+            if pages_since_checkpoint >= CHECKPOINT_PAGES:  # commits, each at least a page: a cheap bound
+                pages_since_checkpoint = 0
+                self._checkpoint_wanted.set()
             if len(batch) > 1 and any(isinstance(o, QuandaStoreError) for o in outcomes):
                 # one operation broke the transaction: run each alone, so only that one fails
                 outcomes = [self._commit(conn, [entry])[0] for entry in batch]
@@ -344,6 +369,8 @@ class SQLiteStore(QuandaStore):
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+            self._checkpoint_wanted.set()
+            await asyncio.to_thread(self._checkpointer.join)
         if self._reader is not None:
             self._reader.close()
             self._reader = None

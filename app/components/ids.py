@@ -1,0 +1,40 @@
+"""DOM ids: the contract between the first render and the out-of-band updates. Built here only."""
+
+MAIN = "main"
+MSG_LIST = "msg-list"
+MENU = "menu"
+NOTICE = "ws-notice"
+LLM_STATUS = "llm-status"
+
+
+def stream_marker_id(message_id: str) -> str:
+    """The hidden element that records the last seq the page has of a stream."""
+    return f"seq-{message_id}"
+
+
+def sim_card_id() -> str:
+    return "sim-card"
+
+
+def sim_bar_id(message_id: str) -> str:
+    return f"sim-{message_id}-bar"
+
+
+def sim_content_id(message_id: str) -> str:
+    return f"sim-{message_id}-content"
+
+
+def sim_status_id(message_id: str) -> str:
+    return f"sim-{message_id}-status"
+
+
+def msg_id(message_id: str) -> str:
+    return f"msg-{message_id}"
+
+
+def msg_body_id(message_id: str) -> str:
+    return f"msg-{message_id}-body"
+
+
+def msg_tail_id(message_id: str) -> str:
+    return f"msg-{message_id}-tail"

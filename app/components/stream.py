@@ -1,0 +1,16 @@
+"""Pieces shared by every streamed element."""
+
+from fasthtml.common import Span
+
+from . import ids
+
+
+def StreamMarker(message_id: str, seq: int, follow: bool = False, oob: bool = False):
+    """Hidden record of the last seq the page holds; the client asks to follow (or resume) from it.
+    `follow` marks a stream the page has just received and should start following."""
+    attrs = {"data_stream": message_id, "data_seq": str(seq), "hidden": True}
+    if follow:
+        attrs["data_follow"] = "1"
+    if oob:
+        attrs["hx_swap_oob"] = "true"
+    return Span(id=ids.stream_marker_id(message_id), cls="stream-marker", **attrs)

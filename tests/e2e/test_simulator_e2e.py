@@ -1,0 +1,131 @@
+"""The stream simulator in a real browser: menu, streaming, reload, tabs, sessions, reconnects."""
+
+import re
+
+import pytest
+from playwright.async_api import expect
+
+from tests.servers import CuttableProxy
+
+pytestmark = pytest.mark.e2e
+EXPECT_MS = 20_000
+
+
+def lines(n):
+    return "\n".join(f"Simulated chunk {i}/{n}" for i in range(1, n + 1)) + "\n"
+
+
+async def start_run(page, chunks, low, high):
+    await page.fill("#sim-chunks", str(chunks))
+    await page.fill("#sim-delay-min", str(low))
+    await page.fill("#sim-delay-max", str(high))
+    await page.click("#sim-start")
+
+
+async def ws_open(page):
+    await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+
+
+async def test_menu_start_200_chunks_bar_reaches_100(app_server, browser):
+    page = await browser.new_page()
+    await page.goto(app_server.url + "/")
+    await ws_open(page)
+    await page.click("#menu >> text=Stream simulator")
+    await expect(page.locator("#sim-card h3")).to_have_text("Stream simulator")
+    await start_run(page, 200, 1, 3)
+    bar = page.locator("#sim-run progress")
+    await expect(bar).to_have_attribute("value", "200", timeout=EXPECT_MS)
+    await expect(bar).to_have_attribute("data-percent", "100")
+    content = page.locator(".stream-content")
+    await expect(content).to_contain_text("Simulated chunk 200/200")
+    assert await content.text_content() == lines(200)  # every chunk once, in order
+    await expect(page.locator(".sim-status")).to_have_text("finished")
+    await expect(page.locator("#msg-list")).to_contain_text("Stream simulator finished: 200 chunks.")
+
+
+async def test_reload_mid_run_continues_where_it_was(app_server, browser):
+    page = await browser.new_page()
+    await page.goto(app_server.url + "/p/simulator")
+    await ws_open(page)
+    await start_run(page, 120, 20, 30)
+    bar = page.locator("#sim-run progress")
+    await expect(bar).to_have_attribute("value", re.compile(r"^(1\d|[2-9]\d)$"), timeout=EXPECT_MS)
+    await page.reload()
+    after_reload = int(await bar.get_attribute("value"))
+    assert 10 <= after_reload < 120  # the page shows the run as it was, still going
+    await expect(bar).to_have_attribute("value", "120", timeout=EXPECT_MS)
+    assert await page.locator(".stream-content").text_content() == lines(120)
+
+
+async def test_two_tabs_see_the_same_run_and_another_session_does_not(app_server, browser):
+    context = await browser.new_context()
+    tab1, tab2 = await context.new_page(), await context.new_page()
+    for tab in (tab1, tab2):
+        await tab.goto(app_server.url + "/p/simulator")
+        await ws_open(tab)
+    other = await (await browser.new_context()).new_page()
+    await other.goto(app_server.url + "/p/simulator")
+    await ws_open(other)
+    await start_run(tab1, 80, 1, 3)
+    for tab in (tab1, tab2):
+        await expect(tab.locator("#sim-run progress")).to_have_attribute("value", "80", timeout=EXPECT_MS)
+        assert await tab.locator(".stream-content").text_content() == lines(80)
+    await expect(tab2.locator("#msg-list")).to_contain_text("Stream simulator started: 80 chunks.")
+    await other.reload()
+    await expect(other.locator("#sim-run")).to_contain_text("No run yet")
+    assert "Simulated chunk" not in await other.content()
+    assert "Stream simulator started" not in await other.locator("#msg-list").text_content()
+
+
+async def test_stop_ends_the_run_and_says_so(app_server, browser):
+    page = await browser.new_page()
+    await page.goto(app_server.url + "/p/simulator")
+    await ws_open(page)
+    await start_run(page, 500, 20, 30)
+    await expect(page.locator("#sim-run progress")).to_have_attribute("value", re.compile(r"^[1-9]\d*$"),
+                                                                       timeout=EXPECT_MS)
+    await page.click("#sim-stop")
+    await expect(page.locator(".sim-status")).to_have_text("stopped", timeout=EXPECT_MS)
+    await expect(page.locator("#msg-list")).to_contain_text("Stream simulator stopped at chunk")
+    await page.reload()
+    await expect(page.locator(".sim-status")).to_have_text("stopped")
+
+
+async def test_invalid_inputs_get_a_visible_error(app_server, browser):
+    page = await browser.new_page()
+    await page.goto(app_server.url + "/p/simulator")
+    await ws_open(page)
+    await page.evaluate("document.querySelectorAll('input[type=number]').forEach(i => i.removeAttribute('max'))")
+    await start_run(page, 20000, 1, 2)
+    await expect(page.locator("#ws-notice")).to_contain_text("chunks must be between 1 and 10,000")
+    await start_run(page, 10, 50, 5)
+    await expect(page.locator("#ws-notice")).to_contain_text("minimum delay must not exceed the maximum")
+    await expect(page.locator("#sim-run")).to_contain_text("No run yet")
+
+
+async def test_network_cut_mid_run_resumes_without_gap_or_duplicate(app_server, browser):
+    async with CuttableProxy(app_server.port) as proxy:
+        page = await browser.new_page()
+        await page.goto(proxy.url + "/p/simulator")
+        await ws_open(page)
+        await start_run(page, 150, 10, 20)
+        bar = page.locator("#sim-run progress")
+        await expect(bar).to_have_attribute("value", re.compile(r"^([2-9]\d)$"), timeout=EXPECT_MS)
+        proxy.cut()
+        await expect(page.locator("#ws-state")).to_have_attribute("data-state", "closed", timeout=EXPECT_MS)
+        await ws_open(page)  # the ws extension reconnects on 1006 by itself
+        await expect(bar).to_have_attribute("value", "150", timeout=EXPECT_MS)
+        assert await page.locator(".stream-content").text_content() == lines(150)
+
+
+async def test_pages_reference_no_external_url(app_server, browser):
+    page = await browser.new_page()
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    await page.goto(app_server.url + "/")
+    await ws_open(page)
+    await page.click("#menu >> text=Stream simulator")
+    await expect(page.locator("#sim-card")).to_be_visible()
+    html = await page.content()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert requested and all(url.startswith(app_server.url) for url in requested), requested

@@ -1,0 +1,91 @@
+"""Plugin loading: the built-in list, extra plugins, loud failures, /-/plugins, the README example."""
+
+import re
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.config import Settings
+from app.plugins import BUILTIN_PLUGINS, Plugin, PluginError, load_plugins, validate
+from app.server import create_app
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def make_client(tmp_path, **kwargs):
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'q.db'}")
+    return TestClient(create_app(settings, entry_point_group=None, **kwargs))
+
+
+def test_builtin_plugins_load_in_menu_order():
+    plugins = load_plugins(entry_point_group=None)
+    assert [p.name for p in plugins] == sorted((p.name for p in plugins), key=lambda n: next(
+        q.order for q in plugins if q.name == n))
+    assert {"simulator"} <= {p.name for p in plugins}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (object(), "expected a Plugin value"),
+    (Plugin(name="Bad Name", label="x"), "must be lowercase"),
+    (Plugin(name="ok", label=" "), "non-empty label"),
+    (Plugin(name="ok", label="x", page="not callable"), "page must be callable"),
+    (Plugin(name="ok", label="x", router=object()), "APIRouter"),
+    (Plugin(name="ok", label="x", ws_handlers={"a": 1}), "ws_handlers"),
+])
+def test_malformed_plugins_fail_loudly(bad, message):
+    with pytest.raises(PluginError, match=message):
+        validate(bad, "test")
+
+
+def test_module_without_plugin_value_and_duplicate_names_fail():
+    with pytest.raises(PluginError, match="declares no `plugin` value"):
+        load_plugins(entry_point_group=None, extra=["app.config"])
+    with pytest.raises(PluginError, match="cannot import"):
+        load_plugins(entry_point_group=None, extra=["app.no_such_module"])
+    with pytest.raises(PluginError, match="two plugins are named 'simulator'"):
+        load_plugins(entry_point_group=None, extra=[Plugin(name="simulator", label="again")])
+
+
+def test_a_malformed_plugin_stops_the_app_from_being_created(tmp_path):
+    with pytest.raises(PluginError):
+        make_client(tmp_path, extra_plugins=[Plugin(name="x y", label="broken")])
+
+
+def test_plugins_page_lists_what_is_loaded(tmp_path):
+    with make_client(tmp_path, extra_plugins=["examples.hello_plugin"]) as client:
+        listed = client.get("/-/plugins").json()
+    assert [p["name"] for p in listed] == ["simulator", "hello"]
+    hello = listed[1]
+    assert hello["label"] == "Hello" and hello["ws_actions"] == ["hello.press"] and hello["routes"] == 1
+
+
+def test_readme_example_plugin_loads_and_serves(tmp_path):
+    with make_client(tmp_path, extra_plugins=["examples.hello_plugin"]) as client:
+        page = client.get("/p/hello").text
+        assert "Pressed" in page and 'href="/p/hello"' in page
+        assert client.get("/hello/count").text.count("0") >= 1
+        with client.websocket_connect("/ws") as ws:
+            ws.send_json({"action": "hello.press"})
+            frames = [ws.receive_text(), ws.receive_text()]
+        assert any('id="hello-count"' in f and ">1<" in f for f in frames)
+
+
+def test_readme_shows_the_example_plugin_verbatim():
+    example = (Path(__file__).resolve().parent.parent / "examples" / "hello_plugin.py").read_text()
+    readme = README.read_text()
+    body = example.split('"""', 2)[2].strip()
+    assert body in readme, "README's 'Writing a plugin' must show examples/hello_plugin.py"
+
+
+def test_readme_names_every_setting_and_plugin():
+    readme = README.read_text()
+    for variable, _default, _doc in Settings.documented():
+        assert f"`{variable}`" in readme, f"README does not document {variable}"
+    for plugin in load_plugins(entry_point_group=None):
+        assert plugin.label in readme, f"README does not mention the {plugin.label} plugin"
+    assert re.search(r"htmx\.org.*2\.\d+\.\d+", readme) and re.search(r"htmx-ext-ws.*2\.\d+\.\d+", readme)
+
+
+def test_builtin_list_is_explicit():
+    assert all(name.startswith("app.plugins.") for name in BUILTIN_PLUGINS)
