@@ -27,6 +27,27 @@ class Settings:
     max_message_bytes: int = field(default=16 << 20, metadata={"env": "QUANDA_MAX_MESSAGE_BYTES",
                                    "doc": "Largest content a message may reach (bytes)"})
 
+    ollama_host: str = field(default="http://localhost:11434", metadata={"env": "OLLAMA_HOST",
+                             "doc": "Ollama server (host[:port] or URL), used unless QUANDA_LLM_URL is set"})
+    ollama_model: str = field(default="llama3.2", metadata={"env": "OLLAMA_MODEL",
+                              "doc": "Default Ollama model"})
+    llm_url: str = field(default="", metadata={"env": "QUANDA_LLM_URL",
+                         "doc": "OpenAI-compatible server base URL including /v1 (llama.cpp, vLLM, LM Studio, OpenAI)"})
+    llm_api_key: str = field(default="", metadata={"env": "QUANDA_LLM_API_KEY",
+                             "doc": "Bearer key for QUANDA_LLM_URL"})
+    llm_model: str = field(default="", metadata={"env": "QUANDA_LLM_MODEL",
+                           "doc": "Default model on QUANDA_LLM_URL"})
+    llm_stall_s: float = field(default=60.0, metadata={"env": "QUANDA_LLM_STALL_S",
+                               "doc": "Seconds without a byte from the LLM before the answer is marked stalled"})
+    api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
+                           "doc": "When set, the HTTP API also accepts Authorization: Bearer <token>"})
+    system_prompt_file: str = field(default="", metadata={"env": "QUANDA_SYSTEM_PROMPT_FILE",
+                                    "doc": "File whose text replaces the base system prompt"})
+
+    @property
+    def default_model(self) -> str:
+        return self.llm_model if self.llm_url else self.ollama_model
+
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
         values: dict[str, object] = {}

@@ -6,6 +6,7 @@ fill the menu (app/plugins/). Only files under static/ are served as static cont
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -17,7 +18,10 @@ from fasthtml.common import FastHTML, JSONResponse, Link, Meta, Script, to_xml
 from starlette.middleware import Middleware
 from starlette.staticfiles import StaticFiles
 
+from app import conversation
+from app.components.chat import ChatSidebar, EventLine
 from app.components.layout import Page
+from app.llm import make_driver
 from app.config import Settings
 from app.context import AppContext, ctx_of
 from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
@@ -78,6 +82,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                               max_message_bytes=settings.max_message_bytes)
         hub = Hub(the_store)
         ctx = AppContext(settings, the_store, hub, plugins)
+        ctx.llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
+                              settings.llm_stall_s)
         hub.ctx = ctx
         for plugin in plugins:
             hub.handlers.update(plugin.ws_handlers)
@@ -89,9 +95,12 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         log.info("Quanda serving with %s on %s; plugins: %s", type(the_store).__name__, settings.db_url,
                  ", ".join(p.name for p in plugins))
         yield
-        for job in list(ctx.jobs.values()):
+        jobs = list(ctx.jobs.values())
+        for job in jobs:
             job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)  # each marks its message before the store closes
         await hub.close()
+        await ctx.llm.aclose()
         if own_store:
             await the_store.close()
 
@@ -108,7 +117,14 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "main":
             await ctx.post_event(sid, f"You opened {plugin.label}." if plugin else "You opened the home page.")
             return content
-        return Page(plugins, content, await ctx.recent_events(sid), current=plugin.name if plugin else None)
+        return Page(plugins, content, await sidebar(ctx, sid), current=plugin.name if plugin else None)
+
+    async def sidebar(ctx: AppContext, sid: str):
+        if ctx.chat is None:
+            lines = [EventLine(e["text"]) for _k, e in await conversation.entries(ctx.store, sid, limit=100)
+                     if e["type"] == "event"]
+            return ChatSidebar(lines)
+        return ChatSidebar(await ctx.chat.history(sid), await ctx.chat.badge(), await ctx.chat.chat_input(sid))
 
     def home():
         from fasthtml.common import H2, P, Section

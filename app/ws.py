@@ -65,8 +65,9 @@ class Connection:
                 log.debug("send failed: %s", exc)
                 self.close()
 
-    def follow(self, message_id: str, after_seq: int, view: StreamView) -> None:
-        """(Re)start following a stream from `after_seq`: the page has exactly the tokens up to it."""
+    def follow(self, message_id: str, after_seq: int | None, view: StreamView) -> None:
+        """(Re)start following a stream from `after_seq` (the page has exactly the tokens up to it), or
+        from a snapshot when `after_seq` is None."""
         old = self.followers.pop(message_id, None)
         if old is not None:
             old.cancel()
@@ -76,7 +77,7 @@ class Connection:
         self.followers[message_id] = task
         task.add_done_callback(lambda t: self.followers.get(message_id) is t and self.followers.pop(message_id))
 
-    async def _follow(self, message_id: str, after_seq: int, view: StreamView) -> None:
+    async def _follow(self, message_id: str, after_seq: int | None, view: StreamView) -> None:
         try:
             message = await QuandaMessage.from_id(self.hub.store, message_id)
         except QuandaError as exc:
@@ -193,7 +194,12 @@ class Hub:
             factory = self.views.get(owner.get("role", ""))
             if factory is None:
                 raise ClientError(f"stream {message_id} cannot be shown here")
-            conn.follow(message_id, seq, factory(message_id))
+            view = factory(message_id)
+            if getattr(view, "snapshot", False):  # views that re-render from a snapshot, not resume mid-way
+                view.page_seq = seq
+                conn.follow(message_id, None, view)
+            else:
+                conn.follow(message_id, seq, view)
 
 
 class FrameGuard:

@@ -38,3 +38,21 @@ def msg_body_id(message_id: str) -> str:
 
 def msg_tail_id(message_id: str) -> str:
     return f"msg-{message_id}-tail"
+
+
+def msg_warning_id(message_id: str) -> str:
+    return f"msg-{message_id}-warning"
+
+
+def msg_actions_id(message_id: str) -> str:
+    return f"msg-{message_id}-actions"
+
+
+def msg_thinking_id(message_id: str) -> str:
+    return f"msg-{message_id}-thinking"
+
+
+CHAT_INPUT = "chat-input"
+CHAT_FORM = "chat-form"
+DRAFT_PREVIEW = "draft-preview"
+MODEL_PICKER = "model-picker"

@@ -4,7 +4,6 @@ the stable #app element; navigation swaps only #main, so the socket survives it.
 from fasthtml.common import A, Div, Header, Main, Nav, Span, Strong, Title
 
 from . import ids
-from .chat import ChatSidebar
 
 
 def Menu(plugins, current: str | None = None):
@@ -17,13 +16,13 @@ def Menu(plugins, current: str | None = None):
     )
 
 
-def Page(plugins, main_content, events: list[str], current: str | None = None, title: str = "Quanda"):
+def Page(plugins, main_content, sidebar, current: str | None = None, title: str = "Quanda"):
     return (
         Title(title),
         Div(
             Header(Menu(plugins, current)),
             Div(id=ids.NOTICE),
-            Div(Main(main_content, id=ids.MAIN), ChatSidebar(events), cls="layout"),
+            Div(Main(main_content, id=ids.MAIN), sidebar, cls="layout"),
             Span(id="ws-state", cls="ws-state", data_state="connecting"),
             id="app", hx_ext="ws", ws_connect="/ws",
         ),

@@ -42,10 +42,14 @@ def SimStatus(message_id: str, text: str, oob: bool = False):
                 hx_swap_oob="true" if oob else None)
 
 
-def SimForm(error: str = "", running_id: str | None = None):
-    stop = Form(Hidden(name="action", value="sim.stop"), Hidden(name="message_id", value=running_id or ""),
+def SimStopForm(running_id: str | None = None):
+    return Form(Hidden(name="action", value="sim.stop"), Hidden(name="message_id", value=running_id or ""),
                 Button("Stop", type="submit", id="sim-stop", cls="secondary", disabled=running_id is None),
                 ws_send=True, id="sim-stop-form")
+
+
+def SimForm(error: str = "", running_id: str | None = None):
+    stop = SimStopForm(running_id)
     start = Form(
         Hidden(name="action", value="sim.start"),
         Label("Chunks", Input(type="number", name="chunks", value="200", min="1", max="10000", id="sim-chunks")),

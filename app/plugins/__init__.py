@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from fasthtml.common import APIRouter
 
 ENTRY_POINT_GROUP = "quanda.plugins"
-BUILTIN_PLUGINS = ("app.plugins.simulator",)
+BUILTIN_PLUGINS = ("app.plugins.simulator", "app.plugins.chat", "app.plugins.api")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 

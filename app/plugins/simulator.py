@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 
-from app.components.simulator import SimForm, SimRun, SimulatorCard, SimulatorView
+from app.components.simulator import SimRun, SimStopForm, SimulatorCard, SimulatorView
 from app.context import AppContext
 from app.plugins import Plugin
 from app.quanda import QuandaError, QuandaMessage, QuandaWriter
@@ -93,7 +93,7 @@ async def on_start(conn: Connection, data: dict) -> None:
     await ctx.store.put_record("sim_run", conn.sid, {"message_id": message.id})
     record = await ctx.store.get_message(message.id)
     # each tab that shows the card asks to follow the run from the seq its marker holds (see quanda.js)
-    await ctx.hub.broadcast(conn.sid, SimRun(record, oob=True), SimForm(running_id=message.id))
+    await ctx.hub.broadcast(conn.sid, SimRun(record, oob=True), SimStopForm(message.id))
     ctx.start_job(message.id, simulate(ctx, conn.sid, message, chunks, low, high))
     await ctx.post_event(conn.sid, f"Stream simulator started: {chunks} chunks.")
 

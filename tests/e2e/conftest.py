@@ -3,14 +3,22 @@ import shutil
 import pytest
 from playwright.async_api import async_playwright
 
+from tests.llm_server import LLMTestServer, Reply
 from tests.servers import AppServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture
-def app_server(tmp_path):
-    server = AppServer(tmp_path).start()
+def llm():
+    """A scripted LLM server (Ollama wire) on a loopback port, served from a thread for the app process."""
+    with LLMTestServer(Reply(chunks=["Hello!"])) as server:
+        yield server
+
+
+@pytest.fixture
+def app_server(tmp_path, llm):
+    server = AppServer(tmp_path, OLLAMA_HOST=llm.url, OLLAMA_MODEL="quanda-test").start()
     yield server
     server.stop()
 

@@ -1,0 +1,132 @@
+"""The chat in a real browser against a scripted LLM server speaking the Ollama wire protocol."""
+
+import re
+
+import pytest
+from playwright.async_api import expect
+
+from tests.llm_server import Reply
+from tests.servers import AppServer, free_port
+
+pytestmark = pytest.mark.e2e
+EXPECT_MS = 20_000
+
+
+async def open_chat(browser, url):
+    page = await browser.new_page()
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.dialogs = dialogs
+    await page.goto(url + "/")
+    await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+    return page
+
+
+async def ask(page, text):
+    await page.fill("#chat-input", text)
+    await page.click("#chat-send")
+
+
+def answers(page):
+    return page.locator("#msg-list li.msg.assistant")
+
+
+async def test_answer_streams_into_one_bubble_with_rendered_markdown(app_server, llm, browser):
+    llm.script = Reply(chunks=["Here is a list:\n\n", "- one\n", "- two\n", "\n```python\n", "print('hi')\n",
+                               "x = 1\n", "```\n", "\nDone."], delay=0.05)
+    page = await open_chat(browser, app_server.url)
+    await ask(page, "Show me **markdown**")
+    await expect(page.locator("#msg-list li.msg.q")).to_contain_text("Show me markdown")
+    await expect(page.locator("#msg-list li.msg.q strong")).to_have_text("markdown")
+    answer = answers(page)
+    await expect(answer).to_have_count(1)
+    await expect(answer.locator(".md >> text=Done.")).to_be_visible(timeout=EXPECT_MS)
+    await expect(answer).to_have_count(1)
+    assert await answer.locator("ul li").all_text_contents() == ["one", "two"]
+    assert "print('hi')\nx = 1" in await answer.locator("pre code").text_content()
+    await expect(answer.locator("[data-testid=retry], [data-testid=stop]")).to_have_count(0)
+    sent = llm.chat_requests[-1].json
+    assert sent["model"] == "quanda-test" and sent["messages"][-1] == {"role": "user", "content": "Show me **markdown**"}
+    assert sent["messages"][0]["role"] == "system"
+    await page.reload()  # history survives a reload: the same two bubbles, rendered the same way
+    await expect(answers(page)).to_have_count(1)
+    assert await answers(page).locator("ul li").all_text_contents() == ["one", "two"]
+
+
+async def test_stop_mid_answer_closes_the_upstream_stream_and_retry_regenerates(app_server, llm, browser):
+    llm.script = [Reply(chunks=[f"w{i} " for i in range(400)], delay=0.03), Reply(chunks=["Fresh ", "answer."])]
+    page = await open_chat(browser, app_server.url)
+    await ask(page, "Count slowly")
+    answer = answers(page)
+    await expect(answer).to_contain_text("w5 ", timeout=EXPECT_MS)
+    await answer.locator("[data-testid=stop]").click()
+    assert await llm.wait_disconnect(timeout=10)  # the HTTP stream to the LLM was closed: generation stops
+    await expect(answer.locator(".msg-warning")).to_have_text("stopped", timeout=EXPECT_MS)
+    partial = "".join(await answer.locator(".md").all_text_contents())
+    assert "w5" in partial and "w399" not in partial
+    await answer.locator("[data-testid=retry]").click()
+    await expect(answer).to_contain_text("Fresh answer.", timeout=EXPECT_MS)
+    await expect(answer).not_to_contain_text("w5 ")
+    await expect(answer.locator(".msg-warning")).to_have_text("")
+    await expect(answers(page)).to_have_count(1)
+
+
+async def test_reload_mid_answer_continues_without_duplicating(app_server, llm, browser):
+    words = [f"word{i} " for i in range(80)]
+    llm.script = Reply(chunks=words, delay=0.04)
+    page = await open_chat(browser, app_server.url)
+    await ask(page, "Go")
+    await expect(answers(page)).to_contain_text("word10 ", timeout=EXPECT_MS)
+    await page.reload()
+    await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+    await expect(answers(page)).to_contain_text("word79", timeout=EXPECT_MS)
+    text = (await answers(page).locator(".md").all_text_contents())
+    assert "".join(text).split() == [w.strip() for w in words]
+
+
+async def test_two_tabs_stay_in_sync(app_server, llm, browser):
+    llm.script = Reply(chunks=["Shared ", "answer."], delay=0.05)
+    context = await browser.new_context()
+    tabs = []
+    for _ in range(2):
+        tab = await context.new_page()
+        await tab.goto(app_server.url + "/")
+        await expect(tab.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+        tabs.append(tab)
+    await ask(tabs[0], "Hi both")
+    for tab in tabs:
+        await expect(answers(tab)).to_contain_text("Shared answer.", timeout=EXPECT_MS)
+        await expect(tab.locator("#msg-list li.msg.q")).to_contain_text("Hi both")
+
+
+async def test_hostile_markdown_never_executes(app_server, llm, browser):
+    hostile = ('<script>alert("a")</script>\n\n<img src=x onerror="alert(\'b\')">\n\n'
+               '[click](javascript:alert("c")) [ok](https://example.org)\n\n<a href="javascript:alert(1)">x</a>\n')
+    llm.script = Reply(chunks=[hostile[i:i + 7] for i in range(0, len(hostile), 7)], delay=0.01)
+    page = await open_chat(browser, app_server.url)
+    await ask(page, '<img src=y onerror="alert(\'q\')"> and [me](javascript:alert(2))')
+    await expect(answers(page)).to_contain_text("click", timeout=EXPECT_MS)
+    await expect(answers(page).locator("[data-testid=retry], [data-testid=stop]")).to_have_count(0,
+                                                                                               timeout=EXPECT_MS)
+    msg_list = page.locator("#msg-list")
+    assert await msg_list.locator("script, img[onerror], [onerror]").count() == 0
+    hrefs = await msg_list.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+    assert not any(h and h.strip().lower().startswith("javascript") for h in hrefs)
+    await page.reload()
+    assert page.dialogs == []
+
+
+async def test_llm_server_down_gives_a_clear_message_and_the_app_keeps_serving(tmp_path, browser):
+    server = AppServer(tmp_path, OLLAMA_HOST=f"http://127.0.0.1:{free_port()}").start()
+    try:
+        page = await open_chat(browser, server.url)
+        await expect(page.locator("#llm-status")).to_contain_text("ollama serve")
+        await ask(page, "Anyone there?")
+        warning = answers(page).locator(".msg-warning")
+        await expect(warning).to_contain_text(re.compile("not reachable|connect", re.I), timeout=EXPECT_MS)
+        await expect(warning).to_contain_text("QUANDA_LLM_URL")
+        await expect(answers(page).locator("[data-testid=retry]")).to_be_visible()
+        await page.click("#menu >> text=Stream simulator")
+        await expect(page.locator("#sim-card")).to_be_visible()
+    finally:
+        server.stop()
