@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app import conversation
+from app.commands import describe, run_answer_commands
 from app.components.chat import (AppendToList, ChatInput, ChatMessage, DraftPreview, EventLine, MessageActions,
                                  StatusBadge, ThinkingSection)
 from app.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, LLMUnavailable
@@ -38,8 +39,7 @@ class ChatService:
     def __init__(self, ctx: Any):
         self.ctx = ctx
         self._status: tuple[float, bool, str, list[str]] | None = None
-        self.on_done: list = []  # plugins add `async hook(sid, answer_id)`, run on answers finished normally
-        self.prompt_layers: list = []  # plugins add `async layer(sid) -> str` (e.g. the current todo list)
+
 
     # -- the LLM's reachability, shown as a badge ----------------------------------------------------------
 
@@ -247,14 +247,15 @@ class ChatService:
                 await writer.warning(warning)
             except QuandaError as exc:
                 log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
-        entry = await conversation.update_entry(self.ctx.store, key, status=status) if key else None
+        if key:
+            await conversation.update_entry(self.ctx.store, key, status=status)
         fragments = [MessageActions(answer_id, status, oob=True)]
         if status == "failed":
             fragments.append(await self.badge(fresh=True, oob=True))
         await self.ctx.hub.broadcast(sid, *fragments)
-        if status == "done" and entry is not None:
-            for hook in self.on_done:
-                await hook(sid, answer_id)
+        if status == "done" and key is not None:  # commands run only in answers the LLM finished normally
+            record = await self.ctx.store.get_message(answer_id)
+            await run_answer_commands(self.ctx, sid, answer_id, record.content)
 
     async def _start_thinking(self, sid: str, key: str, answer_id: str) -> QuandaWriter:
         message = await QuandaMessage.create(self.ctx.store, role="thinking")
@@ -271,10 +272,12 @@ class ChatService:
         if settings.system_prompt_file:
             base = Path(settings.system_prompt_file).read_text()
         layers = [base] + [p.system_prompt for p in self.ctx.plugins if p.system_prompt]
-        for layer in self.prompt_layers:
-            text = await layer(sid)
-            if text:
-                layers.append(text)
+        specs = [spec for p in self.ctx.plugins for spec in p.commands]
+        if specs:
+            layers.append(describe(specs))
+        for plugin in self.ctx.plugins:
+            if plugin.prompt_context is not None:
+                layers.append(await plugin.prompt_context(self.ctx, sid))
         history: list[dict] = []
         for _key, entry in await conversation.entries(self.ctx.store, sid, limit=HISTORY_ENTRIES):
             if entry.get("message_id") == answer_id:

@@ -55,8 +55,8 @@ def test_a_malformed_plugin_stops_the_app_from_being_created(tmp_path):
 def test_plugins_page_lists_what_is_loaded(tmp_path):
     with make_client(tmp_path, extra_plugins=["examples.hello_plugin"]) as client:
         listed = client.get("/-/plugins").json()
-    assert [p["name"] for p in listed] == ["simulator", "chat", "hello", "api"]
-    hello = listed[2]
+    assert [p["name"] for p in listed] == ["todo", "simulator", "chat", "hello", "api"]
+    hello = listed[3]
     assert hello["label"] == "Hello" and hello["ws_actions"] == ["hello.press"] and hello["routes"] == 1
 
 

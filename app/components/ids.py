@@ -56,3 +56,11 @@ CHAT_INPUT = "chat-input"
 CHAT_FORM = "chat-form"
 DRAFT_PREVIEW = "draft-preview"
 MODEL_PICKER = "model-picker"
+
+
+TODO_LIST = "todo-list"
+TODO_ADD_FORM = "todo-add-form"
+
+
+def todo_item_id(todo_id: int) -> str:
+    return f"todo-{todo_id}"

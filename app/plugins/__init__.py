@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from fasthtml.common import APIRouter
 
 ENTRY_POINT_GROUP = "quanda.plugins"
-BUILTIN_PLUGINS = ("app.plugins.simulator", "app.plugins.chat", "app.plugins.api")
+BUILTIN_PLUGINS = ("app.plugins.todo", "app.plugins.simulator", "app.plugins.chat", "app.plugins.api")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
@@ -36,8 +36,9 @@ class Plugin:
     startup: Callable[[Any], Awaitable[None]] | None = None  # awaited with the app context at start
     ws_handlers: Mapping[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)  # action -> handler
     stream_views: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)  # message role -> view factory
-    commands: Sequence[Any] = ()  # chat commands the LLM may emit
+    commands: Sequence[Any] = ()  # CommandSpecs (app/commands.py): JSON commands the LLM may emit
     system_prompt: str = ""  # what the LLM is told about this plugin
+    prompt_context: Callable[[Any, str], Awaitable[str]] | None = None  # live state for the prompt (ctx, sid)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "order": self.order, "menu": self.page is not None,
@@ -56,7 +57,7 @@ def validate(plugin: Any, source: str) -> Plugin:
         raise PluginError(f"{source}: plugin {plugin.name!r}: order must be an int")
     if plugin.router is not None and not isinstance(plugin.router, APIRouter):
         raise PluginError(f"{source}: plugin {plugin.name!r}: router must be a fasthtml APIRouter")
-    for what in ("page", "startup"):
+    for what in ("page", "startup", "prompt_context"):
         value = getattr(plugin, what)
         if value is not None and not callable(value):
             raise PluginError(f"{source}: plugin {plugin.name!r}: {what} must be callable")
@@ -66,6 +67,10 @@ def validate(plugin: Any, source: str) -> Plugin:
     for role, view in plugin.stream_views.items():
         if not isinstance(role, str) or not callable(view):
             raise PluginError(f"{source}: plugin {plugin.name!r}: stream_views must map roles to view factories")
+    from app.commands import CommandSpec
+    for spec in plugin.commands:
+        if not isinstance(spec, CommandSpec) or spec.run is None:
+            raise PluginError(f"{source}: plugin {plugin.name!r}: commands must be CommandSpecs with a run function")
     return plugin
 
 
