@@ -32,7 +32,8 @@ HISTORY_CHARS = 24_000
 STATUS_TTL_S = 10.0
 INTERRUPTED = "interrupted: the server stopped while writing this answer. Press Retry to regenerate it."
 BASE_PROMPT = ("You are the assistant inside Quanda, a local app with a todo list and a stream simulator. "
-               "You see the user's actions as [UI event] lines. Answer briefly, in Markdown.")
+               "You see the user's actions as [UI event] lines; when they press Poke, react briefly to what they just "
+               "did. Answer briefly, in Markdown.")
 
 
 class ChatService:

@@ -87,3 +87,17 @@ async def test_delete_without_id_deletes_nothing_and_says_why(app_server, llm, b
     await expect(tab1.locator("#msg-list")).to_contain_text("✗ command not run: delete todo needs 'id'",
                                                             timeout=EXPECT_MS)
     await expect(names(tab1)).to_have_text(["keep me"])
+
+
+async def test_poke_asks_the_llm_to_react_to_what_the_user_just_did(app_server, llm, browser):
+    llm.script = Reply(chunks=["Nice, milk is important."])
+    tab1, _ = await two_tabs(browser, app_server.url)
+    await add(tab1, "buy milk")
+    await expect(names(tab1)).to_have_text(["buy milk"])
+    await tab1.click("#chat-poke")
+    await expect(tab1.locator("#msg-list li.msg.assistant")).to_contain_text("Nice, milk is important.",
+                                                                              timeout=EXPECT_MS)
+    await expect(tab1.locator("#msg-list li.msg.q")).to_have_count(0)  # a poke is not a question
+    messages = llm.chat_requests[-1].json["messages"]
+    assert {"role": "user", "content": "[UI event] You added the todo 'buy milk' (id 1)."} in messages
+    assert messages[-1] == {"role": "user", "content": "[UI event] You pressed Poke."}
