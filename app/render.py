@@ -389,3 +389,12 @@ class IncrementalRender:
     def reset(self) -> None:
         """Start again from the beginning (after an override replaced the content)."""
         self.offset = 0
+
+
+def open_fence_line(text: str, pos: int) -> str:
+    """The opening line (with its newline) of the code fence still open at line start `pos`, or "".
+
+    A stream view that keeps only the text after a cut (`pos`) puts this line in front of it, so the rest
+    of a long code block still renders as code (a `pre.md-cont`, as `render_blocks` does)."""
+    fence = _fence_at(text, pos)[0]
+    return fence.line + "\n" if fence else ""

@@ -21,7 +21,7 @@ from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaToken
 
 log = logging.getLogger("quanda.ws")
 
-FRAME_INTERVAL_S = 0.016
+FRAME_INTERVAL_S = 0.020
 MAX_CLIENT_FRAME_BYTES = 64 * 1024
 MAX_FOLLOWED_STREAMS = 64
 
@@ -50,14 +50,17 @@ class ClientError(Exception):
 class Connection:
     def __init__(self, hub: "Hub", ws: Any, sid: str):
         self.hub, self.ws, self.sid = hub, ws, sid
-        self.followers: dict[str, asyncio.Task] = {}
+        self.followers: dict[str, Follower] = {}
         self._lock = asyncio.Lock()
         self.closed = False
 
     async def send(self, *fragments: Any) -> None:
-        if self.closed or not fragments:
+        if fragments:
+            await self.send_text("".join(to_xml(f, indent=False) for f in fragments))
+
+    async def send_text(self, text: str) -> None:
+        if self.closed:
             return
-        text = "".join(to_xml(f, indent=False) for f in fragments)
         async with self._lock:  # one frame at a time, so fragments never interleave
             try:
                 await self.ws.send_text(text)
@@ -65,31 +68,60 @@ class Connection:
                 log.debug("send failed: %s", exc)
                 self.close()
 
-    def follow(self, message_id: str, after_seq: int | None, view: StreamView) -> None:
-        """(Re)start following a stream from `after_seq` (the page has exactly the tokens up to it), or
-        from a snapshot when `after_seq` is None."""
+    def attach(self, message_id: str, follower: "Follower") -> None:
+        """Follow a stream through `follower` (replacing any earlier following of it)."""
         old = self.followers.pop(message_id, None)
-        if old is not None:
-            old.cancel()
+        if old is not None and old is not follower:
+            old.leave(self)
         if len(self.followers) >= MAX_FOLLOWED_STREAMS:
             raise ClientError(f"too many streams followed at once (at most {MAX_FOLLOWED_STREAMS})")
-        task = asyncio.create_task(self._follow(message_id, after_seq, view), name=f"follow-{message_id}")
-        self.followers[message_id] = task
-        task.add_done_callback(lambda t: self.followers.get(message_id) is t and self.followers.pop(message_id))
+        self.followers[message_id] = follower
+        follower.join(self)
 
-    async def _follow(self, message_id: str, after_seq: int | None, view: StreamView) -> None:
+    def close(self) -> None:
+        self.closed = True
+        for follower in self.followers.values():
+            follower.leave(self)
+        self.followers.clear()
+
+
+class Follower:
+    """Follows one message from one position for every tab that asked for exactly that: one reader, one
+    view, one render per frame, the same text sent to each tab. Tabs join only until the first frame goes
+    out; a tab asking later (another position, a reconnect) gets a follower of its own."""
+
+    def __init__(self, hub: "Hub", message_id: str, after_seq: int | None, view: StreamView):
+        self.hub, self.message_id, self.after_seq, self.view = hub, message_id, after_seq, view
+        self.conns: set[Connection] = set()
+        self.sent = False
+        self.task = asyncio.create_task(self._run(), name=f"follow-{message_id}")
+
+    def join(self, conn: Connection) -> None:
+        self.conns.add(conn)
+
+    def leave(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+        if not self.conns:
+            self.task.cancel()
+
+    async def _send(self, fragments: list[Any]) -> None:
+        text = "".join(to_xml(f, indent=False) for f in fragments)
+        for conn in list(self.conns):
+            await conn.send_text(text)
+
+    async def _run(self) -> None:
         try:
-            message = await QuandaMessage.from_id(self.hub.store, message_id)
+            message = await QuandaMessage.from_id(self.hub.store, self.message_id)
         except QuandaError as exc:
-            await self.send(Notice(str(exc)))
+            await self._send([Notice(str(exc))])
             return
         dirty = asyncio.Event()
         ended: list[BaseException | None] = []
 
         async def pump() -> None:
             try:
-                async for token in QuandaReader(message, after_seq=after_seq):
-                    view.feed(token)
+                async for token in QuandaReader(message, after_seq=self.after_seq):
+                    self.view.feed(token)
                     dirty.set()
                 ended.append(None)
             except QuandaError as exc:
@@ -98,29 +130,29 @@ class Connection:
                 dirty.set()
 
         pump_task = asyncio.create_task(pump())
+        loop = asyncio.get_running_loop()
         try:
-            loop = asyncio.get_running_loop()
             while True:
                 await dirty.wait()
                 dirty.clear()
                 started = loop.time()
-                fragments = view.flush()
+                fragments = self.view.flush()
                 if fragments:
-                    await self.send(*fragments)
-                if ended or self.closed:
+                    self.sent = True
+                    await self._send(fragments)
+                if ended or not self.conns:
                     break
-                # frame pacing, timed from the frame's start: what arrives meanwhile joins the next frame
-                await asyncio.sleep(max(0.0, started + FRAME_INTERVAL_S - loop.time()))
+                # frame pacing, timed from the frame's start, with a floor so a late server still batches:
+                # whatever arrives meanwhile joins the next frame
+                now = loop.time()
+                await asyncio.sleep(max(started + FRAME_INTERVAL_S, now + 0.75 * FRAME_INTERVAL_S) - now)
             if ended and ended[0] is not None:
-                await self.send(Notice(f"stream interrupted: {ended[0]}"))
+                await self._send([Notice(f"stream interrupted: {ended[0]}")])
         finally:
             pump_task.cancel()
-
-    def close(self) -> None:
-        self.closed = True
-        for task in self.followers.values():
-            task.cancel()
-        self.followers.clear()
+            for conn in list(self.conns):
+                if conn.followers.get(self.message_id) is self:
+                    del conn.followers[self.message_id]
 
 
 class Hub:
@@ -132,6 +164,7 @@ class Hub:
         self.connections: dict[Any, Connection] = {}
         self.handlers: dict[str, Handler] = {"follow": self._on_follow}
         self.views: dict[str, ViewFactory] = {}
+        self._joinable: dict[tuple[str, int | None, int], Follower] = {}
 
     def connect(self, ws: Any, sid: str) -> Connection:
         conn = Connection(self, ws, sid)
@@ -194,12 +227,22 @@ class Hub:
             factory = self.views.get(owner.get("role", ""))
             if factory is None:
                 raise ClientError(f"stream {message_id} cannot be shown here")
-            view = factory(message_id)
-            if getattr(view, "snapshot", False):  # views that re-render from a snapshot, not resume mid-way
-                view.page_seq = seq
-                conn.follow(message_id, None, view)
-            else:
-                conn.follow(message_id, seq, view)
+            conn.attach(message_id, self._follower(message_id, seq, factory))
+
+    def _follower(self, message_id: str, seq: int, factory: ViewFactory) -> Follower:
+        """A follower for tabs that hold `seq` of the stream: a new one, or one not yet sending."""
+        view = factory(message_id)
+        snapshot = getattr(view, "snapshot", False)  # views that re-render from a snapshot, not resume mid-way
+        key = (message_id, None if snapshot else seq, seq)
+        follower = self._joinable.get(key)
+        if follower is not None and not follower.sent and not follower.task.done():
+            return follower
+        if snapshot:
+            view.page_seq = seq
+        follower = Follower(self, message_id, None if snapshot else seq, view)
+        self._joinable[key] = follower
+        follower.task.add_done_callback(lambda _t: self._joinable.get(key) is follower and self._joinable.pop(key))
+        return follower
 
 
 class FrameGuard:

@@ -7,7 +7,7 @@ from fasthtml.common import (Aside, Button, Details, Div, Form, H2, Hidden, Li, 
                              Summary, Textarea, Ul)
 
 from app.quanda import QuandaToken
-from app.render import render_blocks, render_update
+from app.render import open_fence_line, render_blocks, render_update
 
 from . import ids
 from .stream import StreamMarker
@@ -75,16 +75,19 @@ def AppendToList(*items):
 
 
 class ChatView:
-    """Streams one message into its bubble. It holds only the open block's text (`tail`): finished blocks
-    are sent once, appended to the body; the tail is re-rendered each frame with the estimate closing open
-    structures. It starts from a snapshot: a page whose marker already holds the snapshot's seq gets
-    nothing for it, anything else (a reconnect after changes, an override) gets the body re-rendered."""
+    """Streams one message into its bubble. It holds only the open block's text: finished blocks are sent
+    once, appended to the body; the open block is re-rendered once per frame (not per token), with the
+    estimate closing open structures. It starts from a snapshot: a page whose marker already holds the
+    snapshot's seq gets nothing for it; anything else (a reconnect after changes, an override) gets the body
+    re-rendered. The seq marker is sent only when the message ends or gets a warning: a page that
+    reconnects mid-answer is re-rendered from a snapshot anyway."""
 
     snapshot = True
 
     def __init__(self, message_id: str, page_seq: int = 0):
         self.message_id = message_id
         self.page_seq = page_seq
+        self.head = ""  # the open code fence's line when `tail` starts inside a long code block
         self.tail = ""
         self.estimate: str | None = None
         self.appended_stable: list[str] = []
@@ -99,8 +102,8 @@ class ChatView:
         self.seq = max(self.seq, token.seq)
         if token.kind == "override":
             first, self.started = not self.started, True
-            self.tail, self.estimate, self.appended_stable = token.text, token.estimate, []
-            self._advance()
+            self.head, self.tail, self.estimate, self.appended_stable = "", token.text, token.estimate, []
+            self._cut(None)
             if first and token.seq == self.page_seq:
                 self.appended_stable = []  # the page already shows exactly this snapshot
                 return
@@ -109,38 +112,43 @@ class ChatView:
             self.started = True
             self.tail += token.text
             self.estimate = token.estimate
-            self._advance()
         elif token.kind == "warning":
             self.warning = token.text
         elif token.kind == "immutable":
             self.immutable, self.estimate = True, None
         self.dirty = True
 
-    def _advance(self) -> None:
-        update = render_update(self.tail, 0, None)
-        if update.stable_offset:
+    def _cut(self, estimate: str | None) -> str:
+        """Move the finished blocks of the open text to `appended_stable`; the tail's HTML."""
+        content = self.head + self.tail
+        update = render_update(content, len(self.head), estimate)
+        if update.stable_offset > len(self.head):
             self.appended_stable.append(update.stable_html)
-            self.tail = self.tail[update.stable_offset:]
+            self.head = open_fence_line(content, update.stable_offset)
+            self.tail = content[update.stable_offset:]
+        return update.tail_html
 
     def flush(self) -> list:
         if not self.dirty:
             return []
         mid, fragments = self.message_id, []
         if self.immutable:
-            final = render_update(self.tail, 0, None, final=True).stable_html
-            self.appended_stable.append(final)
-            self.tail = ""
+            content = self.head + self.tail
+            self.appended_stable.append(render_update(content, len(self.head), None, final=True).stable_html)
+            self.head = self.tail = tail_html = ""
+        else:
+            tail_html = self._cut(self.estimate)
         stable = "".join(self.appended_stable)
         if self.replace:
             fragments.append(Div(NotStr(stable), id=ids.msg_body_id(mid), cls="md", hx_swap_oob="true"))
         elif stable:
             fragments.append(Div(NotStr(stable), hx_swap_oob=f"beforeend:#{ids.msg_body_id(mid)}"))
-        tail_html = render_update(self.tail, 0, self.estimate).tail_html if self.tail or self.estimate else ""
         if self.replace or self.tail or stable or self.immutable:
             fragments.append(Div(NotStr(tail_html), id=ids.msg_tail_id(mid), cls="md tail", hx_swap_oob="true"))
         if self.warning is not None:
             fragments.append(Div(self.warning, id=ids.msg_warning_id(mid), cls="msg-warning", hx_swap_oob="true"))
-        fragments.append(StreamMarker(mid, self.seq, oob=True))
+        if self.immutable or self.warning is not None:
+            fragments.append(StreamMarker(mid, self.seq, oob=True))
         self.appended_stable, self.replace, self.warning, self.dirty = [], False, None, False
         return fragments
 
