@@ -268,6 +268,7 @@ def bench_plugin():
     from app.plugins import Plugin
     from app.quanda import QuandaError, QuandaMessage, QuandaReader
     from app.render import render_markdown
+    from bench.baseline import follow_full_handler
     from app.ws import ClientError, Connection, Notice
 
     async def on_ping(conn: Connection, data: dict) -> None:
@@ -292,20 +293,7 @@ def bench_plugin():
         except QuandaError as exc:
             await conn.send(Notice(str(exc)))
 
-    async def on_follow_full(conn: Connection, data: dict) -> None:
-        streams = data.get("streams")
-        if not isinstance(streams, dict):
-            raise ClientError("bench.follow_full needs {'streams': {message_id: seq}}")
-        for message_id, seq in streams.items():
-            owner = await conn.hub.store.get_record("owner", message_id)
-            if owner is None or owner.get("sid") != conn.sid or owner.get("role") != "assistant":
-                raise ClientError(f"no answer {message_id!r} in this session")
-            old = conn.followers.pop(message_id, None)
-            if old is not None:
-                old.cancel()
-            task = asyncio.create_task(full_resend(conn, message_id, int(seq)))
-            conn.followers[message_id] = task
-            task.add_done_callback(lambda t, m=message_id: conn.followers.get(m) is t and conn.followers.pop(m))
+    on_follow_full = follow_full_handler('assistant', full_resend)
 
     return Plugin(name="bench", label="Bench", order=999,
                   ws_handlers={"bench.ping": on_ping, "bench.follow_full": on_follow_full})

@@ -99,16 +99,20 @@ async def paced(tokens: int, write) -> None:
         await write(stamp())
 
 
+def start_readers(msg: QuandaMessage, readers: int, latencies: list[float]) -> list[asyncio.Task]:
+    """Readers that record, for every chunk, now minus the stamp the chunk carries."""
+    async def read() -> None:
+        async for token in QuandaReader(msg):
+            if token.kind == "chunk":
+                latencies.append((time.monotonic_ns() - int(token.text)) / 1e6)
+    return [asyncio.create_task(read()) for _ in range(readers)]
+
+
 async def ours_in_process(url: str, readers: int, tokens: int) -> list[float]:
     async with await open_store(url) as store:
         msg = await QuandaMessage.create(store, role="bench")
         latencies: list[float] = []
-
-        async def read() -> None:
-            async for token in QuandaReader(msg):
-                if token.kind == "chunk":
-                    latencies.append((time.monotonic_ns() - int(token.text)) / 1e6)
-        tasks = [asyncio.create_task(read()) for _ in range(readers)]
+        tasks = start_readers(msg, readers, latencies)
         await asyncio.sleep(0.05)
         w = QuandaWriter(msg)
         await paced(tokens, w.chunk)
@@ -141,12 +145,7 @@ async def ours_cross_process(url: str, readers: int, tokens: int) -> list[float]
     async with await open_store(url) as store:
         msg = await QuandaMessage.create(store, role="bench")
         latencies: list[float] = []
-
-        async def read() -> None:
-            async for token in QuandaReader(msg):
-                if token.kind == "chunk":
-                    latencies.append((time.monotonic_ns() - int(token.text)) / 1e6)
-        tasks = [asyncio.create_task(read()) for _ in range(readers)]
+        tasks = start_readers(msg, readers, latencies)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         proc = subprocess.Popen([sys.executable, "-c", WRITER_PROCESS, url, msg.id, str(tokens), root],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,33 @@
+"""What the WebSocket benchmarks share: the seed-style baseline that resends a whole message on every token."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+from app.ws import ClientError, Connection
+
+FullResend = Callable[[Connection, str, int], Awaitable[None]]
+
+
+def follow_full_handler(role: str, full_resend: FullResend):
+    """A ws action `{"action": ..., "streams": {id: seq}}` that streams each owned message of `role` through
+    `full_resend` (one frame per token, no coalescing), outside the hub's followers."""
+    tasks: dict[tuple[int, str], asyncio.Task] = {}
+
+    async def on_follow_full(conn: Connection, data: dict) -> None:
+        streams = data.get("streams")
+        if not isinstance(streams, dict):
+            raise ClientError("follow_full needs {'streams': {message_id: seq}}")
+        for message_id, seq in streams.items():
+            owner = await conn.hub.store.get_record("owner", message_id)
+            if owner is None or owner.get("sid") != conn.sid or owner.get("role") != role:
+                raise ClientError(f"no {role} stream {message_id!r} in this session")
+            key = (id(conn), message_id)
+            old = tasks.pop(key, None)
+            if old is not None:
+                old.cancel()
+            task = tasks[key] = asyncio.create_task(full_resend(conn, message_id, int(seq)))
+            task.add_done_callback(lambda t, k=key: tasks.get(k) is t and tasks.pop(k))
+
+    return on_follow_full
