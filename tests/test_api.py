@@ -171,3 +171,20 @@ async def _until_completed(response):
             continue
         field, _, value = line.partition(": ")
         current[field] = value
+
+
+async def test_openai_compatible_server_at_quanda_llm_url(tmp_path, llm):
+    llm.script = Reply(chunks=["Via ", "OpenAI ", "wire."])
+    server = AppServer(tmp_path, QUANDA_API_TOKEN=TOKEN, QUANDA_LLM_URL=llm.openai_url,
+                       QUANDA_LLM_MODEL="quanda-test").start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            question = (await c.post("/api/messages", json={"role": "q", "content": "hi"})).json()["id"]
+            answer = (await c.post(f"/api/messages/{question}/answer", json={})).json()["answer_id"]
+            async with c.stream("GET", f"/api/messages/{answer}/events") as stream:
+                async for _event in _until_completed(stream):
+                    pass
+            assert (await c.get(f"/api/messages/{answer}")).json()["content"] == "Via OpenAI wire."
+        assert llm.chat_requests[-1].path == "/v1/chat/completions"
+    finally:
+        server.stop()

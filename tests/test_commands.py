@@ -173,3 +173,21 @@ async def test_at_most_twenty_commands_per_answer(store):
     assert sum(r.ok for r in results) == MAX_COMMANDS
     assert all("at most 20" in r.text for r in results[MAX_COMMANDS:])
     assert len(await todos(store, "s2")) == MAX_COMMANDS
+
+
+async def test_system_prompt_is_layered_and_replaceable(store, tmp_path):
+    from app.chat import ChatService
+    from app.plugins.todo import add
+
+    ctx = context(store)
+    chat = ChatService(ctx)
+    await add(store, "s3", "buy milk")
+    layered = (await chat.prompt("s3", "d" * 24))[0]["content"]
+    assert layered.startswith("You are the assistant inside Quanda")
+    assert '{"action": "delete", "target": "todo", "args": {"id": int}}' in layered
+    assert "id 1: buy milk" in layered
+    custom = tmp_path / "prompt.txt"
+    custom.write_text("You are a pirate.")
+    ctx.settings = Settings(system_prompt_file=str(custom))
+    replaced = (await chat.prompt("s3", "d" * 24))[0]["content"]
+    assert replaced.startswith("You are a pirate.") and "id 1: buy milk" in replaced

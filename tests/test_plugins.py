@@ -89,3 +89,26 @@ def test_readme_names_every_setting_and_plugin():
 
 def test_builtin_list_is_explicit():
     assert all(name.startswith("app.plugins.") for name in BUILTIN_PLUGINS)
+
+
+def test_entry_point_plugins_are_loaded_and_broken_ones_fail_loudly(monkeypatch):
+    import app.plugins as plugins_module
+
+    class EntryPoint:
+        def __init__(self, name, value, loaded):
+            self.name, self.value, self._loaded = name, value, loaded
+
+        def load(self):
+            if isinstance(self._loaded, Exception):
+                raise self._loaded
+            return self._loaded
+
+    import examples.hello_plugin as hello
+    monkeypatch.setattr(plugins_module, "entry_points",
+                        lambda group: [EntryPoint("hello", "examples.hello_plugin", hello)]
+                        if group == "quanda.plugins" else [])
+    assert "hello" in [p.name for p in load_plugins()]
+    monkeypatch.setattr(plugins_module, "entry_points",
+                        lambda group: [EntryPoint("broken", "nowhere:plugin", ImportError("no module nowhere"))])
+    with pytest.raises(PluginError, match="entry point broken .*cannot load: no module nowhere"):
+        load_plugins()

@@ -148,9 +148,14 @@ async def test_mongo_driver_errors_become_store_errors_with_the_cause(tmp_path):
         async def command(self, *args):
             raise ServerSelectionTimeoutError("connection refused")
 
+        def close(self):
+            self.closed = True
+
+    client = DeadClient()
     with pytest.raises(QuandaStoreError, match="cannot reach MongoDB") as info:
-        await MongoStore(DeadClient()).open()
+        await MongoStore(client).open()
     assert isinstance(info.value.__cause__, ServerSelectionTimeoutError)
+    assert client.closed  # nothing left open
     store = MongoStore(DeadClient())
     store._messages = DeadCollection()
     with pytest.raises(QuandaStoreError) as info:
@@ -163,3 +168,15 @@ async def test_unsupported_url_is_a_clear_error():
         await open_store("postgres://localhost/x")
     with pytest.raises(QuandaError, match="file path"):
         await open_store("sqlite:///:memory:")
+
+
+@pytest.mark.parametrize("driver", ["motor", "pymongo"])
+async def test_a_dead_mongodb_is_a_clear_store_error_on_both_drivers(monkeypatch, driver):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    monkeypatch.setenv("QUANDA_MONGO_DRIVER", driver)
+    with pytest.raises(QuandaStoreError, match="cannot reach MongoDB") as info:
+        await open_store(f"mongodb://127.0.0.1:{port}/quanda?serverSelectionTimeoutMS=300")
+    assert type(info.value.__cause__).__module__.startswith("pymongo")

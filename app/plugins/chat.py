@@ -15,10 +15,11 @@ async def startup(ctx) -> None:
 
 
 async def page(ctx, sid: str):
-    return Section(H2("Chat"), P("The conversation is in the sidebar; it survives restarts. Stop halts an answer "
-                                 "(the LLM stops generating); Retry regenerates a stopped or failed answer in "
-                                 "place; Poke asks the assistant to react to what you just did."),
-                   await ctx.chat.badge(fresh=True), cls="chat-page card")
+    # the chat itself is the sidebar, widened to fill the page while this view is open (see app.css)
+    return Section(H2("Chat"), P("The whole conversation, kept across restarts. Stop halts an answer (the LLM "
+                                 "stops generating); Retry regenerates a stopped or failed answer in place; "
+                                 "Poke asks the assistant to react to what you just did."),
+                   cls="chat-full card")
 
 
 def handler(name: str):

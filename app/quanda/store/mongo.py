@@ -59,6 +59,7 @@ class MongoStore(QuandaStore):
             await self._db.command("ping")
             await self._messages.create_index([("role", 1), ("immutable", 1)])
         except _errors() as exc:
+            await self._close()
             raise QuandaStoreError(f"cannot reach MongoDB: {exc}") from exc
         return self
 
