@@ -199,7 +199,7 @@ class ChatService:
 
     async def generate(self, sid: str, key: str | None, answer_id: str, model: str,
                        messages: list[dict] | None = None) -> None:
-        store, hub = self.ctx.store, self.ctx.hub
+        store = self.ctx.store
         writer = QuandaWriter(await QuandaMessage.from_id(store, answer_id))
         thinking: QuandaWriter | None = None
         content = ""

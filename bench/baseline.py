@@ -1,4 +1,5 @@
-"""What the WebSocket benchmarks share: the seed-style baseline that resends a whole message on every token."""
+"""What the WebSocket benchmarks share: the seed-style baseline that resends a whole message on every token,
+and serving the app under test."""
 
 from __future__ import annotations
 
@@ -31,3 +32,23 @@ def follow_full_handler(role: str, full_resend: FullResend):
             task.add_done_callback(lambda t, k=key: tasks.get(k) is t and tasks.pop(k))
 
     return on_follow_full
+
+
+def serve_app(the_app, port: int, profile: str | None = None) -> None:
+    """Run the app under uvicorn on loopback; with `profile`, write cProfile stats there on SIGTERM."""
+    import uvicorn
+
+    if not profile:
+        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
+        return
+    import cProfile
+    import signal
+
+    profiler = cProfile.Profile()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    profiler.enable()
+    try:
+        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)

@@ -269,7 +269,7 @@ def bench_plugin():
     from app.quanda import QuandaError, QuandaMessage, QuandaReader
     from app.render import render_markdown
     from bench.baseline import follow_full_handler
-    from app.ws import ClientError, Connection, Notice
+    from app.ws import Connection, Notice
 
     async def on_ping(conn: Connection, data: dict) -> None:
         await conn.send(Div(id="bench-pong"))
@@ -302,7 +302,6 @@ def bench_plugin():
 def serve(port: int, db_url: str, llm_url: str, frame_interval: float | None, profile: str | None) -> None:
     import logging
 
-    import uvicorn
 
     import app.ws
     from app.config import Settings
@@ -313,20 +312,9 @@ def serve(port: int, db_url: str, llm_url: str, frame_interval: float | None, pr
         app.ws.FRAME_INTERVAL_S = frame_interval
     settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL)
     the_app = create_app(settings, entry_point_group=None, extra_plugins=[bench_plugin()])
-    if not profile:
-        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
-        return
-    import cProfile
-    import signal
+    from bench.baseline import serve_app
 
-    profiler = cProfile.Profile()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    profiler.enable()
-    try:
-        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
-    finally:
-        profiler.disable()
-        profiler.dump_stats(profile)
+    serve_app(the_app, port, profile)
 
 
 # == the client side ======================================================================================

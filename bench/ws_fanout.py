@@ -180,7 +180,6 @@ def serve(port: int, db_url: str, frame_interval: float | None, profile: str | N
           switch_interval: float | None) -> None:
     import logging
 
-    import uvicorn
 
     import app.ws
     from app.config import Settings
@@ -193,20 +192,9 @@ def serve(port: int, db_url: str, frame_interval: float | None, profile: str | N
         app.ws.FRAME_INTERVAL_S = frame_interval
     the_app = create_app(Settings(db_url=db_url, port=port), builtin=("app.plugins.simulator",),
                          entry_point_group=None, extra_plugins=[bench_plugin()])
-    if not profile:
-        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
-        return
-    import cProfile
-    import signal
+    from bench.baseline import serve_app
 
-    profiler = cProfile.Profile()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    profiler.enable()
-    try:
-        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
-    finally:
-        profiler.disable()
-        profiler.dump_stats(profile)
+    serve_app(the_app, port, profile)
 
 
 # == the client side ====================================================================================

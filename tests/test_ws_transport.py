@@ -53,7 +53,7 @@ def appended_text(frames, message_id):
     """The text the frames append to (or set in) the run's content box, in order."""
     out = []
     for frame in frames:
-        for strategy, text in re.findall(rf'<pre hx-swap-oob="([^"]*)"[^>]*>(.*?)</pre>', frame, re.S):
+        for strategy, text in re.findall(r'<pre hx-swap-oob="([^"]*)"[^>]*>(.*?)</pre>', frame, re.S):
             out.append(text)
     return "".join(out)
 

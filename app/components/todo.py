@@ -1,6 +1,6 @@
 """The todo page: an add form and the list, each item with toggle, edit, delete and move buttons."""
 
-from fasthtml.common import H3, Article, Button, Div, Form, Hidden, Input, Li, Span, Ul
+from fasthtml.common import H3, Article, Button, Form, Hidden, Input, Li, Span, Ul
 
 from . import ids
 

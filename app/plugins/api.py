@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.plugins import Plugin
 from app.quanda import (QuandaError, QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaNotFoundError,
-                        QuandaReader, QuandaStoreError, QuandaWriter)
+                        QuandaReader, QuandaStoreError)
 
 log = logging.getLogger("quanda.api")
 router = APIRouter()

@@ -11,7 +11,6 @@ by construction and no transaction or replica set is needed. User text enters pi
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
