@@ -7,10 +7,6 @@ import os
 from dataclasses import dataclass, field, fields
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
 @dataclass(frozen=True)
 class Settings:
     db_url: str = field(default="sqlite:///data/quanda.db", metadata={"env": "QUANDA_DB_URL",

@@ -74,6 +74,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import table  # noqa: E402
+
 MODEL = "quanda-test"
 P99_TARGET_MS = 33.0
 BYTES_TARGET = 3.0
@@ -268,7 +270,7 @@ def bench_plugin():
     from app.plugins import Plugin
     from app.quanda import QuandaError, QuandaMessage, QuandaReader
     from app.render import render_markdown
-    from bench.baseline import follow_full_handler
+    from bench.common import follow_full_handler
     from app.ws import Connection, Notice
 
     async def on_ping(conn: Connection, data: dict) -> None:
@@ -312,7 +314,7 @@ def serve(port: int, db_url: str, llm_url: str, frame_interval: float | None, pr
         app.ws.FRAME_INTERVAL_S = frame_interval
     settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL)
     the_app = create_app(settings, entry_point_group=None, extra_plugins=[bench_plugin()])
-    from bench.baseline import serve_app
+    from bench.common import serve_app
 
     serve_app(the_app, port, profile)
 
@@ -481,16 +483,6 @@ def combine(runs: list[dict]) -> dict:
             "page_diff": next((r["page_diff"] for r in runs if not r["page_ok"]), 0),
             "stream_s": mean("stream_s"), "wall": mean("wall"),
             "complete": all(n == r["tokens"] for r in runs for n in r["seen"]), "seen": [r["seen"] for r in runs]}
-
-
-def row(cells: list[str], widths: list[int]) -> str:
-    return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([row(header, widths), sep, *(row(r, widths) for r in rows)])
 
 
 def parse_args() -> argparse.Namespace:

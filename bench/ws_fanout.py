@@ -58,6 +58,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import table  # noqa: E402
+
 STAMP_RE = re.compile(rb"\[(\d{6,})\]")
 P99_TARGET_MS = 33.0
 BYTES_TARGET = 3.0
@@ -79,7 +81,7 @@ def bench_plugin():
     from app.components.simulator import SimStatus, SimulatorView
     from app.plugins import Plugin
     from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
-    from bench.baseline import follow_full_handler
+    from bench.common import follow_full_handler
     from app.ws import ClientError, Connection
 
     def FullContent(message_id: str, content: str):
@@ -192,7 +194,7 @@ def serve(port: int, db_url: str, frame_interval: float | None, profile: str | N
         app.ws.FRAME_INTERVAL_S = frame_interval
     the_app = create_app(Settings(db_url=db_url, port=port), builtin=("app.plugins.simulator",),
                          entry_point_group=None, extra_plugins=[bench_plugin()])
-    from bench.baseline import serve_app
+    from bench.common import serve_app
 
     serve_app(the_app, port, profile)
 
@@ -326,16 +328,6 @@ def combine(runs: list[dict]) -> dict:
             "frames": mean("frames"), "bytes": mean("bytes"), "content": mean("content"), "write_s": mean("write_s"),
             "cpu": mean("cpu"), "complete": all(n == r["tokens"] for r in runs for n in r["seen"]),
             "seen": [r["seen"] for r in runs]}
-
-
-def row(cells: list[str], widths: list[int]) -> str:
-    return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([row(header, widths), sep, *(row(r, widths) for r in rows)])
 
 
 def parse_args() -> argparse.Namespace:

@@ -110,3 +110,10 @@ async def test_records_insert_once_put_get_list_delete(store):
     assert await store.delete_record("todo", "0001") is True
     assert await store.delete_record("todo", "0001") is False
     assert await store.get_record("todo", "0001") is None
+
+
+def test_as_stream_piece_shows_the_estimate_only_for_chunks():
+    assert QuandaToken("chunk", "Hel", "…", 1).as_stream_piece() == "Hel…"
+    assert QuandaToken("chunk", "Hel", None, 1).as_stream_piece() == "Hel"
+    assert QuandaToken("override", "Hello", "(1/2)", 2).as_stream_piece() == "Hello"
+    assert QuandaToken("warning", "busy", None, 3).as_stream_piece() == "busy"

@@ -208,11 +208,17 @@ class HTTPDriver(LLMDriver):
         if self._owns_client:
             await self._client.aclose()
 
-    @abstractmethod
+    #: the chat endpoint, relative to base_url
+    chat_path: str = ""
+
     def _chat_request(
         self, messages: list[dict], model: str, tools: list[dict] | None
     ) -> tuple[str, dict]:
-        """URL and JSON body of a streaming chat request."""
+        """URL and JSON body of a streaming chat request (the same shape on both wires)."""
+        body: dict = {"model": model, "messages": messages, "stream": True}
+        if tools:
+            body["tools"] = tools
+        return self.base_url + self.chat_path, body
 
     @abstractmethod
     def _decoder(self) -> WireDecoder:

@@ -37,6 +37,8 @@ def ollama_base_url(host: str | None) -> str:
 class OllamaDriver(HTTPDriver):
     """Chat with an Ollama server over its native streaming API."""
 
+    chat_path = "/api/chat"
+
     label = "Ollama"
     url_env = "OLLAMA_HOST"
 
@@ -57,14 +59,6 @@ class OllamaDriver(HTTPDriver):
             )
         names = (m.get("name") or m.get("model") for m in models if isinstance(m, dict))
         return [name for name in names if isinstance(name, str)]
-
-    def _chat_request(
-        self, messages: list[dict], model: str, tools: list[dict] | None
-    ) -> tuple[str, dict]:
-        body: dict = {"model": model, "messages": messages, "stream": True}
-        if tools:
-            body["tools"] = tools
-        return self.base_url + "/api/chat", body
 
     def _decoder(self) -> NDJSONDecoder:
         return NDJSONDecoder(self._wire_error)

@@ -24,6 +24,8 @@ from .events import REASONING, TOOL_CALL, LLMEvent, completed_event
 class OpenAIDriver(HTTPDriver):
     """Chat with an OpenAI-compatible server over streaming ``/chat/completions``."""
 
+    chat_path = "/chat/completions"
+
     label = "LLM server"
     url_env = "QUANDA_LLM_URL"
     lone_cr = True
@@ -52,14 +54,6 @@ class OpenAIDriver(HTTPDriver):
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
-
-    def _chat_request(
-        self, messages: list[dict], model: str, tools: list[dict] | None
-    ) -> tuple[str, dict]:
-        body: dict = {"model": model, "messages": messages, "stream": True}
-        if tools:
-            body["tools"] = tools
-        return self.base_url + "/chat/completions", body
 
     def _decoder(self) -> SSEDecoder:
         return SSEDecoder(self._wire_error)

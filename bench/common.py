@@ -1,5 +1,5 @@
 """What the WebSocket benchmarks share: the seed-style baseline that resends a whole message on every token,
-and serving the app under test."""
+serving the app under test, and printing tables."""
 
 from __future__ import annotations
 
@@ -52,3 +52,13 @@ def serve_app(the_app, port: int, profile: str | None = None) -> None:
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
+
+
+def row(cells: list[str], widths: list[int]) -> str:
+    return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([row(header, widths), sep, *(row(r, widths) for r in rows)])
