@@ -139,12 +139,13 @@ class ChatView:
         else:
             tail_html = self._cut(self.estimate)
         stable = "".join(self.appended_stable)
+        # the tail first: text moving from the tail to the body is never on the page twice, even for a moment
+        if self.replace or self.tail or stable or self.immutable:
+            fragments.append(Div(NotStr(tail_html), id=ids.msg_tail_id(mid), cls="md tail", hx_swap_oob="true"))
         if self.replace:
             fragments.append(Div(NotStr(stable), id=ids.msg_body_id(mid), cls="md", hx_swap_oob="true"))
         elif stable:
             fragments.append(Div(NotStr(stable), hx_swap_oob=f"beforeend:#{ids.msg_body_id(mid)}"))
-        if self.replace or self.tail or stable or self.immutable:
-            fragments.append(Div(NotStr(tail_html), id=ids.msg_tail_id(mid), cls="md tail", hx_swap_oob="true"))
         if self.warning is not None:
             fragments.append(Div(self.warning, id=ids.msg_warning_id(mid), cls="msg-warning", hx_swap_oob="true"))
         if self.immutable or self.warning is not None:

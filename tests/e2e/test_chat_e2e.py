@@ -80,6 +80,8 @@ async def test_reload_mid_answer_continues_without_duplicating(app_server, llm, 
     await page.reload()
     await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
     await expect(answers(page)).to_contain_text("word79", timeout=EXPECT_MS)
+    marker = answers(page).locator(".stream-marker")
+    await expect(marker).to_have_attribute("data-seq", "81", timeout=EXPECT_MS)  # the final frame is in
     text = (await answers(page).locator(".md").all_text_contents())
     assert "".join(text).split() == [w.strip() for w in words]
 
