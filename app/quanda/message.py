@@ -60,7 +60,8 @@ class QuandaMessage:
 
     @property
     def state(self) -> MessageState:
-        return self._record.state()
+        r = self._record
+        return MessageState(r.content, r.estimate, r.warning, r.immutable, r.last_seq)
 
     @property
     def display(self) -> str:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
+from .errors import QuandaError
 from .message import QuandaMessage
 from .token import IMMUTABLE, OVERRIDE, WARNING, QuandaToken
+from .validation import check_seq
 
 #: how long a reader trusts its wake-ups before asking the store anyway (a safety net, not a poll)
 SAFETY_RECHECK_S = 5.0
 FETCH_LIMIT = 512
+#: a token not yet visible in order (another writer's commit still on its way): retry after this, doubling
+GAP_RETRY_S = (0.0005, 0.05)
 
 
 class QuandaReader:
@@ -20,7 +25,7 @@ class QuandaReader:
     def __init__(self, message: QuandaMessage, after_seq: int | None = None):
         self.store = message.store
         self.message_id = message.id
-        self.after_seq = after_seq
+        self.after_seq = None if after_seq is None else check_seq(after_seq, "after_seq")
         self.last_seq = after_seq or 0  # the seq of the last token yielded
 
     def __aiter__(self) -> AsyncIterator[QuandaToken]:
@@ -42,8 +47,14 @@ class QuandaReader:
                     yield QuandaToken(IMMUTABLE, "", None, record.last_seq)
                     return
             else:
-                await store.get_message(self.message_id)  # unknown ids fail here, not by waiting forever
+                record = await store.get_message(self.message_id)  # unknown ids fail here, not by waiting
+                if self.after_seq > record.last_seq:
+                    raise QuandaError(f"cannot resume message {self.message_id} after seq {self.after_seq}: "
+                                      f"its last seq is {record.last_seq}")
+                if record.immutable and self.after_seq == record.last_seq:
+                    return  # the reader already has the seal
                 subscription.cursor = self.after_seq
+            gap_delay = GAP_RETRY_S[0]
             while True:
                 batch = subscription.take()
                 if batch is None:
@@ -52,9 +63,16 @@ class QuandaReader:
                 if not batch:
                     await subscription.wait(SAFETY_RECHECK_S)
                     continue
+                if batch[0].seq != subscription.cursor + 1:
+                    # not yet visible in order: ask the store again soon, never in a loop that does not wait
+                    subscription.stale = True
+                    await asyncio.sleep(gap_delay)
+                    gap_delay = min(gap_delay * 2, GAP_RETRY_S[1])
+                    continue
+                gap_delay = GAP_RETRY_S[0]
                 for token in batch:
                     if token.seq != subscription.cursor + 1:
-                        subscription.stale = True  # not yet visible in order: ask the store again
+                        subscription.stale = True
                         break
                     subscription.cursor = self.last_seq = token.seq
                     yield token

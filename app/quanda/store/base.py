@@ -17,8 +17,8 @@ from typing import Any
 from bson import ObjectId
 
 from ..errors import QuandaError, QuandaLimitError, QuandaNotFoundError, QuandaStoreError
-from ..replay import MessageState
 from ..token import IMMUTABLE, KINDS, OVERRIDE, QuandaToken
+from ..validation import check_seq, check_text, encode_record
 from .subscription import Subscription
 
 log = logging.getLogger("quanda.store")
@@ -43,8 +43,6 @@ class MessageRecord:
     created_at: float
     updated_at: float
 
-    def state(self) -> MessageState:
-        return MessageState(self.content, self.estimate, self.warning, self.immutable, self.last_seq)
 
 
 def new_id() -> str:
@@ -92,6 +90,8 @@ class QuandaStore(ABC):
             raise TypeError("role and content must be str")
         if not role or len(role) > 64:
             raise QuandaError("role must be 1 to 64 characters")
+        check_text(role, "role")
+        check_text(content, "content")
         self._check_token_size(content, None)
         return await self._create_message(role, content, time.time())
 
@@ -115,13 +115,19 @@ class QuandaStore(ABC):
             text, estimate = "", None
         elif kind == OVERRIDE:
             estimate = None
+        check_text(text, "token text")
+        if estimate is not None:
+            check_text(estimate, "estimate")
         self._check_token_size(text, estimate)
         return await self._append(message_id, kind, text, estimate)
 
     async def select_tokens(self, message_id: str, gt: int = 0, limit: int = 1000) -> list[QuandaToken]:
         """Tokens with seq > gt, in seq order, at most `limit`."""
         self._check_open()
-        return await self._select_tokens(check_id(message_id), max(0, int(gt)), max(1, int(limit)))
+        message_id = check_id(message_id)
+        gt = check_seq(gt, "gt")
+        limit = check_seq(limit, "limit")
+        return await self._select_tokens(message_id, gt, max(1, limit))
 
     async def select_messages(self, *, role: str | None = None, immutable: bool | None = None,
                               limit: int = 1000) -> list[MessageRecord]:
@@ -148,11 +154,11 @@ class QuandaStore(ABC):
     async def insert_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
         """Store `data` under (kind, key) unless the key exists; True if written. The exactly-once primitive."""
         self._check_open()
-        return await self._insert_record(check_record_kind(kind), _check_key(key), data)
+        return await self._insert_record(check_record_kind(kind), _check_key(key), _check_data(data))
 
     async def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         self._check_open()
-        await self._put_record(check_record_kind(kind), _check_key(key), data)
+        await self._put_record(check_record_kind(kind), _check_key(key), _check_data(data))
 
     async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         self._check_open()
@@ -165,6 +171,9 @@ class QuandaStore(ABC):
     async def list_records(self, kind: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         """(key, data) pairs whose key starts with `prefix`, in key order."""
         self._check_open()
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be str")
+        check_text(prefix, "record key prefix")
         return await self._list_records(check_record_kind(kind), prefix)
 
     # -- live delivery ------------------------------------------------------------------------------------
@@ -281,5 +290,12 @@ class QuandaStore(ABC):
 
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > 200:
-        raise QuandaError(f"invalid record key {key!r}: a non-empty string of at most 200 characters")
-    return key
+        raise QuandaError(f"invalid record key {str(key)[:60]!r}: a non-empty string of at most 200 characters")
+    return check_text(key, "record key")
+
+
+def _check_data(data: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"record data must be a dict, not {type(data).__name__}")
+    encode_record(data)  # JSON-serialisable and valid UTF-8 throughout, or QuandaError
+    return data

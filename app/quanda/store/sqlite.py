@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from ..errors import QuandaError, QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
+from ..validation import encode_record
 from .base import MessageRecord, QuandaStore, new_id, utf8_len
 
 log = logging.getLogger("quanda.store.sqlite")
@@ -106,6 +107,8 @@ class SQLiteStore(QuandaStore):
         self._reader: sqlite3.Connection | None = None
         self._record_tables: set[str] = set()
         self._data_version: int | None = None
+        self._writer_failure: QuandaStoreError | None = None
+        self._restart_lock = asyncio.Lock()
 
     async def open(self) -> "SQLiteStore":
         self._loop = asyncio.get_running_loop()
@@ -151,16 +154,33 @@ class SQLiteStore(QuandaStore):
         """Run `op(conn)` inside the next group-commit transaction; its result once committed."""
         if self._closed or self._thread is None:
             raise QuandaStoreError("the store is closed")
+        if self._writer_failure is not None:
+            await self._restart_writer()
         future = self._loop.create_future()
         self._queue.put((op, future, publish))
+        if self._writer_failure is not None:  # the thread died after our check: nobody will take it
+            self._fail_queued(self._writer_failure)
         return await future
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._serve_writes(conn)
+        except BaseException as exc:  # noqa: BLE001 - whatever kills the thread, no write may wait forever
+            log.error("SQLite writer thread died: %r", exc)
+            self._writer_failure = QuandaStoreError(f"the SQLite writer stopped ({type(exc).__name__}: {exc})")
+            self._fail_queued(self._writer_failure)
+        finally:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def _serve_writes(self, conn: sqlite3.Connection) -> None:
         pages_since_checkpoint = 0
         while True:
             item = self._queue.get()
             if item is _STOP:
-                break
+                return
             batch = [item]
             while len(batch) < MAX_BATCH:
                 try:
@@ -179,30 +199,74 @@ class SQLiteStore(QuandaStore):
             if len(batch) > 1 and any(isinstance(o, QuandaStoreError) for o in outcomes):
                 # one operation broke the transaction: run each alone, so only that one fails
                 outcomes = [self._commit(conn, [entry])[0] for entry in batch]
+            self._hand_back(batch, outcomes)
+
+    def _hand_back(self, batch: list, outcomes: list[Any]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._settle, batch, outcomes)
+        except RuntimeError:  # the event loop is gone: nobody is waiting any more
+            log.warning("event loop closed with %d write(s) committed but unacknowledged", len(batch))
+
+    def _fail_queued(self, error: QuandaStoreError) -> None:
+        """Fail every write still queued (the writer is gone)."""
+        batch = []
+        while True:
             try:
-                self._loop.call_soon_threadsafe(self._settle, batch, outcomes)
-            except RuntimeError:  # the event loop is gone: nobody is waiting any more
-                log.warning("event loop closed with %d write(s) committed but unacknowledged", len(batch))
-        conn.close()
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                batch.append(item)
+        if batch:
+            self._hand_back(batch, [error] * len(batch))
+
+    async def _restart_writer(self) -> None:
+        async with self._restart_lock:
+            failure = self._writer_failure
+            if failure is None:  # another write restarted it meanwhile
+                return
+            try:
+                writer = await asyncio.to_thread(self._open_writer)
+            except (OSError, sqlite3.Error) as exc:
+                raise QuandaStoreError(f"the SQLite writer stopped and cannot restart: {exc}") from failure
+            log.warning("restarting the SQLite writer thread after: %s", failure)
+            self._writer_failure = None
+            self._thread = threading.Thread(target=self._write_loop, args=(writer,), name="quanda-sqlite-writer",
+                                            daemon=True)
+            self._thread.start()
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list) -> list[Any]:
+        """One transaction for the batch. An op raises QuandaError before it writes anything; any other
+        exception may come after it wrote part of its rows, so the whole transaction is rolled back."""
         outcomes: list[Any] = []
+        broken: BaseException | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, _future, _publish in batch:
                 try:
                     outcomes.append(op(conn))
-                except QuandaError as exc:  # raised before the op wrote anything
+                except QuandaError as exc:
                     outcomes.append(exc)
-            conn.execute("COMMIT")
+                except Exception as exc:  # noqa: BLE001 - a bug or a driver surprise: fail this batch only
+                    broken = exc
+                    break
+            if broken is None:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            broken = exc
+        if broken is None:
+            return outcomes
+        try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = QuandaStoreError(f"SQLite write failed: {exc}")
-            error.__cause__ = exc
-            return [error] * len(batch)
-        return outcomes
+        except sqlite3.Error as exc:
+            log.error("SQLite rollback failed: %s", exc)
+        if not isinstance(broken, sqlite3.Error):
+            log.error("SQLite write operation failed", exc_info=broken)
+        error = QuandaStoreError(f"SQLite write failed: {type(broken).__name__}: {broken}")
+        error.__cause__ = broken
+        return [error] * len(batch)
 
     def _settle(self, batch: list, outcomes: list[Any]) -> None:
         for (_op, _future, publish), outcome in zip(batch, outcomes):
@@ -377,7 +441,4 @@ class SQLiteStore(QuandaStore):
 
 
 def _dump(data: dict[str, Any]) -> str:
-    try:
-        return json.dumps(data, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise QuandaError(f"record data must be JSON-serialisable: {exc}") from exc
+    return encode_record(data)
