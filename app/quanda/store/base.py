@@ -7,12 +7,13 @@ reaches no database. Ids are 24-hex strings (BSON ObjectIds) on every backend.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from bson import ObjectId
 
@@ -27,6 +28,10 @@ DEFAULT_MAX_TOKEN_BYTES = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
 _ID_RE = re.compile(r"[0-9a-fA-F]{24}")
 _RECORD_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+MAX_FACT_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit (8,000 bytes)
+RECORD_VERBS = ("insert", "put", "delete")
+RecordOp = tuple[str, str, str, "dict[str, Any] | None"]
+FactListener = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,8 @@ class QuandaStore(ABC):
     #: cross-process watcher: poll interval bounds (seconds), tightened on change, doubled when idle
     poll_min = 0.001
     poll_max = 0.025
+    #: whether `commit_records` is all-or-nothing (a transaction) on this backend
+    atomic_records = True
 
     def __init__(self, *, max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
@@ -79,6 +86,9 @@ class QuandaStore(ABC):
         self.max_message_bytes = max_message_bytes
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._watcher: asyncio.Task | None = None
+        self._watcher_exiting = False
+        self._fact_listeners: list[FactListener] = []
+        self.origin = new_id()  # this process's name on the fact bus (its own facts it delivers directly)
         self._closed = False
 
     # -- messages -------------------------------------------------------------------------------------
@@ -176,6 +186,76 @@ class QuandaStore(ABC):
         check_text(prefix, "record key prefix")
         return await self._list_records(check_record_kind(kind), prefix)
 
+    async def commit_records(self, ops: Sequence[RecordOp]) -> bool:
+        """Apply record operations as one unit: `("insert", kind, key, data)` (insert-if-absent),
+        `("put", kind, key, data)`, `("delete", kind, key, None)`. An insert whose key exists rejects the
+        unit and the call returns False. SQLite and PostgreSQL run the unit in one transaction: all or
+        nothing. MongoDB applies the ops in order and stops at a rejected insert (earlier ops stay), so
+        put the claim first and make the rest idempotent (puts of whole values, deletes)."""
+        self._check_open()
+        checked: list[RecordOp] = []
+        for op in ops:
+            if not isinstance(op, tuple) or len(op) != 4 or op[0] not in RECORD_VERBS:
+                raise QuandaError(f"a record op is (verb, kind, key, data) with verb in {RECORD_VERBS}, not {op!r:.80}")
+            verb, kind, key, data = op
+            checked.append((verb, check_record_kind(kind), _check_key(key),
+                            None if verb == "delete" else _check_data(data)))
+        if not checked:
+            return True
+        return await self._commit_records(checked)
+
+    async def bump_counter(self, key: str) -> int:
+        """Atomically add one to the counter `key` (starting at 0) and return the new value."""
+        self._check_open()
+        return await self._bump_counter(_check_key(key))
+
+    # -- facts: a bus between the processes sharing this database ------------------------------------------
+
+    async def publish(self, topic: str, fact: dict[str, Any]) -> None:
+        """Tell every listener of every process on this database (this one first, at once) that `fact`
+        happened. Delivery to other processes is at least once, in publishing order per process, within
+        the watcher's latency; a process that starts listening later does not see older facts."""
+        self._check_open()
+        check_text(topic, "topic")
+        if not topic or len(topic) > 64:
+            raise QuandaError("a fact topic is 1 to 64 characters")
+        blob = encode_record(fact)
+        if len(blob) > MAX_FACT_BYTES:
+            raise QuandaLimitError(f"fact of {len(blob)} bytes is over the {MAX_FACT_BYTES}-byte limit")
+        await self._publish_fact(topic, blob)
+        self._deliver_fact(topic, fact)
+
+    async def listen(self, callback: FactListener) -> Callable[[], None]:
+        """Call `callback(topic, fact)` on the event loop for every fact published from now on, by this
+        process or another; returns the function that stops it."""
+        self._check_open()
+        if not self._fact_listeners:
+            await self._start_facts()
+        self._fact_listeners.append(callback)
+        self._ensure_watcher()
+
+        def stop() -> None:
+            if callback in self._fact_listeners:
+                self._fact_listeners.remove(callback)
+        return stop
+
+    def _deliver_fact(self, topic: str, fact: dict[str, Any]) -> None:
+        for callback in list(self._fact_listeners):
+            try:
+                callback(topic, fact)
+            except Exception:  # noqa: BLE001 - one listener's bug must not stop the others
+                log.exception("fact listener failed on %s", topic)
+
+    def _remote_facts(self, facts: list[tuple[str, str]]) -> None:
+        """Facts (topic, JSON text) other processes published, in order: hand them to the listeners."""
+        for topic, blob in facts:
+            try:
+                fact = json.loads(blob)
+            except ValueError:
+                log.warning("unreadable fact on %s dropped", topic)
+                continue
+            self._deliver_fact(topic, fact)
+
     # -- live delivery ------------------------------------------------------------------------------------
 
     def subscribe(self, message_id: str) -> Subscription:
@@ -183,9 +263,19 @@ class QuandaStore(ABC):
         message_id = check_id(message_id)
         sub = Subscription(message_id, self._unsubscribe)
         self._subscriptions.setdefault(message_id, set()).add(sub)
-        if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._ensure_watcher()
         return sub
+
+    def _ensure_watcher(self) -> None:
+        """Start the watcher unless one runs that will see the new interest (it re-checks before it exits)."""
+        if self._watcher is None or self._watcher.done() or self._watcher_exiting:
+            self._watcher_exiting = False
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    @property
+    def _watching(self) -> bool:
+        """Whether anyone needs the watcher: subscriptions or fact listeners."""
+        return bool(self._subscriptions or self._fact_listeners) and not self._closed
 
     def _unsubscribe(self, sub: Subscription) -> None:
         subs = self._subscriptions.get(sub.message_id)
@@ -210,16 +300,25 @@ class QuandaStore(ABC):
         return woke
 
     async def _watch(self) -> None:
-        """Adaptive polling for commits by other processes, while anyone subscribes."""
+        """Adaptive polling for commits by other processes, while anyone subscribes or listens."""
         delay = self.poll_min
-        while self._subscriptions and not self._closed:
+        while True:
+            if not self._watching:
+                self._watcher_exiting = True  # a subscribe() from now on starts a new watcher
+                return
+            woke = False
             try:
-                changed = await self._poll_last_seqs(list(self._subscriptions))
+                changed = await self._poll_last_seqs(list(self._subscriptions)) if self._subscriptions else None
+                woke = bool(changed) and self._remote_progress(changed)
+                if self._fact_listeners:
+                    facts = await self._poll_facts()
+                    if facts:
+                        self._remote_facts(facts)
+                        woke = True
             except QuandaError as exc:
                 log.warning("watcher: %s", exc)
-                changed = None
                 delay = self.poll_max
-            delay = self.next_poll_delay(delay, woke=bool(changed) and self._remote_progress(changed))
+            delay = self.next_poll_delay(delay, woke=woke)
             await asyncio.sleep(delay)
 
     @classmethod
@@ -283,6 +382,25 @@ class QuandaStore(ABC):
 
     @abstractmethod
     async def _list_records(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]: ...
+
+    @abstractmethod
+    async def _commit_records(self, ops: list[RecordOp]) -> bool: ...
+
+    @abstractmethod
+    async def _bump_counter(self, key: str) -> int: ...
+
+    @abstractmethod
+    async def _publish_fact(self, topic: str, blob: str) -> None:
+        """Make the fact (its JSON text) visible to other processes' `_poll_facts` (or push it to them)."""
+
+    @abstractmethod
+    async def _start_facts(self) -> None:
+        """Remember where the fact log ends now: `_poll_facts` reports what other processes publish after."""
+
+    @abstractmethod
+    async def _poll_facts(self) -> list[tuple[str, str]]:
+        """Facts other processes published since the last call (or `_start_facts`), in order, as
+        (topic, JSON text)."""
 
     @abstractmethod
     async def _close(self) -> None: ...

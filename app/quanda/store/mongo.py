@@ -46,6 +46,7 @@ def _token_entry(kind: str, text: str, estimate: str | None) -> dict[str, Any]:
 
 class MongoStore(QuandaStore):
     poll_max = 0.1
+    atomic_records = False
 
     def __init__(self, client: Any, database: str = "quanda", **limits: int):
         super().__init__(**limits)
@@ -211,6 +212,47 @@ class MongoStore(QuandaStore):
         query = {"_id": {"$regex": f"^{re.escape(prefix)}"}} if prefix else {}
         cursor = self._records(kind).find(query).sort("_id", 1)
         return [(doc["_id"], doc["data"]) for doc in await self._call(cursor.to_list(length=None))]
+
+    async def _commit_records(self, ops: list) -> bool:
+        # no multi-document transaction here: the ops run in order and a rejected insert stops the rest
+        for verb, kind, key, data in ops:
+            if verb == "insert":
+                if not await self._insert_record(kind, key, data):
+                    return False
+            elif verb == "put":
+                await self._put_record(kind, key, data)
+            else:
+                await self._delete_record(kind, key)
+        return True
+
+    async def _bump_counter(self, key: str) -> int:
+        from pymongo import ReturnDocument
+        doc = await self._call(self._db["quanda_counters"].find_one_and_update(
+            {"_id": key}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER))
+        return doc["value"]
+
+    # -- facts ----------------------------------------------------------------------------------------
+
+    async def _publish_fact(self, topic: str, blob: str) -> None:
+        seq = await self._bump_counter("quanda_facts")
+        await self._call(self._db["quanda_facts"].insert_one(
+            {"_id": seq, "origin": self.origin, "topic": topic, "data": blob, "at": time.time()}))
+
+    async def _start_facts(self) -> None:
+        doc = await self._call(self._db["quanda_counters"].find_one({"_id": "quanda_facts"}))
+        self._fact_cursor = doc["value"] if doc else 0
+
+    async def _poll_facts(self) -> list[tuple[str, str]]:
+        cursor = self._db["quanda_facts"].find({"_id": {"$gt": self._fact_cursor}}).sort("_id", 1)
+        docs = await self._call(cursor.to_list(length=None))
+        out = []
+        for doc in docs:
+            if doc["_id"] != self._fact_cursor + 1:
+                break  # an earlier fact not yet visible: wait for it
+            self._fact_cursor = doc["_id"]
+            if doc["origin"] != self.origin:
+                out.append((doc["topic"], doc["data"]))
+        return out
 
     async def _close(self) -> None:
         close = self._client.close()

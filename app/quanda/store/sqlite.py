@@ -60,7 +60,17 @@ CREATE TABLE IF NOT EXISTS quanda_tokens (
     estimate TEXT,
     PRIMARY KEY (message_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quanda_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quanda_facts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
+FACTS_KEPT_S = 120  # facts older than this are pruned (a listener more than this behind has lost them anyway)
+PRUNE_EVERY = 256
 
 _MESSAGE_COLUMNS = "id, role, content, estimate, warning, immutable, last_seq, created_at, updated_at, content_seq"
 _TAIL = "SELECT text FROM quanda_tokens WHERE message_id = ? AND seq > ? AND kind = 'chunk' ORDER BY seq"
@@ -108,6 +118,9 @@ class SQLiteStore(QuandaStore):
         self._record_tables: set[str] = set()
         self._data_version: int | None = None
         self._writer_failure: QuandaStoreError | None = None
+        self._fact_cursor = 0
+        self._facts_version: int | None = None
+        self._published = 0
         self._restart_lock = asyncio.Lock()
 
     async def open(self) -> "SQLiteStore":
@@ -425,6 +438,64 @@ class SQLiteStore(QuandaStore):
         rows = self._read(f"SELECT key, data FROM {table} WHERE substr(key, 1, ?) = ? ORDER BY key",
                           (len(prefix), prefix))
         return [(key, json.loads(blob)) for key, blob in rows]
+
+    async def _commit_records(self, ops: list) -> bool:
+        statements = []
+        for verb, kind, key, data in ops:
+            table = await self._ensure_table(kind)
+            if verb == "delete":
+                statements.append((f"DELETE FROM {table} WHERE key = ?", (key,), False))
+            else:
+                sql = "INSERT OR IGNORE" if verb == "insert" else "INSERT OR REPLACE"
+                statements.append((f"{sql} INTO {table} VALUES (?, ?, ?)", (key, _dump(data), time.time()),
+                                   verb == "insert"))
+
+        def op(conn: sqlite3.Connection) -> bool:
+            conn.execute("SAVEPOINT records")
+            for sql, params, must_insert in statements:
+                if conn.execute(sql, params).rowcount != 1 and must_insert:
+                    conn.execute("ROLLBACK TO records")
+                    conn.execute("RELEASE records")
+                    return False
+            conn.execute("RELEASE records")
+            return True
+
+        return await self._write(op)
+
+    async def _bump_counter(self, key: str) -> int:
+        return await self._write(lambda conn: conn.execute(
+            "INSERT INTO quanda_counters VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET value = value + 1 "
+            "RETURNING value", (key,)).fetchone()[0])
+
+    # -- facts ----------------------------------------------------------------------------------------
+
+    async def _publish_fact(self, topic: str, blob: str) -> None:
+        origin = self.origin
+        self._published += 1
+        prune = self._published % PRUNE_EVERY == 0
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute("INSERT INTO quanda_facts (origin, topic, data, at) VALUES (?, ?, ?, ?)",
+                         (origin, topic, blob, now))
+            if prune:
+                conn.execute("DELETE FROM quanda_facts WHERE at < ?", (now - FACTS_KEPT_S,))
+
+        await self._write(op)
+
+    async def _start_facts(self) -> None:
+        self._fact_cursor = self._read("SELECT COALESCE(MAX(id), 0) FROM quanda_facts", (), one=True)[0]
+
+    async def _poll_facts(self) -> list[tuple[str, str]]:
+        version = self._read("PRAGMA data_version", (), one=True)[0]
+        if version == self._facts_version:
+            return []
+        self._facts_version = version
+        rows = self._read("SELECT id, origin, topic, data FROM quanda_facts WHERE id > ? ORDER BY id",
+                          (self._fact_cursor,))
+        if rows:
+            self._fact_cursor = rows[-1][0]
+        return [(topic, data) for _id, origin, topic, data in rows if origin != self.origin]
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
