@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,12 +27,14 @@ from app.config import Settings
 from app.context import AppContext, ctx_of
 from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
 from app.quanda import open_store
+from app.door import BodyGuard
 from app.ws import FrameGuard, Hub, Notice
 
 log = logging.getLogger("quanda.server")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+HEALTH_TIMEOUT_S = 5.0
 HEADERS = (
     Meta(name="viewport", content="width=device-width, initial-scale=1"),
     Script(src="/static/htmx.min.js"),
@@ -67,6 +70,22 @@ def session_id(session: dict) -> str:
 async def call(fn: Any, *args: Any) -> Any:
     result = fn(*args)
     return await result if inspect.isawaitable(result) else result
+
+
+async def store_round_trip(store: Any) -> str | None:
+    """None when a record written to the store reads back the same, else what went wrong (details logged)."""
+    probe = {"at": time.time(), "nonce": secrets.token_hex(8)}
+    try:
+        await asyncio.wait_for(store.put_record("health", store.origin, probe), HEALTH_TIMEOUT_S)
+        if await asyncio.wait_for(store.get_record("health", store.origin), HEALTH_TIMEOUT_S) != probe:
+            return "the database did not return what was written to it"
+    except asyncio.TimeoutError:
+        log.error("health: the store took over %s s to answer", HEALTH_TIMEOUT_S)
+        return f"the database did not answer within {HEALTH_TIMEOUT_S:g} s"
+    except Exception as exc:  # noqa: BLE001 - any failure makes the app unhealthy; the detail goes to the log
+        log.error("health: store round trip failed: %r", exc)
+        return "the database does not accept writes"
+    return None
 
 
 def create_app(settings: Settings | None = None, store: Any = None, *, builtin: Sequence[str] = BUILTIN_PLUGINS,
@@ -105,7 +124,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
             await the_store.close()
 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
-                   title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict")
+                   title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
+                   middleware=[Middleware(BodyGuard)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]
     by_name = {p.name: p for p in plugins}
@@ -146,6 +166,14 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     @app.get("/-/plugins")
     def list_plugins():
         return JSONResponse([p.describe() for p in plugins])
+
+    @app.get("/-/health")
+    async def health(request):
+        """200 only when a write round trip through the store succeeds; 503 with the reason otherwise."""
+        problem = await store_round_trip(ctx_of(request.app).store)
+        if problem:
+            return JSONResponse({"ok": False, "reason": problem}, status_code=503)
+        return JSONResponse({"ok": True})
 
     async def on_connect(ws, session):
         sid = session.get("sid") if isinstance(session, dict) else None

@@ -10,14 +10,15 @@ the first update at once, then at most one frame per FRAME_INTERVAL_S, whatever 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
 from fasthtml.common import Div, to_xml
 
+from app.client_json import ClientJSONError, parse_client_json
 from app.components import ids
 from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaToken
+from app.quanda.validation import check_seq
 
 log = logging.getLogger("quanda.ws")
 
@@ -215,12 +216,13 @@ class Hub:
         streams = data.get("streams")
         if not isinstance(streams, dict):
             raise ClientError("follow needs {'streams': {message_id: seq}}")
+        if len(streams) > MAX_FOLLOWED_STREAMS:
+            raise ClientError(f"too many streams followed at once (at most {MAX_FOLLOWED_STREAMS})")
         for message_id, seq in streams.items():
-            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-                try:
-                    seq = int(seq)
-                except (TypeError, ValueError):
-                    raise ClientError(f"bad seq {seq!r} for stream {message_id!r}") from None
+            try:
+                seq = check_seq(seq)
+            except QuandaError:
+                raise ClientError(f"bad seq for stream {str(message_id)[:40]!r}: a whole number ≥ 0") from None
             owner = await self.store.get_record("owner", message_id) if isinstance(message_id, str) else None
             if owner is None or owner.get("sid") != conn.sid:
                 raise ClientError(f"no stream {str(message_id)[:40]!r} in this session")
@@ -276,9 +278,9 @@ class FrameGuard:
         if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:
             return f"message too large ({len(text.encode())} bytes; at most {self.max_bytes})"
         try:
-            value = json.loads(text)
-        except ValueError:
-            return "malformed message (not JSON)"
+            value = parse_client_json(text)
+        except ClientJSONError as exc:
+            return f"malformed message ({exc})" if "nested" in str(exc) else "malformed message (not JSON)"
         if not isinstance(value, dict):
             return "malformed message (expected a JSON object)"
         return None

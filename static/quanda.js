@@ -26,6 +26,16 @@
     if (el) el.dataset.state = state;
   }
 
+  // A lone UTF-16 surrogate (half of a broken emoji) cannot be stored: the server refuses text holding one,
+  // so the page sends U+FFFD in its place and the user's text goes through.
+  var LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+  document.addEventListener("htmx:wsConfigSend", function (e) {
+    var params = e.detail.parameters;
+    Object.keys(params).forEach(function (name) {
+      if (typeof params[name] === "string") params[name] = params[name].replace(LONE_SURROGATE, "\uFFFD");
+    });
+  });
+
   document.addEventListener("htmx:wsOpen", function (e) {
     socket = e.detail.socketWrapper;
     setState("open");

@@ -1,5 +1,6 @@
 """Invariant 8: bad input gets a clear QuandaError (or TypeError) and nothing is written."""
 
+import asyncio
 import gc
 import sqlite3
 import warnings
@@ -128,6 +129,46 @@ async def test_sqlite_write_failure_leaves_nothing_half_written(tmp_path):
         assert (msg.content, msg.last_seq) == ("kept", 1)
         assert [t.text for t in await store.select_tokens(msg.id)] == ["kept"]
         assert (await QuandaWriter(msg).chunk(" more")).seq == 2
+    finally:
+        await store.close()
+
+
+async def test_sqlite_one_operation_that_raises_fails_alone_and_the_writer_goes_on(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        msg = await QuandaMessage.create(store, role="assistant")
+
+        def half_written_then_broken(conn):
+            conn.execute("INSERT INTO quanda_tokens VALUES (?, 99, 'chunk', 'ghost', NULL)", (msg.id,))
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+        writes = [QuandaWriter(msg).chunk(f"t{i} ") for i in range(5)]
+        broken = store._write(half_written_then_broken)
+        results = await asyncio.wait_for(asyncio.gather(broken, *writes, return_exceptions=True), 5)
+        assert isinstance(results[0], QuandaStoreError) and "UnicodeEncodeError" in str(results[0])
+        assert [t.seq for t in results[1:]] == [1, 2, 3, 4, 5]  # everyone else in that batch committed
+        assert (await asyncio.wait_for(QuandaWriter(msg).chunk("next"), 1)).seq == 6
+        assert [t.text for t in await store.select_tokens(msg.id)][-1] == "next"  # no ghost row at seq 99
+        assert len(await store.select_tokens(msg.id)) == 6
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_dead_writer_thread_fails_pending_writes_fast_and_restarts(tmp_path, monkeypatch):
+    from app.quanda.store.sqlite import SQLiteStore
+    store = await open_store(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        msg = await QuandaMessage.create(store, role="assistant")
+        real_commit = SQLiteStore._commit
+
+        def die(conn, batch):
+            raise SystemExit("the thread is gone")  # escapes every handler inside the loop
+        monkeypatch.setattr(SQLiteStore, "_commit", staticmethod(die))
+        pending = [QuandaWriter(msg).chunk("lost") for _ in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+        assert all(isinstance(r, QuandaStoreError) and "writer stopped" in str(r) for r in results), results
+        monkeypatch.setattr(SQLiteStore, "_commit", staticmethod(real_commit))
+        assert (await asyncio.wait_for(QuandaWriter(msg).chunk("after restart"), 5)).seq == 1
     finally:
         await store.close()
 

@@ -15,13 +15,14 @@ import logging
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from app.client_json import ClientJSONError, parse_client_json
 from app.plugins import Plugin
 from app.quanda import (QuandaError, QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaNotFoundError,
                         QuandaReader, QuandaStoreError)
+from app.quanda.validation import MAX_SEQ
 
 log = logging.getLogger("quanda.api")
 router = APIRouter()
-MAX_BODY_BYTES = 2 << 20
 EVENT_NAMES = {"chunk": "thread.message.delta", "override": "thread.message.override",
                "warning": "thread.run.warning", "immutable": "thread.run.completed"}
 API_ROLES = {"q", "assistant", "user", "note"}
@@ -42,10 +43,14 @@ def caller(request) -> str | None:
 
 
 async def body_json(request) -> dict:
+    """The body as a JSON object (its size and nesting were checked at the door, app/door.py)."""
     raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValueError(f"body over {MAX_BODY_BYTES} bytes")
-    value = json.loads(raw or b"{}")
+    try:
+        value = parse_client_json(raw.decode("utf-8")) if raw else {}
+    except UnicodeDecodeError:
+        raise ValueError("the body is not UTF-8 text") from None
+    except ClientJSONError as exc:
+        raise ValueError(f"the body is not acceptable JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
     return value
@@ -144,10 +149,13 @@ async def seal(request, message_id: str):
 async def events(request, message_id: str):
     record = await owned(request, message_id)
     last = request.headers.get("last-event-id")
-    try:
-        after = int(last) if last not in (None, "") else None
-    except ValueError:
-        raise ValueError("Last-Event-ID must be a seq (an integer)") from None
+    after = None
+    if last not in (None, ""):
+        if not (last.isascii() and last.isdigit() and len(last) <= 19 and int(last) <= MAX_SEQ):
+            raise ValueError(f"Last-Event-ID must be a seq: a whole number from 0 to {MAX_SEQ}")
+        after = int(last)
+        if after > record.last_seq:
+            raise ValueError(f"Last-Event-ID {after} is past the message's last seq ({record.last_seq})")
     message = QuandaMessage(request.app.state.ctx.store, record)
 
     async def stream():

@@ -119,6 +119,7 @@ class SQLiteStore(QuandaStore):
         self._data_version: int | None = None
         self._writer_failure: QuandaStoreError | None = None
         self._fact_cursor = 0
+        self._in_flight: list = []  # the batch the writer thread is committing
         self._facts_version: int | None = None
         self._published = 0
         self._restart_lock = asyncio.Lock()
@@ -181,6 +182,8 @@ class SQLiteStore(QuandaStore):
         except BaseException as exc:  # noqa: BLE001 - whatever kills the thread, no write may wait forever
             log.error("SQLite writer thread died: %r", exc)
             self._writer_failure = QuandaStoreError(f"the SQLite writer stopped ({type(exc).__name__}: {exc})")
+            if self._in_flight:
+                self._hand_back(self._in_flight, [self._writer_failure] * len(self._in_flight))
             self._fail_queued(self._writer_failure)
         finally:
             try:
@@ -204,6 +207,7 @@ class SQLiteStore(QuandaStore):
                     self._queue.put(_STOP)
                     break
                 batch.append(item)
+            self._in_flight = batch
             outcomes = self._commit(conn, batch)
             pages_since_checkpoint += 1
             if pages_since_checkpoint >= CHECKPOINT_PAGES:  # commits, each at least a page: a cheap bound
@@ -212,6 +216,7 @@ class SQLiteStore(QuandaStore):
             if len(batch) > 1 and any(isinstance(o, QuandaStoreError) for o in outcomes):
                 # one operation broke the transaction: run each alone, so only that one fails
                 outcomes = [self._commit(conn, [entry])[0] for entry in batch]
+            self._in_flight = []
             self._hand_back(batch, outcomes)
 
     def _hand_back(self, batch: list, outcomes: list[Any]) -> None:
