@@ -706,6 +706,76 @@ async def test_tool_messages_for_a_call_with_malformed_arguments(srv, wire):
     assert args == ("{}" if wire == "openai" else {})
 
 
+async def answer_with_tools(driver, messages, tools, execute, max_rounds=4) -> tuple[str, list, LLMEvent]:
+    """The round loop the app runs (the shape recommended to it): stream a turn; act on its calls only
+    once it COMPLETED; send the results back; go on until a turn makes no call or the rounds run out
+    (the last round is asked without tools, so it has to answer in words)."""
+    text, executed = "", []
+    for round_no in range(max_rounds):
+        offered = tools if round_no < max_rounds - 1 else None
+        turn_text, reasoning, calls, terminal = "", "", [], None
+        async with aclosing(driver.stream_chat(messages, MODEL, offered)) as events:
+            async for event in events:
+                if event.type == DELTA:
+                    turn_text += event.text
+                elif event.type == REASONING:
+                    reasoning += event.text
+                elif event.type == TOOL_CALL:
+                    calls.append(event.data)
+                elif event.type == TOOLS_REJECTED:
+                    tools = None  # the retry without tools is already under way
+                elif event.is_terminal:
+                    terminal = event
+        text += turn_text
+        if terminal.type != COMPLETED or not calls or offered is None:
+            return text, executed, terminal  # (calls in a turn offered no tools were all refused)
+        results = []
+        for call in calls:  # the app: claim (answer, round, position) exactly once, validate, run
+            if "error" in call:
+                results.append(f"refused: {call['error']}")
+            else:
+                executed.append((round_no, call["position"], call["name"], call["arguments"]))
+                results.append(await execute(call["name"], call["arguments"]))
+        messages = [*messages, *driver.tool_messages(calls, results, turn_text, reasoning)]
+    raise AssertionError("unreachable: the last round offers no tools, so it returns")
+
+
+async def test_reference_tool_round_loop(srv, wire):
+    todos: list[str] = []
+
+    async def execute(name: str, arguments: dict) -> str:
+        if name == "todo_insert":
+            todos.append(arguments["name"])
+            return f"added todo {arguments['name']!r} (id {len(todos)})"
+        return ", ".join(todos) or "no todos"
+
+    srv.script = Rounds(
+        Reply(chunks=["Adding. ", Chunk(tool_calls=[ToolCall("todo_insert", INSERT), ToolCall("bad", {})])]),
+        Reply(chunks=[Chunk(tool_calls=[ToolCall("todo_list")])]),
+        Reply(chunks=["You have: buy milk."]),
+    )
+    async with driver_for(wire, srv.url) as driver:
+        text, executed, terminal = await answer_with_tools(driver, list(MESSAGES), TOOLS, execute)
+    assert terminal.type == COMPLETED and text == "Adding. You have: buy milk."
+    assert executed == [(0, 0, "todo_insert", INSERT), (1, 0, "todo_list", {})]
+    assert todos == ["buy milk"] and len(srv.chat_requests) == 3
+    last = srv.chat_requests[-1].json["messages"]
+    assert [m["role"] for m in last[2:]] == ["assistant", "tool", "tool", "assistant", "tool"]
+    assert "refused: unknown tool 'bad'" in last[4]["content"] and last[-1]["content"] == "buy milk"
+
+
+async def test_reference_loop_stops_offering_tools_after_the_last_round(srv):
+    srv.script = Reply(chunks=[Chunk(tool_calls=[ToolCall("todo_list")])])  # calls, whatever it is offered
+
+    async def execute(name: str, arguments: dict) -> str:
+        return "nothing"
+
+    async with OpenAIDriver(srv.openai_url) as driver:
+        _, executed, terminal = await answer_with_tools(driver, list(MESSAGES), TOOLS, execute, max_rounds=3)
+    assert len(executed) == 2 and "tools" not in srv.chat_requests[-1].json
+    assert terminal.type == COMPLETED and len(srv.chat_requests) == 3
+
+
 def test_tool_message_helpers_check_their_input():
     driver = OpenAIDriver("http://127.0.0.1:9/v1")
     call = LLMEvent(TOOL_CALL, data={"position": 0, "id": "x", "name": "todo_list", "arguments": {}})
@@ -817,21 +887,24 @@ async def test_a_4xx_not_about_tools_is_retried_but_not_remembered(srv):
         assert run.text == "fine" and await driver.supports_tools(MODEL) is None  # not a tools message
 
 
-@pytest.mark.parametrize("case", ["auth", "missing_model", "server_error"])
+@pytest.mark.parametrize("case", ["missing_model", "server_error"])
 async def test_failures_that_are_not_about_tools_are_not_retried(srv, wire, case):
-    model = MODEL
-    if case == "auth":
-        if wire == "ollama":
-            pytest.skip("Ollama has no API key")
-        srv.api_key = "right"
-    elif case == "missing_model":
-        model = "nope"
-    else:
+    model = "nope" if case == "missing_model" else MODEL
+    if case == "server_error":
         srv.script = Reply(status=500, error="CUDA out of memory")
-    async with driver_for(wire, srv.url, **({"api_key": "wrong"} if case == "auth" else {})) as driver:
+    async with driver_for(wire, srv.url) as driver:
         async with aclosing(driver.stream_chat(MESSAGES, model, TOOLS)) as events:
             run = Run([e async for e in events])
     assert TOOLS_REJECTED not in run.types and run.terminal.type == ERROR
+    assert run.reason == ("model_missing" if case == "missing_model" else "http_status")
+    assert len(srv.chat_requests) == 1
+
+
+async def test_a_wrong_api_key_with_tools_is_not_retried(srv):
+    srv.api_key = "right"
+    async with OpenAIDriver(srv.openai_url, api_key="wrong") as driver:
+        run = await stream(driver, list(MESSAGES))
+    assert run.types == [RUN_CREATED, ERROR] and run.terminal.data["status"] == 401
     assert len(srv.chat_requests) == 1
 
 
