@@ -1,7 +1,7 @@
 """A scriptable LLM server on a loopback port, for tests and benchmarks.
 
 It speaks both wire protocols the app uses, over real HTTP/1.1 (chunked bodies):
-Ollama ``POST /api/chat`` (NDJSON) and ``GET /api/tags``; OpenAI-compatible
+Ollama ``POST /api/chat`` (NDJSON), ``GET /api/tags`` and ``POST /api/show``; OpenAI-compatible
 ``POST /v1/chat/completions`` (SSE) and ``GET /v1/models``. Replies come from a script::
 
     async with LLMTestServer(Reply(chunks=["Hel", "lo"])) as srv:
@@ -9,6 +9,8 @@ Ollama ``POST /api/chat`` (NDJSON) and ``GET /api/tags``; OpenAI-compatible
         OpenAIDriver(srv.openai_url)               # OpenAI wire (srv.url + "/v1")
         srv.script = Reply(chunks=[Chunk(thinking="hm"), "Hi"], end="stall")
         srv.script = [Reply(...), Reply(...)]      # one per chat request, in order
+        srv.script = Rounds(Reply(chunks=[Chunk(tool_calls=[ToolCall("todo_insert", {"name": "x"})])]),
+                            Reply(chunks=["Added."]))  # by tool round: before / after a tool result
         srv.chat_requests[-1].json["messages"]     # what the client sent
         assert await srv.wait_disconnect()         # a client left a stream before its end
 
@@ -23,6 +25,16 @@ comment); ``split=n`` writes every frame in ``n``-byte pieces (lines and UTF-8 c
 network writes); ``SSE(...)`` picks OpenAI-wire details (CRLF, ``data:`` without a space, keep-alive
 comments, multi-line data, reasoning field, llama.cpp or vLLM error style). A chat request for a model
 not in ``srv.models`` gets a 404, as from the real servers.
+
+Tools: ``Chunk(tool_calls=[ToolCall(name, arguments)])`` streams calls in each wire's format (Ollama:
+whole calls; OpenAI: an opening fragment with id and name, then the arguments in ``SSE.tool_fragment``
+-character pieces, several calls interleaved unless ``SSE.tool_interleave=False``); ``arguments`` given
+as a string is sent verbatim (malformed arguments). ``srv.reject_tools = 400`` refuses every request
+that carries ``tools`` (as llama.cpp without ``--jinja``, vLLM without auto tool choice, or Ollama for
+a model without tools); ``srv.capabilities[model]`` is what ``/api/show`` lists. Tool-round messages
+sent back are checked as the real servers check them (an OpenAI ``tool`` message must answer a
+``tool_call_id`` of the assistant message before it; Ollama's arguments must be an object): a request
+that breaks the rules gets a 400 saying why.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import json
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 NOW = "2025-01-01T00:00:00Z"
 PIECE_PAUSE_S = 0.001
@@ -43,10 +55,15 @@ Frames = list[tuple[float | None, bytes]]  # per line/event: (delay before it, N
 
 @dataclass
 class ToolCall:
-    """A complete tool call; the OpenAI wire streams its arguments as fragments."""
+    """A complete tool call; the OpenAI wire streams its arguments as fragments.
+
+    ``arguments``: a dict, or a string sent verbatim (to script malformed JSON). ``id``: the call's id
+    on the wire (OpenAI default ``call_<index>``; Ollama sends none unless given).
+    """
 
     name: str
-    arguments: dict
+    arguments: dict | str = field(default_factory=dict)
+    id: str | None = None
 
 
 @dataclass
@@ -78,6 +95,10 @@ class SSE:
     reasoning_field: str = "reasoning_content"
     error_style: Literal["data", "field"] = "data"
     done_after_error: bool = True
+    tool_fragment: int | None = 7  # characters of arguments per delta; None: all in the opening one
+    tool_interleave: bool = True  # fragments of several calls round-robin, else one call after another
+    tool_ids: bool = True  # the opening fragment carries an id
+    tool_index_zero: bool = False  # every call says index 0 (told apart by their ids only)
 
 
 @dataclass
@@ -86,18 +107,51 @@ class Reply:
 
     ``chunks``: strings (answer text), ``Chunk`` or ``Raw`` frames. ``final``: text carried by the
     final line. ``delay``: seconds before each frame unless the frame sets its own. ``status``: not
-    200 answers that status with the protocol's JSON error body and no stream.
+    200 answers that status with the protocol's JSON error body and no stream. ``done_reason``
+    defaults to what the servers say: ``"tool_calls"`` on the OpenAI wire after calls, else ``"stop"``.
     """
 
     chunks: list[str | Chunk | Raw] = field(default_factory=list)
     final: str = ""
-    done_reason: str = "stop"
+    done_reason: str | None = None
     end: Literal["done", "error", "truncate", "drop", "stall"] = "done"
     error: str = "scripted failure"
     status: int = 200
     delay: float = 0.0
     split: int | None = None
     sse: SSE = field(default_factory=SSE)
+
+
+class Rounds:
+    """Replies by tool round: ``replies[k]`` answers a request whose messages hold ``k`` assistant
+    messages with tool calls after the last user message (0: the first call of a turn; 1: after the
+    first tool results; …). The last reply answers any later round. Usable as ``srv.script`` or as an
+    element of a script queue; a Retry of a round gets the same reply again."""
+
+    def __init__(self, *replies: Reply) -> None:
+        if not replies:
+            raise ValueError("Rounds needs at least one reply")
+        self.replies = list(replies)
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        return self.replies[min(tool_round(request.json), len(self.replies) - 1)]
+
+
+def tool_round(body: Any) -> int:
+    """How many tool rounds a chat request's messages hold since the last user message."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    rounds = 0
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "user":
+            rounds = 0
+        elif message.get("role") == "assistant" and message.get("tool_calls"):
+            rounds += 1
+    return rounds
+
+
+Script = Reply | Callable[["RecordedRequest"], Reply]
 
 
 @dataclass
@@ -115,7 +169,7 @@ class LLMTestServer:
 
     def __init__(
         self,
-        script: Reply | list[Reply] | None = None,
+        script: Script | list[Script] | None = None,
         *,
         models: list[str] | None = None,
         api_key: str | None = None,
@@ -125,6 +179,12 @@ class LLMTestServer:
         self.models = list(models) if models is not None else ["quanda-test"]
         self.api_key = api_key
         self.port = port
+        #: answer every chat request that carries ``tools`` with this status (None: accept tools)
+        self.reject_tools: int | None = None
+        self.reject_tools_message = "tools param requires --jinja flag"
+        #: ``/api/show`` capabilities per model (default ``["completion", "tools"]``; None: not listed,
+        #: as from an Ollama too old to say)
+        self.capabilities: dict[str, list[str] | None] = {}
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,13 +195,14 @@ class LLMTestServer:
         self._stop: asyncio.Event | None = None
 
     @property
-    def script(self) -> Reply | deque[Reply]:
-        """The reply for every chat request, or a queue of replies consumed one per request."""
+    def script(self) -> Script | deque[Script]:
+        """The reply for every chat request (a ``Reply``, or a function of the request such as
+        ``Rounds``), or a queue of them consumed one per request."""
         return self._script
 
     @script.setter
-    def script(self, value: Reply | list[Reply]) -> None:
-        self._script = value if isinstance(value, Reply) else deque(value)
+    def script(self, value: Script | list[Script]) -> None:
+        self._script = deque(value) if isinstance(value, list) else value
 
     @property
     def url(self) -> str:
@@ -249,21 +310,47 @@ class LLMTestServer:
         elif (req.method, req.path) == ("GET", "/v1/models"):
             data = [{"id": m, "object": "model", "owned_by": "quanda-test"} for m in self.models]
             await _send_json(writer, 200, {"object": "list", "data": data})
+        elif (req.method, req.path) == ("POST", "/api/show"):
+            await self._show(req, writer)
         elif req.method == "POST" and req.path in ("/api/chat", "/v1/chat/completions"):
             await self._chat(req, openai, reader, writer)
         else:
             await _send_json(writer, 404, {"error": f"no route for {req.method} {req.path}"})
 
-    def _next_reply(self) -> Reply | None:
-        if isinstance(self._script, Reply):
-            return self._script
-        return self._script.popleft() if self._script else None
+    async def _show(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> None:
+        body = req.json if isinstance(req.json, dict) else {}
+        model = body.get("model") or body.get("name")
+        if model not in self.models:
+            await _send_json(writer, 404, {"error": f"model '{model}' not found"})
+            return
+        info: dict = {"modelfile": "", "template": "{{ .Prompt }}", "details": {"format": "gguf"}}
+        capabilities = self.capabilities.get(model, ["completion", "tools"])
+        if capabilities is not None:
+            info["capabilities"] = list(capabilities)
+        await _send_json(writer, 200, info)
+
+    def _next_reply(self, req: RecordedRequest) -> Reply | None:
+        script = self._script
+        if isinstance(script, deque):
+            if not script:
+                return None
+            script = script.popleft()
+        return script if isinstance(script, Reply) else script(req)
 
     async def _chat(
         self, req: RecordedRequest, openai: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        model = req.json.get("model") if isinstance(req.json, dict) else None
-        reply = self._next_reply()
+        body = req.json if isinstance(req.json, dict) else {}
+        model = body.get("model")
+        if self.reject_tools is not None and body.get("tools"):
+            error = _error_body(openai, self.reject_tools_message, self.reject_tools)
+            await _send_json(writer, self.reject_tools, error)
+            return
+        problem = _check_messages(body.get("messages"), openai)
+        if problem:
+            await _send_json(writer, 400, _error_body(openai, problem, 400))
+            return
+        reply = self._next_reply(req)
         if reply is None:
             await _send_json(writer, 500, _error_body(openai, "LLMTestServer: no scripted reply left", 500))
             return
@@ -356,6 +443,7 @@ def _go_json(obj: Any) -> bytes:
 
 def _ollama_frames(reply: Reply, model: str) -> Frames:
     frames: Frames = []
+    calls = 0
     for chunk in _chunks(reply):
         if isinstance(chunk, Raw):
             frames.append((chunk.delay, chunk.data))
@@ -364,9 +452,13 @@ def _ollama_frames(reply: Reply, model: str) -> Frames:
         if chunk.thinking:
             message["thinking"] = chunk.thinking
         if chunk.tool_calls:
-            message["tool_calls"] = [
-                {"function": {"name": c.name, "arguments": c.arguments}} for c in chunk.tool_calls
-            ]
+            message["tool_calls"] = []
+            for c in chunk.tool_calls:
+                call: dict = {"function": {"index": calls, "name": c.name, "arguments": c.arguments}}
+                if c.id:
+                    call["id"] = c.id
+                message["tool_calls"].append(call)
+                calls += 1
         line = {"model": model, "created_at": NOW, "message": message, "done": False}
         frames.append((chunk.delay, _go_json(line)))
     if reply.end == "done":
@@ -375,7 +467,7 @@ def _ollama_frames(reply: Reply, model: str) -> Frames:
             "created_at": NOW,
             "message": {"role": "assistant", "content": reply.final},
             "done": True,
-            "done_reason": reply.done_reason,
+            "done_reason": reply.done_reason or "stop",
             "total_duration": 1000,
             "eval_count": len(frames),
         }
@@ -414,11 +506,12 @@ def _openai_frames(reply: Reply, model: str) -> Frames:
             delta["content"] = item.content
         if delta:
             frames.append((item.delay, chunk(delta)))
-        for fragment in _tool_call_fragments(item.tool_calls, next_index):
+        for fragment in _tool_call_fragments(item.tool_calls, next_index, style):
             frames.append((item.delay, chunk({"tool_calls": [fragment]})))
         next_index += len(item.tool_calls)
     if reply.end == "done":
-        frames.append((None, chunk({"content": reply.final} if reply.final else {}, reply.done_reason)))
+        finish = reply.done_reason or ("tool_calls" if next_index else "stop")
+        frames.append((None, chunk({"content": reply.final} if reply.final else {}, finish)))
         frames.append((None, event("[DONE]")))
     elif reply.end == "error":
         error = {"code": 500, "message": reply.error, "type": "server_error"}
@@ -431,22 +524,87 @@ def _openai_frames(reply: Reply, model: str) -> Frames:
     return frames
 
 
-def _tool_call_fragments(calls: list[ToolCall], first_index: int, size: int = 7) -> list[dict]:
-    """Opening deltas for every call, then argument fragments interleaved round-robin by index."""
-    out: list[dict] = []
-    pending: list[tuple[int, str]] = []
+def _tool_call_fragments(calls: list[ToolCall], first_index: int, style: SSE) -> list[dict]:
+    """Streamed ``tool_calls`` deltas: per call an opening fragment (index, id, type, name, the first
+    piece of the arguments), then the rest of its arguments in ``style.tool_fragment``-character
+    pieces, calls round-robin when ``style.tool_interleave``."""
+    openings: list[dict] = []
+    rests: list[list[dict]] = []
     for offset, call in enumerate(calls):
-        index = first_index + offset
-        function = {"name": call.name, "arguments": ""}
-        out.append({"index": index, "id": f"call_{index}", "type": "function", "function": function})
-        pending.append((index, json.dumps(call.arguments)))
-    pos = 0
-    while any(pos < len(args) for _, args in pending):
-        for index, args in pending:
-            if pos < len(args):
-                out.append({"index": index, "function": {"arguments": args[pos : pos + size]}})
-        pos += size
+        index = 0 if style.tool_index_zero else first_index + offset
+        args = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+        size = style.tool_fragment or len(args) or 1
+        pieces = [args[i : i + size] for i in range(0, len(args), size)] or [""]
+        opening: dict = {"index": index, "type": "function"}
+        if style.tool_ids:
+            opening["id"] = call.id or f"call_{first_index + offset}"
+        opening["function"] = {"name": call.name, "arguments": pieces[0]}
+        openings.append(opening)
+        rests.append([{"index": index, "function": {"arguments": piece}} for piece in pieces[1:]])
+    if not style.tool_interleave:
+        return [fragment for opening, rest in zip(openings, rests) for fragment in (opening, *rest)]
+    out = list(openings)
+    for step in range(max((len(rest) for rest in rests), default=0)):
+        out += [rest[step] for rest in rests if step < len(rest)]
     return out
+
+
+def _check_messages(messages: Any, openai: bool) -> str | None:
+    """Why a chat request's messages would be refused by a real server (None when they would not):
+    the tool-round rules of each wire."""
+    if not isinstance(messages, list):
+        return "messages must be an array"
+    pending: list[str] = []  # OpenAI: tool_call_ids the last assistant message still waits for
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages[{i}] must be an object with a role"
+        role, content = message["role"], message.get("content")
+        if openai and role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in pending:
+                return (f"messages[{i}]: a message with role 'tool' must be a response to a preceding "
+                        f"message with 'tool_calls' (tool_call_id {call_id!r})")
+            pending.remove(call_id)
+        elif pending:
+            return (f"messages[{i}]: an assistant message with 'tool_calls' must be followed by tool "
+                    f"messages responding to each 'tool_call_id' (missing: {', '.join(pending)})")
+        if content is not None and not isinstance(content, str):
+            return f"messages[{i}].content must be a string"
+        if role == "assistant" and message.get("tool_calls") is not None:
+            problem, pending = _check_tool_calls(i, message["tool_calls"], openai)
+            if problem:
+                return problem
+        if not openai and role == "tool" and not isinstance(message.get("tool_name", ""), str):
+            return f"messages[{i}].tool_name must be a string"
+    if pending:
+        return f"the tool calls {', '.join(pending)} have no tool message answering them"
+    return None
+
+
+def _check_tool_calls(i: int, calls: Any, openai: bool) -> tuple[str | None, list[str]]:
+    if not isinstance(calls, list):
+        return f"messages[{i}].tool_calls must be an array", []
+    ids: list[str] = []
+    for j, call in enumerate(calls):
+        where = f"messages[{i}].tool_calls[{j}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            return f"{where} needs a function with a name", []
+        arguments = fn.get("arguments")
+        if openai:
+            if not isinstance(call.get("id"), str) or not call["id"] or call.get("type") != "function":
+                return f"{where} needs an id and type 'function'", []
+            if not isinstance(arguments, str):
+                return f"{where}.function.arguments must be a string (JSON text)", []
+            try:
+                json.loads(arguments)  # llama.cpp parses them to render its chat template
+            except ValueError:
+                return f"{where}.function.arguments is not valid JSON", []
+            ids.append(call["id"])
+        elif not isinstance(arguments, dict):
+            return (f"json: cannot unmarshal {type(arguments).__name__} into Go struct field "
+                    f"{where}.function.arguments of type api.ToolCallFunctionArguments"), []
+    return None, ids
 
 
 def _error_body(openai: bool, message: str, status: int) -> dict:

@@ -1,8 +1,17 @@
-"""LLM drivers: Ollama's native API and OpenAI-compatible servers, mapped to one event stream."""
+"""LLM drivers: Ollama's native API and OpenAI-compatible servers, mapped to one event stream.
+
+Native tool calling, in short (the app's round loop)::
+
+    tools = [tool_definition("todo_insert", "Add a todo.", {"name": (str, True, 200)})]
+    async with aclosing(driver.stream_chat(messages, model, tools)) as events:
+        async for event in events:   # DELTA text, TOOL_CALL data {"position", "id", "name",
+            ...                      # "arguments"} or {..., "error"}, TOOLS_REJECTED, COMPLETED
+    messages += driver.tool_messages(calls, results, text)   # then stream_chat again
+"""
 
 from __future__ import annotations
 
-from .base import HTTPDriver, LLMDriver, LLMUnavailable, ThinkSplitter
+from .base import HTTPDriver, LLMDriver, LLMUnavailable, ThinkSplitter, call_data, pick_default_model
 from .events import (
     COMPLETED,
     DELTA,
@@ -12,19 +21,23 @@ from .events import (
     RUN_CREATED,
     TERMINAL,
     TOOL_CALL,
+    TOOLS_REJECTED,
     LLMEvent,
 )
 from .ollama import OllamaDriver, ollama_base_url
 from .openai import OpenAIDriver
+from .tools import MAX_TOOL_CALLS, tool_definition, tool_names
 
 __all__ = [
     "COMPLETED",
     "DELTA",
     "ERROR",
     "ERROR_REASONS",
+    "MAX_TOOL_CALLS",
     "REASONING",
     "RUN_CREATED",
     "TERMINAL",
+    "TOOLS_REJECTED",
     "TOOL_CALL",
     "HTTPDriver",
     "LLMDriver",
@@ -33,8 +46,12 @@ __all__ = [
     "OllamaDriver",
     "OpenAIDriver",
     "ThinkSplitter",
+    "call_data",
     "make_driver",
     "ollama_base_url",
+    "pick_default_model",
+    "tool_definition",
+    "tool_names",
 ]
 
 

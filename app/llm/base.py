@@ -13,22 +13,35 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 
-from .events import DELTA, REASONING, RUN_CREATED, LLMEvent, error_event
+from .events import DELTA, REASONING, RUN_CREATED, TOOLS_REJECTED, LLMEvent, error_event
+from .tools import tool_names
 
 MAX_ERROR_BODY = 64 * 1024
 
 
 class LLMUnavailable(Exception):
-    """The LLM server cannot be reached or did not answer a listing request sensibly."""
+    """The LLM server cannot be reached or did not answer a listing request sensibly.
+    ``status`` is the HTTP status when the server did answer."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LLMDriver(ABC):
-    """A chat model behind some wire protocol, seen as one stream of ``LLMEvent``."""
+    """A chat model behind some wire protocol, seen as one stream of ``LLMEvent``.
+
+    Besides streaming, a driver owns everything wire-specific the app needs: the messages that carry
+    tool calls and their results back (``tool_messages``), whether a model takes tools
+    (``supports_tools``), and the words of its hints (``model_status``, ``unreachable_hint``).
+    """
 
     @abstractmethod
     async def list_models(self) -> list[str]:
@@ -43,6 +56,63 @@ class LLMDriver(ABC):
         ``ERROR`` event, never an exception. Closing the generator early cancels the upstream request.
         """
 
+    # -- tools ------------------------------------------------------------------------------------
+
+    async def supports_tools(self, model: str) -> bool | None:
+        """Whether ``model`` takes ``tools``: True, False, or None when unknown until tried."""
+        return None
+
+    @abstractmethod
+    def assistant_tool_message(self, calls: Sequence[Any], text: str = "", thinking: str = "") -> dict:
+        """The assistant message that made ``calls`` (``TOOL_CALL`` events or their ``data``), in
+        this wire's format, with the answer ``text`` that came with them. Refused calls are sent
+        with empty arguments (their result says why they were refused)."""
+
+    @abstractmethod
+    def tool_result_message(self, call: Any, result: str) -> dict:
+        """The ``tool`` message carrying ``result`` (text) for ``call`` (an event or its data)."""
+
+    def tool_messages(
+        self, calls: Sequence[Any], results: Sequence[str], text: str = "", thinking: str = ""
+    ) -> list[dict]:
+        """The messages to append after a turn with tool calls: the assistant message, then one
+        result per call, in the same order (``results[i]`` answers ``calls[i]``)."""
+        if len(calls) != len(results):
+            raise ValueError(f"{len(calls)} tool calls but {len(results)} results")
+        return [
+            self.assistant_tool_message(calls, text, thinking),
+            *(self.tool_result_message(call, result) for call, result in zip(calls, results)),
+        ]
+
+    # -- models and hints -------------------------------------------------------------------------
+
+    def has_model(self, model: str, models: Sequence[str]) -> bool:
+        """Whether ``model`` is among ``models`` (as this server names them)."""
+        return model in models
+
+    async def default_model(self, configured: str) -> str:
+        """``configured`` if set, else the server's only or first model ("" when it lists none).
+        Raises ``LLMUnavailable`` when the list is needed and the server cannot be reached."""
+        if configured and configured.strip():
+            return configured.strip()
+        return pick_default_model("", await self.list_models())
+
+    def unreachable_hint(self, model: str = "") -> str:
+        """How to get a server running (for a status line)."""
+        return "check that the LLM server is running"
+
+    def missing_model_hint(self, model: str) -> str:
+        """How to get ``model``, or pick another (one sentence)."""
+        return "Pick one of the available models."
+
+    def model_status(self, model: str, models: Sequence[str]) -> tuple[bool, str]:
+        """(ok, text) for a status badge, given the model in use and the server's models."""
+        if model and self.has_model(model, models):
+            return True, f"LLM ready: {model}"
+        if not models:
+            return False, "the LLM server lists no models"
+        return False, f"model {model!r} is not available; pick one of {', '.join(models[:8])}"
+
     async def aclose(self) -> None:
         """Release what the driver owns (its HTTP client)."""
 
@@ -51,6 +121,22 @@ class LLMDriver(ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def pick_default_model(configured: str, models: Sequence[str]) -> str:
+    """The model to use: ``configured`` if non-empty, else the only or first of ``models``, else ""."""
+    configured = (configured or "").strip()
+    if configured:
+        return configured
+    return models[0] if models else ""
+
+
+def call_data(call: Any) -> dict:
+    """The data dict of a ``TOOL_CALL`` event (accepts the event or the dict itself)."""
+    data = call.data if isinstance(call, LLMEvent) else call
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        raise TypeError(f"not a tool call: {call!r}")
+    return data
 
 
 class ThinkSplitter:
@@ -175,21 +261,17 @@ def error_message(payload: Any) -> str | None:
     return None
 
 
-def parse_arguments(raw: Any) -> dict | None:
-    """Tool-call arguments as a dict (they come as an object or as a JSON string); None if invalid."""
-    if isinstance(raw, dict):
-        return raw
-    if raw is None or raw == "":
-        return {}
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+@dataclass
+class _Attempt:
+    """What one chat request came to, for the retry-without-tools decision."""
+
+    ok: bool = False  # the server answered 200 and the body was streamed
+    rejected: tuple[int, str] | None = None  # (status, message) when the request's tools were refused
 
 
 class HTTPDriver(LLMDriver):
-    """Shared machinery of the streaming HTTP drivers: request, status errors, stall, cancellation."""
+    """Shared machinery of the streaming HTTP drivers: request, status errors, stall, cancellation,
+    and the retry without tools when a server refuses a request that carries them."""
 
     label = "LLM server"
     url_env = "QUANDA_LLM_URL"
@@ -203,6 +285,7 @@ class HTTPDriver(LLMDriver):
         self._client = client if client is not None else httpx.AsyncClient()
         self._owns_client = client is None
         self._timeout = httpx.Timeout(stall_s, connect=min(stall_s, 10.0))
+        self._tool_support: dict[str, bool] = {}  # per model, learnt from the server's answers
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -221,47 +304,92 @@ class HTTPDriver(LLMDriver):
         return self.base_url + self.chat_path, body
 
     @abstractmethod
-    def _decoder(self) -> WireDecoder:
-        """A fresh decoder for one response."""
+    def _decoder(self, offered: frozenset[str]) -> WireDecoder:
+        """A fresh decoder for one response; ``offered``: the tool names the request offered."""
 
-    @abstractmethod
-    def _unreachable_hint(self, model: str) -> str:
-        """How to get a server running at ``base_url``."""
-
-    @abstractmethod
-    def _missing_model_hint(self, model: str) -> str:
-        """How to get ``model`` (or pick another)."""
+    def _tools_hint(self) -> str:
+        """How to get tool calls from this kind of server (after it refused them)."""
+        return "use a model (or server setting) with tool support"
 
     def _headers(self) -> dict[str, str]:
         return {}
 
+    async def supports_tools(self, model: str) -> bool | None:
+        """What the server's answers taught: False once it refused ``tools`` for ``model`` (and
+        answered without them), True once it accepted them; None before either."""
+        return self._tool_support.get(model)
+
     async def _get_json(self, path: str) -> Any:
+        return await self._request_json("GET", path)
+
+    async def _request_json(self, method: str, path: str, body: Any = None) -> Any:
+        """The decoded JSON answer of a small request; raises ``LLMUnavailable`` with a clear message."""
         url = self.base_url + path
         try:
-            resp = await self._client.get(url, headers=self._headers(), timeout=min(self.stall_s, 10.0))
+            resp = await self._client.request(
+                method, url, json=body, headers=self._headers(), timeout=min(self.stall_s, 10.0)
+            )
         except httpx.HTTPError as exc:
-            hint = self._unreachable_hint("<model>")
             raise LLMUnavailable(
-                f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {hint}"
+                f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {self.unreachable_hint()}"
             ) from exc
         if resp.status_code != 200:
             raise LLMUnavailable(
-                f"{self.label} at {self.base_url} answered HTTP {resp.status_code} to GET {path}: "
-                f"{_body_message(resp.content)}. Check {self.url_env}."
+                f"{self.label} at {self.base_url} answered HTTP {resp.status_code} to {method} {path}: "
+                f"{_body_message(resp.content)}. Check {self.url_env}.",
+                status=resp.status_code,
             )
         try:
             return resp.json()
         except ValueError as exc:
             raise LLMUnavailable(
-                f"{self.label} at {self.base_url} sent a non-JSON answer to GET {path}. Check {self.url_env}."
+                f"{self.label} at {self.base_url} sent a non-JSON answer to {method} {path}. "
+                f"Check {self.url_env}."
             ) from exc
 
     async def stream_chat(
         self, messages: list[dict], model: str, tools: list[dict] | None = None
     ) -> AsyncIterator[LLMEvent]:
+        """See ``LLMDriver.stream_chat``. When ``tools`` are given and the server refuses the request
+        in a way that may mean "no tools here" (a 4xx other than auth, not-found and rate limits,
+        or a 5xx whose message mentions tools), the run yields ``TOOLS_REJECTED`` and asks once more
+        without ``tools``; when that answer comes and the refusal mentioned tools, ``supports_tools``
+        says False for the model from then on. A consumer that would rather rebuild its prompt (for
+        JSON commands in text) closes the run on ``TOOLS_REJECTED``: the retry is not sent."""
         yield LLMEvent(RUN_CREATED)
+        offered = tool_names(tools)
+        first = _Attempt()
+        async with aclosing(self._attempt(messages, model, tools or None, offered, first)) as events:
+            async for event in events:
+                yield event
+        if first.rejected is None:
+            return
+        status, detail = first.rejected
+        yield LLMEvent(
+            TOOLS_REJECTED,
+            f"{self.label} at {self.base_url} refused the request with tools (HTTP {status}: {detail}), "
+            f"so it is asked again without them: no native tool calls with {model!r}. To get them, "
+            f"{self._tools_hint()}.",
+            {"status": status, "detail": detail, "model": model},
+        )
+        retry = _Attempt()
+        async with aclosing(self._attempt(messages, model, None, frozenset(), retry)) as events:
+            async for event in events:
+                yield event
+        if retry.ok and _mentions_tools(detail):
+            self._tool_support[model] = False
+
+    async def _attempt(
+        self,
+        messages: list[dict],
+        model: str,
+        tools: list[dict] | None,
+        offered: frozenset[str],
+        state: _Attempt,
+    ) -> AsyncIterator[LLMEvent]:
+        """One chat request: its events up to the terminal one, or nothing but ``state.rejected``."""
         url, body = self._chat_request(messages, model, tools)
-        decoder = self._decoder()
+        decoder = self._decoder(offered)
         answered = False
         try:
             async with self._client.stream(
@@ -269,8 +397,16 @@ class HTTPDriver(LLMDriver):
             ) as resp:
                 answered = True
                 if resp.status_code >= 300:
-                    yield await self._status_error(resp, model)
+                    raw = await _read_capped(resp)
+                    detail = _body_message(raw)
+                    if tools and _may_refuse_tools(resp.status_code, detail):
+                        state.rejected = (resp.status_code, detail)
+                        return
+                    yield await self._status_error(resp.status_code, detail, model)
                     return
+                state.ok = True
+                if tools:
+                    self._tool_support[model] = True
                 lines = LineSplitter(lone_cr=self.lone_cr)
                 async for data in resp.aiter_bytes():
                     for line in lines.feed(data):
@@ -331,19 +467,12 @@ class HTTPDriver(LLMDriver):
         )
 
     def _unreachable(self, exc: Exception, model: str) -> LLMEvent:
-        hint = self._unreachable_hint(model)
+        hint = self.unreachable_hint(model)
         return error_event(
             "unreachable", f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {hint}."
         )
 
-    async def _status_error(self, resp: httpx.Response, model: str) -> LLMEvent:
-        raw = bytearray()
-        async for data in resp.aiter_bytes():
-            raw += data
-            if len(raw) >= MAX_ERROR_BODY:
-                break
-        status = resp.status_code
-        detail = _body_message(bytes(raw))
+    async def _status_error(self, status: int, detail: str, model: str) -> LLMEvent:
         if status == 404:
             try:
                 models = await self.list_models()
@@ -354,7 +483,7 @@ class HTTPDriver(LLMDriver):
                 return error_event(
                     "model_missing",
                     f"Model {model!r} is not available at {self.base_url} (HTTP 404: {detail}). "
-                    f"Available models: {available}. {self._missing_model_hint(model)}",
+                    f"Available models: {available}. {self.missing_model_hint(model)}",
                     status=status,
                     models=models,
                 )
@@ -377,6 +506,33 @@ class HTTPDriver(LLMDriver):
             "The server rejected the request (conversation too long for the context, or a feature the "
             "model lacks?); Retry with a shorter conversation or another model."
         )
+
+
+#: statuses that never mean "this server takes no tools"
+_NOT_ABOUT_TOOLS = frozenset({401, 403, 404, 407, 408, 413, 429})
+
+
+def _mentions_tools(detail: str) -> bool:
+    text = detail.lower()
+    return any(word in text for word in ("tool", "function", "jinja"))
+
+
+def _may_refuse_tools(status: int, detail: str) -> bool:
+    """Whether a failed request that carried tools is worth asking again without them."""
+    if status in _NOT_ABOUT_TOOLS:
+        return False
+    if 400 <= status < 500 or status == 501:
+        return True
+    return status >= 500 and _mentions_tools(detail)
+
+
+async def _read_capped(resp: httpx.Response) -> bytes:
+    raw = bytearray()
+    async for data in resp.aiter_bytes():
+        raw += data
+        if len(raw) >= MAX_ERROR_BODY:
+            break
+    return bytes(raw)
 
 
 def _body_message(raw: bytes) -> str:

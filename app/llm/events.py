@@ -1,7 +1,9 @@
 """The one internal event stream every LLM driver produces (names from the seed protocol).
 
 A run is: ``RUN_CREATED``, then any number of ``REASONING`` / ``DELTA`` / ``TOOL_CALL`` events, then
-exactly one terminal event, ``COMPLETED`` or ``ERROR``.
+exactly one terminal event, ``COMPLETED`` or ``ERROR``. ``TOOLS_REJECTED`` may come right after
+``RUN_CREATED`` when the server refused a request carrying ``tools`` and the driver is about to ask
+again without them (see ``HTTPDriver.stream_chat``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ RUN_CREATED = "thread.run.created"
 REASONING = "thread.run.step.in_progress"
 DELTA = "thread.message.delta"
 TOOL_CALL = "thread.run.tool_call"
+TOOLS_REJECTED = "thread.run.tools_rejected"
 COMPLETED = "thread.run.completed"
 ERROR = "error"
 
@@ -28,9 +31,18 @@ class LLMEvent:
 
     ``text``: the answer text for ``DELTA``, the thinking text for ``REASONING``, a human message that
     says what happened and how to fix it for ``ERROR``.
-    ``data``: ``{"done_reason": ...}`` for ``COMPLETED``; ``{"name", "arguments": dict, "id"?}`` for
-    ``TOOL_CALL``; ``{"reason", "status", "models"?}`` for ``ERROR`` (``models`` when the reason is
-    ``model_missing``).
+    ``data``: ``{"done_reason": ...}`` for ``COMPLETED``; ``{"reason", "status", "models"?}`` for
+    ``ERROR`` (``models`` when the reason is ``model_missing``); ``{"status", "detail", "model"}`` for
+    ``TOOLS_REJECTED`` (``text`` says what happened); for ``TOOL_CALL`` one call of the turn::
+
+        {"position": 0,            # 0, 1, … in the order the turn made its calls
+         "id": "call_abc",         # the wire's id, or "call_<position>" when it gave none
+         "name": "todo_insert",
+         "arguments": {...}}       # a dict: the call can be validated and run
+        {"position": 1, "id": "call_1", "name": "nope", "raw_arguments": "{\"a\": ",
+         "error": "unknown tool 'nope' ..."}   # a refused call: run nothing, tell the model why
+
+    A refused call never ends the run: the rest of the answer and the other calls still come.
     """
 
     type: str

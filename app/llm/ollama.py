@@ -1,21 +1,22 @@
-"""Ollama's native chat API: ``POST /api/chat`` streaming NDJSON, models from ``GET /api/tags``."""
+"""Ollama's native chat API: ``POST /api/chat`` streaming NDJSON, models from ``GET /api/tags``,
+capabilities (``"tools"``) from ``POST /api/show``.
+
+Tool calls come whole (``message.tool_calls``, arguments as an object), possibly on the same line as
+text; a result goes back as ``{"role": "tool", "content": ..., "tool_name": ...}``.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from .base import (
-    ErrorFactory,
-    HTTPDriver,
-    LLMUnavailable,
-    ThinkSplitter,
-    error_message,
-    parse_arguments,
-)
-from .events import REASONING, TOOL_CALL, LLMEvent, completed_event
+from .base import ErrorFactory, HTTPDriver, LLMUnavailable, ThinkSplitter, call_data, error_message
+from .events import REASONING, LLMEvent, completed_event
+from .tools import ToolCallChecker
 
 DEFAULT_URL = "http://localhost:11434"
 DEFAULT_PORT = 11434
@@ -60,25 +61,75 @@ class OllamaDriver(HTTPDriver):
         names = (m.get("name") or m.get("model") for m in models if isinstance(m, dict))
         return [name for name in names if isinstance(name, str)]
 
-    def _decoder(self) -> NDJSONDecoder:
-        return NDJSONDecoder(self._wire_error)
+    async def supports_tools(self, model: str) -> bool | None:
+        """From ``POST /api/show``: whether the model's ``capabilities`` list ``"tools"`` (None when
+        the server cannot say: unreachable, unknown model, or an Ollama too old to list them).
+        Remembered per model, as is a refusal seen while chatting."""
+        known = self._tool_support.get(model)
+        if known is not None:
+            return known
+        try:
+            data = await self._request_json("POST", "/api/show", {"model": model})
+        except LLMUnavailable:
+            return None
+        capabilities = data.get("capabilities") if isinstance(data, dict) else None
+        if not isinstance(capabilities, list):
+            return None
+        self._tool_support[model] = "tools" in capabilities
+        return self._tool_support[model]
 
-    def _unreachable_hint(self, model: str) -> str:
+    def assistant_tool_message(self, calls: Sequence[Any], text: str = "", thinking: str = "") -> dict:
+        tool_calls = []
+        for call in calls:
+            data = call_data(call)
+            arguments = data.get("arguments") or {}
+            function = {"index": data["position"], "name": data["name"], "arguments": arguments}
+            tool_calls.append({"id": data["id"], "function": function})
+        message: dict = {"role": "assistant", "content": text or "", "tool_calls": tool_calls}
+        if thinking:
+            message["thinking"] = thinking
+        return message
+
+    def tool_result_message(self, call: Any, result: str) -> dict:
+        data = call_data(call)
+        return {"role": "tool", "content": result, "tool_name": data["name"], "tool_call_id": data["id"]}
+
+    def has_model(self, model: str, models: Sequence[str]) -> bool:
+        return model in models or (":" not in model and f"{model}:latest" in models)
+
+    def model_status(self, model: str, models: Sequence[str]) -> tuple[bool, str]:
+        if model and self.has_model(model, models):
+            return True, f"LLM ready: {model}"
+        if not models:
+            return False, f"Ollama at {self.base_url} has no models: run `ollama pull {model or 'llama3.2'}`"
+        choices = ", ".join(models[:8])
+        if not model:
+            return False, f"no model chosen: set OLLAMA_MODEL to one of {choices}"
+        return False, f"model {model!r} is not installed; pick one of {choices} or run `ollama pull {model}`"
+
+    def _decoder(self, offered: frozenset[str]) -> NDJSONDecoder:
+        return NDJSONDecoder(self._wire_error, offered)
+
+    def unreachable_hint(self, model: str = "") -> str:
         return (
-            f"start Ollama with `ollama serve` and `ollama pull {model}`, or set OLLAMA_HOST "
+            f"start Ollama with `ollama serve` and `ollama pull {model or '<model>'}`, or set OLLAMA_HOST "
             "(or QUANDA_LLM_URL for an OpenAI-compatible server)"
         )
 
-    def _missing_model_hint(self, model: str) -> str:
+    def missing_model_hint(self, model: str) -> str:
         return f"Run `ollama pull {model}`, or set OLLAMA_MODEL to one of the available models."
+
+    def _tools_hint(self) -> str:
+        return "pick a model whose `ollama show <model>` lists the tools capability"
 
 
 class NDJSONDecoder:
     """Events from the lines of an Ollama ``/api/chat`` stream."""
 
-    def __init__(self, wire_error: ErrorFactory) -> None:
+    def __init__(self, wire_error: ErrorFactory, offered: frozenset[str] = frozenset()) -> None:
         self._think = ThinkSplitter()
         self._wire_error = wire_error
+        self._calls = ToolCallChecker(offered)
 
     def feed(self, line: str) -> list[LLMEvent]:
         if not line.strip():
@@ -102,11 +153,9 @@ class NDJSONDecoder:
         content = message.get("content")
         if isinstance(content, str):
             out += self._think.feed(content)
-        for call in message.get("tool_calls") or []:
-            event = _tool_call(call)
-            if event is None:
-                return [*out, *self._malformed(line, what="tool call")]
-            out.append(event)
+        calls = message.get("tool_calls") or []
+        for call in calls if isinstance(calls, list) else [calls]:
+            out.append(self._tool_call(call))
         if obj.get("done") is True:
             out += self._think.flush()
             out.append(completed_event(obj.get("done_reason")))
@@ -125,15 +174,9 @@ class NDJSONDecoder:
     def _malformed(self, line: str, what: str = "JSON") -> list[LLMEvent]:
         return [*self._think.flush(), self._wire_error("malformed", f"{what}: {line[:120]!r}")]
 
-
-def _tool_call(call: object) -> LLMEvent | None:
-    fn = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        return None
-    arguments = parse_arguments(fn.get("arguments"))
-    if arguments is None:
-        return None
-    data: dict = {"name": fn["name"], "arguments": arguments}
-    if isinstance(call, dict) and call.get("id"):
-        data["id"] = call["id"]
-    return LLMEvent(TOOL_CALL, data=data)
+    def _tool_call(self, call: object) -> LLMEvent:
+        """A whole call: ``{"id"?, "function": {"index"?, "name", "arguments": {...}}}``."""
+        call = call if isinstance(call, dict) else {}
+        fn = call.get("function")
+        fn = fn if isinstance(fn, dict) else {}
+        return self._calls.event(fn.get("name"), fn.get("arguments"), call.get("id"))

@@ -2,23 +2,24 @@
 
 ``POST {base}/chat/completions`` with ``stream: true`` answers Server-Sent Events; models come from
 ``GET {base}/models``. ``base`` includes ``/v1``, as OpenAI clients take it.
+
+Tool calls stream as ``delta.tool_calls`` fragments keyed by ``index``: the first fragment of a call
+carries its ``id`` and ``function.name``, the ``function.arguments`` JSON text comes in pieces split
+anywhere, calls may interleave. A result goes back as ``{"role": "tool", "tool_call_id": ..., ...}``
+after the assistant message that made the calls.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
-from .base import (
-    ErrorFactory,
-    HTTPDriver,
-    LLMUnavailable,
-    ThinkSplitter,
-    error_message,
-    parse_arguments,
-)
-from .events import REASONING, TOOL_CALL, LLMEvent, completed_event
+from .base import ErrorFactory, HTTPDriver, LLMUnavailable, ThinkSplitter, call_data, error_message
+from .events import REASONING, LLMEvent, completed_event
+from .tools import MAX_ARGUMENTS_CHARS, ToolCallChecker
 
 
 class OpenAIDriver(HTTPDriver):
@@ -55,17 +56,51 @@ class OpenAIDriver(HTTPDriver):
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _decoder(self) -> SSEDecoder:
-        return SSEDecoder(self._wire_error)
+    def assistant_tool_message(self, calls: Sequence[Any], text: str = "", thinking: str = "") -> dict:
+        tool_calls = []
+        for call in calls:
+            data = call_data(call)
+            arguments = json.dumps(data.get("arguments") or {}, ensure_ascii=False)
+            function = {"name": data["name"], "arguments": arguments}
+            tool_calls.append({"id": data["id"], "type": "function", "function": function})
+        return {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
 
-    def _unreachable_hint(self, model: str) -> str:
-        return (
-            "start it (e.g. `llama-server -m model.gguf --port 8080` or `vllm serve <model>`), or fix "
-            "QUANDA_LLM_URL (the base URL including /v1), or unset it to use Ollama"
+    def tool_result_message(self, call: Any, result: str) -> dict:
+        return {"role": "tool", "tool_call_id": call_data(call)["id"], "content": result}
+
+    def model_status(self, model: str, models: Sequence[str]) -> tuple[bool, str]:
+        if model and self.has_model(model, models):
+            return True, f"LLM ready: {model}"
+        if not models:
+            return False, f"the LLM server at {self.base_url} lists no models: check how it was started"
+        choices = ", ".join(models[:8])
+        if not model:
+            return False, f"no model chosen: set QUANDA_LLM_MODEL to one of {choices}"
+        return False, (
+            f"model {model!r} is not served at {self.base_url}; set QUANDA_LLM_MODEL to one of {choices} "
+            "(or leave it empty for the server's first model)"
         )
 
-    def _missing_model_hint(self, model: str) -> str:
-        return "Set QUANDA_LLM_MODEL to one of the available models."
+    def _decoder(self, offered: frozenset[str]) -> SSEDecoder:
+        return SSEDecoder(self._wire_error, offered)
+
+    def unreachable_hint(self, model: str = "") -> str:
+        return (
+            "start it (e.g. `llama-server -m model.gguf --port 8080` or `vllm serve <model>`), or fix "
+            "QUANDA_LLM_URL (the base URL including /v1)"
+        )
+
+    def missing_model_hint(self, model: str) -> str:
+        return (
+            "Set QUANDA_LLM_MODEL to one of the available models (or leave it empty for the server's "
+            "first model)."
+        )
+
+    def _tools_hint(self) -> str:
+        return (
+            "start llama.cpp's llama-server with --jinja, or vLLM with --enable-auto-tool-choice "
+            "--tool-call-parser <parser>, or pick a model with tool support"
+        )
 
 
 class SSEDecoder:
@@ -75,15 +110,18 @@ class SSEDecoder:
     ``\\n``, dispatch on a blank line) and accepts llama.cpp's non-standard ``error: {...}`` field.
     Any other unknown field is taken as a sign that the server does not speak SSE (an HTML page).
     The run completes at the first ``finish_reason`` (or at ``[DONE]``); tool-call fragments are
-    merged by ``index`` and emitted then.
+    merged by ``index`` and the calls emitted then, in ``index`` order. A fragment with a new ``id``
+    at an index already in use starts another call (servers that number every call 0).
     """
 
-    def __init__(self, wire_error: ErrorFactory) -> None:
+    def __init__(self, wire_error: ErrorFactory, offered: frozenset[str] = frozenset()) -> None:
         self._think = ThinkSplitter()
         self._wire_error = wire_error
         self._event = ""
         self._data: list[str] = []
-        self._calls: dict[int, dict] = {}
+        self._calls: list[dict] = []  # in the order they started
+        self._by_index: dict[int, dict] = {}
+        self._checker = ToolCallChecker(offered)
 
     def feed(self, line: str) -> list[LLMEvent]:
         if not line:
@@ -158,32 +196,31 @@ class SSEDecoder:
 
     def _merge(self, position: int, fragment: dict) -> None:
         index = fragment.get("index")
-        index = index if isinstance(index, int) else position
-        call = self._calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
-        if fragment.get("id"):
-            call["id"] = fragment["id"]
+        index = index if isinstance(index, int) and not isinstance(index, bool) else position
+        call_id = fragment.get("id") if isinstance(fragment.get("id"), str) and fragment.get("id") else None
+        call = self._by_index.get(index)
+        if call is None or (call_id and call["id"] and call_id != call["id"]):
+            call = {"index": index, "id": None, "name": None, "arguments": ""}
+            self._by_index[index] = call
+            self._calls.append(call)
+        if call_id and not call["id"]:
+            call["id"] = call_id
         fn = fragment.get("function")
         fn = fn if isinstance(fn, dict) else {}
-        if fn.get("name") and not call["name"]:
+        if isinstance(fn.get("name"), str) and fn["name"] and not call["name"]:
             call["name"] = fn["name"]
         arguments = fn.get("arguments")
         if isinstance(arguments, str):
-            call["arguments"] += arguments
-        elif isinstance(arguments, dict):
-            call["arguments"] = json.dumps(arguments)
+            if isinstance(call["arguments"], str) and len(call["arguments"]) <= MAX_ARGUMENTS_CHARS:
+                call["arguments"] += arguments  # (past the limit the call is refused anyway)
+        elif arguments is not None:
+            call["arguments"] = arguments  # a server that sends the whole object at once
 
     def _complete(self, reason: str) -> list[LLMEvent]:
         out = self._think.flush()
-        for index in sorted(self._calls):
-            call = self._calls[index]
-            arguments = parse_arguments(call["arguments"])
-            if not call["name"] or arguments is None:
-                detail = f"tool call (arguments {call['arguments'][:120]!r})"
-                return [*out, self._wire_error("malformed", detail)]
-            data: dict = {"name": call["name"], "arguments": arguments}
-            if call["id"]:
-                data["id"] = call["id"]
-            out.append(LLMEvent(TOOL_CALL, data=data))
+        for call in sorted(self._calls, key=lambda c: c["index"]):  # stable: same index, arrival order
+            out.append(self._checker.event(call["name"], call["arguments"], call["id"]))
+        self._calls, self._by_index = [], {}
         out.append(completed_event(reason))
         return out
 
