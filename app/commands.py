@@ -1,22 +1,34 @@
-"""JSON commands in LLM answers: found once an answer is final, validated against the schemas plugins
-register, executed exactly once.
+"""Commands the LLM runs on the app: found in its answer (JSON in the text) or asked as native tool calls,
+validated against the schemas plugins register, executed exactly once.
 
 Extraction (`extract`) scans the answer in one linear pass: ```json fences (an object, several objects or an
 array of them) and bare objects in the prose; other code fences (```python …) are examples, not commands.
 Inside an object, JSON strings are tracked, so braces in strings do not end it; outside, quotes are prose.
-Only objects with an "action" key are commands. Each finding keeps its position (0, 1, …): the execution
-key is `<message id>:<position>`, inserted with the store's insert-if-absent before anything runs, so a
-reload, a reconnect, a replay or a second server never runs a command twice.
+Only objects with an "action" key are commands.
+
+Exactly once: each command has a key (`<message id>:<position>`). A command's operation first *plans* its
+change (`Change`: record ops, what to say, facts to publish) without writing; then the claim — a record
+under the key, holding the plan — and the change's ops are committed as one unit (one transaction on
+SQLite and PostgreSQL; on MongoDB in order, claim first, each op a whole-value put or a delete, so that
+re-applying a plan is harmless). A second run of the same key finds the claim and only finishes what a
+crash left undone: a plan still "applying" is applied again, and the result line is posted under a key
+fixed in the plan (an insert-if-absent), so it shows once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+log = logging.getLogger("quanda.commands")
+
 MAX_COMMANDS = 20
+CLAIM_KIND = "command"
 _FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[^\n`]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$",
                        re.M | re.S)
 
@@ -30,22 +42,41 @@ class Field:
 
 
 @dataclass(frozen=True)
-class CommandSpec:
-    """One action on one target, with the args it takes."""
-
-    target: str
-    action: str
-    args: dict[str, Field] = field(default_factory=dict)
-    example: str = ""
-    run: Callable[..., Awaitable[Any]] | None = None  # async run(ctx, sid, args) -> CommandResult
-
-
-@dataclass(frozen=True)
 class CommandResult:
     ok: bool
     text: str  # what the chat and the LLM are told
     before: Any = None
     after: Any = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an operation will do, decided before anything is written: record ops applied as one unit, what
+    to say once they are, and the facts to publish then (e.g. which todos changed)."""
+
+    result: CommandResult
+    ops: tuple = ()  # RecordOp tuples: ("insert" | "put" | "delete", kind, key, data)
+    facts: tuple = ()  # (topic, fact) pairs
+
+    @classmethod
+    def refused(cls, why: str) -> "Change":
+        return cls(CommandResult(False, why))
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One action on one target, with the args it takes; `run(h, args)` plans it and returns a Change."""
+
+    target: str
+    action: str
+    args: dict[str, Field] = field(default_factory=dict)
+    example: str = ""
+    run: Callable[..., Awaitable[Change]] | None = None
+    description: str = ""
+
+    @property
+    def tool_name(self) -> str:
+        return f"{self.target}_{self.action}"
 
 
 @dataclass(frozen=True)
@@ -168,33 +199,95 @@ def describe(specs: list[CommandSpec]) -> str:
     return "\n".join(lines)
 
 
-async def run_answer_commands(ctx: Any, sid: str, message_id: str, text: str) -> list[CommandResult]:
+async def apply_change(h: Any, change: Change) -> CommandResult:
+    """Write a planned change (no claim: a person's own action) and publish its facts."""
+    if change.ops and not await h.store.commit_records(list(change.ops)):
+        return CommandResult(False, "that changed meanwhile; nothing was written, try again")
+    for topic, fact in change.facts:
+        await h.publish(topic, **fact)
+    return change.result
+
+
+def crash_point(h: Any, name: str) -> None:
+    """Test-only: the process kills itself here when QUANDA_TEST_CRASH_AT names this point (inert unset)."""
+    if h.settings.test_crash_at == name:
+        log.warning("QUANDA_TEST_CRASH_AT=%s: killing the process", name)
+        os._exit(137)
+
+
+async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan: Change) -> CommandResult | None:
+    """Run a planned command exactly once under `key`; None when another caller already ran it and has
+    nothing left to finish. Posts the ✓/✗ result line (once)."""
+    store = h.store
+    claim = {"message_id": message_id, "command": command, "state": "applying", "ok": plan.result.ok,
+             "result": plan.result.text, "before": plan.result.before, "after": plan.result.after,
+             "ops": [list(op) for op in plan.ops], "facts": [list(f) for f in plan.facts],
+             "line_at": time.time_ns(), "claimed_at": time.time()}
+    done = ("put", CLAIM_KIND, key, {**claim, "state": "done"})
+    if store.atomic_records:  # claim and effect in one transaction
+        committed = await store.commit_records([("insert", CLAIM_KIND, key, claim), *plan.ops, done])
+        if committed:
+            crash_point(h, "after_claim")
+    else:  # claim first; a crash before the ops leaves it "applying" for the next run to finish
+        committed = await store.insert_record(CLAIM_KIND, key, claim)
+        if committed:
+            crash_point(h, "after_claim")
+            await store.commit_records([*plan.ops, done])
+    finished_here = committed
+    if committed:
+        crash_point(h, "after_effect")
+    else:
+        claim = await store.get_record(CLAIM_KIND, key)
+        if claim is None:  # the plan's own ops were refused (a change meanwhile): say so, claim nothing
+            return CommandResult(False, "command not run: the data changed meanwhile")
+        if claim["state"] == "applying":
+            if claim["claimed_at"] > time.time() - h.settings.job_lease_s:
+                return None  # claimed a moment ago: its claimer is still at work
+            # claimed longer ago than a job's lease: its claimer died between the claim and its ops
+            ops = [tuple(op) for op in claim["ops"]]
+            await store.commit_records([*ops, ("put", CLAIM_KIND, key, {**claim, "state": "done"})])
+            finished_here = True
+    if finished_here:
+        for topic, fact in claim["facts"]:
+            await h.publish(topic, **fact)
+    result = CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
+    crash_point(h, "before_result_line")
+    await h.ctx.post_event(h.owner, ("✓ " if result.ok else "✗ ") + result.text, key=f"{key}:{claim['line_at']}")
+    return result if finished_here else None
+
+
+async def plan_command(h: Any, command: dict | None, error: str, specs: dict) -> Change:
+    """The change a found command would make, or a refusal saying why it runs nothing."""
+    spec, why = validate(command, specs) if command is not None else (None, error)
+    if spec is None:
+        return Change.refused(f"command not run: {why}")
+    try:
+        return await spec.run(h, command.get("args", {}))
+    except Exception as exc:  # noqa: BLE001 - a plugin bug must not stop the other commands
+        log.exception("command %s %s failed to plan", spec.target, spec.action)
+        return Change.refused(f"command failed: {type(exc).__name__}")
+
+
+def command_specs(plugins: list) -> dict[tuple[str, str], CommandSpec]:
+    return {(s.target, s.action): s for p in plugins for s in p.commands}
+
+
+async def run_answer_commands(h: Any, message_id: str, text: str) -> list[CommandResult]:
     """Find, validate and execute (exactly once) the commands in a finished answer; report each."""
-    specs = {(s.target, s.action): s for p in ctx.plugins for s in p.commands}
+    specs = command_specs(h.ctx.plugins)
     if not specs:
         return []
-    findings = extract(text)
     results: list[CommandResult] = []
-    for finding in findings:
+    for finding in extract(text):
         key = f"{message_id}:{finding.position}"
         if finding.position >= MAX_COMMANDS:
-            result = CommandResult(False, f"command {finding.position + 1} ignored: at most {MAX_COMMANDS} "
-                                          "commands run per answer")
+            plan = Change.refused(f"command {finding.position + 1} ignored: at most {MAX_COMMANDS} commands run "
+                                  "per answer")
+        elif await h.store.get_record(CLAIM_KIND, key) is not None:
+            plan = Change.refused("")  # already claimed: run_once finishes what a crash left undone
         else:
-            spec, why = validate(finding.command, specs) if finding.command is not None else (None, finding.error)
-            if not await ctx.store.insert_record("command", key, {"message_id": message_id, "sid": sid,
-                                                                  "command": finding.command, "state": "claimed"}):
-                continue  # already executed (or being executed) by this or another server
-            if spec is None:
-                result = CommandResult(False, f"command not run: {why}")
-            else:
-                try:
-                    result = await spec.run(ctx, sid, finding.command.get("args", {}))
-                except Exception as exc:  # a plugin bug must not stop the other commands
-                    result = CommandResult(False, f"command failed: {exc}")
-            await ctx.store.put_record("command", key, {
-                "message_id": message_id, "sid": sid, "command": finding.command, "state": "done",
-                "ok": result.ok, "result": result.text, "before": result.before, "after": result.after})
-        results.append(result)
-        await ctx.post_event(sid, ("✓ " if result.ok else "✗ ") + result.text)
+            plan = await plan_command(h, finding.command, finding.error, specs)
+        result = await run_once(h, key, message_id, finding.command, plan)
+        if result is not None:
+            results.append(result)
     return results

@@ -25,20 +25,26 @@ class Settings:
 
     ollama_host: str = field(default="http://localhost:11434", metadata={"env": "OLLAMA_HOST",
                              "doc": "Ollama server (host[:port] or URL), used unless QUANDA_LLM_URL is set"})
-    ollama_model: str = field(default="llama3.2", metadata={"env": "OLLAMA_MODEL",
-                              "doc": "Default Ollama model"})
+    ollama_model: str = field(default="", metadata={"env": "OLLAMA_MODEL",
+                              "doc": "Default Ollama model (unset: the server's only or first model)"})
     llm_url: str = field(default="", metadata={"env": "QUANDA_LLM_URL",
                          "doc": "OpenAI-compatible server base URL including /v1 (llama.cpp, vLLM, LM Studio, OpenAI)"})
     llm_api_key: str = field(default="", metadata={"env": "QUANDA_LLM_API_KEY",
                              "doc": "Bearer key for QUANDA_LLM_URL"})
     llm_model: str = field(default="", metadata={"env": "QUANDA_LLM_MODEL",
-                           "doc": "Default model on QUANDA_LLM_URL"})
+                           "doc": "Default model on QUANDA_LLM_URL (unset: the server's only or first model)"})
     llm_stall_s: float = field(default=60.0, metadata={"env": "QUANDA_LLM_STALL_S",
                                "doc": "Seconds without a byte from the LLM before the answer is marked stalled"})
     api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
                            "doc": "When set, the HTTP API also accepts Authorization: Bearer <token>"})
     system_prompt_file: str = field(default="", metadata={"env": "QUANDA_SYSTEM_PROMPT_FILE",
                                     "doc": "File whose text replaces the base system prompt"})
+    job_lease_s: float = field(default=10.0, metadata={"env": "QUANDA_JOB_LEASE_S",
+                               "doc": "Seconds a running answer or simulator run is held without a heartbeat "
+                                      "before another server marks it interrupted"})
+    test_crash_at: str = field(default="", metadata={"env": "QUANDA_TEST_CRASH_AT",
+                               "doc": "Test only: kill the process at a named point of running a command "
+                                      "(after_claim, after_effect, before_result_line); inert when unset"})
 
     @property
     def default_model(self) -> str:

@@ -1,45 +1,103 @@
-"""What request handlers and plugins share: settings, the store, the WebSocket hub, the plugins."""
+"""What the app's parts share (`AppContext`), and what a plugin's code is handed (`Handle`).
+
+A Handle is the app context seen from one owner (a browser session today; a workspace once there are
+accounts), and, when the code answers a browser tab, from that tab: `send` answers it alone; `publish`
+states a fact that every tab of the owner, on every server, renders through the plugins' fact views.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable, Coroutine, Iterable
 
-from app import conversation
-from app.components.chat import EventLine
+from app import ownership
 from app.config import Settings
+from app.jobs import Jobs
 from app.quanda import QuandaStore
-from app.ws import Hub
+from app.quanda.store.base import MessageRecord
+
+Send = Callable[..., Awaitable[None]]
+
+
+class ClientError(Exception):
+    """A request refused; its text is shown to the user, next to what they did."""
 
 
 @dataclass
 class AppContext:
     settings: Settings
     store: QuandaStore
-    hub: Hub
     plugins: list[Any] = field(default_factory=list)
-    jobs: dict[str, asyncio.Task] = field(default_factory=dict)  # message id -> the task writing it
+    jobs: Jobs | None = None
     llm: Any = None  # the LLM driver (app/llm)
-    chat: Any = None  # the ChatService (app/chat.py), when the chat plugin is loaded
+    state: dict[str, Any] = field(default_factory=dict)  # each plugin's own per-app state, by plugin name
 
-    async def post_event(self, sid: str, text: str) -> None:
-        """An ambient event: part of the conversation the LLM sees, and a subtle line in #msg-list."""
-        await conversation.add_entry(self.store, sid, {"type": "event", "text": text})
-        await self.hub.broadcast(sid, EventLine(text, oob=True))
+    def handle(self, owner: str, *, page: str | None = None, send: Send | None = None) -> "Handle":
+        return Handle(self, owner, page, send)
 
-    async def own(self, sid: str, message_id: str, role: str) -> None:
-        """Record that a message belongs to a session (only its tabs may follow it)."""
-        await self.store.put_record("owner", message_id, {"sid": sid, "role": role})
+    async def publish(self, owner: str, topic: str, **fact: Any) -> None:
+        """A fact for every tab of `owner` on every server (rendered there by the plugins' fact views)."""
+        await self.store.publish(topic, {"owner": owner, **fact})
 
-    def start_job(self, message_id: str, coro: Any, name: str | None = None) -> asyncio.Task:
-        """Run the writer of a message in the background: it outlives the request and the tab."""
-        task = asyncio.create_task(coro, name=name or f"job-{message_id}")
-        self.jobs[message_id] = task
-        task.add_done_callback(lambda t: self.jobs.pop(message_id, None))
-        return task
+    async def post_event(self, owner: str, text: str, key: str | None = None) -> None:
+        """An ambient event ("You added the todo …"): handed to every plugin that listens (the chat keeps it
+        in the conversation the LLM sees, and shows it as a line in the sidebar). With a `key`, an event
+        posted again under the same key (a retry after a crash) is not shown twice."""
+        for plugin in self.plugins:
+            if plugin.on_event is not None:
+                await plugin.on_event(self.handle(owner), text, key)
+
+    def plugin_hook(self, name: str) -> Callable[..., Any] | None:
+        """The first plugin's (by order) implementation of an optional hook, e.g. "ask" or "sidebar"."""
+        return next((getattr(p, name) for p in self.plugins if getattr(p, name) is not None), None)
 
 
-def ctx_of(app: Any) -> AppContext:
-    return app.state.ctx
+@dataclass
+class Handle:
+    """What every page, WebSocket action, fact view and job of a plugin is handed."""
 
+    ctx: AppContext
+    owner: str
+    page: str | None = None  # the plugin page the tab shows (for fact views)
+    _send: Send | None = None
+
+    @property
+    def store(self) -> QuandaStore:
+        return self.ctx.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    async def send(self, *fragments: Any) -> None:
+        """To the tab that asked, and only to it (nothing when the request did not come from a tab)."""
+        if self._send is not None and fragments:
+            await self._send(*fragments)
+
+    async def publish(self, topic: str, **fact: Any) -> None:
+        await self.ctx.publish(self.owner, topic, **fact)
+
+    async def post_event(self, text: str, key: str | None = None) -> None:
+        await self.ctx.post_event(self.owner, text, key)
+
+    async def own(self, message_id: str, role: str) -> None:
+        """Record a new message as this owner's: only their tabs and API calls may use it."""
+        await ownership.own(self.store, self.owner, message_id, role)
+
+    async def owned(self, message_id: object, roles: Iterable[str] | None = None) -> MessageRecord:
+        """The message if this owner may use it; QuandaNotFoundError (like an unknown id) otherwise."""
+        return await ownership.owned(self.store, self.owner, message_id, roles)
+
+    async def start_job(self, kind: str, message_id: str, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` (which writes message `message_id`) in the background, under a lease."""
+        assert self.ctx.jobs is not None
+        await self.ctx.jobs.start(kind, message_id, self.owner, work)
+
+    async def stop_job(self, message_id: str) -> bool:
+        """Stop the job writing `message_id`, on whichever server runs it; False when none does."""
+        assert self.ctx.jobs is not None
+        return await self.ctx.jobs.stop(message_id)
+
+    async def job_running(self, message_id: str) -> bool:
+        assert self.ctx.jobs is not None
+        return await self.ctx.jobs.running(message_id)

@@ -1,7 +1,8 @@
 """create_app(settings, store=None): the FastHTML app around the Quanda core.
 
 Pages are server-rendered FT; everything live goes over one `app.ws` endpoint (see app/ws.py). Plugins
-fill the menu (app/plugins/). Only files under static/ are served as static content.
+fill the menu, the sidebar and the routes (app/plugins/); this module wires them to the transport and
+knows nothing of what any plugin does. Only files under static/ are served as static content.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from fasthtml.common import FastHTML, JSONResponse, Link, Meta, Script, to_xml
+from fasthtml.common import H2, FastHTML, JSONResponse, Link, Meta, P, Script, Section, to_xml
 from starlette.middleware import Middleware
 from starlette.staticfiles import StaticFiles
 
-from app import conversation
-from app.components.chat import ChatSidebar, EventLine
-from app.components.layout import Page
-from app.llm import make_driver
+from app.access import session_owner
+from app.components.chat import ChatSidebar
+from app.components.layout import Menu, Notice, Page, PageContent
 from app.config import Settings
-from app.context import AppContext, ctx_of
+from app.context import AppContext, Handle
+from app.door import BodyGuard
+from app.jobs import Job, Jobs
+from app.llm import make_driver
 from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
 from app.quanda import open_store
-from app.door import BodyGuard
-from app.ws import FrameGuard, Hub, Notice
+from app.ws import FrameGuard, Hub
 
 log = logging.getLogger("quanda.server")
 
@@ -60,16 +62,15 @@ def session_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def session_id(session: dict) -> str:
-    sid = session.get("sid")
-    if not isinstance(sid, str) or len(sid) != 32:
-        sid = session["sid"] = secrets.token_hex(16)
-    return sid
-
-
 async def call(fn: Any, *args: Any) -> Any:
     result = fn(*args)
     return await result if inspect.isawaitable(result) else result
+
+
+def as_list(fragments: Any) -> list:
+    if fragments is None:
+        return []
+    return [f for f in fragments if f is not None] if isinstance(fragments, (list, tuple)) else [fragments]
 
 
 async def store_round_trip(store: Any) -> str | None:
@@ -88,10 +89,43 @@ async def store_round_trip(store: Any) -> str | None:
     return None
 
 
+class PluginHost:
+    """How the server asks the plugins: who renders a fact for a tab, who recovers a job, who fills the sidebar."""
+
+    def __init__(self, plugins: list[Plugin]):
+        self.plugins = plugins
+        self.sidebar_plugin = next((p for p in plugins if p.sidebar is not None), None)
+        self.fact_views = {topic: (p, view) for p in plugins for topic, view in p.fact_views.items()}
+
+    async def render_fact(self, topic: str, fact: dict, h: Handle) -> list:
+        """A plugin's view of a fact renders for tabs showing its page, and for every tab if it fills the
+        sidebar (which is on every page)."""
+        found = self.fact_views.get(topic)
+        if found is None:
+            return []
+        plugin, view = found
+        if plugin is not self.sidebar_plugin and h.page != plugin.name:
+            return []
+        return as_list(await call(view, h, fact))
+
+    def recoverers(self, ctx: AppContext) -> dict:
+        def recoverer(recover):
+            async def run(job: Job) -> None:
+                await recover(ctx.handle(job.owner), job)
+            return run
+        return {kind: recoverer(recover) for p in self.plugins for kind, recover in p.recover.items()}
+
+    async def sidebar(self, h: Handle):
+        if self.sidebar_plugin is None:
+            return ChatSidebar([])
+        return await self.sidebar_plugin.sidebar(h)
+
+
 def create_app(settings: Settings | None = None, store: Any = None, *, builtin: Sequence[str] = BUILTIN_PLUGINS,
                entry_point_group: str | None = ENTRY_POINT_GROUP, extra_plugins: Sequence[Plugin | str] = ()):
     settings = settings or Settings.from_env()
     plugins = load_plugins(builtin, entry_point_group=entry_point_group, extra=extra_plugins)
+    host = PluginHost(plugins)
     if settings.host not in LOOPBACK:
         log.warning("binding to %s: anyone who can reach this address can use the app", settings.host)
 
@@ -99,27 +133,24 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         own_store = store is None
         the_store = store or await open_store(settings.db_url, max_token_bytes=settings.max_token_bytes,
                                               max_message_bytes=settings.max_message_bytes)
-        hub = Hub(the_store)
-        ctx = AppContext(settings, the_store, hub, plugins)
-        ctx.llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
-                              settings.llm_stall_s)
-        hub.ctx = ctx
-        for plugin in plugins:
-            hub.handlers.update(plugin.ws_handlers)
-            hub.views.update(plugin.stream_views)
-        app.state.ctx = ctx
+        llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
+                          settings.llm_stall_s)
+        ctx = AppContext(settings, the_store, plugins, llm=llm)
+        ctx.jobs = Jobs(the_store, settings.job_lease_s, host.recoverers(ctx))
+        hub = Hub(the_store, {a: h for p in plugins for a, h in p.ws_handlers.items()},
+                  {role: v for p in plugins for role, v in p.stream_views.items()}, host.render_fact, ctx.handle)
+        app.state.ctx, app.state.hub = ctx, hub
         for plugin in plugins:
             if plugin.startup is not None:
                 await plugin.startup(ctx)
+        await hub.open()
+        await ctx.jobs.open()
         log.info("Quanda serving with %s on %s; plugins: %s", type(the_store).__name__, settings.db_url,
                  ", ".join(p.name for p in plugins))
         yield
-        jobs = list(ctx.jobs.values())
-        for job in jobs:
-            job.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)  # each marks its message before the store closes
+        await ctx.jobs.close()  # each job marks its message before the store closes
         await hub.close()
-        await ctx.llm.aclose()
+        await llm.aclose()
         if own_store:
             await the_store.close()
 
@@ -131,36 +162,28 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     by_name = {p.name: p for p in plugins}
 
     async def render(request, session, plugin: Plugin | None):
-        ctx = ctx_of(request.app)
-        sid = session_id(session)
-        content = await call(plugin.page, ctx, sid) if plugin else home()
+        ctx: AppContext = request.app.state.ctx
+        h = ctx.handle(session_owner(session), page=plugin.name if plugin else None)
+        content = await call(plugin.page, h) if plugin else home()
+        current = plugin.name if plugin else None
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "main":
-            await ctx.post_event(sid, f"You opened {plugin.label}." if plugin else "You opened the home page.")
-            return content
-        return Page(plugins, content, await sidebar(ctx, sid), current=plugin.name if plugin else None)
-
-    async def sidebar(ctx: AppContext, sid: str):
-        if ctx.chat is None:
-            lines = [EventLine(e["text"]) for _k, e in await conversation.entries(ctx.store, sid, limit=100)
-                     if e["type"] == "event"]
-            return ChatSidebar(lines)
-        return ChatSidebar(await ctx.chat.history(sid), await ctx.chat.badge(), await ctx.chat.chat_input(sid))
+            await h.post_event(f"You opened {plugin.label}." if plugin else "You opened the home page.")
+            return PageContent(current, content), Menu(plugins, current, oob=True)
+        return Page(plugins, content, await host.sidebar(h), current=current)
 
     def home():
-        from fasthtml.common import H2, P, Section
         return Section(H2("Welcome to Quanda"),
                        P("Choose a plugin in the menu. The chat on the right sees what you do."), cls="home")
 
     @app.get("/")
     async def index(request, session):
-        default = menu_plugins[0] if menu_plugins else None
-        return await render(request, session, default)
+        return await render(request, session, menu_plugins[0] if menu_plugins else None)
 
     @app.get("/p/{name}")
     async def plugin_page(request, session, name: str):
         plugin = by_name.get(name)
         if plugin is None or plugin.page is None:
-            return JSONResponse({"error": f"no plugin page {name!r}"}, status_code=404)
+            return JSONResponse({"error": f"no plugin page {name[:40]!r}"}, status_code=404)
         return await render(request, session, plugin)
 
     @app.get("/-/plugins")
@@ -170,7 +193,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     @app.get("/-/health")
     async def health(request):
         """200 only when a write round trip through the store succeeds; 503 with the reason otherwise."""
-        problem = await store_round_trip(ctx_of(request.app).store)
+        problem = await store_round_trip(request.app.state.ctx.store)
         if problem:
             return JSONResponse({"ok": False, "reason": problem}, status_code=503)
         return JSONResponse({"ok": True})
@@ -181,17 +204,16 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
             await ws.send_text(to_xml(Notice("no session: reload the page"), indent=False))
             await ws.close(code=1008)
             return
-        ctx_of(ws.app).hub.connect(ws, sid)
+        ws.app.state.hub.connect(ws, sid)
 
     async def on_disconnect(ws):
-        ctx_of(ws.app).hub.disconnect(ws)
+        ws.app.state.hub.disconnect(ws)
 
     @app.ws("/ws", conn=on_connect, disconn=on_disconnect, middleware=[Middleware(FrameGuard)])
     async def ws_receive(ws, data: dict):
-        await ctx_of(ws.app).hub.receive(ws, data)
+        await ws.app.state.hub.receive(ws, data)
 
     for plugin in plugins:
         if plugin.router is not None:
             plugin.router.to_app(app)
     return app
-

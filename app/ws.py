@@ -1,10 +1,11 @@
-"""The WebSocket transport: sessions ↔ connections, per-connection stream followers with coalescing,
-resume by seq, and clear errors for bad client frames.
+"""The WebSocket transport: owners ↔ connections (tabs), the streams each tab follows with coalesced frames,
+the facts rendered for each tab, and clear errors for bad client frames.
 
-A browser session may have several tabs (connections). Fragments for a session go to its connections
-only. A stream (a QuandaMessage shown on the page) is followed per connection from the seq the page
-holds, rendered by a `StreamView` chosen by the message's role, and sent as out-of-band FT fragments:
-the first update at once, then at most one frame per FRAME_INTERVAL_S, whatever the token rate.
+An owner may have several tabs (connections), on this server and on others. A tab tells which page it shows
+and which streams are on it (`view`), and when new streams appear (`follow`); each stream is followed from
+the seq the page holds, rendered by a `StreamView` chosen by the message's role, and sent as out-of-band FT
+fragments: the first update at once, then at most one frame per FRAME_INTERVAL_S. Facts published through
+the store (by any server) are rendered here for this server's tabs of their owner, by the plugins' fact views.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
-from fasthtml.common import Div, to_xml
+from fasthtml.common import to_xml
 
 from app.client_json import ClientJSONError, parse_client_json
-from app.components import ids
-from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaToken
+from app.components.layout import Notice
+from app.context import ClientError, Handle
+from app.ownership import owner_of
+from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaToken
 from app.quanda.validation import check_seq
 
 log = logging.getLogger("quanda.ws")
@@ -36,21 +39,15 @@ class StreamView(Protocol):
 
 
 ViewFactory = Callable[[str], StreamView]
-Handler = Callable[["Connection", dict], Awaitable[None]]
-
-
-def Notice(text: str, kind: str = "error"):
-    """A visible message at the top of the page (replaces the previous one)."""
-    return Div(text, id=ids.NOTICE, cls=f"notice {kind}", role="alert", hx_swap_oob="true")
-
-
-class ClientError(Exception):
-    """A client frame we refuse; the text is shown to the user."""
+Handler = Callable[[Handle, dict], Awaitable[None]]
+FactRenderer = Callable[[str, dict, Handle], Awaitable[list[Any]]]
+HandleFactory = Callable[..., Handle]
 
 
 class Connection:
-    def __init__(self, hub: "Hub", ws: Any, sid: str):
-        self.hub, self.ws, self.sid = hub, ws, sid
+    def __init__(self, hub: "Hub", ws: Any, owner: str):
+        self.hub, self.ws, self.owner = hub, ws, owner
+        self.page: str | None = None
         self.followers: dict[str, Follower] = {}
         self._lock = asyncio.Lock()
         self.closed = False
@@ -71,13 +68,16 @@ class Connection:
 
     def attach(self, message_id: str, follower: "Follower") -> None:
         """Follow a stream through `follower` (replacing any earlier following of it)."""
-        old = self.followers.pop(message_id, None)
-        if old is not None and old is not follower:
-            old.leave(self)
+        self.detach(message_id)
         if len(self.followers) >= MAX_FOLLOWED_STREAMS:
             raise ClientError(f"too many streams followed at once (at most {MAX_FOLLOWED_STREAMS})")
         self.followers[message_id] = follower
         follower.join(self)
+
+    def detach(self, message_id: str) -> None:
+        old = self.followers.pop(message_id, None)
+        if old is not None:
+            old.leave(self)
 
     def close(self) -> None:
         self.closed = True
@@ -148,7 +148,8 @@ class Follower:
                 now = loop.time()
                 await asyncio.sleep(max(started + FRAME_INTERVAL_S, now + 0.75 * FRAME_INTERVAL_S) - now)
             if ended and ended[0] is not None:
-                await self._send([Notice(f"stream interrupted: {ended[0]}")])
+                log.warning("stream %s ended early: %s", self.message_id, ended[0])
+                await self._send([Notice("this stream was interrupted; reload the page to see where it is")])
         finally:
             pump_task.cancel()
             for conn in list(self.conns):
@@ -157,21 +158,28 @@ class Follower:
 
 
 class Hub:
-    """Every open connection, grouped by browser session."""
+    """Every open connection of this server, grouped by owner."""
 
-    def __init__(self, store: Any):
-        self.store = store
-        self.sessions: dict[str, set[Connection]] = {}
+    def __init__(self, store: Any, handlers: dict[str, Handler], views: dict[str, ViewFactory],
+                 render_fact: FactRenderer, handle: HandleFactory):
+        self.store, self.views, self.render_fact, self.handle = store, views, render_fact, handle
+        self.handlers: dict[str, Handler] = {"follow": self._on_follow, "view": self._on_view, **handlers}
+        self.owners: dict[str, set[Connection]] = {}
         self.connections: dict[Any, Connection] = {}
-        self.handlers: dict[str, Handler] = {"follow": self._on_follow}
-        self.views: dict[str, ViewFactory] = {}
         self._joinable: dict[tuple[str, int | None, int], Follower] = {}
+        self._facts: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self._fact_task: asyncio.Task | None = None
+        self._stop_listening: Callable[[], None] | None = None
 
-    def connect(self, ws: Any, sid: str) -> Connection:
-        conn = Connection(self, ws, sid)
+    async def open(self) -> None:
+        self._stop_listening = await self.store.listen(self._on_fact)
+        self._fact_task = asyncio.create_task(self._render_facts(), name="hub-facts")
+
+    def connect(self, ws: Any, owner: str) -> Connection:
+        conn = Connection(self, ws, owner)
         self.connections[ws] = conn
-        self.sessions.setdefault(sid, set()).add(conn)
-        log.debug("session %s: %d connection(s)", sid[:8], len(self.sessions[sid]))
+        self.owners.setdefault(owner, set()).add(conn)
+        log.debug("owner %s: %d connection(s)", owner[:8], len(self.owners[owner]))
         return conn
 
     def disconnect(self, ws: Any) -> None:
@@ -179,21 +187,46 @@ class Hub:
         if conn is None:
             return
         conn.close()
-        conns = self.sessions.get(conn.sid)
+        conns = self.owners.get(conn.owner)
         if conns is not None:
             conns.discard(conn)
             if not conns:
-                del self.sessions[conn.sid]
-
-    async def broadcast(self, sid: str, *fragments: Any) -> None:
-        """Send to every tab of one session (never to another session)."""
-        await asyncio.gather(*(conn.send(*fragments) for conn in list(self.sessions.get(sid, ()))))
+                del self.owners[conn.owner]
 
     async def close(self) -> None:
+        if self._stop_listening is not None:
+            self._stop_listening()
+        if self._fact_task is not None:
+            self._fact_task.cancel()
+            await asyncio.gather(self._fact_task, return_exceptions=True)
         for conn in list(self.connections.values()):
             conn.close()
 
-    # -- incoming frames -------------------------------------------------------------------------------
+    # -- facts ----------------------------------------------------------------------------------------------
+
+    def _on_fact(self, topic: str, fact: dict) -> None:
+        if fact.get("owner") in self.owners:
+            self._facts.put_nowait((topic, fact))
+
+    async def _render_facts(self) -> None:
+        """One fact at a time, in order: rendered once per page shown by the owner's tabs here."""
+        while True:
+            topic, fact = await self._facts.get()
+            conns = [c for c in self.owners.get(fact["owner"], ()) if not c.closed]
+            by_page: dict[str | None, list[Connection]] = {}
+            for conn in conns:
+                by_page.setdefault(conn.page, []).append(conn)
+            for page, tabs in by_page.items():
+                try:
+                    fragments = await self.render_fact(topic, fact, self.handle(fact["owner"], page=page))
+                except Exception:  # noqa: BLE001 - a view's bug must not stop the other facts
+                    log.exception("rendering fact %s failed", topic)
+                    continue
+                if fragments:
+                    text = "".join(to_xml(f, indent=False) for f in fragments)
+                    await asyncio.gather(*(tab.send_text(text) for tab in tabs))
+
+    # -- incoming frames ------------------------------------------------------------------------------------
 
     async def receive(self, ws: Any, data: dict) -> None:
         conn = self.connections.get(ws)
@@ -201,32 +234,58 @@ class Hub:
             return
         action = data.get("action")
         handler = self.handlers.get(action) if isinstance(action, str) else None
+        h = self.handle(conn.owner, page=conn.page, send=conn.send)
         try:
             if handler is None:
-                raise ClientError(f"unknown action {action!r}" if action else "message without an action")
-            await handler(conn, data)
+                raise ClientError(f"unknown action {str(action)[:40]!r}" if action else "message without an action")
+            if handler in (self._on_follow, self._on_view):
+                await handler(conn, data)
+            else:
+                await handler(h, data)
         except ClientError as exc:
-            log.info("refused client message (%s): %s", conn.sid[:8], exc)
+            log.info("refused client message (%s): %s", conn.owner[:8], exc)
             await conn.send(Notice(str(exc)))
         except QuandaError as exc:
             log.warning("action %s failed: %s", action, exc)
-            await conn.send(Notice(str(exc)))
+            await conn.send(Notice(user_text(exc)))
+
+    async def _on_view(self, conn: Connection, data: dict) -> None:
+        """The tab shows `page` with exactly these streams (`fresh`: those just rendered, from their marker's
+        seq): follow them, and stop following any other."""
+        page = data.get("page")
+        conn.page = page if isinstance(page, str) and len(page) <= 40 else None
+        streams = self._streams(data)
+        fresh = data.get("fresh", [])
+        if not isinstance(fresh, list):
+            raise ClientError("view needs 'fresh': [message_id, …]")
+        for message_id in [m for m in conn.followers if m not in streams]:
+            conn.detach(message_id)
+        await self._follow(conn, {m: seq for m, seq in streams.items()
+                                  if m in fresh or m not in conn.followers or conn.followers[m].task.done()})
 
     async def _on_follow(self, conn: Connection, data: dict) -> None:
-        streams = data.get("streams")
+        """Follow these streams from these seqs (replacing any following of them)."""
+        await self._follow(conn, self._streams(data))
+
+    @staticmethod
+    def _streams(data: dict) -> dict:
+        streams = data.get("streams", {})
         if not isinstance(streams, dict):
             raise ClientError("follow needs {'streams': {message_id: seq}}")
         if len(streams) > MAX_FOLLOWED_STREAMS:
             raise ClientError(f"too many streams followed at once (at most {MAX_FOLLOWED_STREAMS})")
+        return streams
+
+    async def _follow(self, conn: Connection, streams: dict) -> None:
         for message_id, seq in streams.items():
             try:
                 seq = check_seq(seq)
             except QuandaError:
                 raise ClientError(f"bad seq for stream {str(message_id)[:40]!r}: a whole number ≥ 0") from None
-            owner = await self.store.get_record("owner", message_id) if isinstance(message_id, str) else None
-            if owner is None or owner.get("sid") != conn.sid:
-                raise ClientError(f"no stream {str(message_id)[:40]!r} in this session")
-            factory = self.views.get(owner.get("role", ""))
+            mine = await owner_of(self.store, message_id)
+            if mine is None or mine["owner"] != conn.owner:
+                raise ClientError(f"no stream {str(message_id)[:40]!r} here")
+            factory = self.views.get(mine.get("role", ""))
             if factory is None:
                 raise ClientError(f"stream {message_id} cannot be shown here")
             conn.attach(message_id, self._follower(message_id, seq, factory))
@@ -247,9 +306,17 @@ class Hub:
         return follower
 
 
+def user_text(exc: QuandaError) -> str:
+    """What a user is told of a failure of the core: its message, except for the database's own."""
+    if isinstance(exc, QuandaStoreError):
+        return "the database is unavailable right now; try again in a moment"
+    return str(exc)
+
+
 class FrameGuard:
-    """ASGI middleware on the WebSocket route: frames that are not JSON objects, or too large, are answered
-    with a visible error and never reach FastHTML (which would answer with bare text); the socket stays up."""
+    """ASGI middleware on the WebSocket route: frames that are not JSON objects, too large or too deeply
+    nested are answered with a visible error and never reach FastHTML (which would answer with bare text or
+    drop the socket); the socket stays up."""
 
     def __init__(self, app: Any, max_bytes: int = MAX_CLIENT_FRAME_BYTES):
         self.app, self.max_bytes = app, max_bytes
@@ -275,8 +342,8 @@ class FrameGuard:
         text = message.get("text")
         if text is None:
             return "binary frames are not accepted"
-        if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:
-            return f"message too large ({len(text.encode())} bytes; at most {self.max_bytes})"
+        if len(text) > self.max_bytes or len(text.encode("utf-8", "surrogatepass")) > self.max_bytes:
+            return f"message too large ({len(text.encode('utf-8', 'surrogatepass'))} bytes; at most {self.max_bytes})"
         try:
             value = parse_client_json(text)
         except ClientJSONError as exc:
@@ -284,4 +351,3 @@ class FrameGuard:
         if not isinstance(value, dict):
             return "malformed message (expected a JSON object)"
         return None
-

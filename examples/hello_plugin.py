@@ -1,4 +1,4 @@
-"""A complete small Quanda plugin: a menu page with a counter that every tab of the session sees.
+"""A complete small Quanda plugin: a menu page with a counter that every tab of its owner sees.
 
 Install it as a package with an entry point (pyproject.toml):
 
@@ -8,37 +8,41 @@ Install it as a package with an entry point (pyproject.toml):
 
 from fasthtml.common import H3, APIRouter, Article, Button, Form, Hidden, P, Span
 
-from app.plugins import Plugin
+from app.plugins import Handle, Plugin, handle_of
 
 router = APIRouter()
-
-
-@router.get("/hello/count")
-async def count(request, session):
-    ctx = request.app.state.ctx
-    record = await ctx.store.get_record("hello", session.get("sid", "")) or {"count": 0}
-    return Span(str(record["count"]), id="hello-count")
 
 
 def Counter(value: int, oob: bool = False):
     return Span(str(value), id="hello-count", hx_swap_oob="true" if oob else None)
 
 
-async def page(ctx, sid):
-    record = await ctx.store.get_record("hello", sid) or {"count": 0}
-    return Article(H3("Hello"), P("Pressed ", Counter(record["count"]), " times."),
+async def presses(h: Handle) -> int:
+    return (await h.store.get_record("hello", h.owner) or {"count": 0})["count"]
+
+
+@router.get("/hello/count")
+async def count(request):
+    return Counter(await presses(handle_of(request)))
+
+
+async def page(h: Handle):
+    return Article(H3("Hello"), P("Pressed ", Counter(await presses(h)), " times."),
                    Form(Hidden(name="action", value="hello.press"), Button("Press", id="hello-press"), ws_send=True),
                    cls="card")
 
 
-async def on_press(conn, data):
-    ctx = conn.hub.ctx
-    record = await ctx.store.get_record("hello", conn.sid) or {"count": 0}
-    record["count"] += 1
-    await ctx.store.put_record("hello", conn.sid, record)
-    await ctx.hub.broadcast(conn.sid, Counter(record["count"], oob=True))
-    await ctx.post_event(conn.sid, f"You pressed Hello ({record['count']}).")
+async def on_press(h: Handle, data: dict):
+    count = await presses(h) + 1
+    await h.store.put_record("hello", h.owner, {"count": count})
+    await h.publish("hello.pressed", count=count)  # every tab of this owner, on every server
+    await h.post_event(f"You pressed Hello ({count}).")
+
+
+async def show_count(h: Handle, fact: dict):  # runs for each tab showing this page
+    return Counter(fact["count"], oob=True)
 
 
 plugin = Plugin(name="hello", label="Hello", order=90, router=router, page=page,
-                ws_handlers={"hello.press": on_press}, system_prompt="The Hello page counts button presses.")
+                ws_handlers={"hello.press": on_press}, fact_views={"hello.pressed": show_count},
+                system_prompt="The Hello page counts button presses.")

@@ -4,6 +4,7 @@ every connection (a network failure, as the browser sees it)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -99,3 +100,17 @@ class CuttableProxy:
         for writer in list(self.writers):
             writer.transport.abort()
         self.writers.clear()
+
+
+@contextlib.asynccontextmanager
+async def open_tab(server: "AppServer", cookie: str, page: str | None = None):
+    """A WebSocket like a browser tab's: it tells the server which page it shows (as quanda.js does), so
+    the facts of that page's plugin reach it."""
+    import json
+
+    import websockets
+    async with websockets.connect(server.url.replace("http", "ws") + "/ws",
+                                  additional_headers={"Cookie": cookie}) as ws:
+        if page is not None:
+            await ws.send(json.dumps({"action": "view", "page": page, "streams": {}, "fresh": []}))
+        yield ws

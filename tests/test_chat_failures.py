@@ -74,7 +74,7 @@ async def test_missing_model_offers_the_models_that_exist(server, llm):
 
 async def test_kill_9_mid_answer_then_restart_marks_interrupted_and_retry_works(tmp_path, llm):
     llm.script = [Reply(chunks=[f"t{i} " for i in range(500)], delay=0.02), Reply(chunks=["Recovered."])]
-    first = AppServer(tmp_path, OLLAMA_HOST=llm.url, OLLAMA_MODEL="quanda-test").start()
+    first = AppServer(tmp_path, OLLAMA_HOST=llm.url, OLLAMA_MODEL="quanda-test", QUANDA_JOB_LEASE_S="2").start()
     async with httpx.AsyncClient(base_url=first.url) as client:
         await client.get("/")
         cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
@@ -99,9 +99,14 @@ async def test_kill_9_mid_answer_then_restart_marks_interrupted_and_retry_works(
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait()
     first.log.close()
-    second = AppServer(tmp_path, OLLAMA_HOST=llm.url, OLLAMA_MODEL="quanda-test").start()
+    second = AppServer(tmp_path, OLLAMA_HOST=llm.url, OLLAMA_MODEL="quanda-test", QUANDA_JOB_LEASE_S="2").start()
     try:
-        async with httpx.AsyncClient(base_url=second.url, headers={"Cookie": cookie}) as client:
+        async with httpx.AsyncClient(base_url=second.url, headers={"Cookie": cookie}, timeout=30) as client:
+            # the dead server's lease expires within QUANDA_JOB_LEASE_S; the new server then marks the answer
+            async with client.stream("GET", f"/api/messages/{answer_id}/events") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: ") and "interrupted" in json.loads(line[6:])["text"]:
+                        break
             state = (await client.get(f"/api/messages/{answer_id}")).json()
             assert state["content"].startswith(acknowledged)  # nothing a reader was given is lost
             assert "interrupted" in state["warning"] and state["immutable"] is False

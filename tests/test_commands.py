@@ -7,12 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.commands import MAX_COMMANDS, extract, run_answer_commands, validate
-from app.context import AppContext
+from app.commands import MAX_COMMANDS, apply_change, extract, run_answer_commands, validate
 from app.config import Settings
+from app.context import AppContext
 from app.plugins import load_plugins
-from app.plugins.todo import COMMANDS, todos
-from app.ws import Hub
+from app.plugins.todo import COMMANDS, plan_add, todos
 from tests.backends import make_store, store_target
 
 SPECS = {(s.target, s.action): s for s in COMMANDS}
@@ -125,17 +124,12 @@ def test_extractor_never_raises_on_arbitrary_text(text):
     assert isinstance(extract(text), list)
 
 
-class FakeHub(Hub):
-    def __init__(self, store):
-        super().__init__(store)
-        self.sent = []
-
-    async def broadcast(self, sid, *fragments):
-        self.sent.append((sid, fragments))
-
-
 def context(store):
-    return AppContext(Settings(), store, FakeHub(store), load_plugins(entry_point_group=None))
+    return AppContext(Settings(), store, load_plugins(entry_point_group=None))
+
+
+def handle(store, owner="s1"):
+    return context(store).handle(owner)
 
 
 ANSWER = ('Adding it:\n```json\n{"action": "insert", "target": "todo", "args": {"name": "buy milk"}}\n```\n'
@@ -143,14 +137,14 @@ ANSWER = ('Adding it:\n```json\n{"action": "insert", "target": "todo", "args": {
 
 
 async def test_commands_run_once_even_when_replayed(store):
-    ctx = context(store)
-    first = await run_answer_commands(ctx, "s1", "a" * 24, ANSWER)
+    h = handle(store)
+    first = await run_answer_commands(h, "a" * 24, ANSWER)
     assert [r.ok for r in first] == [True, False]
     assert "Added the todo 'buy milk' (id 1)" in first[0].text
     assert "needs 'id'" in first[1].text
-    again = await run_answer_commands(ctx, "s1", "a" * 24, ANSWER)  # a reload, a replay, a reconnect
+    again = await run_answer_commands(h, "a" * 24, ANSWER)  # a reload, a replay, a reconnect
     assert again == []
-    assert [t["name"] for t in await todos(store, "s1")] == ["buy milk"]
+    assert [t["name"] for t in await todos(h)] == ["buy milk"]
     record = await store.get_record("command", f"{'a' * 24}:0")
     assert record["state"] == "done" and record["after"]["name"] == "buy milk" and record["before"] is None
 
@@ -158,10 +152,10 @@ async def test_commands_run_once_even_when_replayed(store):
 async def test_two_servers_on_one_database_run_each_command_once(backend, store, tmp_path):
     other = await make_store(backend, tmp_path, shared=store_target(backend, store))
     try:
-        results = await asyncio.gather(*(run_answer_commands(context(s), "s1", "b" * 24, ANSWER)
+        results = await asyncio.gather(*(run_answer_commands(handle(s), "b" * 24, ANSWER)
                                          for s in (store, other, store, other)))
         assert sum(len(r) for r in results) == 2  # each of the two findings handled by exactly one caller
-        assert [t["name"] for t in await todos(store, "s1")] == ["buy milk"]
+        assert [t["name"] for t in await todos(handle(store))] == ["buy milk"]
     finally:
         await other.close()
 
@@ -169,25 +163,24 @@ async def test_two_servers_on_one_database_run_each_command_once(backend, store,
 async def test_at_most_twenty_commands_per_answer(store):
     answer = "\n".join(json.dumps({"action": "insert", "target": "todo", "args": {"name": f"t{i}"}})
                        for i in range(MAX_COMMANDS + 3))
-    results = await run_answer_commands(context(store), "s2", "c" * 24, answer)
+    results = await run_answer_commands(handle(store, "s2"), "c" * 24, answer)
     assert sum(r.ok for r in results) == MAX_COMMANDS
     assert all("at most 20" in r.text for r in results[MAX_COMMANDS:])
-    assert len(await todos(store, "s2")) == MAX_COMMANDS
+    assert len(await todos(handle(store, "s2"))) == MAX_COMMANDS
 
 
 async def test_system_prompt_is_layered_and_replaceable(store, tmp_path):
-    from app.chat import ChatService
-    from app.plugins.todo import add
+    from app.plugins.chat.prompt import system_prompt
 
     ctx = context(store)
-    chat = ChatService(ctx)
-    await add(store, "s3", "buy milk")
-    layered = (await chat.prompt("s3", "d" * 24))[0]["content"]
+    h = ctx.handle("s3")
+    await apply_change(h, await plan_add(h, "buy milk"))
+    layered = await system_prompt(h)
     assert layered.startswith("You are the assistant inside Quanda")
     assert '{"action": "delete", "target": "todo", "args": {"id": int}}' in layered
     assert "id 1: buy milk" in layered
     custom = tmp_path / "prompt.txt"
     custom.write_text("You are a pirate.")
     ctx.settings = Settings(system_prompt_file=str(custom))
-    replaced = (await chat.prompt("s3", "d" * 24))[0]["content"]
+    replaced = await system_prompt(h)
     assert replaced.startswith("You are a pirate.") and "id 1: buy milk" in replaced

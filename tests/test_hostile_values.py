@@ -8,12 +8,11 @@ import json
 
 import httpx
 import pytest
-import websockets
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
 from app.quanda.validation import MAX_SEQ
-from tests.servers import AppServer
+from tests.servers import AppServer, open_tab
 
 ANSWER_S = 1.0
 HOSTILE_SEQS = st.one_of(
@@ -156,9 +155,9 @@ async def test_api_last_event_id_hostile_values_get_400(server, seq):
     await still_serving(server)
 
 
-async def ws_connect(server, client):
+def ws_connect(server, client, page):
     cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-    return websockets.connect(server.url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie})
+    return open_tab(server, cookie, page)
 
 
 async def recv(ws):
@@ -167,7 +166,7 @@ async def recv(ws):
 
 async def test_ws_follow_with_hostile_seqs_gets_a_notice_and_the_server_keeps_serving(server):
     async with session(server) as c:
-        async with await ws_connect(server, c) as ws:
+        async with ws_connect(server, c, "simulator") as ws:
             await ws.send(json.dumps({"action": "sim.start", "chunks": "3", "delay_min": "0", "delay_max": "0"}))
             frames = ""
             while 'data-message="' not in frames:
@@ -190,7 +189,7 @@ async def test_ws_follow_with_hostile_seqs_gets_a_notice_and_the_server_keeps_se
 async def test_deep_json_and_big_bodies_get_clear_answers(server):
     deep = "[" * 10_000 + "]" * 10_000
     async with session(server) as c:
-        async with await ws_connect(server, c) as ws:
+        async with ws_connect(server, c, "todo") as ws:
             await ws.send('{"action": "todo.add", "x": ' + deep[:60_000] + "}")
             assert "nested more than" in await recv(ws)
             await ws.send(json.dumps({"action": "todo.add", "name": "after deep json"}))
@@ -232,7 +231,7 @@ async def test_api_any_text_is_stored_or_refused_with_400_and_the_next_request_w
 async def test_ws_any_text_gets_stored_or_a_notice_and_the_next_action_works(server, text):
     text = json.loads(json.dumps(text))  # what the server will see: JSON joins a surrogate pair
     async with session(server) as c:
-        async with await ws_connect(server, c) as ws:
+        async with ws_connect(server, c, "todo") as ws:
             await ws.send(json.dumps({"action": "todo.add", "name": text + "!"}))
             answer = await recv(ws)
             if storable(text):

@@ -7,7 +7,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.config import Settings
-from app.plugins import BUILTIN_PLUGINS, Plugin, PluginError, load_plugins, validate
+from app.plugins import BUILTIN_PLUGINS, Plugin, PluginError, load_plugins, plugin_fields, validate
 from app.server import create_app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -58,6 +58,8 @@ def test_plugins_page_lists_what_is_loaded(tmp_path):
     assert [p["name"] for p in listed] == ["todo", "simulator", "chat", "hello", "api"]
     hello = listed[3]
     assert hello["label"] == "Hello" and hello["ws_actions"] == ["hello.press"] and hello["routes"] == 1
+    assert hello["facts"] == ["hello.pressed"] and hello["hooks"] == ["page"]
+    assert listed[2]["hooks"] == ["ask", "on_event", "page", "sidebar", "startup", "recover:assistant"]
 
 
 def test_readme_example_plugin_loads_and_serves(tmp_path):
@@ -66,9 +68,11 @@ def test_readme_example_plugin_loads_and_serves(tmp_path):
         assert "Pressed" in page and 'href="/p/hello"' in page
         assert client.get("/hello/count").text.count("0") >= 1
         with client.websocket_connect("/ws") as ws:
+            ws.send_json({"action": "view", "page": "hello", "streams": {}, "fresh": []})
             ws.send_json({"action": "hello.press"})
             frames = [ws.receive_text(), ws.receive_text()]
-        assert any('id="hello-count"' in f and ">1<" in f for f in frames)
+        assert any('id="hello-count"' in f and ">1<" in f for f in frames), frames
+        assert client.get("/hello/count").text.count("1") >= 1
 
 
 def test_readme_shows_the_example_plugin_verbatim():
@@ -84,6 +88,8 @@ def test_readme_names_every_setting_and_plugin():
         assert f"`{variable}`" in readme, f"README does not document {variable}"
     for plugin in load_plugins(entry_point_group=None):
         assert plugin.label in readme, f"README does not mention the {plugin.label} plugin"
+    for hook in plugin_fields():
+        assert f"`{hook}" in readme, f"README's plugin guide does not document the {hook} hook"
     assert re.search(r"htmx\.org.*2\.\d+\.\d+", readme) and re.search(r"htmx-ext-ws.*2\.\d+\.\d+", readme)
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.servers import AppServer
+from tests.servers import AppServer, open_tab
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ async def session_cookie(server):
 
 
 def connect(server, cookie):
-    return websockets.connect(server.url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie})
+    return open_tab(server, cookie, page="simulator")
 
 
 async def recv(ws):
@@ -96,7 +96,7 @@ async def test_sessions_never_see_each_other(server):
         message_id = await start_run(a, 20, 1, 2)
         await a.send(json.dumps({"action": "follow", "streams": {message_id: 0}}))
         await m.send(json.dumps({"action": "follow", "streams": {message_id: 0}}))
-        assert "in this session" in await recv(m)
+        assert "no stream" in await recv(m)
         await m.send(json.dumps({"action": "sim.stop", "message_id": message_id}))
         assert "no run to stop" in await recv(m)
         await frames_until(a, r"Simulated chunk 20/20")
@@ -113,11 +113,11 @@ async def test_every_tab_of_a_session_follows_and_resume_by_seq_has_no_gap_or_du
         for tab in (tab1, tab2):
             await tab.send(json.dumps({"action": "follow", "streams": {message_id: 0}}))
         for tab in (tab1, tab2):
-            frames = await frames_until(tab, r'sim-status finished')
+            frames = await frames_until(tab, r'data-seq="41"')
             assert appended_text(frames, message_id) == lines(1, 40, 40)
     async with connect(server, cookie) as tab3:  # a reconnecting tab that had seen up to seq 25
         await tab3.send(json.dumps({"action": "follow", "streams": {message_id: 25}}))
-        frames = await frames_until(tab3, r'sim-status finished')
+        frames = await frames_until(tab3, r'data-seq="41"')
         assert appended_text(frames, message_id) == lines(26, 40, 40)
 
 
@@ -126,7 +126,7 @@ async def test_updates_are_coalesced_first_at_once_then_paced(server):
     async with connect(server, cookie) as ws:
         message_id = await start_run(ws, 2000, 0, 0)
         await ws.send(json.dumps({"action": "follow", "streams": {message_id: 0}}))
-        frames = await frames_until(ws, r'sim-status finished')
+        frames = await frames_until(ws, r'data-seq="2001"')
         text = appended_text(frames, message_id)
         assert text == lines(1, 2000, 2000)
         content_frames = [f for f in frames if "<pre" in f]

@@ -1,6 +1,7 @@
 """DOM ids: the contract between the first render and the out-of-band updates. Built here only."""
 
 MAIN = "main"
+PAGE = "page"
 MSG_LIST = "msg-list"
 MENU = "menu"
 NOTICE = "ws-notice"

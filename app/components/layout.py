@@ -6,14 +6,24 @@ from fasthtml.common import A, Div, Header, Main, Nav, Span, Strong, Title
 from . import ids
 
 
-def Menu(plugins, current: str | None = None):
+def Notice(text: str, kind: str = "error"):
+    """A visible message at the top of the page (replaces the previous one)."""
+    return Div(text, id=ids.NOTICE, cls=f"notice {kind}", role="alert", hx_swap_oob="true")
+
+
+def Menu(plugins, current: str | None = None, oob: bool = False):
     return Nav(
         Strong("Quanda", cls="brand"),
         *(A(p.label, href=f"/p/{p.name}", hx_get=f"/p/{p.name}", hx_target=f"#{ids.MAIN}", hx_push_url="true",
             cls="active" if p.name == current else None, data_plugin=p.name)
           for p in plugins if p.page is not None),
-        id=ids.MENU,
+        id=ids.MENU, hx_swap_oob="true" if oob else None,
     )
+
+
+def PageContent(name: str | None, content):
+    """The main area's content, naming the page it is (the tab tells the server, see quanda.js)."""
+    return Div(content, id=ids.PAGE, data_page=name or "home")
 
 
 def Page(plugins, main_content, sidebar, current: str | None = None, title: str = "Quanda"):
@@ -22,7 +32,7 @@ def Page(plugins, main_content, sidebar, current: str | None = None, title: str 
         Div(
             Header(Menu(plugins, current)),
             Div(id=ids.NOTICE),
-            Div(Main(main_content, id=ids.MAIN), sidebar, cls="layout"),
+            Div(Main(PageContent(current, main_content), id=ids.MAIN), sidebar, cls="layout"),
             Span(id="ws-state", cls="ws-state", data_state="connecting"),
             id="app", hx_ext="ws", ws_connect="/ws",
         ),

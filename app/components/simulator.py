@@ -11,15 +11,13 @@ from app.quanda import QuandaToken
 from . import ids
 from .stream import StreamMarker
 
-_PROGRESS_RE = re.compile(r"Simulated chunk (\d+)/(\d+)")
+_ESTIMATE_RE = re.compile(r"\((\d+)/(\d+)\)")
 
 
-def progress_of(text: str) -> tuple[int, int] | None:
-    """The last "Simulated chunk i/N" in the text."""
-    last = None
-    for last in _PROGRESS_RE.finditer(text):
-        pass
-    return (int(last.group(1)), int(last.group(2))) if last else None
+def progress_of(estimate: str | None) -> tuple[int, int] | None:
+    """(i, N) from a run's estimate "(i/N)"."""
+    match = _ESTIMATE_RE.fullmatch(estimate or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def status_text(immutable: bool, warning: str, progress: tuple[int, int] | None = None) -> str:
@@ -29,6 +27,13 @@ def status_text(immutable: bool, warning: str, progress: tuple[int, int] | None 
     if immutable:
         return "stopped" if progress is None or progress[0] < progress[1] else "finished"
     return warning or "running"
+
+
+def run_status(record, run: dict | None) -> str:
+    """What the card says of a run: its recorded outcome once it ended, else what its message shows."""
+    if record.immutable and run and run.get("outcome"):
+        return run["outcome"]
+    return status_text(record.immutable, record.warning, run_progress(record, run))
 
 
 def SimBar(message_id: str, done: int, total: int, oob: bool = False):
@@ -42,10 +47,10 @@ def SimStatus(message_id: str, text: str, oob: bool = False):
                 hx_swap_oob="true" if oob else None)
 
 
-def SimStopForm(running_id: str | None = None):
+def SimStopForm(running_id: str | None = None, oob: bool = False):
     return Form(Hidden(name="action", value="sim.stop"), Hidden(name="message_id", value=running_id or ""),
                 Button("Stop", type="submit", id="sim-stop", cls="secondary", disabled=running_id is None),
-                ws_send=True, id="sim-stop-form")
+                ws_send=True, id="sim-stop-form", hx_swap_oob="true" if oob else None)
 
 
 def SimForm(error: str = "", running_id: str | None = None):
@@ -63,15 +68,23 @@ def SimForm(error: str = "", running_id: str | None = None):
     return Div(start, stop, Div(error, id="sim-error", cls="error" if error else None), id="sim-controls")
 
 
-def SimRun(record=None, oob: bool = False):
+def run_progress(record, run: dict | None) -> tuple[int, int] | None:
+    """A run's progress: from its estimate while it runs, from its run record once it ended."""
+    progress = progress_of(record.estimate)
+    if progress is None and run and "chunks" in run:
+        progress = (run.get("done", 0), run["chunks"])
+    return progress
+
+
+def SimRun(record=None, run: dict | None = None, oob: bool = False):
     """The current run (or an empty panel): progress bar, status, the scrolling stream-content box."""
     if record is None:
         return Div(Span("No run yet: press Start.", cls="muted"), id="sim-run", hx_swap_oob="true" if oob else None)
-    progress = progress_of(record.content)
+    progress = run_progress(record, run)
     done, total = progress or (0, 0)
     return Div(
         Div(SimBar(record.id, done, total),
-            SimStatus(record.id, status_text(record.immutable, record.warning, progress)),
+            SimStatus(record.id, run_status(record, run)),
             cls="sim-progress"),
         Pre(record.content, id=ids.sim_content_id(record.id), cls="stream-content"),
         StreamMarker(record.id, record.last_seq, follow=not record.immutable),
@@ -79,14 +92,15 @@ def SimRun(record=None, oob: bool = False):
     )
 
 
-def SimulatorCard(record=None, error: str = ""):
+def SimulatorCard(record=None, run: dict | None = None, error: str = ""):
     running = record.id if record is not None and not record.immutable else None
-    return Article(H3("Stream simulator"), SimForm(error, running), SimRun(record), id=ids.sim_card_id(),
+    return Article(H3("Stream simulator"), SimForm(error, running), SimRun(record, run), id=ids.sim_card_id(),
                    cls="card")
 
 
 class SimulatorView:
-    """Streams a run into its card: appended text only (never the whole content again), bar and status."""
+    """Streams a run into its card: appended text only (never the whole content again), the bar from each
+    chunk's estimate "(i/N)", and the status."""
 
     def __init__(self, message_id: str):
         self.message_id = message_id
@@ -97,13 +111,18 @@ class SimulatorView:
         self.immutable = False
         self.status_dirty = False
         self.progress: tuple[int, int] | None = None
+        self.progress_dirty = False
 
     def feed(self, token: QuandaToken) -> None:
         self.seq = token.seq
-        if token.kind == "chunk":
-            self.appended.append(token.text)
-        elif token.kind == "override":
-            self.replaced, self.appended = token.text, []
+        if token.kind in ("chunk", "override"):
+            if token.kind == "chunk":
+                self.appended.append(token.text)
+            else:
+                self.replaced, self.appended = token.text, []
+            progress = progress_of(token.estimate)
+            if progress is not None:
+                self.progress, self.progress_dirty = progress, True
         elif token.kind == "warning":
             self.warning, self.status_dirty = token.text, True
         elif token.kind == "immutable":
@@ -113,23 +132,19 @@ class SimulatorView:
         mid, fragments = self.message_id, []
         text = "".join(self.appended)
         if self.replaced is not None:
-            full = self.replaced + text
-            fragments.append(Pre(full, id=ids.sim_content_id(mid), cls="stream-content", hx_swap_oob="true"))
-            progress = progress_of(full)
+            fragments.append(Pre(self.replaced + text, id=ids.sim_content_id(mid), cls="stream-content",
+                                 hx_swap_oob="true"))
         elif text:
             fragments.append(Pre(text, hx_swap_oob=f"beforeend:#{ids.sim_content_id(mid)}"))
-            progress = progress_of(text)
-        else:
-            progress = None
-        if progress:
-            self.progress = progress
-            fragments.append(SimBar(mid, *progress, oob=True))
-        if self.status_dirty:
+        if self.progress_dirty and self.progress:
+            fragments.append(SimBar(mid, *self.progress, oob=True))
+        if self.status_dirty and (self.progress or not self.immutable):
+            # without the run's progress (a tab that had every chunk already) the ending is told by the
+            # fact `sim.ended` instead
             fragments.append(SimStatus(mid, status_text(self.immutable, self.warning, self.progress), oob=True))
-            if self.immutable:
-                fragments.append(Button("Stop", type="submit", id="sim-stop", cls="secondary", disabled=True,
-                                        hx_swap_oob="true"))
+        if self.immutable:
+            fragments.append(SimStopForm(None, oob=True))
         if fragments or self.seq:
             fragments.append(StreamMarker(mid, self.seq, oob=True))
-        self.appended, self.replaced, self.status_dirty = [], None, False
+        self.appended, self.replaced, self.status_dirty, self.progress_dirty = [], None, False, False
         return fragments

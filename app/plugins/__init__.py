@@ -1,4 +1,9 @@
-"""Plugins: what fills the menu. A plugin is a module that declares one `Plugin` value named `plugin`.
+"""The plugin API: everything a plugin may use, and how plugins are loaded.
+
+A plugin is a module that declares one `Plugin` value named `plugin`. It imports what it needs from here
+(`Plugin`, `Handle`, `ClientError`, `handle_of`, the command types), from `app.quanda` (messages) and from
+`app.components` (FT pieces) — never the transport or the server. Every page, WebSocket action, fact view,
+job recovery and HTTP route gets a `Handle`: the app context seen from one owner (and one tab).
 
 The host loads the built-in list below, then every plugin installed under the entry-point group
 `quanda.plugins` (each entry point names a module with a `plugin` value, or the value itself). A malformed
@@ -9,15 +14,25 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from fasthtml.common import APIRouter
 
+from app.access import handle_of
+from app.commands import Change, CommandResult, CommandSpec, Field, apply_change
+from app.context import AppContext, ClientError, Handle
+from app.jobs import Job
+
+__all__ = ["AppContext", "BUILTIN_PLUGINS", "Change", "ClientError", "CommandResult", "CommandSpec",
+           "ENTRY_POINT_GROUP", "Field", "Handle", "Job", "Plugin", "PluginError", "apply_change", "handle_of",
+           "load_plugins"]
+
 ENTRY_POINT_GROUP = "quanda.plugins"
-BUILTIN_PLUGINS = ("app.plugins.todo", "app.plugins.simulator", "app.plugins.chat", "app.plugins.api")
+BUILTIN_PLUGINS = ("app.plugins.todo", "app.plugins.simulator", "app.plugins.chat", "app.plugins.http_api")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+HOOKS = ("page", "startup", "prompt_context", "sidebar", "on_event", "ask")
 
 
 class PluginError(Exception):
@@ -26,24 +41,32 @@ class PluginError(Exception):
 
 @dataclass(frozen=True)
 class Plugin:
-    """Everything a plugin contributes. Only `name` and `label` are required."""
+    """Everything a plugin contributes. Only `name` and `label` are required; each other field is a hook."""
 
     name: str  # identifier: lowercase letters, digits, _
     label: str  # the menu label
     order: int = 100  # menu position, lowest first
-    router: APIRouter | None = None  # its HTTP routes
-    page: Callable[..., Any] | None = None  # page(ctx, sid) -> FT for the main area; None: not in the menu
-    startup: Callable[[Any], Awaitable[None]] | None = None  # awaited with the app context at start
-    ws_handlers: Mapping[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)  # action -> handler
+    router: APIRouter | None = None  # its HTTP routes (a route gets its Handle with handle_of(request))
+    page: Callable[[Handle], Any] | None = None  # page(h) -> FT for the main area; None: not in the menu
+    startup: Callable[[AppContext], Awaitable[None]] | None = None  # awaited once the app is up
+    ws_handlers: Mapping[str, Callable[[Handle, dict], Awaitable[None]]] = field(default_factory=dict)  # action -> handler(h, data)
     stream_views: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)  # message role -> view factory
-    commands: Sequence[Any] = ()  # CommandSpecs (app/commands.py): JSON commands the LLM may emit
+    fact_views: Mapping[str, Callable[[Handle, dict], Any]] = field(default_factory=dict)  # topic -> view(h, fact) -> FT for a tab: those on its page (every tab for the sidebar's plugin)
+    commands: Sequence[CommandSpec] = ()  # the commands the LLM may run (JSON in text, or tool calls)
     system_prompt: str = ""  # what the LLM is told about this plugin
-    prompt_context: Callable[[Any, str], Awaitable[str]] | None = None  # live state for the prompt (ctx, sid)
+    prompt_context: Callable[[Handle], Awaitable[str]] | None = None  # live state for the prompt
+    recover: Mapping[str, Callable[[Handle, Job], Awaitable[None]]] = field(default_factory=dict)  # job kind -> mark a job whose server died
+    sidebar: Callable[[Handle], Awaitable[Any]] | None = None  # the sidebar beside every page (the first plugin's)
+    on_event: Callable[[Handle, str], Awaitable[None]] | None = None  # an ambient event happened ("You added …")
+    ask: Callable[..., Awaitable[str]] | None = None  # ask(h, question, model) -> answer id (the HTTP API's /answer)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "order": self.order, "menu": self.page is not None,
                 "routes": len(self.router.routes) if self.router else 0, "ws_actions": sorted(self.ws_handlers),
-                "stream_roles": sorted(self.stream_views), "commands": len(self.commands)}
+                "stream_roles": sorted(self.stream_views), "facts": sorted(self.fact_views),
+                "commands": len(self.commands),
+                "hooks": sorted(h for h in HOOKS if getattr(self, h) is not None) + sorted(
+                    f"recover:{kind}" for kind in self.recover)}
 
 
 def validate(plugin: Any, source: str) -> Plugin:
@@ -57,17 +80,14 @@ def validate(plugin: Any, source: str) -> Plugin:
         raise PluginError(f"{source}: plugin {plugin.name!r}: order must be an int")
     if plugin.router is not None and not isinstance(plugin.router, APIRouter):
         raise PluginError(f"{source}: plugin {plugin.name!r}: router must be a fasthtml APIRouter")
-    for what in ("page", "startup", "prompt_context"):
+    for what in HOOKS:
         value = getattr(plugin, what)
         if value is not None and not callable(value):
             raise PluginError(f"{source}: plugin {plugin.name!r}: {what} must be callable")
-    for action, handler in plugin.ws_handlers.items():
-        if not isinstance(action, str) or not callable(handler):
-            raise PluginError(f"{source}: plugin {plugin.name!r}: ws_handlers must map action names to callables")
-    for role, view in plugin.stream_views.items():
-        if not isinstance(role, str) or not callable(view):
-            raise PluginError(f"{source}: plugin {plugin.name!r}: stream_views must map roles to view factories")
-    from app.commands import CommandSpec
+    for what in ("ws_handlers", "stream_views", "fact_views", "recover"):
+        for key, value in getattr(plugin, what).items():
+            if not isinstance(key, str) or not callable(value):
+                raise PluginError(f"{source}: plugin {plugin.name!r}: {what} must map names to callables")
     for spec in plugin.commands:
         if not isinstance(spec, CommandSpec) or spec.run is None:
             raise PluginError(f"{source}: plugin {plugin.name!r}: commands must be CommandSpecs with a run function")
@@ -103,3 +123,8 @@ def load_plugins(builtin: Sequence[str] = BUILTIN_PLUGINS, *, entry_point_group:
             raise PluginError(f"two plugins are named {plugin.name!r}")
         seen[plugin.name] = plugin.label
     return sorted(plugins, key=lambda p: (p.order, p.name))
+
+
+def plugin_fields() -> list[str]:
+    """The names of every hook a plugin may fill (the README documents each)."""
+    return [f.name for f in fields(Plugin)]

@@ -1,7 +1,9 @@
 """Stream simulator: a long-running server-side job streaming progress into a QuandaMessage.
 
 A run writes chunks "Simulated chunk i/N\\n" with estimate "(i/N)" into a role="simulator" message. The
-page is only a reader: the run goes on when the tab closes, and every tab of the session follows it.
+page is only a reader: the run goes on when the tab closes, every tab of the owner follows it, and the
+progress bar comes from each chunk's estimate. The run record (kind "sim_run", one per owner) names the
+current run and, once it ended, how it ended.
 """
 
 from __future__ import annotations
@@ -10,15 +12,15 @@ import asyncio
 import logging
 import random
 
-from app.components.simulator import SimRun, SimStopForm, SimulatorCard, SimulatorView
-from app.context import AppContext
-from app.plugins import Plugin
+from app.components.simulator import (SimBar, SimRun, SimStatus, SimStopForm, SimulatorCard, SimulatorView,
+                                      progress_of)
+from app.plugins import ClientError, Handle, Job, Plugin
 from app.quanda import QuandaError, QuandaMessage, QuandaWriter
-from app.ws import ClientError, Connection
 
 log = logging.getLogger("quanda.simulator")
 
 ROLE = "simulator"
+RUN_KIND = "sim_run"
 MAX_CHUNKS = 10_000
 MAX_DELAY_MS = 10_000
 
@@ -40,21 +42,22 @@ def parse_run_request(data: dict) -> tuple[int, float, float]:
     return chunks, low / 1000, high / 1000
 
 
-async def current_run(ctx: AppContext, sid: str):
-    run = await ctx.store.get_record("sim_run", sid)
+async def current_run(h: Handle):
+    """(message record, run record) of the owner's current run, or (None, None)."""
+    run = await h.store.get_record(RUN_KIND, h.owner)
     if run is None:
-        return None
+        return None, None
     try:
-        return await ctx.store.get_message(run["message_id"])
+        return await h.store.get_message(run["message_id"]), run
     except QuandaError:
-        return None
+        return None, None
 
 
-async def page(ctx: AppContext, sid: str):
-    return SimulatorCard(await current_run(ctx, sid))
+async def page(h: Handle):
+    return SimulatorCard(*await current_run(h))
 
 
-async def simulate(ctx: AppContext, sid: str, message: QuandaMessage, chunks: int, low: float, high: float) -> None:
+async def simulate(h: Handle, message: QuandaMessage, chunks: int, low: float, high: float) -> None:
     writer = QuandaWriter(message)
     done = 0
     try:
@@ -64,61 +67,76 @@ async def simulate(ctx: AppContext, sid: str, message: QuandaMessage, chunks: in
             await writer.chunk(f"Simulated chunk {i}/{chunks}\n", estimate=f"({i}/{chunks})")
             done = i
         await writer.make_immutable()
-        await ctx.post_event(sid, f"Stream simulator finished: {chunks} chunks.")
+        await ended(h, message.id, chunks, done, "finished")
+        await h.post_event(f"Stream simulator finished: {chunks} chunks.")
     except asyncio.CancelledError:
-        await asyncio.shield(stopped(ctx, sid, writer, done, chunks))
+        await asyncio.shield(stop_writing(h, writer, chunks, done, "stopped"))
         raise
     except QuandaError as exc:
         log.error("simulator run %s failed: %s", message.id, exc)
-        await ctx.post_event(sid, f"Stream simulator failed: {exc}")
+        await h.post_event(f"Stream simulator failed: {exc}")
 
 
-async def stopped(ctx: AppContext, sid: str, writer: QuandaWriter, done: int, chunks: int) -> None:
+async def stop_writing(h: Handle, writer: QuandaWriter, chunks: int, done: int, outcome: str) -> None:
     try:
-        await writer.warning("stopped")
+        await writer.warning(outcome)
         await writer.make_immutable()
     except QuandaError as exc:
-        log.warning("could not mark run %s stopped: %s", writer.message_id, exc)
-    await ctx.post_event(sid, f"Stream simulator stopped at chunk {done}/{chunks}.")
+        log.warning("could not mark run %s %s: %s", writer.message_id, outcome, exc)
+    await ended(h, writer.message_id, chunks, done, outcome)
+    await h.post_event(f"Stream simulator {outcome} at chunk {done}/{chunks}.")
 
 
-async def on_start(conn: Connection, data: dict) -> None:
-    ctx: AppContext = conn.hub.ctx
+async def ended(h: Handle, message_id: str, chunks: int, done: int, outcome: str) -> None:
+    run = await h.store.get_record(RUN_KIND, h.owner)
+    if run is not None and run.get("message_id") == message_id:
+        await h.store.put_record(RUN_KIND, h.owner, {**run, "done": done, "outcome": outcome})
+    await h.publish("sim.ended", message_id=message_id, outcome=outcome, done=done, chunks=chunks)
+
+
+async def on_start(h: Handle, data: dict) -> None:
     chunks, low, high = parse_run_request(data)
-    previous = await current_run(ctx, conn.sid)
-    if previous is not None and not previous.immutable and previous.id in ctx.jobs:
+    previous, _ = await current_run(h)
+    if previous is not None and not previous.immutable and await h.job_running(previous.id):
         raise ClientError("a run is already going: stop it first")
-    message = await QuandaMessage.create(ctx.store, role=ROLE)
-    await ctx.own(conn.sid, message.id, ROLE)
-    await ctx.store.put_record("sim_run", conn.sid, {"message_id": message.id})
-    record = await ctx.store.get_message(message.id)
-    # each tab that shows the card asks to follow the run from the seq its marker holds (see quanda.js)
-    await ctx.hub.broadcast(conn.sid, SimRun(record, oob=True), SimStopForm(message.id))
-    ctx.start_job(message.id, simulate(ctx, conn.sid, message, chunks, low, high))
-    await ctx.post_event(conn.sid, f"Stream simulator started: {chunks} chunks.")
+    message = await QuandaMessage.create(h.store, role=ROLE)
+    await h.own(message.id, ROLE)
+    await h.store.put_record(RUN_KIND, h.owner, {"message_id": message.id, "chunks": chunks})
+    await h.start_job(ROLE, message.id, simulate(h, message, chunks, low, high))
+    await h.publish("sim.started", message_id=message.id)
+    await h.post_event(f"Stream simulator started: {chunks} chunks.")
 
 
-async def on_stop(conn: Connection, data: dict) -> None:
-    ctx: AppContext = conn.hub.ctx
-    run = await current_run(ctx, conn.sid)
+async def on_stop(h: Handle, data: dict) -> None:
+    run, _ = await current_run(h)
     if run is None or run.immutable or run.id != data.get("message_id", run.id):
         raise ClientError("no run to stop")
-    job = ctx.jobs.get(run.id)
-    if job is None:
-        raise ClientError("that run is not going on this server")
-    job.cancel()
+    if not await h.stop_job(run.id):
+        raise ClientError("that run is not going any more")
 
 
-async def mark_orphans(ctx: AppContext) -> None:
-    """Runs left mutable by a server that stopped can never finish: mark them stopped."""
-    for record in await ctx.store.select_messages(role=ROLE, immutable=False):
-        if record.id not in ctx.jobs:
-            try:
-                writer = await QuandaWriter.from_id(ctx.store, record.id)
-                await writer.warning("interrupted")
-                await writer.make_immutable()
-            except QuandaError as exc:
-                log.warning("could not close orphaned run %s: %s", record.id, exc)
+async def show_started(h: Handle, fact: dict):
+    # each tab that shows the card then asks to follow the run from the seq its marker holds (quanda.js)
+    record, run = await current_run(h)
+    if record is None or record.id != fact["message_id"]:
+        return None
+    return [SimRun(record, run, oob=True), SimStopForm(record.id, oob=True)]
+
+
+async def show_ended(h: Handle, fact: dict):
+    mid = fact["message_id"]
+    return [SimBar(mid, fact["done"], fact["chunks"], oob=True), SimStatus(mid, fact["outcome"], oob=True),
+            SimStopForm(None, oob=True)]
+
+
+async def recover(h: Handle, job: Job) -> None:
+    """A run whose server died can never finish: mark it interrupted."""
+    writer = await QuandaWriter.from_id(h.store, job.message_id)
+    record = await h.store.get_message(job.message_id)
+    if record.immutable:
+        return
+    done, chunks = progress_of(record.estimate) or (0, 0)
+    await stop_writing(h, writer, chunks, done, "interrupted")
 
 
 plugin = Plugin(
@@ -126,8 +144,9 @@ plugin = Plugin(
     label="Stream simulator",
     order=20,
     page=page,
-    startup=mark_orphans,
     ws_handlers={"sim.start": on_start, "sim.stop": on_stop},
     stream_views={ROLE: SimulatorView},
+    fact_views={"sim.started": show_started, "sim.ended": show_ended},
+    recover={ROLE: recover},
     system_prompt="The stream simulator runs a long job that streams progress; the user starts and stops it.",
 )

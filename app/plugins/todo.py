@@ -1,153 +1,200 @@
-"""Todos: add, edit, toggle, delete, reorder, by hand or by the LLM's JSON commands; per browser session.
+"""Todos: add, rename, toggle, delete, reorder — by hand on the page, or by the LLM's commands.
 
-Each todo is a record of kind "todo" keyed `<sid>:<id>`; ids are claimed with insert-if-absent, so two
-writers (a click and a command) never get the same one. Every change redraws the list in every tab of the
-session and becomes an ambient event the LLM sees.
+Each operation is written once (`plan_*`): it checks its input and plans a `Change` (the records to write, what
+to say, the fact to publish) without writing anything; the page's actions apply it, and the LLM's commands run
+it exactly once under their claim. Both say the same thing: the page posts "You added the todo …" as an
+ambient event, a command shows "✓ Added the todo …".
+
+A todo is a record of kind "todo" keyed `<owner>:<id>`; ids come from a counter per owner, so two writers (a
+click and a command, on two servers) never get the same one. The fact `todo.changed` names the todos
+touched; every tab of the owner that shows the list redraws it.
 """
 
 from __future__ import annotations
 
-from app.commands import CommandResult, CommandSpec, Field
 from app.components.todo import AddTodoForm, TodoList, TodoPage
-from app.plugins import Plugin
-from app.ws import ClientError
+from app.plugins import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change
 
 KIND = "todo"
 MAX_NAME = 200
 MAX_TODOS = 500
 PROMPT_ITEMS = 50
+CHANGED = "todo.changed"
 
 
-async def todos(store, sid: str) -> list[dict]:
-    return sorted((data for _key, data in await store.list_records(KIND, prefix=f"{sid}:")),
+async def todos(h: Handle) -> list[dict]:
+    return sorted((data for _key, data in await h.store.list_records(KIND, prefix=f"{h.owner}:")),
                   key=lambda t: (t["order"], t["id"]))
 
 
-def _key(sid: str, todo_id: int) -> str:
-    return f"{sid}:{todo_id:09d}"
+def _key(h: Handle, todo_id: int) -> str:
+    return f"{h.owner}:{todo_id:09d}"
 
 
-async def add(store, sid: str, name: str) -> dict:
-    items = await todos(store, sid)
-    if len(items) >= MAX_TODOS:
-        raise ClientError(f"at most {MAX_TODOS} todos")
-    todo_id = max((t["id"] for t in items), default=0) + 1
-    order = max((t["order"] for t in items), default=0) + 1
-    while True:
-        item = {"id": todo_id, "name": name, "done": False, "order": order}
-        if await store.insert_record(KIND, _key(sid, todo_id), item):
-            return item
-        todo_id += 1
+def _put(h: Handle, item: dict) -> tuple:
+    return ("put", KIND, _key(h, item["id"]), item)
 
 
-async def get(store, sid: str, todo_id: int) -> dict:
-    item = await store.get_record(KIND, _key(sid, todo_id))
-    if item is None:
-        raise ClientError(f"there is no todo with id {todo_id}")
-    return item
+def _changed(*ids: int) -> tuple:
+    return ((CHANGED, {"ids": list(ids)}),)
 
 
-async def update(store, sid: str, todo_id: int, **changes) -> tuple[dict, dict]:
-    before = await get(store, sid, todo_id)
-    after = {**before, **changes}
-    await store.put_record(KIND, _key(sid, todo_id), after)
-    return before, after
-
-
-async def delete(store, sid: str, todo_id: int) -> dict:
-    before = await get(store, sid, todo_id)
-    await store.delete_record(KIND, _key(sid, todo_id))
-    return before
-
-
-async def move(store, sid: str, todo_id: int, direction: str) -> None:
-    items = await todos(store, sid)
-    index = next((i for i, t in enumerate(items) if t["id"] == todo_id), None)
-    if index is None:
-        raise ClientError(f"there is no todo with id {todo_id}")
-    other = index - 1 if direction == "up" else index + 1
-    if not 0 <= other < len(items):
-        return
-    a, b = items[index], items[other]
-    a_order, b_order = (b["order"], a["order"]) if a["order"] != b["order"] else (b["order"], b["order"] + 1)
-    await store.put_record(KIND, _key(sid, a["id"]), {**a, "order": a_order})
-    await store.put_record(KIND, _key(sid, b["id"]), {**b, "order": b_order})
-
-
-# -- what the page does ----------------------------------------------------------------------------------
-
-def _name(data: dict) -> str:
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ClientError("a todo needs a name")
-    if len(name) > MAX_NAME:
-        raise ClientError(f"a todo name has at most {MAX_NAME} characters")
+def _check_name(name: object) -> str | None:
+    """The name to store, or None when it cannot be one (the caller says why)."""
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        return None
     return name.strip()
 
+
+NAME_RULE = f"a todo needs a name of 1 to {MAX_NAME} characters"
+
+
+async def _next_id(h: Handle, items: list[dict]) -> int:
+    """A fresh id from the owner's counter (caught up once with ids made before the counter existed)."""
+    highest = max((t["id"] for t in items), default=0)
+    todo_id = await h.store.bump_counter(f"todo:{h.owner}")
+    while todo_id <= highest:
+        todo_id = await h.store.bump_counter(f"todo:{h.owner}")
+    return todo_id
+
+
+async def _get(h: Handle, todo_id: int) -> dict | None:
+    return await h.store.get_record(KIND, _key(h, todo_id))
+
+
+def _no_such(todo_id: int) -> Change:
+    return Change.refused(f"there is no todo with id {todo_id}")
+
+
+async def plan_add(h: Handle, name: object) -> Change:
+    name = _check_name(name)
+    if name is None:
+        return Change.refused(NAME_RULE)
+    items = await todos(h)
+    if len(items) >= MAX_TODOS:
+        return Change.refused(f"at most {MAX_TODOS} todos")
+    item = {"id": await _next_id(h, items), "name": name, "done": False,
+            "order": max((t["order"] for t in items), default=0) + 1}
+    return Change(CommandResult(True, f"Added the todo '{name}' (id {item['id']}).", None, item),
+                  (_put(h, item),), _changed(item["id"]))
+
+
+async def plan_update(h: Handle, todo_id: int, name: object = None, done: object = None) -> Change:
+    before = await _get(h, todo_id)
+    if before is None:
+        return _no_such(todo_id)
+    after = dict(before)
+    if name is not None:
+        after["name"] = _check_name(name)
+        if after["name"] is None:
+            return Change.refused(NAME_RULE)
+    if done is not None:
+        after["done"] = bool(done)
+    if name is None and done is None:
+        return Change.refused("an update needs a name or done")
+    if name is not None and done is None:
+        text = f"Renamed the todo '{before['name']}' to '{after['name']}' (id {todo_id})."
+    else:
+        state = "done" if after["done"] else "not done"
+        text = f"Marked the todo '{after['name']}' (id {todo_id}) {state}."
+        if name is not None and after["name"] != before["name"]:
+            text = f"Renamed the todo '{before['name']}' to '{after['name']}' and marked it {state} (id {todo_id})."
+    return Change(CommandResult(True, text, before, after), (_put(h, after),), _changed(todo_id))
+
+
+async def plan_toggle(h: Handle, todo_id: int) -> Change:
+    before = await _get(h, todo_id)
+    if before is None:
+        return _no_such(todo_id)
+    return await plan_update(h, todo_id, done=not before["done"])
+
+
+async def plan_delete(h: Handle, todo_id: int) -> Change:
+    before = await _get(h, todo_id)
+    if before is None:
+        return _no_such(todo_id)
+    return Change(CommandResult(True, f"Deleted the todo '{before['name']}' (id {todo_id}).", before, None),
+                  (("delete", KIND, _key(h, todo_id), None),), _changed(todo_id))
+
+
+async def plan_move(h: Handle, todo_id: int, direction: str) -> Change:
+    items = await todos(h)
+    index = next((i for i, t in enumerate(items) if t["id"] == todo_id), None)
+    if index is None:
+        return _no_such(todo_id)
+    if direction not in ("up", "down"):
+        return Change.refused("move a todo up or down")
+    other = index - 1 if direction == "up" else index + 1
+    a = items[index]
+    text = f"Moved the todo '{a['name']}' (id {todo_id}) {direction}."
+    if not 0 <= other < len(items):
+        return Change(CommandResult(True, text, a, a))
+    b = items[other]
+    a_order, b_order = (b["order"], a["order"]) if a["order"] != b["order"] else (b["order"], b["order"] + 1)
+    moved = {**a, "order": a_order}
+    return Change(CommandResult(True, text, a, moved), (_put(h, moved), _put(h, {**b, "order": b_order})),
+                  _changed(a["id"], b["id"]))
+
+
+async def plan_list(h: Handle) -> Change:
+    items = await todos(h)
+    text = "; ".join(f"{t['id']}: {t['name']}{' (done)' if t['done'] else ''}" for t in items) or "no todos"
+    return Change(CommandResult(True, f"Listed the todos: {text}"))
+
+
+# -- the page -------------------------------------------------------------------------------------------------
 
 def _id(data: dict) -> int:
     try:
         todo_id = int(str(data.get("id", "")))
     except ValueError:
         raise ClientError("that is not a todo id") from None
-    if todo_id < 1:
+    if not 1 <= todo_id < 10**9:
         raise ClientError("that is not a todo id")
     return todo_id
 
 
-async def refresh(ctx, sid: str, *extra) -> None:
-    await ctx.hub.broadcast(sid, TodoList(await todos(ctx.store, sid), oob=True), *extra)
+async def _by_hand(h: Handle, change: Change) -> None:
+    """Apply a person's own change and tell the LLM about it ("You added …")."""
+    if not change.result.ok:
+        raise ClientError(change.result.text)
+    result = await apply_change(h, change)
+    if not result.ok:
+        raise ClientError(result.text)
+    await h.post_event("You " + result.text[0].lower() + result.text[1:])
 
 
-async def on_add(conn, data):
-    ctx = conn.hub.ctx
-    item = await add(ctx.store, conn.sid, _name(data))
-    await refresh(ctx, conn.sid, AddTodoForm(oob=True))
-    await ctx.post_event(conn.sid, f"You added the todo '{item['name']}' (id {item['id']}).")
+async def on_add(h: Handle, data: dict) -> None:
+    await _by_hand(h, await plan_add(h, data.get("name")))
+    await h.send(AddTodoForm(oob=True))
 
 
-async def on_toggle(conn, data):
-    ctx = conn.hub.ctx
-    todo_id = _id(data)
-    before = await get(ctx.store, conn.sid, todo_id)
-    _, after = await update(ctx.store, conn.sid, todo_id, done=not before["done"])
-    await refresh(ctx, conn.sid)
-    state = "done" if after["done"] else "not done"
-    await ctx.post_event(conn.sid, f"You marked the todo '{after['name']}' (id {todo_id}) {state}.")
+async def on_toggle(h: Handle, data: dict) -> None:
+    await _by_hand(h, await plan_toggle(h, _id(data)))
 
 
-async def on_edit(conn, data):
-    ctx = conn.hub.ctx
-    before, after = await update(ctx.store, conn.sid, _id(data), name=_name(data))
-    await refresh(ctx, conn.sid)
-    await ctx.post_event(conn.sid, f"You renamed the todo '{before['name']}' to '{after['name']}' (id {after['id']}).")
+async def on_edit(h: Handle, data: dict) -> None:
+    await _by_hand(h, await plan_update(h, _id(data), name=data.get("name")))
 
 
-async def on_delete(conn, data):
-    ctx = conn.hub.ctx
-    before = await delete(ctx.store, conn.sid, _id(data))
-    await refresh(ctx, conn.sid)
-    await ctx.post_event(conn.sid, f"You deleted the todo '{before['name']}' (id {before['id']}).")
+async def on_delete(h: Handle, data: dict) -> None:
+    await _by_hand(h, await plan_delete(h, _id(data)))
 
 
-async def on_move(conn, data):
-    ctx = conn.hub.ctx
-    direction = data.get("direction")
-    if direction not in ("up", "down"):
-        raise ClientError("move a todo up or down")
-    todo_id = _id(data)
-    item = await get(ctx.store, conn.sid, todo_id)
-    await move(ctx.store, conn.sid, todo_id, direction)
-    await refresh(ctx, conn.sid)
-    await ctx.post_event(conn.sid, f"You moved the todo '{item['name']}' (id {todo_id}) {direction}.")
+async def on_move(h: Handle, data: dict) -> None:
+    await _by_hand(h, await plan_move(h, _id(data), data.get("direction")))
 
 
-async def page(ctx, sid: str):
-    return TodoPage(await todos(ctx.store, sid))
+async def page(h: Handle):
+    return TodoPage(await todos(h))
 
 
-async def prompt_context(ctx, sid: str) -> str:
-    items = await todos(ctx.store, sid)
+async def show_changes(h: Handle, fact: dict):
+    return TodoList(await todos(h), oob=True)
+
+
+async def prompt_context(h: Handle) -> str:
+    items = await todos(h)
     if not items:
         return "The todo list is empty."
     lines = [f"- [{'x' if t['done'] else ' '}] id {t['id']}: {t['name'][:80]}" for t in items[:PROMPT_ITEMS]]
@@ -155,68 +202,23 @@ async def prompt_context(ctx, sid: str) -> str:
     return "The user's todo list now:\n" + "\n".join(lines) + more
 
 
-# -- what the LLM can do -----------------------------------------------------------------------------------
-
-async def _command(ctx, sid, work) -> CommandResult:
-    try:
-        result = await work()
-    except ClientError as exc:
-        return CommandResult(False, str(exc))
-    await refresh(ctx, sid)
-    return result
-
-
-async def cmd_list(ctx, sid, args) -> CommandResult:
-    items = await todos(ctx.store, sid)
-    text = "; ".join(f"{t['id']}: {t['name']}{' (done)' if t['done'] else ''}" for t in items) or "no todos"
-    return CommandResult(True, f"Listed the todos: {text}")
-
-
-async def cmd_insert(ctx, sid, args) -> CommandResult:
-    async def work():
-        item = await add(ctx.store, sid, args["name"].strip())
-        return CommandResult(True, f"Added the todo '{item['name']}' (id {item['id']}).", None, item)
-    return await _command(ctx, sid, work)
-
-
-async def cmd_update(ctx, sid, args) -> CommandResult:
-    async def work():
-        changes = {k: (v.strip() if isinstance(v, str) else v) for k, v in args.items() if k in ("name", "done")}
-        if not changes:
-            return CommandResult(False, "update needs a name or done")
-        before, after = await update(ctx.store, sid, args["id"], **changes)
-        return CommandResult(True, f"Updated the todo {after['id']}: '{after['name']}'"
-                                   f"{' (done)' if after['done'] else ''}.", before, after)
-    return await _command(ctx, sid, work)
-
-
-async def cmd_toggle(ctx, sid, args) -> CommandResult:
-    async def work():
-        before = await get(ctx.store, sid, args["id"])
-        _, after = await update(ctx.store, sid, args["id"], done=not before["done"])
-        state = "done" if after["done"] else "not done"
-        return CommandResult(True, f"Marked the todo '{after['name']}' (id {after['id']}) {state}.", before, after)
-    return await _command(ctx, sid, work)
-
-
-async def cmd_delete(ctx, sid, args) -> CommandResult:
-    async def work():
-        before = await delete(ctx.store, sid, args["id"])
-        return CommandResult(True, f"Deleted the todo '{before['name']}' (id {before['id']}).", before, None)
-    return await _command(ctx, sid, work)
-
+# -- what the LLM can do --------------------------------------------------------------------------------------
 
 TODO_ID = Field(int, required=True)
 COMMANDS = [
-    CommandSpec("todo", "list", {}, '{"action": "list", "target": "todo"}', cmd_list),
+    CommandSpec("todo", "list", {}, '{"action": "list", "target": "todo"}', lambda h, args: plan_list(h),
+                "List the user's todos with their ids."),
     CommandSpec("todo", "insert", {"name": Field(str, required=True, max_len=MAX_NAME)},
-                '{"action": "insert", "target": "todo", "args": {"name": "buy milk"}}', cmd_insert),
+                '{"action": "insert", "target": "todo", "args": {"name": "buy milk"}}',
+                lambda h, args: plan_add(h, args["name"]), "Add a todo."),
     CommandSpec("todo", "update", {"id": TODO_ID, "name": Field(str, max_len=MAX_NAME), "done": Field(bool)},
-                '{"action": "update", "target": "todo", "args": {"id": 3, "name": "buy oat milk"}}', cmd_update),
+                '{"action": "update", "target": "todo", "args": {"id": 3, "name": "buy oat milk"}}',
+                lambda h, args: plan_update(h, args["id"], args.get("name"), args.get("done")),
+                "Rename a todo and/or mark it done or not done."),
     CommandSpec("todo", "toggle", {"id": TODO_ID}, '{"action": "toggle", "target": "todo", "args": {"id": 3}}',
-                cmd_toggle),
+                lambda h, args: plan_toggle(h, args["id"]), "Flip a todo between done and not done."),
     CommandSpec("todo", "delete", {"id": TODO_ID}, '{"action": "delete", "target": "todo", "args": {"id": 3}}',
-                cmd_delete),
+                lambda h, args: plan_delete(h, args["id"]), "Delete a todo."),
 ]
 
 plugin = Plugin(
@@ -226,6 +228,7 @@ plugin = Plugin(
     page=page,
     ws_handlers={"todo.add": on_add, "todo.toggle": on_toggle, "todo.edit": on_edit, "todo.delete": on_delete,
                  "todo.move": on_move},
+    fact_views={CHANGED: show_changes},
     commands=COMMANDS,
     system_prompt="The Todos page is the user's todo list; you can change it with the todo commands.",
     prompt_context=prompt_context,

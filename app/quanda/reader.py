@@ -36,10 +36,10 @@ class QuandaReader:
         subscription = store.subscribe(self.message_id)  # before the snapshot: nothing falls in between
         try:
             if self.after_seq is None:
+                subscription.stale = False  # a wake-up during the read below must stay noticed
                 record = await store.get_message(self.message_id)
                 self.last_seq = record.last_seq
                 subscription.cursor = record.last_seq
-                subscription.stale = False
                 yield QuandaToken(OVERRIDE, record.content, record.estimate, record.last_seq)
                 if record.warning:
                     yield QuandaToken(WARNING, record.warning, None, record.last_seq)

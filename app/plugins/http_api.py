@@ -2,13 +2,13 @@
 
 Access: the browser session that owns a message, or `Authorization: Bearer $QUANDA_API_TOKEN` when that
 variable is set (which may use any message). Errors: 400 invalid input, 401 no access, 404 unknown or
-someone else's message, 409 immutable, 413 over a size limit, 503 the store failed.
+someone else's message, 409 immutable, 413 over a size limit, 503 the store failed. Bodies are checked for
+size and nesting at the door (app/door.py) before they reach a route.
 """
 
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import logging
 
@@ -16,7 +16,7 @@ from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.client_json import ClientJSONError, parse_client_json
-from app.plugins import Plugin
+from app.plugins import ClientError, Plugin, handle_of
 from app.quanda import (QuandaError, QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaNotFoundError,
                         QuandaReader, QuandaStoreError)
 from app.quanda.validation import MAX_SEQ
@@ -32,18 +32,8 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def caller(request) -> str | None:
-    """'*' for a valid bearer token, the session id for a browser session, else None."""
-    token = request.app.state.ctx.settings.api_token
-    auth = request.headers.get("authorization", "")
-    if token and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), token):
-        return "*"
-    sid = request.scope.get("session", {}).get("sid")
-    return sid if isinstance(sid, str) else None
-
-
 async def body_json(request) -> dict:
-    """The body as a JSON object (its size and nesting were checked at the door, app/door.py)."""
+    """The body as a JSON object (its size and nesting were checked at the door)."""
     raw = await request.body()
     try:
         value = parse_client_json(raw.decode("utf-8")) if raw else {}
@@ -56,20 +46,6 @@ async def body_json(request) -> dict:
     return value
 
 
-async def owned(request, message_id: str):
-    """The message, if the caller may use it; raises QuandaNotFoundError otherwise (no existence leak)."""
-    who = caller(request)
-    if who is None:
-        raise PermissionError("sign in with the browser session or Authorization: Bearer <QUANDA_API_TOKEN>")
-    ctx = request.app.state.ctx
-    record = await ctx.store.get_message(message_id)
-    if who != "*":
-        owner = await ctx.store.get_record("owner", record.id)
-        if owner is None or owner.get("sid") != who:
-            raise QuandaNotFoundError(f"no message with id {message_id!r}")
-    return record
-
-
 def guarded(handler):
     @functools.wraps(handler)
     async def wrapped(request, **kwargs):
@@ -77,8 +53,10 @@ def guarded(handler):
             return await handler(request, **kwargs)
         except PermissionError as exc:
             return error(401, str(exc))
-        except (ValueError, TypeError) as exc:
-            return error(413 if isinstance(exc, QuandaLimitError) else 400, str(exc))
+        except QuandaLimitError as exc:
+            return error(413, str(exc))
+        except (ValueError, TypeError, ClientError) as exc:
+            return error(400, str(exc))
         except QuandaNotFoundError as exc:
             return error(404, str(exc))
         except QuandaImmutableError as exc:
@@ -99,31 +77,29 @@ def state(record) -> dict:
 @router.post("/api/messages")
 @guarded
 async def create_message(request):
-    who = caller(request)
-    if who is None:
-        raise PermissionError("sign in with the browser session or Authorization: Bearer <QUANDA_API_TOKEN>")
+    h = handle_of(request)
     body = await body_json(request)
     role, content = body.get("role"), body.get("content", "")
     if role not in API_ROLES:
         raise ValueError(f"role must be one of {', '.join(sorted(API_ROLES))}")
     if not isinstance(content, str):
         raise ValueError("content must be a string")
-    ctx = request.app.state.ctx
-    message = await QuandaMessage.create(ctx.store, role=role, content=content)
-    await ctx.own("api" if who == "*" else who, message.id, role)
+    message = await QuandaMessage.create(h.store, role=role, content=content)
+    await h.own(message.id, role)
     return JSONResponse({"id": message.id, "role": message.role}, status_code=201)
 
 
 @router.get("/api/messages/{message_id}")
 @guarded
 async def get_message(request, message_id: str):
-    return JSONResponse(state(await owned(request, message_id)))
+    return JSONResponse(state(await handle_of(request).owned(message_id)))
 
 
 @router.post("/api/messages/{message_id}/tokens")
 @guarded
 async def post_token(request, message_id: str):
-    record = await owned(request, message_id)
+    h = handle_of(request)
+    record = await h.owned(message_id)
     body = await body_json(request)
     kind, text, estimate = body.get("kind"), body.get("text"), body.get("estimate")
     if kind not in ("chunk", "override", "warning"):
@@ -132,31 +108,38 @@ async def post_token(request, message_id: str):
         raise ValueError("text must be a string (and estimate a string or null)")
     if estimate is not None and kind != "chunk":
         raise ValueError("only a chunk carries an estimate")
-    token = await request.app.state.ctx.store.append(record.id, kind, text, estimate)
+    token = await h.store.append(record.id, kind, text, estimate)
     return JSONResponse({"seq": token.seq, "kind": token.kind})
 
 
 @router.post("/api/messages/{message_id}/immutable")
 @guarded
 async def seal(request, message_id: str):
-    record = await owned(request, message_id)
-    await request.app.state.ctx.store.append(record.id, "immutable")
+    h = handle_of(request)
+    record = await h.owned(message_id)
+    await h.store.append(record.id, "immutable")
     return Response(status_code=204)
+
+
+def resume_point(request, record) -> int | None:
+    """The seq a `Last-Event-ID` header resumes after, or None for a snapshot; ValueError if it is not one."""
+    last = request.headers.get("last-event-id")
+    if last in (None, ""):
+        return None
+    if not (last.isascii() and last.isdigit() and len(last) <= 19 and int(last) <= MAX_SEQ):
+        raise ValueError(f"Last-Event-ID must be a seq: a whole number from 0 to {MAX_SEQ}")
+    if int(last) > record.last_seq:
+        raise ValueError(f"Last-Event-ID {last} is past the message's last seq ({record.last_seq})")
+    return int(last)
 
 
 @router.get("/api/messages/{message_id}/events")
 @guarded
 async def events(request, message_id: str):
-    record = await owned(request, message_id)
-    last = request.headers.get("last-event-id")
-    after = None
-    if last not in (None, ""):
-        if not (last.isascii() and last.isdigit() and len(last) <= 19 and int(last) <= MAX_SEQ):
-            raise ValueError(f"Last-Event-ID must be a seq: a whole number from 0 to {MAX_SEQ}")
-        after = int(last)
-        if after > record.last_seq:
-            raise ValueError(f"Last-Event-ID {after} is past the message's last seq ({record.last_seq})")
-    message = QuandaMessage(request.app.state.ctx.store, record)
+    h = handle_of(request)
+    record = await h.owned(message_id)
+    after = resume_point(request, record)
+    message = QuandaMessage(h.store, record)
 
     async def stream():
         snapshot = after is None
@@ -173,18 +156,18 @@ async def events(request, message_id: str):
 @router.post("/api/messages/{message_id}/answer")
 @guarded
 async def answer(request, message_id: str):
-    record = await owned(request, message_id)
-    ctx = request.app.state.ctx
-    if ctx.chat is None:
-        raise ValueError("the chat plugin is not loaded")
+    h = handle_of(request)
+    record = await h.owned(message_id)
+    ask = h.ctx.plugin_hook("ask")
+    if ask is None:
+        raise ValueError("no plugin answers questions (the chat plugin is not loaded)")
     if record.role not in ("q", "user"):
         raise ValueError("answers are generated for question messages (role q)")
     body = await body_json(request)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ValueError("model must be a string")
-    answer_id = await ctx.chat.answer_question(record, model, owner=caller(request))
-    return JSONResponse({"answer_id": answer_id}, status_code=202)
+    return JSONResponse({"answer_id": await ask(h, record, model)}, status_code=202)
 
 
 plugin = Plugin(name="api", label="HTTP API", order=200, router=router)

@@ -1,0 +1,42 @@
+"""Who may use a message: the one place that records and checks it.
+
+Every message the app creates for someone is recorded as theirs (`own`); the WebSocket's follow, the chat's
+actions and the HTTP API all ask `owned` before they read or write one. Another owner's id is answered
+exactly like an unknown id (QuandaNotFoundError), so ids leak nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from app.quanda import QuandaNotFoundError, QuandaStore
+from app.quanda.store.base import MessageRecord
+
+KIND = "owner"
+ANYONE = "*"  # the owner of a caller that may use every message (the local API token)
+
+
+async def own(store: QuandaStore, owner: str, message_id: str, role: str) -> None:
+    await store.put_record(KIND, message_id, {"owner": owner, "role": role})
+
+
+async def owner_of(store: QuandaStore, message_id: str) -> dict | None:
+    """The ownership record of a message ({"owner", "role"}), or None."""
+    if not isinstance(message_id, str):
+        return None
+    record = await store.get_record(KIND, message_id.lower()) if len(message_id) == 24 else None
+    if record is not None and "owner" not in record and "sid" in record:  # written before workspaces
+        record["owner"] = record["sid"]
+    return record
+
+
+async def owned(store: QuandaStore, owner: str, message_id: object,
+                roles: Iterable[str] | None = None) -> MessageRecord:
+    """The message, if `owner` may use it (and it has one of `roles`); QuandaNotFoundError otherwise."""
+    record = await store.get_message(message_id)  # type: ignore[arg-type]  # malformed ids: not found
+    if owner != ANYONE or roles is not None:
+        mine = await owner_of(store, record.id)
+        if mine is None or (owner != ANYONE and mine["owner"] != owner) or \
+                (roles is not None and mine.get("role") not in set(roles)):
+            raise QuandaNotFoundError(f"no message with id {message_id!r}")
+    return record

@@ -1,0 +1,179 @@
+"""Answers: the LLM's stream written into a QuandaMessage, and what happens around it — Stop, Retry, failures,
+the thinking section, the commands in a finished answer, recovery of answers whose server died.
+
+The producer writes tokens and nothing else: the answer's text as chunks (the renderer closes open
+structures itself), the reasoning into a separate `thinking` message, a warning when something goes wrong.
+
+When an answer becomes final: an answer the LLM finished normally is sealed (immutable) at once, then its
+commands run. A stopped, failed or interrupted answer stays mutable, with its warning, so Retry can regenerate
+it in place (by `override`); it is sealed as it is when the next question is sent. Only answers finished
+normally are `done`, and only their commands run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+
+from app.commands import run_answer_commands
+from app.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL
+from app.plugins import ClientError, Handle, Job
+from app.quanda import QuandaError, QuandaMessage, QuandaWriter
+
+from . import conversation, prompt
+
+log = logging.getLogger("quanda.chat")
+
+ROLE = "assistant"
+INTERRUPTED = "interrupted: the server stopped while writing this answer. Press Retry to regenerate it."
+UNFINISHED = ("stopped", "failed", "interrupted")
+
+
+def llm_status(h: Handle):
+    return h.ctx.state["chat"].status
+
+
+async def start_answer(h: Handle, model: str) -> str:
+    """A new answer at the end of the conversation, generated in the background; returns its id."""
+    answer = await QuandaMessage.create(h.store, role=ROLE)
+    await h.own(answer.id, ROLE)
+    key = await conversation.add_entry(h.store, h.owner, {"type": ROLE, "message_id": answer.id,
+                                                          "status": "generating", "model": model})
+    await h.publish("chat.message", message_id=answer.id, state="generating")
+    await h.start_job(ROLE, answer.id, generate(h, key, answer.id, model))
+    return answer.id
+
+
+async def generate(h: Handle, key: str, answer_id: str, model: str) -> None:
+    writer = QuandaWriter(await QuandaMessage.from_id(h.store, answer_id))
+    thinking: QuandaWriter | None = None
+    status, problem = "failed", ""
+    try:
+        messages = await prompt.messages_for(h, answer_id)
+        async with aclosing(h.ctx.llm.stream_chat(messages, model)) as events:
+            async for event in events:
+                if event.type == DELTA and event.text:
+                    await writer.chunk(event.text)
+                elif event.type == REASONING and event.text:
+                    if thinking is None:
+                        thinking = await start_thinking(h, key, answer_id)
+                    await thinking.chunk(event.text)
+                elif event.type == TOOL_CALL:
+                    await h.post_event(f"The model asked for tool {event.data.get('name')!r}; tool calls are not run.")
+                elif event.type == COMPLETED:
+                    status = "done"
+                elif event.type == ERROR:
+                    problem = event.text
+        if status == "done":
+            if thinking is not None:
+                await thinking.make_immutable()
+            await writer.make_immutable()
+        else:
+            await writer.warning(problem or "the LLM stream ended without finishing")
+            log.warning("answer %s failed: %s", answer_id, problem)
+    except asyncio.CancelledError:
+        await asyncio.shield(finish(h, key, answer_id, writer, "stopped", "stopped"))
+        raise
+    except QuandaError as exc:
+        status = "failed"
+        log.error("answer %s could not be written: %s", answer_id, exc)
+        try:
+            await writer.warning("the answer could not be stored; Retry, and check the server's log if it "
+                                 "happens again")
+        except QuandaError:
+            pass
+    await finish(h, key, answer_id, writer, status, None)
+
+
+async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, status: str,
+                 warning: str | None) -> None:
+    if warning is not None:
+        try:
+            await writer.warning(warning)
+        except QuandaError as exc:
+            log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
+    await conversation.update_entry(h.store, key, status=status, commands="pending" if status == "done" else None)
+    await h.publish("chat.state", message_id=answer_id, state=status)
+    await llm_status(h).check(fresh=True)
+    await h.publish("chat.badge")
+    if status == "done":  # commands run only in answers the LLM finished normally
+        await run_commands(h, key, answer_id)
+
+
+async def run_commands(h: Handle, key: str, answer_id: str) -> None:
+    record = await h.store.get_message(answer_id)
+    await run_answer_commands(h, answer_id, record.content)
+    await conversation.update_entry(h.store, key, commands="done")
+
+
+async def start_thinking(h: Handle, key: str, answer_id: str) -> QuandaWriter:
+    message = await QuandaMessage.create(h.store, role="thinking")
+    await h.own(message.id, "thinking")
+    await conversation.update_entry(h.store, key, thinking_id=message.id)
+    await h.publish("chat.thinking", answer_id=answer_id, thinking_id=message.id)
+    return QuandaWriter(message)
+
+
+async def stop(h: Handle, message_id: object) -> None:
+    record = await owned_answer(h, message_id)
+    if not await h.stop_job(record.id):
+        raise ClientError("that answer is not being written")
+
+
+async def retry(h: Handle, message_id: object) -> None:
+    record = await owned_answer(h, message_id)
+    if await h.job_running(record.id):
+        raise ClientError("that answer is still being written")
+    found = await conversation.find_answer(h.store, h.owner, record.id)
+    if found is None or record.immutable:
+        raise ClientError("that answer is final and cannot be retried")
+    key, entry = found
+    writer = QuandaWriter(await QuandaMessage.from_id(h.store, record.id))
+    await writer.override("")
+    await writer.warning("")
+    if entry.get("thinking_id"):
+        await QuandaWriter(await QuandaMessage.from_id(h.store, entry["thinking_id"])).override("")
+    await conversation.update_entry(h.store, key, status="generating")
+    await h.publish("chat.state", message_id=record.id, state="generating")
+    model = entry.get("model") or (await llm_status(h).choose())[0]
+    await h.start_job(ROLE, record.id, generate(h, key, record.id, model))
+
+
+async def owned_answer(h: Handle, message_id: object):
+    try:
+        return await h.owned(message_id, roles=(ROLE,))
+    except QuandaError:
+        raise ClientError("no such answer here") from None
+
+
+async def seal_unfinished(h: Handle) -> None:
+    """Stopped, failed and interrupted answers become final as they are when the next question comes."""
+    for _key, entry in await conversation.entries(h.store, h.owner, limit=prompt.HISTORY_ENTRIES):
+        if entry["type"] == ROLE and entry.get("status") in UNFINISHED:
+            try:
+                record = await h.store.get_message(entry["message_id"])
+                if not record.immutable:
+                    await QuandaWriter(QuandaMessage(h.store, record)).make_immutable()
+                    await h.publish("chat.state", message_id=record.id, state="final")
+            except QuandaError as exc:
+                log.warning("could not seal answer %s: %s", entry.get("message_id"), exc)
+
+
+async def recover(h: Handle, job: Job) -> None:
+    """An answer whose server died: mark it interrupted (Retry works), or, if it was finished and sealed,
+    run what is left of its commands."""
+    record = await h.store.get_message(job.message_id)
+    found = await conversation.find_answer(h.store, h.owner, record.id)
+    if record.immutable:  # sealed during generation means finished normally: finish its commands
+        if found and found[1].get("status") in ("generating", "done") and found[1].get("commands") != "done":
+            await conversation.update_entry(h.store, found[0], status="done")
+            await h.publish("chat.state", message_id=record.id, state="done")
+            await run_commands(h, found[0], record.id)
+        return
+    if record.warning:
+        return  # stopped or failed before its server died: nothing was running
+    await QuandaWriter(QuandaMessage(h.store, record)).warning(INTERRUPTED)
+    if found:
+        await conversation.update_entry(h.store, found[0], status="interrupted")
+    await h.publish("chat.state", message_id=record.id, state="interrupted")

@@ -1,0 +1,56 @@
+"""Whether the LLM answers, and with which model: the status badge and the model picker's choices.
+
+The default model is the configured one (QUANDA_LLM_MODEL or OLLAMA_MODEL), else the server's only or first
+model. The status is checked at most every STATUS_TTL_S seconds, and again after every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from app.llm import LLMUnavailable, pick_default_model
+
+STATUS_TTL_S = 10.0
+LIST_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Status:
+    ok: bool
+    text: str
+    model: str  # the default model
+    models: list[str] = field(default_factory=list)
+
+
+class LLMStatus:
+    def __init__(self, llm, configured_model: str):
+        self.llm, self.configured = llm, configured_model
+        self._last: tuple[float, Status] | None = None
+
+    async def check(self, fresh: bool = False) -> Status:
+        if not fresh and self._last and time.monotonic() - self._last[0] < STATUS_TTL_S:
+            return self._last[1]
+        try:
+            models = await asyncio.wait_for(self.llm.list_models(), LIST_TIMEOUT_S)
+        except LLMUnavailable as exc:
+            status = Status(False, str(exc), self.configured)
+        except asyncio.TimeoutError:
+            status = Status(False, f"the LLM server did not list its models within {LIST_TIMEOUT_S:g} s: "
+                                   f"{self.llm.unreachable_hint(self.configured)}", self.configured)
+        else:
+            model = pick_default_model(self.configured, models)
+            ok, text = self.llm.model_status(model, models)
+            if not ok and model:
+                text += ". " + self.llm.missing_model_hint(model)
+            status = Status(ok, text, model, models)
+        self._last = (time.monotonic(), status)
+        return status
+
+    async def choose(self, wanted: object = None) -> tuple[str, list[str]]:
+        """(the model to use, the models to offer): `wanted` if the server has it, else the default."""
+        status = await self.check()
+        if isinstance(wanted, str) and wanted in status.models:
+            return wanted, status.models
+        return status.model, status.models or ([status.model] if status.model else [])
