@@ -1,6 +1,6 @@
 """The core without the web app: `python -m app.quanda show ID` prints a message's state and token count;
 `python -m app.quanda tail ID [--after SEQ]` prints its snapshot, then follows it live until it is immutable.
-The store is QUANDA_DB_URL (default sqlite:///data/quanda.db) or --db URL."""
+The store is --db URL (default sqlite:///data/quanda.db); `python -m app show|tail` takes QUANDA_DB_URL."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import asyncio
 import json
 import sys
 
-from app.config import Settings
-from app.quanda import QuandaError, QuandaMessage, QuandaReader, open_store
+from . import DEFAULT_URL, QuandaError, QuandaMessage, QuandaReader, open_store
 
 
 async def show(url: str, message_id: str) -> None:
@@ -37,9 +36,9 @@ async def tail(url: str, message_id: str, after: int | None) -> None:
         sys.stdout.write("\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.quanda", description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default=Settings.from_env().db_url, help="store URL (default: QUANDA_DB_URL)")
+def main(argv: list[str] | None = None, default_db: str = DEFAULT_URL, prog: str = "python -m app.quanda") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("--db", default=default_db, help=f"store URL (default: {default_db})")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("show", help="print a message's state and token count").add_argument("id")
     tail_parser = commands.add_parser("tail", help="print a message, then follow it until immutable")
