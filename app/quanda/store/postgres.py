@@ -375,6 +375,7 @@ class PostgresStore(QuandaStore):
         self._writer_conn: Any = None
         # the listener: one connection per store (per process), LISTENing on the channel
         self._listener: asyncio.Task | None = None
+        self._listener_conn: Any = None
         self._listening = False
         self._listener_gen = 0  # counts the times LISTEN came into effect
         self._listener_up = asyncio.Event()
@@ -797,6 +798,7 @@ class PostgresStore(QuandaStore):
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn: lost.set())
                 await conn.add_listener(self.channel, self._on_notify)
+                self._listener_conn = conn
                 self._set_listening(True)
                 delay = RECONNECT_S[0]
                 while not lost.is_set():
@@ -811,6 +813,7 @@ class PostgresStore(QuandaStore):
                     log.warning("PostgreSQL listener: %s: %s (polling; reconnecting in %.2fs)",
                                 type(exc).__name__, exc, delay)
             finally:
+                self._listener_conn = None
                 self._set_listening(False)
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
