@@ -355,6 +355,8 @@ def _translated(what: str) -> Iterator[None]:
 
 
 class PostgresStore(QuandaStore):
+    _loop: asyncio.AbstractEventLoop  # the event loop the store was opened on
+
     def __init__(self, url: str, **limits: int):
         super().__init__(**limits)
         if asyncpg is None:
@@ -368,7 +370,6 @@ class PostgresStore(QuandaStore):
                             f"$5::bytea[], $6::bytea[], $7, $8, $9)")
         self._sql_message = _MESSAGE_SELECT.format(s=s)
         self._pool: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         # the writer task and its connection
         self._queue: asyncio.Queue = asyncio.Queue()
         self._writer: asyncio.Task | None = None
@@ -602,7 +603,8 @@ class PostgresStore(QuandaStore):
         return [QuandaToken(kind, text.decode("utf-8"), _decode(estimate), seq) for kind, text, estimate, seq in rows]
 
     async def _select_messages(self, role: str | None, immutable: bool | None, limit: int) -> list[MessageRecord]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if role is not None:
             params.append(role.encode())
             where.append(f"m.role = ${len(params)}")
@@ -864,7 +866,7 @@ class PostgresStore(QuandaStore):
             try:
                 if self._subscriptions:
                     changed = await self._poll_last_seqs(list(self._subscriptions))
-                    woke = bool(changed) and self._remote_progress(changed)
+                    woke = self._remote_progress(changed) if changed else False
                 if self._fact_listeners:
                     facts = await self._poll_facts()
                     if facts:
