@@ -67,6 +67,7 @@ POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10.0
 HEARTBEAT_S = 5.0  # the listener pings its connection this often (a silently dead socket is noticed)
 RECONNECT_S = (0.05, 5.0)  # the listener's reconnection backoff, doubling
+LISTEN_WAIT_S = 2.0  # how long a first fact listener waits for LISTEN to be in effect before relying on polls
 MAX_BATCH = 512
 CHECKPOINT_EVERY = 64
 NOTIFY_BODY_MAX = 7900  # bytes of a fact's inline body; the payload limit is 8,000 bytes in all
@@ -705,10 +706,10 @@ class PostgresStore(QuandaStore):
 
     async def _start_facts(self) -> None:
         self._ensure_listener()
-        try:
-            await asyncio.wait_for(self._listener_up.wait(), CONNECT_TIMEOUT_S)
+        try:  # not needed for correctness (the watcher polls from the cursor until LISTEN is in effect)
+            await asyncio.wait_for(self._listener_up.wait(), LISTEN_WAIT_S)
         except asyncio.TimeoutError:
-            log.warning("PostgreSQL listener not connected: facts are polled until it is")
+            log.warning("PostgreSQL listener not connected yet: facts are polled until it is")
         async with self._conn("listen") as conn:
             self._fact_start = self._fact_floor = await conn.fetchval(
                 f"SELECT coalesce(max(id), 0) FROM {self._s}.quanda_facts")
