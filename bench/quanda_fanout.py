@@ -1,12 +1,14 @@
 """Writer → reader latency and write throughput of the Quanda core, against the seed's design, in one run.
 
-    python bench/quanda_fanout.py [--tokens 2000] [--readers 10] [--db-dir DIR]
+    python bench/quanda_fanout.py [--tokens 2000] [--readers 10] [--db-dir DIR] [--postgres URL]
 
 Ours: the SQLite store (group commit on a writer thread, readers woken directly in-process, `PRAGMA
 data_version` polling across processes). Baseline (the seed's design): readers poll every 0.2 s; each
 chunk takes a lock, then `$inc`s last_seq, reads and rewrites the content, and inserts the token, as
 separate database operations. Both run on SQLite files with the same WAL settings, on this machine.
-Set QUANDA_BENCH_MONGO_URL to add a row for a real MongoDB.
+Set QUANDA_BENCH_MONGO_URL to add a row for a real MongoDB. With `--postgres postgresql://user@host:port/db`
+(or QUANDA_BENCH_POSTGRES_URL) the same measurements run on the PostgreSQL store too, in a scratch schema
+dropped afterwards, and fill a PostgreSQL column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -197,11 +201,41 @@ def row(name: str, values: list[str]) -> str:
     return f"| {name:<28} | " + " | ".join(f"{v:>12}" for v in values) + " |"
 
 
+def scratch_schema(url: str) -> tuple[str, str]:
+    """`url` with a fresh schema for this run, and the schema's name."""
+    schema = f"quanda_bench_{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query=urlencode([*parse_qsl(parts.query), ("schema", schema)]))), schema
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    import asyncpg
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def postgres_figures(base_url: str, readers: int, tokens: int) -> dict[str, object]:
+    """The same measurements as ours_* on the PostgreSQL store, in a schema dropped afterwards."""
+    url, schema = scratch_schema(base_url)
+    try:
+        return {"lat": await ours_in_process(url, readers, tokens),
+                "x": await ours_cross_process(url, readers, tokens),
+                "w1": await ours_throughput(url, 1, 5000),
+                "w100": await ours_throughput(url, 100, 200)}
+    finally:
+        await drop_schema(base_url, schema)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--readers", type=int, default=10)
     parser.add_argument("--db-dir", default=None)
+    parser.add_argument("--postgres", default=os.environ.get("QUANDA_BENCH_POSTGRES_URL", ""),
+                        help="also measure the PostgreSQL store on this database (a scratch schema)")
     args = parser.parse_args()
     tmp = args.db_dir or tempfile.mkdtemp(prefix="quanda-bench-")
     url = f"sqlite:///{tmp}/ours.db"
@@ -215,26 +249,39 @@ async def main() -> None:
     ours_100 = await ours_throughput(url, 100, 200)
     seed_1 = await baseline_throughput(base_path, 1, 1000)
     seed_100 = await baseline_throughput(base_path, 100, 20)
+    pg = await postgres_figures(args.postgres, r, n) if args.postgres else None
+
+    def cells(values: list[str], pg_value: str) -> list[str]:
+        return values + [pg_value] if pg else values
 
     mean_ratio = statistics.mean(seed_lat) / statistics.mean(ours_lat)
     print(f"Quanda core fan-out: {r} readers, {n} tokens paced at {RATE}/s (baseline: {min(n, 500)} tokens), "
-          f"SQLite WAL, {os.cpu_count()} cores\n")
-    print(row("", ["Quanda", "seed baseline", "ratio"]))
-    print("|" + "-" * 30 + ("|" + "-" * 14) * 3 + "|")
-    print(row("in-process p50 (ms)", [f"{pct(ours_lat, 50):.3f}", f"{pct(seed_lat, 50):.1f}",
-                                     f"{pct(seed_lat, 50) / pct(ours_lat, 50):.0f}x"]))
-    print(row("in-process p99 (ms)", [f"{pct(ours_lat, 99):.3f}", f"{pct(seed_lat, 99):.1f}",
-                                     f"{pct(seed_lat, 99) / pct(ours_lat, 99):.0f}x"]))
-    print(row("in-process mean (ms)", [f"{statistics.mean(ours_lat):.3f}", f"{statistics.mean(seed_lat):.1f}",
-                                      f"{mean_ratio:.0f}x"]))
-    print(row("cross-process p50 (ms)", [f"{pct(ours_x, 50):.3f}", f"{pct(seed_lat, 50):.1f}",
-                                        f"{pct(seed_lat, 50) / pct(ours_x, 50):.0f}x"]))
-    print(row("cross-process p99 (ms)", [f"{pct(ours_x, 99):.3f}", f"{pct(seed_lat, 99):.1f}",
-                                        f"{pct(seed_lat, 99) / pct(ours_x, 99):.0f}x"]))
-    print(row("1 writer, awaited (tok/s)", [f"{ours_1:,.0f}", f"{seed_1:,.0f}", f"{ours_1 / seed_1:.0f}x"]))
-    print(row("100 writers, total (tok/s)", [f"{ours_100:,.0f}", f"{seed_100:,.0f}", f"{ours_100 / seed_100:.0f}x"]))
+          f"SQLite WAL{', and the PostgreSQL store' if pg else ''}, {os.cpu_count()} cores\n")
+    print(row("", cells(["Quanda", "seed baseline", "ratio"], "PostgreSQL")))
+    print("|" + "-" * 30 + ("|" + "-" * 14) * (4 if pg else 3) + "|")
+    print(row("in-process p50 (ms)", cells([f"{pct(ours_lat, 50):.3f}", f"{pct(seed_lat, 50):.1f}",
+                                            f"{pct(seed_lat, 50) / pct(ours_lat, 50):.0f}x"],
+                                           pg and f"{pct(pg['lat'], 50):.3f}")))
+    print(row("in-process p99 (ms)", cells([f"{pct(ours_lat, 99):.3f}", f"{pct(seed_lat, 99):.1f}",
+                                            f"{pct(seed_lat, 99) / pct(ours_lat, 99):.0f}x"],
+                                           pg and f"{pct(pg['lat'], 99):.3f}")))
+    print(row("in-process mean (ms)", cells([f"{statistics.mean(ours_lat):.3f}", f"{statistics.mean(seed_lat):.1f}",
+                                             f"{mean_ratio:.0f}x"], pg and f"{statistics.mean(pg['lat']):.3f}")))
+    print(row("cross-process p50 (ms)", cells([f"{pct(ours_x, 50):.3f}", f"{pct(seed_lat, 50):.1f}",
+                                               f"{pct(seed_lat, 50) / pct(ours_x, 50):.0f}x"],
+                                              pg and f"{pct(pg['x'], 50):.3f}")))
+    print(row("cross-process p99 (ms)", cells([f"{pct(ours_x, 99):.3f}", f"{pct(seed_lat, 99):.1f}",
+                                               f"{pct(seed_lat, 99) / pct(ours_x, 99):.0f}x"],
+                                              pg and f"{pct(pg['x'], 99):.3f}")))
+    print(row("1 writer, awaited (tok/s)", cells([f"{ours_1:,.0f}", f"{seed_1:,.0f}", f"{ours_1 / seed_1:.0f}x"],
+                                                 pg and f"{pg['w1']:,.0f}")))
+    print(row("100 writers, total (tok/s)", cells([f"{ours_100:,.0f}", f"{seed_100:,.0f}",
+                                                   f"{ours_100 / seed_100:.0f}x"], pg and f"{pg['w100']:,.0f}")))
+    if pg:
+        print("\n(ratio: SQLite store vs seed baseline; PostgreSQL: the same runs on the PostgreSQL store, "
+              "synchronous_commit as the server has it)")
     print(f"\ntokens seen: in-process {len(ours_lat)} / cross-process {len(ours_x)} / baseline {len(seed_lat)} "
-          f"(each = readers x tokens)")
+          + (f"/ PostgreSQL {len(pg['lat'])} + {len(pg['x'])} " if pg else "") + "(each = readers x tokens)")
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ async def test_mongo_driver_errors_become_store_errors_with_the_cause(tmp_path):
 
 async def test_unsupported_url_is_a_clear_error():
     with pytest.raises(QuandaError, match="unsupported store URL"):
-        await open_store("postgres://localhost/x")
+        await open_store("redis://localhost/x")
     with pytest.raises(QuandaError, match="file path"):
         await open_store("sqlite:///:memory:")
 

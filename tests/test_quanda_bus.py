@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from app.quanda import QuandaError, QuandaLimitError
-from tests.backends import make_store, store_target
+from tests.backends import make_store, store_target, store_url
 
 TIMEOUT_S = 10
 
@@ -95,7 +95,7 @@ async def test_one_failing_listener_does_not_stop_the_others(store):
     assert inbox.facts == [("t", {"n": 1})]
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 async def test_a_fact_published_by_another_process_arrives(backend, store):
     inbox = Inbox()
     await store.listen(inbox)
@@ -103,7 +103,7 @@ async def test_a_fact_published_by_another_process_arrives(backend, store):
             "async def main():\n    async with await open_store(sys.argv[1]) as s:\n"
             "        for i in range(5):\n            await s.publish('from.child', {'i': i})\n"
             "asyncio.run(main())\n")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, f"sqlite:///{store.path}")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, store_url(backend, store))
     assert await asyncio.wait_for(proc.wait(), TIMEOUT_S) == 0
     await inbox.wait_for(5)
     assert [json.dumps(f) for _t, f in inbox.facts] == [json.dumps({"i": i}) for i in range(5)]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from app.quanda import QuandaImmutableError, QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
-from tests.backends import REAL_MONGO_URL, make_store, store_target
+from tests.backends import REAL_MONGO_URL, make_store, store_url
 
 
 async def read_all(message):
@@ -55,11 +55,11 @@ async def test_8_writer_tasks_500_chunks_each_with_readers_throughout(store):
     check_log_and_readers(tokens, msg.state, logs, {f"w{n}": 500 for n in range(8)})
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "mongo"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mongo", "postgres"], indirect=True)
 async def test_4_writer_processes_500_chunks_each_with_readers_throughout(backend, store):
     if backend == "mongo" and not REAL_MONGO_URL:
         pytest.skip("needs QUANDA_TEST_MONGO_URL")
-    url = f"sqlite:///{store.path}" if backend == "sqlite" else store_target(backend, store)
+    url = store_url(backend, store)
     msg = await QuandaMessage.create(store, role="assistant")
     readers = [asyncio.create_task(read_all(msg)) for _ in range(3)]
     procs = [await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.quanda_worker", url, msg.id, f"p{n}",
@@ -107,12 +107,13 @@ async def test_make_immutable_racing_with_writer_tasks(store):
     assert sorted(s for seqs in results for s in seqs) == list(range(1, sealed.seq))
 
 
-async def test_make_immutable_racing_with_a_writer_process(tmp_path):
-    store = await make_store("sqlite", tmp_path)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+async def test_make_immutable_racing_with_a_writer_process(backend, tmp_path):
+    store = await make_store(backend, tmp_path)
     try:
         msg = await QuandaMessage.create(store, role="assistant")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.quanda_worker", f"sqlite:///{store.path}", msg.id, "p", "0",
+            sys.executable, "-m", "tests.quanda_worker", store_url(backend, store), msg.id, "p", "0",
             "--until-immutable", stdout=asyncio.subprocess.PIPE)
         assert (await proc.stdout.readline()).strip() == b"ready"
         reader = QuandaReader(msg).__aiter__()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from app.quanda import QuandaImmutableError, QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
 from app.quanda.replay import MessageState, apply
-from tests.backends import make_store
+from tests.backends import NO_POSTGRES, POSTGRES_URL, make_store
 
 texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
 estimates = st.none() | texts
@@ -65,7 +65,8 @@ async def collect(msg):
     return [token async for token in QuandaReader(msg)]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
+@pytest.mark.parametrize("backend", ["sqlite", "mongomock", pytest.param(
+    "postgres", marks=pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES))])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(ops, max_size=25), reader_at=st.integers(min_value=0, max_value=25))
 def test_stored_state_equals_replay_after_every_step(backend, steps, reader_at):

@@ -1,4 +1,5 @@
-"""Stores by URL: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `mongodb://host:port/db`."""
+"""Stores by URL: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `mongodb://host:port/db`,
+`postgresql://user@host:port/db[?schema=name]`."""
 
 from __future__ import annotations
 
@@ -27,4 +28,8 @@ async def open_store(url: str = DEFAULT_URL, *, client: Any = None, **limits: in
         database = urlsplit(url).path.lstrip("/") or "quanda"
         client = client or make_client(url, os.environ.get("QUANDA_MONGO_DRIVER", "motor"))
         return await MongoStore(client, database, **limits).open()
-    raise QuandaError(f"unsupported store URL {url!r}: use sqlite:///path/to.db or mongodb://host:port/db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+        return await PostgresStore(url, **limits).open()
+    raise QuandaError(f"unsupported store URL {url!r}: use sqlite:///path/to.db, mongodb://host:port/db or "
+                      f"postgresql://user@host:port/db")
