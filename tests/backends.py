@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from app.quanda import QuandaStore, open_store
 
@@ -14,6 +15,23 @@ REAL_MONGO_URL = os.environ.get("QUANDA_TEST_MONGO_URL", "")
 BACKENDS = ["sqlite", "mongomock", "mongo"]
 NO_REAL_MONGO = ("set QUANDA_TEST_MONGO_URL=mongodb://host:port to run the contract suite against a real "
                  "MongoDB (none can be installed on this machine)")
+
+
+def mongo_url_for(url: str, database: str) -> str:
+    """`url` naming `database` instead of its own, with its hosts, credentials and options kept. Credentials
+    authenticate against the URL's database unless `authSource` says otherwise: that is pinned first."""
+    parts = urlsplit(url)
+    query = parts.query  # kept as written: re-encoding could alter values such as readPreferenceTags
+    if "@" in parts.netloc and not any(key.lower() == "authsource" for key, _ in parse_qsl(query)):
+        query = "&".join(filter(None, [query, f"authSource={parts.path.lstrip('/') or 'admin'}"]))
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", query, ""))
+
+
+def fresh_mongo_url(url: str) -> str:
+    """A unique database per test, named after the URL's (default `quanda_test`), e.g.
+    mongodb://h:27017/db?replicaSet=rs0 -> mongodb://h:27017/db_1a2b3c4d5e6f?replicaSet=rs0."""
+    base = urlsplit(url).path.lstrip("/") or "quanda_test"
+    return mongo_url_for(url, f"{base[:40]}_{uuid.uuid4().hex[:12]}")
 
 
 class Yielding:
@@ -57,8 +75,7 @@ async def make_store(backend: str, tmp_path: Any, shared: Any = None, **limits: 
     if backend == "mongomock":
         return await open_store("mongodb://mongomock/quanda", client=shared or mongomock_client(), **limits)
     if backend == "mongo":
-        url = shared or f"{REAL_MONGO_URL.rstrip('/')}/quanda_test_{uuid.uuid4().hex[:12]}"
-        return await open_store(url, **limits)
+        return await open_store(shared or fresh_mongo_url(REAL_MONGO_URL), **limits)
     raise ValueError(backend)
 
 
@@ -68,4 +85,4 @@ def store_target(backend: str, store: QuandaStore) -> Any:
         return store.path
     if backend == "mongomock":
         return store._client
-    return f"{REAL_MONGO_URL.rstrip('/')}/{store._db.name}"
+    return mongo_url_for(REAL_MONGO_URL, store._db.name)
