@@ -25,6 +25,6 @@ async def open_store(url: str = DEFAULT_URL, *, client: Any = None, **limits: in
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from .mongo import MongoStore, make_client
         database = urlsplit(url).path.lstrip("/") or "quanda"
-        client = client or make_client(url, os.environ.get("QUANDA_MONGO_DRIVER", "motor"))
+        client = client or make_client(url, os.environ.get("QUANDA_MONGO_DRIVER") or "pymongo")
         return await MongoStore(client, database, **limits).open()
     raise QuandaError(f"unsupported store URL {url!r}: use sqlite:///path/to.db or mongodb://host:port/db")
