@@ -620,7 +620,7 @@ class MongoStore(QuandaStore):
             docs = await self._records(kind).find(query).sort("_id", 1).to_list(length=None)
         return [(doc["_id"], _load_record(doc["data"])) for doc in docs]
 
-    async def _apply_ops(self, ops: list[RecordOp], session: Any = None) -> bool:
+    async def _apply_ops(self, ops: list[RecordOp], session: Any = None, in_transaction: bool = False) -> bool:
         """The ops one by one, stopping at an insert whose key is taken (False; inside a transaction it
         raises _Rejected, which aborts it). Driver errors pass through untranslated, so that a transaction
         sees the labels (TransientTransactionError) it retries on."""
@@ -637,7 +637,7 @@ class MongoStore(QuandaStore):
             try:
                 await records.insert_one(doc, session=session)
             except DuplicateKeyError:
-                if session is not None:
+                if in_transaction:
                     raise _Rejected from None
                 return False
         return True
@@ -661,7 +661,8 @@ class MongoStore(QuandaStore):
         try:
             with _translated("commit a unit of records"):
                 async with await self._start_session() as session:
-                    return await session.with_transaction(lambda s: self._apply_ops(ops, session=s))
+                    return await session.with_transaction(
+                        lambda s: self._apply_ops(ops, session=s, in_transaction=True))
         except _Rejected:
             return False
 
