@@ -14,7 +14,7 @@ from bson import ObjectId
 from bson.errors import InvalidDocument
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pymongo.errors import DocumentTooLarge, OperationFailure
+from pymongo.errors import DocumentTooLarge, OperationFailure, WTimeoutError
 
 from app.quanda import QuandaError, QuandaLimitError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, replay
 from app.quanda.store import mongo
@@ -206,6 +206,7 @@ TOO_LARGE = "Resulting document after update is larger than 16777216"
     (InvalidDocument("cannot encode object"), QuandaError),
     (OverflowError("BSON can only handle up to 8-byte ints"), QuandaError),
     (OperationFailure("not primary", code=10107), QuandaStoreError),
+    (WTimeoutError("waiting for replication timed out", code=64), QuandaStoreError),
 ])
 async def test_server_size_codes_and_bson_errors_are_quanda_errors(tmp_path, error, expected):
     store = await make_store("mongomock", tmp_path)

@@ -86,7 +86,7 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "retryWrites": True,
     "appName": "quanda",
 }
-_OPTION_ALIASES = {"wtimeoutms": ("wtimeout",), "w": (), "appname": ()}
+_OPTION_ALIASES = {"wtimeoutms": {"wtimeout"}}
 
 # -- BSON size accounting -------------------------------------------------------------------------------
 # A string element costs 1 (type) + len(key) + 1 (NUL) + 4 (length) + UTF-8 bytes + 1 (NUL); null costs
@@ -179,7 +179,7 @@ def _needed(x: Any, kind: str, entry_bson: int, text_bytes: int, estimate_bson: 
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Driver and BSON errors inside the block become QuandaErrors, raised from the original."""
-    from pymongo.errors import DocumentTooLarge, OperationFailure, PyMongoError
+    from pymongo.errors import DocumentTooLarge, OperationFailure, PyMongoError, WriteConcernError
     try:
         yield
     except DocumentTooLarge as exc:  # the driver refused to send it (a BSONError, not a PyMongoError)
@@ -187,6 +187,9 @@ def _translated(what: str) -> Iterator[None]:
             from exc
     except (BSONError, OverflowError) as exc:  # a value BSON cannot encode
         raise QuandaError(f"{what}: a value cannot be stored in MongoDB ({exc}); nothing was written") from exc
+    except WriteConcernError as exc:  # e.g. wTimeoutMS: applied on the primary, not confirmed by a majority
+        raise QuandaStoreError(f"{what}: MongoDB did not confirm the write on a majority of the replica set in "
+                               f"time ({exc}); it may still be applied, or rolled back after a failover") from exc
     except OperationFailure as exc:
         if exc.code in TOO_LARGE_CODES:
             raise QuandaLimitError(f"{what}: the resulting document would be over MongoDB's 16 MiB limit "
@@ -464,7 +467,7 @@ class MongoStore(QuandaStore):
         return _record(doc, await self._content(doc))
 
     async def _select_tokens(self, message_id: str, gt: int, limit: int) -> list[QuandaToken]:
-        # a document holds fewer than 2**20 entries: past that nothing can exist (and $slice takes an int32)
+        # a 16 MiB document holds fewer than 2**20 entries: larger numbers change nothing, keep them small
         skip, count = min(gt, 1 << 30), min(limit, 1 << 30)
         with _translated(f"read message {message_id}"):
             doc = await self._messages.find_one({"_id": ObjectId(message_id)}, _tokens_projection(skip, count))
@@ -534,7 +537,9 @@ class MongoStore(QuandaStore):
             raise
         self._delivered = False
         try:
-            return "idle" if await self._follow_changes(stream) else "followed"
+            if await self._follow_changes(stream):
+                return "idle"
+            return "followed" if self._delivered else "broken"  # it ended (invalidated, closed)
         except Exception as exc:  # noqa: BLE001 - a broken stream must not leave readers without a watcher
             if isinstance(exc, (QuandaError, *_driver_errors())):
                 log.warning("change stream failed (%s); reopening", exc)
@@ -781,7 +786,7 @@ def client_options(url: str) -> dict[str, Any]:
     """Our defaults for the options the URL does not set (the URL wins), plus `tz_aware=False`."""
     given = {key.lower() for key, _value in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
     options = {key: value for key, value in DEFAULT_CLIENT_OPTIONS.items()
-               if key.lower() not in given and not given & set(_OPTION_ALIASES.get(key.lower(), ()))}
+               if not given & ({key.lower()} | _OPTION_ALIASES.get(key.lower(), set()))}
     return options | {"tz_aware": False}
 
 
