@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, fields
 @dataclass(frozen=True)
 class Settings:
     db_url: str = field(default="sqlite:///data/quanda.db", metadata={"env": "QUANDA_DB_URL",
-                        "doc": "Store: sqlite:///path (embedded default) or mongodb://host:port/db"})
-    mongo_driver: str = field(default="motor", metadata={"env": "QUANDA_MONGO_DRIVER",
+                        "doc": "Store: sqlite:///path (embedded default), postgresql://user@host:port/db or "
+                                "mongodb://host:port/db"})
+    mongo_driver: str = field(default="pymongo", metadata={"env": "QUANDA_MONGO_DRIVER",
                               "doc": "MongoDB client: motor or pymongo (PyMongo's AsyncMongoClient)"})
     host: str = field(default="127.0.0.1", metadata={"env": "QUANDA_HOST",
                       "doc": "Address to bind; anything but loopback requires QUANDA_SECRET"})

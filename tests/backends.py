@@ -28,6 +28,23 @@ _pg_schemas: list[str] = []  # made by this test process and not dropped yet
 _pg_problem: list[str | None] = []
 
 
+def mongo_url_for(url: str, database: str) -> str:
+    """`url` naming `database` instead of its own, with its hosts, credentials and options kept. Credentials
+    authenticate against the URL's database unless `authSource` says otherwise: that is pinned first."""
+    parts = urlsplit(url)
+    query = parts.query  # kept as written: re-encoding could alter values such as readPreferenceTags
+    if "@" in parts.netloc and not any(key.lower() == "authsource" for key, _ in parse_qsl(query)):
+        query = "&".join(filter(None, [query, f"authSource={parts.path.lstrip('/') or 'admin'}"]))
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", query, ""))
+
+
+def fresh_mongo_url(url: str) -> str:
+    """A unique database per test, named after the URL's (default `quanda_test`), e.g.
+    mongodb://h:27017/db?replicaSet=rs0 -> mongodb://h:27017/db_1a2b3c4d5e6f?replicaSet=rs0."""
+    base = urlsplit(url).path.lstrip("/") or "quanda_test"
+    return mongo_url_for(url, f"{base[:40]}_{uuid.uuid4().hex[:12]}")
+
+
 class Yielding:
     """Proxy that awaits `asyncio.sleep(0)` before each awaitable call, and wraps what it returns."""
 
@@ -69,8 +86,7 @@ async def make_store(backend: str, tmp_path: Any, shared: Any = None, **limits: 
     if backend == "mongomock":
         return await open_store("mongodb://mongomock/quanda", client=shared or mongomock_client(), **limits)
     if backend == "mongo":
-        url = shared or f"{REAL_MONGO_URL.rstrip('/')}/quanda_test_{uuid.uuid4().hex[:12]}"
-        return await open_store(url, **limits)
+        return await open_store(shared or fresh_mongo_url(REAL_MONGO_URL), **limits)
     if backend == "postgres":
         return await open_store(shared or postgres_test_url(), **limits)
     raise ValueError(backend)
@@ -84,7 +100,7 @@ def store_target(backend: str, store: QuandaStore) -> Any:
         return store._client
     if backend == "postgres":
         return store.url
-    return f"{REAL_MONGO_URL.rstrip('/')}/{store._db.name}"
+    return mongo_url_for(REAL_MONGO_URL, store._db.name)
 
 
 def store_url(backend: str, store: QuandaStore) -> str:

@@ -214,14 +214,13 @@ async def test_unsupported_url_is_a_clear_error():
 
 
 @pytest.mark.parametrize("driver", ["motor", "pymongo"])
-async def test_a_dead_mongodb_is_a_clear_store_error_on_both_drivers(monkeypatch, driver):
+async def test_a_dead_mongodb_is_a_clear_store_error_on_both_drivers(driver):
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
-    monkeypatch.setenv("QUANDA_MONGO_DRIVER", driver)
     with pytest.raises(QuandaStoreError, match="cannot reach MongoDB") as info:
-        await open_store(f"mongodb://127.0.0.1:{port}/quanda?serverSelectionTimeoutMS=300")
+        await open_store(f"mongodb://127.0.0.1:{port}/quanda?serverSelectionTimeoutMS=300", mongo_driver=driver)
     assert type(info.value.__cause__).__module__.startswith("pymongo")
     del info
     with warnings.catch_warnings():  # PyMongo 4.20's async client leaves its refused socket to the collector

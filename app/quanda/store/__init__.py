@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,8 +14,10 @@ DEFAULT_URL = "sqlite:///data/quanda.db"
 __all__ = ["DEFAULT_URL", "MessageRecord", "QuandaStore", "open_store"]
 
 
-async def open_store(url: str = DEFAULT_URL, *, client: Any = None, **limits: int) -> QuandaStore:
-    """Open the backend the URL names. `client` lets a caller hand in a ready MongoDB client."""
+async def open_store(url: str = DEFAULT_URL, *, client: Any = None, mongo_driver: str = "pymongo",
+                     **limits: int) -> QuandaStore:
+    """Open the backend the URL names. For MongoDB, `mongo_driver` picks the client ("pymongo": PyMongo's
+    AsyncMongoClient, or "motor"), or `client` hands in a ready one."""
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
         path = url[len("sqlite:///"):]
@@ -26,7 +27,7 @@ async def open_store(url: str = DEFAULT_URL, *, client: Any = None, **limits: in
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from .mongo import MongoStore, make_client
         database = urlsplit(url).path.lstrip("/") or "quanda"
-        client = client or make_client(url, os.environ.get("QUANDA_MONGO_DRIVER", "motor"))
+        client = client or make_client(url, mongo_driver)
         return await MongoStore(client, database, **limits).open()
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
