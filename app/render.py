@@ -660,6 +660,24 @@ _NO_LEADING_NEWLINE = frozenset({"pre", "textarea", "listing"})
 _HTML_SPACE = " \t\n\r\f"
 
 
+_CLOSE_TAG_RE = re.compile(r"</[a-zA-Z][a-zA-Z0-9]*>")
+
+
+def _trailer_start(html_: str) -> int:
+    """Where the closing tags and whitespace that end `html_` start (read backwards: O(their length))."""
+    end = len(html_)
+    while True:
+        stripped = end
+        while stripped and html_[stripped - 1] in _HTML_SPACE:
+            stripped -= 1
+        if stripped and html_[stripped - 1] == ">":
+            lt = html_.rfind("<", 0, stripped)
+            if lt >= 0 and _CLOSE_TAG_RE.fullmatch(html_, lt, stripped):
+                end = lt
+                continue
+        return stripped
+
+
 class Append(NamedTuple):
     """Children to append to an element of the old HTML: the element at `depth` on its last-child path
     (0: the element holding the HTML, 1: its last top-level element, ...), whose tag is `tag` ("" for 0)."""
@@ -694,15 +712,10 @@ def append_plan(old: str, new: str) -> list[Append] | None:
     """
     if old == new:
         return []
-    toks = list(_tokens(old))
-    i = len(toks)
-    while i and (toks[i - 1][0] == "close"
-                 or (toks[i - 1][0] == "text" and not old[toks[i - 1][2]:toks[i - 1][3]].strip(_HTML_SPACE))):
-        i -= 1
-    a = toks[i][2] if i < len(toks) else len(old)
+    a = _trailer_start(old)
     if new[:a] != old[:a]:
         return None
-    trailer = toks[i:]
+    trailer = list(_tokens(old, a))
     depth = sum(1 for t in trailer if t[0] == "close")
     plan: list[Append] = []
     ti, nest, x = 0, 0, a
