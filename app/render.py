@@ -5,7 +5,10 @@ Safety (`render_markdown`): raw HTML is escaped, never passed through; links kee
 spelled — case, entities, percent-encoding, control characters — is dropped and only the link
 text stays); every link gets ``rel="noopener noreferrer"``; images load only from this origin
 (a remote image becomes a plain link, so an answer cannot make the browser call a tracker);
-attribute values go through mistune's attribute escaping.
+attribute values go through mistune's attribute escaping. A code block is highlighted on the
+server by Pygments (token classes on spans, no inline style, text escaped; plain past
+`HIGHLIGHT_CAP` or for an unknown language) inside ``div.md-code`` with a language label and a
+copy button (``button.md-copy``, no handler: ``static/code.js`` listens for clicks).
 
 Streaming (`MarkdownStream`): a message's text only grows while it streams. It is cut into
 *blocks* at offsets that later text can never move: the start of a line that begins in column 0
@@ -24,7 +27,8 @@ The open (last) block is shown in the tail as *pieces* of at most about `PIECE_C
 open structures closed (`closing_suffix`: an open fence, code span, ``**`` or ``~~``), a piece
 that continues a code block or a table reopened with its fence line or header. Pieces are
 transient: when the block finishes, its whole render goes to the body and the tail starts again.
-Only the last piece changes as text arrives, so the work per token is bounded by `PIECE_CAP`
+Code in a piece is plain (no highlighting, label or button) so that it grows by appends; it is
+highlighted once, when its block finishes. Only the last piece changes as text arrives, so the work per token is bounded by `PIECE_CAP`
 whatever the length of the answer or of the block: text is scanned once, line by line, a
 finished block is rendered once and the last piece once per frame (`update`), never per token.
 `append_plan` tells how the last piece's new HTML extends the old by appends, so a view sends
@@ -33,6 +37,7 @@ only what it grew by.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from typing import NamedTuple
@@ -41,9 +46,17 @@ from urllib.parse import unquote
 import mistune
 from mistune.core import BlockState
 from mistune.renderers.html import HTMLRenderer
+from mistune.util import escape as escape_text
+from mistune.util import safe_entity
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexer import Lexer
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
 
 __all__ = [
     "BLOCK_CAP",
+    "HIGHLIGHT_CAP",
     "PIECE_CAP",
     "MarkdownStream",
     "append_plan",
@@ -89,11 +102,52 @@ def _url_kind(url: str) -> str | None:
     return kinds.pop()
 
 
-class _SafeRenderer(HTMLRenderer):
-    """mistune's HTML renderer with raw HTML escaped and a strict URL policy."""
+#: Longest code block highlighted (characters); a longer one is shown plain (Pygments is ~2 µs a character).
+HIGHLIGHT_CAP = 32768
+_CODE_FORMATTER = HtmlFormatter(nowrap=True)  # CSS classes only: no inline style, no script
+_COPY_BUTTON = '<button type="button" class="md-copy" title="Copy the code">Copy</button>'
 
-    def __init__(self) -> None:
+
+@functools.lru_cache(maxsize=64)
+def _lexer(language: str) -> Lexer | None:
+    try:  # keep the text exactly as written: no newline stripped or added
+        return get_lexer_by_name(language, stripnl=False, ensurenl=False)
+    except (ClassNotFound, ValueError):
+        return None
+
+
+def _highlight(code: str, language: str) -> str | None:
+    """Pygments' HTML for `code` (its token classes on spans, the text escaped), or None."""
+    lexer = _lexer(language.lower()) if language and len(code) <= HIGHLIGHT_CAP else None
+    if lexer is None:
+        return None
+    try:
+        return highlight(code, lexer, _CODE_FORMATTER)
+    except Exception:  # a lexer failing on odd input: show the code plain
+        return None
+
+
+class _SafeRenderer(HTMLRenderer):
+    """mistune's HTML renderer with raw HTML escaped and a strict URL policy; with `decorate`, a code
+    block is highlighted on the server (Pygments, CSS classes) and gets a language label and a copy
+    button (`static/code.js` listens for its clicks)."""
+
+    def __init__(self, decorate: bool = True) -> None:
         super().__init__(escape=True)
+        self.decorate = decorate
+
+    def block_code(self, code: str, info: str | None = None) -> str:
+        if not self.decorate:
+            return super().block_code(code, info)
+        language = ""
+        if info is not None:
+            info = safe_entity(info.strip())
+            language = info.split(None, 1)[0] if info else ""
+        attrs = {"class": "language-" + language} if language else {}
+        body = _highlight(code, html.unescape(language)) or escape_text(code)
+        return ('<div class="md-code"><div class="md-code-head"><span class="md-code-lang">' + (language or "text")
+                + "</span>" + _COPY_BUTTON + "</div><pre><code" + self.render_attrs(attrs) + ">" + body
+                + "</code></pre></div>\n")
 
     def link(self, text: str, url: str, title: str | None = None) -> str:
         kind = _url_kind(url)
@@ -116,6 +170,9 @@ class _SafeRenderer(HTMLRenderer):
 
 
 _MARKDOWN = mistune.create_markdown(escape=True, renderer=_SafeRenderer(), plugins=["table", "strikethrough"])
+# the open block's pieces: code shown plain while it streams, so it grows by appends
+_MARKDOWN_PLAIN = mistune.create_markdown(escape=True, renderer=_SafeRenderer(decorate=False),
+                                          plugins=["table", "strikethrough"])
 
 
 def render_markdown(text: str) -> str:
@@ -123,6 +180,11 @@ def render_markdown(text: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
     return _MARKDOWN(text)  # type: ignore[return-value]
+
+
+def _render_plain(text: str) -> str:
+    """`render_markdown` with code blocks plain (no highlighting, label or button): a piece still streaming."""
+    return _MARKDOWN_PLAIN(text)  # type: ignore[return-value]
 
 
 def _render_inline(text: str) -> str:
@@ -406,7 +468,7 @@ class _Piece:
         if self.kind == _INLINE:
             out = '<p class="md-inline">' + _render_inline(text + closing) + "</p>\n"
         else:
-            out = render_markdown(self.prefix + text + closing)
+            out = _render_plain(self.prefix + text + closing)
             if self.kind == _FENCE_CONT and out.startswith("<pre>"):
                 out = '<pre class="md-cont">' + out[5:]
             elif self.kind == _TABLE_CONT:

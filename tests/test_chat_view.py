@@ -182,6 +182,15 @@ def test_a_long_code_block_streamed_in_small_chunks_renders_as_code():
     text = f"Intro paragraph.\n\n```python\n{code}```\n\nAfter the code.\n"
     page, content = stream([text[i:i + 5] for i in range(0, len(text), 5)])
     assert page.shows()[0].count("<pre>") == 1 and page.shows()[0].count("<p>") == 2
+    assert page.shows()[0].count('class="md-copy"') == 1 and "<span class=\"s1\">'&lt;0&gt;'</span>" in page.shows()[0]
+
+
+def test_a_streaming_code_block_is_plain_until_it_is_finished():
+    view, page = ChatView(MID), Page()
+    feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "```py\nx = 1\n", None, 1)])
+    assert page.shows()[1] == '<div class="md-piece"><pre><code class="language-py">x = 1\n</code></pre>\n</div>'
+    feed_all(view, page, [QuandaToken("chunk", "```\n\nDone.", None, 2)])
+    assert page.shows()[0] == render_blocks("```py\nx = 1\n```\n\n") and 'class="md-code"' in page.shows()[0]
 
 
 def test_a_long_paragraph_and_code_grow_by_appends():
@@ -352,11 +361,16 @@ def test_bytes_stay_linear_at_every_rate():
 def count_work(tokens: list[str], every: int) -> float:
     """Characters handed to the markdown renderer and to the append planner, per token (deterministic)."""
     work = [0]
-    real_md, real_inline, real_plan = render.render_markdown, render._render_inline, render.append_plan
+    real_md, real_plain, real_inline = render.render_markdown, render._render_plain, render._render_inline
+    real_plan = render.append_plan
 
     def md(text):
         work[0] += len(text)
         return real_md(text)
+
+    def plain(text):
+        work[0] += len(text)
+        return real_plain(text)
 
     def inline(text):
         work[0] += len(text)
@@ -368,8 +382,8 @@ def count_work(tokens: list[str], every: int) -> float:
 
     import app.components.chat as chat
 
-    with mock.patch.object(render, "render_markdown", md), mock.patch.object(render, "_render_inline", inline), \
-            mock.patch.object(chat, "append_plan", plan):
+    with mock.patch.object(render, "render_markdown", md), mock.patch.object(render, "_render_plain", plain), \
+            mock.patch.object(render, "_render_inline", inline), mock.patch.object(chat, "append_plan", plan):
         view = ChatView(MID)
         view.feed(QuandaToken("override", "", None, 0))
         for i, text in enumerate(tokens, 1):

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import app.render as render
+
 from app.render import (
     Append,
     MarkdownStream,
@@ -29,6 +31,9 @@ ALLOWED_ATTRS: dict[str, set[str]] = {
     "code": {"class"},
     "pre": {"class"},
     "p": {"class"},  # p.md-inline: the rest of a long line, in a transient piece
+    "div": {"class"},  # div.md-code, div.md-code-head
+    "span": {"class"},  # Pygments token classes, span.md-code-lang
+    "button": {"type", "class", "title"},  # the copy button: no handler, code.js listens
     "ol": {"start"},
     "th": {"style"},
     "td": {"style"},
@@ -185,7 +190,26 @@ def test_markdown_features() -> None:
     out = render_markdown("# T\n\n~~gone~~ **b** *i* `c`\n\n| a | b |\n|:--|--:|\n| 1 | 2 |\n\n```py\nx < 1\n```\n")
     assert_safe(out)
     assert "<h1>T</h1>" in out and "<del>gone</del>" in out and "<table>" in out
-    assert '<pre><code class="language-py">x &lt; 1\n</code></pre>' in out
+    assert '<pre><code class="language-py"><span class="n">x</span> <span class="o">&lt;</span> <span class="mi">1</span>\n' \
+        '</code></pre></div>' in out
+
+
+def code_text(out: str) -> str:
+    """The text of the code elements of some HTML, as a browser's textContent would give it."""
+    return "".join(html.unescape(re.sub(r"<[^>]+>", "", m)) for m in re.findall(r"<code[^>]*>(.*?)</code>", out, re.S))
+
+
+@pytest.mark.parametrize("language", ["python", "py", "js", "html", "bash", "json", "sql", "", "nosuchlang", "PYTHON"])
+def test_code_blocks_are_highlighted_labelled_and_copyable(language: str) -> None:
+    code = "def f(x):\n    return '<script>alert(1)</script>' + \"&amp;\"  # <b>\n\tpass\n"
+    out = render_markdown(f"```{language}\n{code}```\n")
+    assert_safe(out)
+    assert code_text(out) == code  # highlighting keeps the text exactly: what the copy button copies
+    assert out.count('<button type="button" class="md-copy"') == 1
+    assert f'<span class="md-code-lang">{language or "text"}</span>' in out
+    assert "style=" not in out and "<script" not in out
+    if language in ("python", "py", "PYTHON"):
+        assert '<span class="k">def</span>' in out
 
 
 def test_render_markdown_rejects_non_str() -> None:
@@ -258,7 +282,7 @@ def test_closing_suffix(text: str, suffix: str) -> None:
 
 def test_closing_suffix_renders_partial_code_as_code() -> None:
     partial = "Here:\n\n```python\ndef f():\n    return '<b>'"
-    out = render_markdown(partial + closing_suffix(partial))
+    out = render.__dict__["_render_plain"](partial + closing_suffix(partial))  # how a streaming piece shows it
     assert out.endswith("<pre><code class=\"language-python\">def f():\n    return '&lt;b&gt;'\n</code></pre>\n")
 
 
@@ -278,7 +302,7 @@ def test_stream_example() -> None:
     assert s.tail_html() == '<div class="md-piece"><pre><code class="language-py">x = 1\n\ny = 2</code></pre>\n</div>'
     s.append(text[45:])
     s.finish()
-    assert s.take_finished() == '<pre><code class="language-py">x = 1\n\ny = 2\n</code></pre>\n<p>after</p>\n'
+    assert s.take_finished() == render_markdown("```py\nx = 1\n\ny = 2\n```\n") + "<p>after</p>\n"
     assert render_blocks(text) == render_markdown(text) and s.pieces == []
 
 
@@ -437,3 +461,14 @@ def test_block_wise_equals_whole_for_simple_documents(blocks: list[str], tight_l
     would be one loose list in a whole render: a caveat of rendering block by block)."""
     text = "\n\n".join([*blocks, tight_list]) + "\n"
     assert render_blocks(text) == render_markdown(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["python", "js", "html", "c", "rust", "text", "bash", ""]),
+       st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=30).map("".join))
+def test_highlighting_keeps_code_text_and_safety(language: str, code: str) -> None:
+    code = code.replace("```", "").replace("~~~", "") + "\n"
+    out = render_markdown(f"````{language}\n{code}````\n")
+    assert_safe(out)
+    expected = code_text(render_markdown(f"````\n{code}````\n"))  # what mistune makes of the text (NUL, CR, ...)
+    assert code_text(out) == expected
