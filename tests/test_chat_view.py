@@ -8,7 +8,7 @@ import re
 from contextlib import contextmanager
 from unittest import mock
 
-from fasthtml.common import Div, Span, to_xml
+from fasthtml.common import Div, to_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
