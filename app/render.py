@@ -5,56 +5,71 @@ Safety (`render_markdown`): raw HTML is escaped, never passed through; links kee
 spelled — case, entities, percent-encoding, control characters — is dropped and only the link
 text stays); every link gets ``rel="noopener noreferrer"``; images load only from this origin
 (a remote image becomes a plain link, so an answer cannot make the browser call a tracker);
-attribute values go through mistune's attribute escaping.
+attribute values go through mistune's attribute escaping. A code block is highlighted on the
+server by Pygments (token classes on spans, no inline style, text escaped; plain past
+`HIGHLIGHT_CAP` or for an unknown language) inside ``div.md-code`` with a language label and a
+copy button (``button.md-copy``, no handler: ``static/code.js`` listens for clicks).
 
-Streaming (`render_update`): a message's text only grows while it streams. It is cut into
-*segments* at offsets that later text can never move (see `split_stable`). A finished segment
-is rendered once and appended to the message's "finished blocks" container; the open last
-segment (the "tail", plus the estimate and `closing_suffix`) is re-rendered and replaces the
-tail element on each update. The caller keeps one int per message and connection: the
-`stable_offset` of the last update.
+Streaming (`MarkdownStream`): a message's text only grows while it streams. It is cut into
+*blocks* at offsets that later text can never move: the start of a line that begins in column 0
+outside a fenced code block and follows a blank line or a closed fence, or is an ATX heading
+(and, once a block is longer than `BLOCK_CAP`, before a column-0 line that is not a setext
+underline, a list item or a table row). A finished block is rendered once, whole, and appended
+to the message's body; `render_blocks` is the concatenation of those renders, so a streamed
+message ends exactly as a reloaded one. Caveats of rendering block by block: list items
+separated by blank lines become one list each (an ordered one keeps its numbering through
+``start``); a reference-style link whose definition is in a later block stays literal; a run of
+column-0 lines longer than `BLOCK_CAP` without a blank line is cut into several lists, quotes or
+paragraphs. A code block or a paragraph is never cut, however long.
 
-Caveats of the block-wise rendering (each segment is rendered on its own):
-- list items separated by blank lines become one list each (an ordered one keeps its numbering
-  through ``start``);
-- a run of column-0 lines longer than ~`SEGMENT_CAP` characters without a blank line (a long
-  tight list, block quote, or paragraph wrapped over many lines) is cut into several lists,
-  quotes or paragraphs;
-- a fenced code block longer than ~`SEGMENT_CAP` characters is split into several ``<pre>``,
-  the continuations marked ``<pre class="md-cont">`` (style them to join visually);
-- a reference-style link whose definition comes in a later segment stays literal text;
-- a paragraph on one line and a table are never cut: while one grows, it is re-sent whole.
-
-Bytes: each update sends the new finished segments plus the whole tail, so a streamed answer
-costs about its final HTML plus (number of updates x average tail). With updates coalesced to
-~250 characters each (2,000 tokens/s, one frame per ~33 ms) that stays under 3x the final HTML
-for typical answers; one update per 4-character token costs tens of times the final HTML
-(linear in the answer's length, but multiplied by the block size).
+The open (last) block is shown in the tail as *pieces* of at most about `PIECE_CAP` characters
+(cut at line starts, and inside a long line after a space), each rendered on its own with the
+open structures closed (`closing_suffix`: an open fence, code span, ``**`` or ``~~``), a piece
+that continues a code block or a table reopened with its fence line or header. Pieces are
+transient: when the block finishes, its whole render goes to the body and the tail starts again.
+Code in a piece is plain (no highlighting, label or button) so that it grows by appends; it is
+highlighted once, when its block finishes. Only the last piece changes as text arrives, so the work per token is bounded by `PIECE_CAP`
+whatever the length of the answer or of the block: text is scanned once, line by line, a
+finished block is rendered once and the last piece once per frame (`update`), never per token.
+`append_plan` tells how the last piece's new HTML extends the old by appends, so a view sends
+only what it grew by.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from typing import NamedTuple
 from urllib.parse import unquote
 
 import mistune
+from mistune.core import BlockState
 from mistune.renderers.html import HTMLRenderer
+from mistune.util import escape as escape_text
+from mistune.util import safe_entity
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexer import Lexer
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
 
 __all__ = [
-    "SEGMENT_CAP",
-    "IncrementalRender",
-    "RenderUpdate",
+    "BLOCK_CAP",
+    "HIGHLIGHT_CAP",
+    "PIECE_CAP",
+    "MarkdownStream",
+    "append_plan",
     "closing_suffix",
     "render_blocks",
     "render_markdown",
-    "render_update",
-    "split_stable",
+    "split_blocks",
 ]
 
-#: Soft size (characters) of a segment, beyond which runs of lines and code blocks are cut.
-SEGMENT_CAP = 512
+#: Size (characters) beyond which a run of column-0 lines is cut into several blocks.
+BLOCK_CAP = 16384
+#: Soft size (characters) of a piece of the open block shown while it streams.
+PIECE_CAP = 400
 
 # --------------------------------------------------------------------------- safe rendering
 
@@ -87,11 +102,52 @@ def _url_kind(url: str) -> str | None:
     return kinds.pop()
 
 
-class _SafeRenderer(HTMLRenderer):
-    """mistune's HTML renderer with raw HTML escaped and a strict URL policy."""
+#: Longest code block highlighted (characters); a longer one is shown plain (Pygments is ~2 µs a character).
+HIGHLIGHT_CAP = 32768
+_CODE_FORMATTER = HtmlFormatter(nowrap=True)  # CSS classes only: no inline style, no script
+_COPY_BUTTON = '<button type="button" class="md-copy" title="Copy the code">Copy</button>'
 
-    def __init__(self) -> None:
+
+@functools.lru_cache(maxsize=64)
+def _lexer(language: str) -> Lexer | None:
+    try:  # keep the text exactly as written: no newline stripped or added
+        return get_lexer_by_name(language, stripnl=False, ensurenl=False)
+    except (ClassNotFound, ValueError):
+        return None
+
+
+def _highlight(code: str, language: str) -> str | None:
+    """Pygments' HTML for `code` (its token classes on spans, the text escaped), or None."""
+    lexer = _lexer(language.lower()) if language and len(code) <= HIGHLIGHT_CAP else None
+    if lexer is None:
+        return None
+    try:
+        return highlight(code, lexer, _CODE_FORMATTER)
+    except Exception:  # a lexer failing on odd input: show the code plain
+        return None
+
+
+class _SafeRenderer(HTMLRenderer):
+    """mistune's HTML renderer with raw HTML escaped and a strict URL policy; with `decorate`, a code
+    block is highlighted on the server (Pygments, CSS classes) and gets a language label and a copy
+    button (`static/code.js` listens for its clicks)."""
+
+    def __init__(self, decorate: bool = True) -> None:
         super().__init__(escape=True)
+        self.decorate = decorate
+
+    def block_code(self, code: str, info: str | None = None) -> str:
+        if not self.decorate:
+            return super().block_code(code, info)
+        language = ""
+        if info is not None:
+            info = safe_entity(info.strip())
+            language = info.split(None, 1)[0] if info else ""
+        attrs = {"class": "language-" + language} if language else {}
+        body = _highlight(code, html.unescape(language)) or escape_text(code)
+        return ('<div class="md-code"><div class="md-code-head"><span class="md-code-lang">' + (language or "text")
+                + "</span>" + _COPY_BUTTON + "</div><pre><code" + self.render_attrs(attrs) + ">" + body
+                + "</code></pre></div>\n")
 
     def link(self, text: str, url: str, title: str | None = None) -> str:
         kind = _url_kind(url)
@@ -114,6 +170,9 @@ class _SafeRenderer(HTMLRenderer):
 
 
 _MARKDOWN = mistune.create_markdown(escape=True, renderer=_SafeRenderer(), plugins=["table", "strikethrough"])
+# the open block's pieces: code shown plain while it streams, so it grows by appends
+_MARKDOWN_PLAIN = mistune.create_markdown(escape=True, renderer=_SafeRenderer(decorate=False),
+                                          plugins=["table", "strikethrough"])
 
 
 def render_markdown(text: str) -> str:
@@ -123,9 +182,21 @@ def render_markdown(text: str) -> str:
     return _MARKDOWN(text)  # type: ignore[return-value]
 
 
-# --------------------------------------------------------------------------- block scanner
+def _render_plain(text: str) -> str:
+    """`render_markdown` with code blocks plain (no highlighting, label or button): a piece still streaming."""
+    return _MARKDOWN_PLAIN(text)  # type: ignore[return-value]
+
+
+def _render_inline(text: str) -> str:
+    """Inline Markdown only, no block structure: the rest of a line that a piece cut in the middle."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _MARKDOWN.renderer.render_tokens(_MARKDOWN.inline(text, {}), BlockState())  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- line scanner helpers
 
 _FENCE_RE = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)")
+_FENCE_LINE_RE = re.compile(r" {0,3}(?:```|~~~)")
 _PARTIAL_CLOSER_RE = re.compile(r" {0,3}(`+|~+)")
 _HEADING_RE = re.compile(r"#{1,6}(?=[ \t]|$)")
 _SETEXT_UNDERLINE_RE = re.compile(r"(?:=+|-+)[ \t]*")
@@ -136,7 +207,7 @@ class _Fence(NamedTuple):
     indent: str
     char: str
     length: int
-    line: str  # the opening line, re-used to open the continuation of a split code block
+    line: str  # the opening line, re-used to reopen the code block in a piece that continues it
 
 
 def _opens(line: str) -> _Fence | None:
@@ -152,95 +223,25 @@ def _closes(fence: _Fence, line: str) -> bool:
         and not m.group(3).strip(" \t\r")
 
 
-def _fence_at(text: str, pos: int) -> tuple[_Fence | None, int]:
-    """The code fence open at line start `pos`, and the end of the last fence line before it.
-
-    Only lines holding ``` or ~~~ are looked at (found with `str.find`), so this is cheap.
-    """
-    starts = set()
-    for marker in ("```", "~~~"):
-        i = text.find(marker, 0, pos)
-        while i >= 0:
-            line_start = text.rfind("\n", 0, i) + 1
-            if i - line_start <= 3 and text[line_start:i] == " " * (i - line_start):
-                starts.add(line_start)
-            nl = text.find("\n", i, pos)
-            i = text.find(marker, nl, pos) if nl >= 0 else -1
-    fence, after = None, 0
-    for line_start in sorted(starts):
-        end = text.find("\n", line_start)
-        end = len(text) if end < 0 else end
-        line = text[line_start:end]
-        if fence is None:
-            fence = _opens(line)
-        elif _closes(fence, line):
-            fence = None
-        after = end + 1
-    return fence, after
-
-
-def _is_heading(line: str, complete: bool) -> bool:
-    m = _HEADING_RE.match(line)
-    return m is not None and (complete or len(line) > m.end())  # "##" may still become "##x"
-
-
-def _cuts(text: str, start: int, fence: _Fence | None) -> list[tuple[int, _Fence | None]]:
-    """Segment starts after `start` (itself a segment start, with code fence `fence` open there).
-
-    Cuts are made at the start of a line that begins in column 0 outside a code fence when it
-    follows a blank line or a closed fence, or is an ATX heading. Once a segment is longer than
-    SEGMENT_CAP, a cut is also made before any complete column-0 line (except a setext underline
-    or a row of a table) and before any complete line inside a code fence (that cut carries the
-    fence, which the next segment reopens). Each cut is decided from the text before it and the
-    characters of its own line already present, so appended text never removes or moves a cut:
-    the cuts of a prefix are cuts of every extension of it.
-    """
-    cuts: list[tuple[int, _Fence | None]] = []
-    seg, pos, after_block, in_table = start, start, False, False
-    while pos < len(text):
-        nl = text.find("\n", pos)
-        complete = nl >= 0
-        line = text[pos:nl] if complete else text[pos:]
-        long = pos - seg >= SEGMENT_CAP
-        if fence is not None:
-            if complete and _closes(fence, line):
-                fence, after_block = None, True
-            elif complete and long:
-                cuts.append((pos, fence))
-                seg = pos
-        elif not line.strip():
-            after_block = after_block or complete
-        else:
-            if line[0] not in " \t" and pos > seg and (
-                after_block
-                or _is_heading(line, complete)
-                or (long and complete and not in_table and not _SETEXT_UNDERLINE_RE.fullmatch(line))
-            ):
-                cuts.append((pos, None))
-                seg, in_table = pos, False
-            in_table = in_table or ("|" in line and _TABLE_DELIMITER_RE.fullmatch(line) is not None)
-            after_block = False
-            fence = _opens(line) if complete else None
-        if not complete:
-            break
-        pos = nl + 1
-    return cuts
-
-
-def split_stable(text: str) -> int:
-    """Offset where the finished blocks of `text` end (0 if none).
-
-    It is the start of the last line that begins in column 0, outside a fenced code block (``` or
-    ~~~, length >= 3, closed only by the same character at least as long), and follows a blank
-    line or a closed fence, or is a heading (plus the SEGMENT_CAP cuts of long runs of lines and
-    long code blocks). Text before it renders the same whatever is appended (segment-wise; see
-    the module caveats: loose lists, reference definitions that come later, long blocks).
-    """
-    cuts = _cuts(text, 0, None)
-    return cuts[-1][0] if cuts else 0
-
-
 # --------------------------------------------------------------------------- closing suffix
+
+
+def _fence_at(text: str, pos: int) -> tuple[_Fence | None, int]:
+    """The code fence open at line start `pos`, and the end of the last fence line before it."""
+    fence, after = None, 0
+    start = 0
+    while start < pos:
+        end = text.find("\n", start, pos)
+        end = pos - 1 if end < 0 else end
+        line = text[start:end]
+        if _FENCE_LINE_RE.match(line):
+            if fence is None:
+                fence = _opens(line)
+            elif _closes(fence, line):
+                fence = None
+            after = end + 1
+        start = end + 1
+    return fence, after
 
 
 def _close_inline(block: str) -> str:
@@ -279,8 +280,11 @@ def closing_suffix(text: str) -> str:
     An open code fence is closed with the same indentation, character and length ("\\n```"; just
     the missing fence characters when the last line is a partial closing fence); an opening fence
     line still being typed gets its closing fence; otherwise an open code span and unbalanced
-    ``**`` / ``~~`` in the last block are closed. Show it after the content, never store it in
-    the content. Idempotent: ``closing_suffix(t + closing_suffix(t)) == ""``.
+    ``**`` / ``~~`` since the last empty line or fence line are closed. Idempotent:
+    ``closing_suffix(t + closing_suffix(t)) == ""``.
+
+    This reads the whole text (the reference definition); the stream keeps the same answer up to
+    date as text arrives (`_Closer`), looking at each character once.
     """
     last_start = text.rfind("\n") + 1
     last = text[last_start:]
@@ -298,103 +302,507 @@ def closing_suffix(text: str) -> str:
     return _close_inline(text[max(after_fence, text.rfind("\n\n") + 1):])
 
 
-# --------------------------------------------------------------------------- incremental rendering
+_INLINE_SPECIAL_RE = re.compile(r"[\\`*~]")
 
 
-class RenderUpdate(NamedTuple):
-    """One streaming update of a message element."""
+class _InlineScan:
+    """`_close_inline`'s counts carried forward: text is fed in any pieces and each character is read
+    once (a delimiter run or a backslash at the end waits for the next character)."""
 
-    stable_html: str  #: finished blocks to append to the message's finished-blocks container
-    stable_offset: int  #: keep it; pass it as `since` next time
-    tail_html: str  #: replaces the content of the message's tail element
+    __slots__ = ("span", "strong", "strike", "carry", "last")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.span = self.strong = self.strike = 0
+        self.carry = ""
+        self.last = ""
+
+    def feed(self, text: str) -> None:
+        if not text:
+            return
+        self.last = text[-1]
+        s = self.carry + text if self.carry else text
+        n, i = len(s), 0
+        span, strong, strike = self.span, self.strong, self.strike
+        search = _INLINE_SPECIAL_RE.search
+        while True:
+            m = search(s, i)
+            if m is None:
+                i = n
+                break
+            i = m.start()
+            ch = s[i]
+            if ch == "\\":
+                if span:
+                    i += 1
+                elif i + 1 >= n:
+                    break
+                else:
+                    i += 2
+            elif ch == "`":
+                j = i + 1
+                while j < n and s[j] == "`":
+                    j += 1
+                if j == n:
+                    break
+                if not span:
+                    span = j - i
+                elif span == j - i:
+                    span = 0
+                i = j
+            elif span:
+                i += 1
+            elif i + 1 >= n:
+                break
+            elif s[i + 1] == ch:
+                if ch == "*":
+                    strong += 1
+                else:
+                    strike += 1
+                i += 2
+            else:
+                i += 1
+        self.span, self.strong, self.strike = span, strong, strike
+        self.carry = s[i:] if i < n else ""
+
+    def closers(self) -> str:
+        # a carried run means the text ends with "\\", "`", "*" or "~": nothing is appended then
+        if not self.last or self.last in "`*~_\\":
+            return ""
+        return "`" * self.span + "**" * (self.strong % 2) + "~~" * (self.strike % 2)
 
 
-def _render_source(source: str, continued: bool) -> str:
-    out = render_markdown(source)
-    if continued and out.startswith("<pre>"):  # the continuation of a split code block
-        out = '<pre class="md-cont">' + out[len("<pre>"):]
-    return out
+class _Closer:
+    """`closing_suffix` of a growing text, kept up to date as text is fed (`inline_only`: just the
+    inline closers, for the rest of a line)."""
+
+    __slots__ = ("fence", "line", "inline", "inline_only")
+
+    def __init__(self, inline_only: bool = False) -> None:
+        self.fence: _Fence | None = None
+        self.line: list[str] = []  # the last, incomplete line
+        self.inline = _InlineScan()
+        self.inline_only = inline_only
+
+    def feed(self, text: str) -> None:
+        if self.inline_only:
+            self.inline.feed(text)
+            return
+        start = 0
+        while True:
+            nl = text.find("\n", start)
+            if nl < 0:
+                if start < len(text):
+                    part = text[start:] if start else text
+                    self.line.append(part)
+                    self.inline.feed(part)
+                return
+            self.inline.feed(text[start:nl + 1])
+            self.line.append(text[start:nl])
+            line = "".join(self.line)
+            self.line.clear()
+            if _FENCE_LINE_RE.match(line):
+                if self.fence is None:
+                    self.fence = _opens(line)
+                elif _closes(self.fence, line):
+                    self.fence = None
+                self.inline.reset()
+            elif not line:
+                self.inline.reset()
+            start = nl + 1
+
+    def closing(self) -> str:
+        if self.inline_only:
+            return self.inline.closers()
+        last = "".join(self.line)
+        fence = self.fence
+        if fence is not None:
+            m = _PARTIAL_CLOSER_RE.fullmatch(last)
+            if m and m.group(1)[0] == fence.char:
+                return fence.char * max(0, fence.length - len(m.group(1)))
+            return ("\n" if last else "") + fence.indent + fence.char * fence.length
+        opening = _opens(last)
+        if opening is not None:
+            return "\n" + opening.indent + opening.char * opening.length
+        if not last.strip():
+            return ""
+        return self.inline.closers()
 
 
-def _segment_source(text: str, start: int, end: int, fence: _Fence | None) -> str:
-    return (fence.line + "\n" if fence else "") + text[start:end]
+# --------------------------------------------------------------------------- the stream
+
+_NORMAL, _FENCE_CONT, _TABLE_CONT, _INLINE = range(4)
+_THEAD_RE = re.compile(r"<thead>.*?</thead>\n?", re.S)
+_SOFT_CUT_RE = re.compile(r"(?<=[ \t])[^ \t\r\n]")
 
 
-def render_update(content: str, since: int = 0, estimate: str | None = None, *,
-                  final: bool = False) -> RenderUpdate:
-    """Render what changed in a streamed message since the stable offset `since`.
+class _Piece:
+    """A piece of the open block: its text, how to render it on its own, its closing suffix."""
 
-    `content` is the message's whole current content and `since` the `stable_offset` of the
-    previous update for this message (0 at first). The segments that became finished since
-    then are rendered once into `stable_html`; the open last segment plus `estimate` plus
-    `closing_suffix` of both is rendered into `tail_html`. With ``final=True`` (the message is
-    immutable) everything is finished: the estimate is ignored, `tail_html` is "" and the
-    offset is ``len(content)``.
+    __slots__ = ("parts", "size", "kind", "prefix", "midline", "closer", "cache")
 
-    Invariant: after each update, the concatenated `stable_html` pieces equal
-    ``render_blocks(content[:stable_offset])``; after the final one they equal
-    ``render_blocks(content)``, whatever chunks the content grew by. If the content was replaced
-    (an override) rather than extended, start again from 0 with an empty container.
-    Cost: scanning from `since` plus rendering the new segments and the tail; a fast search for
-    fence lines before `since` is the only work on the older text.
+    def __init__(self, kind: int, prefix: str, midline: bool) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.kind, self.prefix, self.midline = kind, prefix, midline
+        self.closer = _Closer(inline_only=kind == _INLINE)
+        self.closer.feed(prefix)
+        self.cache: tuple[int, str] | None = None
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        self.closer.feed(text)
+
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    def html(self) -> str:
+        if self.cache is not None and self.cache[0] == self.size:
+            return self.cache[1]
+        text, closing = self.text(), self.closer.closing()
+        if self.kind == _INLINE:
+            out = '<p class="md-inline">' + _render_inline(text + closing) + "</p>\n"
+        else:
+            out = _render_plain(self.prefix + text + closing)
+            if self.kind == _FENCE_CONT and out.startswith("<pre>"):
+                out = '<pre class="md-cont">' + out[5:]
+            elif self.kind == _TABLE_CONT:
+                out = _THEAD_RE.sub("", out, count=1)
+            if self.closer.fence is not None and closing[:1] == "\n" and out.endswith("\n</code></pre>\n"):
+                # the last code line is still being written: no newline after it yet, so it can grow by appends
+                out = out[:-15] + "</code></pre>\n"
+        self.cache = (self.size, out)
+        return out
+
+
+class MarkdownStream:
+    """The rendering state of one streamed message: finished blocks and the open block's pieces.
+
+    `append` text as it arrives (cheap: it is only queued); once per frame `update` reads the new
+    text, line by line, and cuts it into blocks and pieces; `take_finished` returns the HTML of
+    the blocks finished since it was last called (each rendered once, whole); `pieces[i].html()`
+    is the HTML of a piece of the open block (a finished piece is rendered once, the last one once
+    per frame in which it changed). `finish` ends the message: the open block is finished too.
+    Nothing before the current line is read again, and the current line only once it is complete,
+    so the work per character is constant however long the message or its blocks.
     """
-    if not isinstance(content, str):
-        raise TypeError(f"content must be str, not {type(content).__name__}")
-    if not (0 <= since <= len(content)) or (0 < since < len(content) and content[since - 1] != "\n"):
-        raise ValueError(f"since={since} is not a stable offset of this content")
-    fence = _fence_at(content, since)[0] if since else None
-    starts = [(since, fence), *_cuts(content, since, fence)]
-    if final:
-        starts.append((len(content), None))
-    stable = "".join(_render_source(_segment_source(content, s, e, f), f is not None)
-                     for (s, f), (e, _) in zip(starts, starts[1:]) if s < e)
-    offset, fence = starts[-1]
-    if final:
-        return RenderUpdate(stable, offset, "")
-    tail = ""
-    if offset < len(content) or estimate:
-        source = _segment_source(content, offset, len(content), fence) + (estimate or "")
-        tail = _render_source(source + closing_suffix(source), fence is not None)
-    return RenderUpdate(stable, offset, tail)
+
+    def __init__(self, *, piece_cap: int | None = None, block_cap: int | None = None) -> None:
+        self.piece_cap = PIECE_CAP if piece_cap is None else piece_cap
+        self.block_cap = BLOCK_CAP if block_cap is None else block_cap
+        self.blocks = 0  #: how many blocks were finished (the index of the open block)
+        self.pieces: list[_Piece] = []  #: the open block's pieces; only the last one still grows
+        self.ended = False
+        self._queue: list[str] = []
+        self._done: list[str] = []  # sources of finished blocks not taken yet
+        # the block scanner's state at the start of the current line
+        self._fence: _Fence | None = None
+        self._after_block = False
+        self._in_table = False
+        self._table_head = ""
+        self._prev_line = ""
+        self._block_size = 0
+        # the current line
+        self._line: list[str] = []
+        self._line_len = 0
+        self._head = ""
+        self._blank = True
+        self._placed = 0  # characters of the current line given to the pieces
+        self._held: list[str] | None = []  # the line's text while it is unknown whether it starts a block
+        self._next: tuple[int, str, bool] | None = (_NORMAL, "", False)  # the next piece to start, if any
+
+    def append(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        if self.ended:
+            raise ValueError("the stream has ended")
+        if text:
+            self._queue.append(text)
+
+    def update(self) -> None:
+        """Read the text appended since the last update."""
+        if not self._queue:
+            return
+        new = self._queue[0] if len(self._queue) == 1 else "".join(self._queue)
+        self._queue.clear()
+        pos, n = 0, len(new)
+        while pos < n:
+            nl = new.find("\n", pos)
+            end = n if nl < 0 else nl + 1
+            self._take(new[pos:end] if pos or end < n else new, nl >= 0)
+            pos = end
+
+    def finish(self) -> None:
+        """The message is complete: its open block is finished."""
+        if self.ended:
+            return
+        self.update()
+        if self._held:
+            held, self._held = "".join(self._held), None
+            self._place(held)
+        if self.pieces:
+            self._cut()
+        self.ended = True
+
+    def take_finished(self) -> str:
+        """The HTML of the blocks finished since the last call, each rendered now, once."""
+        if not self._done:
+            return ""
+        out = "".join(render_markdown(source) for source in self._done)
+        self._done.clear()
+        return out
+
+    def tail_html(self, wrap: str = '<div class="md-piece">{}</div>') -> str:
+        """All the open block's pieces, each in `wrap` (what a page shows while the message streams)."""
+        return "".join(wrap.format(piece.html()) for piece in self.pieces)
+
+    # -- scanning ---------------------------------------------------------------------------------
+
+    def _take(self, part: str, complete: bool) -> None:
+        if not self._line_len:
+            self._line_start()
+        self._line.append(part)
+        self._line_len += len(part)
+        if len(self._head) < 16:
+            self._head = (self._head + part)[:16]
+        if self._blank and part.strip():
+            self._blank = False
+        if self._held is None:
+            self._place(part)
+        else:
+            self._held.append(part)
+            if self._decide(complete):
+                held, self._held = "".join(self._held), None
+                self._place(held)
+        if complete:
+            self._line_end()
+
+    def _line_start(self) -> None:
+        self._held = []
+        if self.pieces and self._next is None:
+            live = self.pieces[-1]
+            if live.midline or live.size >= self.piece_cap:
+                if self._fence is not None:
+                    self._next = (_FENCE_CONT, self._fence.line + "\n", False)
+                elif self._in_table and self._table_head:
+                    self._next = (_TABLE_CONT, self._table_head, False)
+                else:
+                    self._next = (_NORMAL, "", False)
+
+    def _decide(self, complete: bool) -> bool:
+        """Whether a block starts at the current line (then cut there) can be told now; False: not yet."""
+        if self._fence is not None:
+            return True  # inside a code block: never cut
+        if self._blank:
+            return complete
+        c0 = self._head[0]
+        if c0 in " \t" or not self._block_size:
+            return True
+        if self._after_block:
+            self._cut()
+            return True
+        m = _HEADING_RE.match(self._head)
+        if m is not None:
+            if complete or self._line_len > m.end():
+                self._cut()
+                return True
+            return False  # "##" may still become "## x"
+        if self._block_size >= self.block_cap and not self._in_table:
+            if c0 not in "=-":
+                self._cut()
+            elif not complete:
+                return False  # a setext underline would belong to the block
+            elif not _SETEXT_UNDERLINE_RE.fullmatch("".join(self._line)[:-1]):
+                self._cut()
+        return True
+
+    def _line_end(self) -> None:
+        line = "".join(self._line)[:-1]
+        if self._fence is not None:
+            if _closes(self._fence, line):
+                self._fence, self._after_block = None, True
+        elif self._blank:
+            self._after_block = True
+        else:
+            if not self._in_table and "|" in line and _TABLE_DELIMITER_RE.fullmatch(line):
+                self._in_table, self._table_head = True, self._prev_line + "\n" + line + "\n"
+            self._after_block = False
+            self._fence = _opens(line)
+        self._block_size += self._line_len
+        self._prev_line = line
+        self._line.clear()
+        self._line_len = self._placed = 0
+        self._head, self._blank = "", True
+
+    def _cut(self) -> None:
+        """The open block ends at the start of the current line."""
+        self._done.append("".join(piece.text() for piece in self.pieces))
+        self.blocks += 1
+        self.pieces = []
+        self._block_size = 0
+        self._in_table, self._table_head = False, ""
+        self._next = (_NORMAL, "", False)
+
+    def _place(self, text: str) -> None:
+        """Give text of the current line to the pieces, starting new ones where they are cut."""
+        while text:
+            if self._next is not None:
+                self.pieces.append(_Piece(*self._next))
+                self._next = None
+            live = self.pieces[-1]
+            q = self._midline_cut(live, text)
+            if q is None:
+                live.add(text)
+                self._placed += len(text)
+                return
+            if q:
+                live.add(text[:q])
+                self._placed += q
+                text = text[q:]
+            if self._fence is not None:
+                self._next = (_FENCE_CONT, self._fence.line + "\n", True)
+            else:
+                self._next = (_INLINE, "", True)
+
+    def _midline_cut(self, live: _Piece, text: str) -> int | None:
+        """Where in `text` (the current line's next characters) a line is cut, if it is: after a space
+        once both the piece and the line hold PIECE_CAP characters, anywhere but before a line break
+        once the piece holds twice that."""
+        cap, size = self.piece_cap, live.size
+        if size + len(text) <= cap or self._placed + len(text) <= cap and size + len(text) <= 2 * cap:
+            return None
+        q = None
+        start = max(cap - size, cap - self._placed, 0)
+        if start == 0 and self._placed and live.parts and live.parts[-1][-1] in " \t" and text[0] not in " \t\r\n":
+            q = 0
+        else:
+            m = _SOFT_CUT_RE.search(text, max(start, 1))
+            if m is not None:
+                q = m.start()
+        forced = max(2 * cap - size, 0 if self._placed else 1)
+        while forced < len(text) and text[forced] in "\r\n":
+            forced += 1
+        if forced < len(text) and (q is None or forced < q):
+            q = forced
+        return q
+
+
+def split_blocks(text: str) -> list[str]:
+    """The sources of the blocks a message is rendered in, block by block (see the module docstring)."""
+    stream = MarkdownStream()
+    stream.append(text)
+    stream.finish()
+    return list(stream._done)
 
 
 def render_blocks(text: str) -> str:
-    """The block-wise rendering of a whole text: what a fully streamed message's container holds.
+    """The block-wise rendering of a whole text: what a fully streamed message's body holds.
 
     Use it to render a finished (immutable) message; it equals `render_markdown` except for the
     caveats listed in the module docstring.
     """
-    return render_update(text, 0, final=True).stable_html
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, not {type(text).__name__}")
+    stream = MarkdownStream()
+    stream.append(text)
+    stream.finish()
+    return stream.take_finished()
 
 
-class IncrementalRender:
-    """Holds the one int a connection keeps per streamed message (`offset`).
+# --------------------------------------------------------------------------- append plans
 
-    Page structure: one element per message holding a finished-blocks container and a tail
-    element; send `stable_html` with ``hx-swap-oob="beforeend:#<container id>"`` (wrapped in a
-    ``<div>``: htmx inserts the wrapper's children) and the tail with ``hx-swap-oob="true"``.
+_TOKEN_RE = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*?)(/?)>|[^<]+|<")
+_VOID = frozenset("area base br col embed hr img input link meta source track wbr".split())
+_NO_LEADING_NEWLINE = frozenset({"pre", "textarea", "listing"})
+_HTML_SPACE = " \t\n\r\f"
+
+
+_CLOSE_TAG_RE = re.compile(r"</[a-zA-Z][a-zA-Z0-9]*>")
+
+
+def _trailer_start(html_: str) -> int:
+    """Where the closing tags and whitespace that end `html_` start (read backwards: O(their length))."""
+    end = len(html_)
+    while True:
+        stripped = end
+        while stripped and html_[stripped - 1] in _HTML_SPACE:
+            stripped -= 1
+        if stripped and html_[stripped - 1] == ">":
+            lt = html_.rfind("<", 0, stripped)
+            if lt >= 0 and _CLOSE_TAG_RE.fullmatch(html_, lt, stripped):
+                end = lt
+                continue
+        return stripped
+
+
+class Append(NamedTuple):
+    """Children to append to an element of the old HTML: the element at `depth` on its last-child path
+    (0: the element holding the HTML, 1: its last top-level element, ...), whose tag is `tag` ("" for 0)."""
+
+    depth: int
+    tag: str
+    html: str
+
+
+def _tokens(s: str, pos: int = 0):
+    """(kind, tag, start, end) for each tag and text run of well-formed HTML, from `pos`."""
+    for m in _TOKEN_RE.finditer(s, pos):
+        tag = m.group(2)
+        if tag is None:
+            yield "text", "", m.start(), m.end()
+        elif m.group(1):
+            yield "close", tag.lower(), m.start(), m.end()
+        elif m.group(4) or tag.lower() in _VOID:
+            yield "void", tag.lower(), m.start(), m.end()
+        else:
+            yield "open", tag.lower(), m.start(), m.end()
+
+
+def append_plan(old: str, new: str) -> list[Append] | None:
+    """How `new` extends `old` (both well-formed HTML, the content of one element) by appends only.
+
+    `old` ends with the closing tags of the elements on its last-child path (and whitespace); `new`
+    must be `old` with content inserted only just before some of those closing tags (and at the
+    very end). Returns the appends, deepest first, so that appending each `html` to the children of
+    its element turns the DOM of `old` into that of `new`; ``[]`` if they are equal; None when
+    earlier markup changed (then replace). Linear in the length of `new`.
     """
-
-    __slots__ = ("offset",)
-
-    def __init__(self, offset: int = 0) -> None:
-        self.offset = offset
-
-    def update(self, content: str, estimate: str | None = None, *, final: bool = False) -> RenderUpdate:
-        """Render the change since the last update and remember the new stable offset."""
-        result = render_update(content, self.offset, estimate, final=final)
-        self.offset = result.stable_offset
-        return result
-
-    def reset(self) -> None:
-        """Start again from the beginning (after an override replaced the content)."""
-        self.offset = 0
-
-
-def open_fence_line(text: str, pos: int) -> str:
-    """The opening line (with its newline) of the code fence still open at line start `pos`, or "".
-
-    A stream view that keeps only the text after a cut (`pos`) puts this line in front of it, so the rest
-    of a long code block still renders as code (a `pre.md-cont`, as `render_blocks` does)."""
-    fence = _fence_at(text, pos)[0]
-    return fence.line + "\n" if fence else ""
+    if old == new:
+        return []
+    a = _trailer_start(old)
+    if new[:a] != old[:a]:
+        return None
+    trailer = list(_tokens(old, a))
+    depth = sum(1 for t in trailer if t[0] == "close")
+    plan: list[Append] = []
+    ti, nest, x = 0, 0, a
+    for kind, tag, s, e in _tokens(new, a):
+        if nest:
+            nest += 1 if kind == "open" else -1 if kind == "close" else 0
+            continue
+        expect = trailer[ti] if ti < len(trailer) else None
+        if kind == "close":
+            if expect is None or expect[0] != "close" or expect[1] != tag:
+                return None
+            if x < s:
+                plan.append(Append(depth, tag, new[x:s]))
+            depth, ti, x = depth - 1, ti + 1, e
+        elif expect is not None and expect[0] == "text":
+            space = old[expect[2]:expect[3]]
+            if kind != "text" or x != s or not new.startswith(space, s):
+                return None  # new content before a node the page already has
+            ti, x = ti + 1, s + len(space)
+        elif kind == "open":
+            nest = 1
+    if nest or ti < len(trailer):
+        return None
+    if x < len(new):
+        plan.append(Append(0, "", new[x:]))
+    if any(step.tag in _NO_LEADING_NEWLINE and step.html.startswith("\n") for step in plan):
+        return None  # an HTML parser drops a newline just after <pre>
+    return plan

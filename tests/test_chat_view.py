@@ -1,66 +1,402 @@
-"""ChatView: the page rebuilt from its frames equals the final render, however the answer was chunked."""
+"""ChatView: the page rebuilt from its frames, as htmx would, equals what a reload renders — after every frame and
+at the end — however the answer was chunked and framed; overrides replace; bytes and work stay linear."""
 
+from __future__ import annotations
+
+import html
 import re
+from contextlib import contextmanager
+from unittest import mock
 
-from hypothesis import given, settings
+from fasthtml.common import Div, to_xml
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.components.chat import ChatView
+import app.render as render
+from app.components import ids
+from app.components.chat import ChatView, MessageBody, estimate_id
+from app.components.stream import StreamMarker
 from app.quanda import QuandaToken
-from app.render import closing_suffix, render_blocks
-from fasthtml.common import to_xml
+from app.render import render_blocks
+from bench.render_bench import code_answer, mixed_answer, paragraph_answer
+from tests.test_render import FRAGMENTS, assert_safe
 
-MID = "0" * 24
+MID = "0123456789abcdef01234567"
+BODY, TAIL, EST = ids.msg_body_id(MID), ids.msg_tail_id(MID), estimate_id(MID)
+
+# --------------------------------------------------------------------------- a small htmx, for OOB frames
+
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
+_ATTR = re.compile(r'([^\s=/>]+)(?:="([^"]*)")?')
+_VOID = {"br", "hr", "img", "input", "meta", "link", "wbr", "col", "area", "source", "track", "embed"}
+
+
+class El:
+    def __init__(self, tag: str, start: str, attrs: dict[str, str]):
+        self.tag, self.start, self.attrs, self.children = tag, start, attrs, []
+
+    def inner(self) -> str:
+        return "".join(c if isinstance(c, str) else c.outer() for c in self.children)
+
+    def outer(self) -> str:
+        return self.start + self.inner() + ("" if self.tag in _VOID else f"</{self.tag}>")
+
+    def elements(self):
+        for c in self.children:
+            if isinstance(c, El):
+                yield c
+                yield from c.elements()
+
+
+def parse(markup: str) -> list:
+    """Well-formed HTML (what the server sends) to nodes; raw text and start tags are kept as they were sent."""
+    root = El("#root", "", {})
+    stack, pos = [root], 0
+    for m in _TAG.finditer(markup):
+        if m.start() > pos:
+            stack[-1].children.append(markup[pos:m.start()])
+        pos = m.end()
+        tag = m.group(2).lower()
+        if m.group(1):
+            assert stack[-1].tag == tag, f"</{tag}> closes <{stack[-1].tag}> in {markup!r}"
+            stack.pop()
+            continue
+        el = El(tag, m.group(0), {k: html.unescape(v or "") for k, v in _ATTR.findall(m.group(3))})
+        stack[-1].children.append(el)
+        if tag not in _VOID and not m.group(0).endswith("/>"):
+            stack.append(el)
+    if pos < len(markup):
+        stack[-1].children.append(markup[pos:])
+    assert len(stack) == 1, f"unclosed <{stack[-1].tag}> in {markup!r}"
+    return root.children
 
 
 class Page:
-    """What htmx does with the view's fragments, for one message: body gets appended to or replaced; tail
-    replaced."""
+    """One message's part of the page, and what htmx 2 + its ws extension do with a frame: each top-level
+    element is swapped out of band (`hx-swap-oob` or "true"); "true"/"outerHTML" replace the target by the
+    element (the attribute removed); "beforeend" appends the element's *children* to the target; a selector
+    is `#id` then `>:last-child` steps (querySelectorAll: every match would be swapped; there must be one)."""
 
-    def __init__(self):
-        self.body, self.tail = "", ""
+    def __init__(self, content: str = "", estimate: str | None = None, seq: int = 0):
+        first = [*MessageBody(MID, content, estimate, False), Div("", id=ids.msg_warning_id(MID)),
+                 StreamMarker(MID, seq, follow=True)]
+        self.root = El("#root", "", {})
+        self.root.children = parse("".join(to_xml(f, indent=False) for f in first))
+        self.bytes = 0
 
-    def apply(self, fragments):
-        for fragment in fragments:
-            html = to_xml(fragment, indent=False)
-            inner = re.sub(r"^<div[^>]*>|</div>$", "", html)
-            if f'beforeend:#msg-{MID}-body' in html:
-                self.body += inner
-            elif f'id="msg-{MID}-body"' in html:
-                self.body = inner
-            elif f'id="msg-{MID}-tail"' in html:
-                self.tail = inner
+    def by_id(self, id_: str) -> El:
+        found = [e for e in self.root.elements() if e.attrs.get("id") == id_]
+        assert len(found) == 1, f"{len(found)} elements with id {id_!r}"
+        return found[0]
+
+    def select(self, selector: str) -> El:
+        m = re.fullmatch(r"#([\w-]+)((?:>:last-child)*)", selector)
+        assert m, f"unexpected selector {selector!r}"
+        el = self.by_id(m.group(1))
+        for _ in range(m.group(2).count(">")):
+            kids = [c for c in el.children if isinstance(c, El)]
+            assert kids, f"{selector!r}: no element child in {el.outer()!r}"
+            el = kids[-1]
+        return el
+
+    def parent_of(self, target: El) -> El:
+        for el in [self.root, *self.root.elements()]:
+            if any(c is target for c in el.children):
+                return el
+        raise AssertionError("target not in the page")
+
+    def apply(self, fragments: list) -> str:
+        """Swap a frame in; returns the frame. Everything it puts in the message must be safe markup."""
+        frame = "".join(to_xml(f, indent=False) for f in fragments)  # what app.ws sends
+        self.bytes += len(frame.encode())
+        for node in parse(frame):
+            if not isinstance(node, str) and node.attrs.get("id") in (BODY, TAIL, EST) or "beforeend" in node.start:
+                assert_safe(re.sub(r'<div class="md-piece">|</div>', "", node.inner()))
+            if isinstance(node, str):
+                assert not node.strip(), f"text outside elements is dropped: {node!r}"
+                continue
+            oob = node.attrs.get("hx-swap-oob", "true")
+            assert node.attrs.get("id") or ":" in oob, f"a top-level element needs an id or a selector: {node.start}"
+            style, selector = ("outerHTML", "#" + node.attrs["id"]) if oob == "true" else oob.split(":", 1)
+            target = self.select(selector)
+            if style == "outerHTML":
+                node.start = re.sub(r'\s+hx-swap-oob="[^"]*"', "", node.start)
+                siblings = self.parent_of(target).children
+                siblings[next(i for i, c in enumerate(siblings) if c is target)] = node
+            elif style == "beforeend":
+                # the wrapper is parsed in a <template>: its children parse as the target's only if the tags agree
+                assert node.tag == target.tag, f"<{node.tag}> wrapper appended to <{target.tag}>"
+                if target.tag == "pre" and node.children and isinstance(node.children[0], str):
+                    assert not node.children[0].startswith("\n"), "a parser drops a newline after <pre>"
+                target.children.extend(node.children)
+            else:
+                raise AssertionError(f"unexpected swap style {style!r}")
+        return frame
+
+    def shows(self) -> tuple[str, str, str]:
+        return self.by_id(BODY).inner(), self.by_id(TAIL).inner(), self.by_id(EST).inner()
 
 
-def stream(chunks, flush_every=1):
-    view, page, content, seq = ChatView(MID), Page(), "", 0
-    view.feed(QuandaToken("override", "", None, 0))
-    for i, chunk in enumerate(chunks):
-        content += chunk
-        seq += 1
-        view.feed(QuandaToken("chunk", chunk, closing_suffix(content) or None, seq))
-        if i % flush_every == 0:
-            page.apply(view.flush())
-    view.feed(QuandaToken("immutable", "", None, seq + 1))
-    page.apply(view.flush())
-    return page, content
+def reload(content: str, estimate: str | None = None, immutable: bool = False) -> tuple[str, str, str]:
+    """What a page rendered from scratch shows for this content."""
+    return tuple(parse(to_xml(part, indent=False))[0].inner() for part in MessageBody(MID, content, estimate, immutable))
+
+
+@contextmanager
+def piece_cap(cap: int | None):
+    """Small pieces exercise the cuts that long answers make."""
+    if cap is None:
+        yield
+    else:
+        with mock.patch.object(render, "PIECE_CAP", cap):
+            yield
+
+
+def stream(chunks, flush_every=1, estimates=None, check=True, cap: int | None = None):
+    """Feed a fresh view (the page shows the empty message at seq 0) and apply its frames."""
+    with piece_cap(cap):
+        view, page, content, seq, estimate = ChatView(MID), Page(), "", 0, None
+        view.feed(QuandaToken("override", "", None, 0))
+        assert view.flush() == []  # the page already shows this snapshot
+        for i, chunk in enumerate(chunks):
+            content += chunk
+            seq += 1
+            estimate = estimates[i % len(estimates)] if estimates else None
+            view.feed(QuandaToken("chunk", chunk, estimate, seq))
+            if (i + 1) % flush_every == 0:
+                page.apply(view.flush())
+                if check:
+                    assert page.shows() == reload(content, estimate), f"after {content!r}"
+        view.feed(QuandaToken("immutable", "", None, seq + 1))
+        page.apply(view.flush())
+        assert page.shows() == (render_blocks(content), "", "")
+        assert page.shows() == reload(content, None, immutable=True)
+        return page, content
+
+
+# --------------------------------------------------------------------------- the page equals a reload
 
 
 def test_a_long_code_block_streamed_in_small_chunks_renders_as_code():
-    code = "".join(f"line_{i} = {i} * 2  # some code\n" for i in range(60))
+    code = "".join(f"line_{i} = '<{i}>'  # some code\n" for i in range(60))
     text = f"Intro paragraph.\n\n```python\n{code}```\n\nAfter the code.\n"
     page, content = stream([text[i:i + 5] for i in range(0, len(text), 5)])
-    assert page.body == render_blocks(content) and page.tail == ""
-    assert page.body.count("<p>") == 2
+    assert page.shows()[0].count("<pre>") == 1 and page.shows()[0].count("<p>") == 2
+    assert page.shows()[0].count('class="md-copy"') == 1 and "<span class=\"s1\">'&lt;0&gt;'</span>" in page.shows()[0]
 
 
-blocks = st.sampled_from(["Some words here. ", "More text.\n", "\n\n", "- item\n", "1. first\n", "# Title\n",
-                          "```\n", "```python\n", "code = 1\n", "`inline` ", "**bold** ", "> quote\n",
-                          "x" * 90 + "\n", "| a | b |\n|---|---|\n| 1 | 2 |\n"])
+def test_a_streaming_code_block_is_plain_until_it_is_finished():
+    view, page = ChatView(MID), Page()
+    feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "```py\nx = 1\n", None, 1)])
+    assert page.shows()[1] == '<div class="md-piece"><pre><code class="language-py">x = 1\n</code></pre>\n</div>'
+    feed_all(view, page, [QuandaToken("chunk", "```\n\nDone.", None, 2)])
+    assert page.shows()[0] == render_blocks("```py\nx = 1\n```\n\n") and 'class="md-code"' in page.shows()[0]
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(blocks, max_size=40).map("".join), st.integers(1, 9), st.integers(1, 4))
-def test_page_rebuilt_from_frames_equals_the_final_render(text, size, flush_every):
-    page, content = stream([text[i:i + size] for i in range(0, len(text), size)], flush_every)
-    assert page.body + page.tail == render_blocks(content)
+def test_a_long_paragraph_and_code_grow_by_appends():
+    """One token per frame: after the first frames of a block, frames only append (no replace)."""
+    words = [" word" + str(i) for i in range(300)]
+    with piece_cap(None):
+        view, page = ChatView(MID), Page()
+        view.feed(QuandaToken("override", "", None, 0))
+        frames = []
+        for seq, w in enumerate(words, 1):
+            view.feed(QuandaToken("chunk", w, None, seq))
+            frames.append(page.apply(view.flush()))
+    appends = [f for f in frames if 'hx-swap-oob="beforeend:' in f and "outerHTML" not in f and 'id="' not in f]
+    assert len(appends) >= len(frames) - 3, [f for f in frames if f not in appends][:3]
+    assert all(len(f) < 150 for f in frames[5:] if 'class="md-piece"' not in f), max(frames, key=len)
+
+
+BLOCKS = st.sampled_from(["Some words here. ", "More text.\n", "\n\n", "- item\n", "  - nested\n", "1. first\n",
+                          "# Title\n", "```\n", "```python\n", "~~~\n", "code = 1\n", "`inline` ", "**bold** ",
+                          "> quote\n", "x" * 90 + "\n", "| a | b |\n|---|---|\n| 1 | 2 |\n", "a long line " * 12,
+                          "***", "_e_", "~~s~~", "\\", "    indented\n", "---\n", "text\n===\n"])
+HOSTILE = st.sampled_from(FRAGMENTS)
+TEXT = st.lists(st.one_of(BLOCKS, BLOCKS, HOSTILE, st.text(max_size=4)), max_size=40).map("".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TEXT, st.data())
+def test_page_rebuilt_from_frames_equals_a_reload_after_every_frame(text, data):
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=25), label="cuts"))
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)]) if a < b]
+    flush_every = data.draw(st.integers(1, 4), label="flush_every")
+    estimates = data.draw(st.sampled_from([None, [None, " (40%)"], ["(1/3)", "\n```"]]), label="estimates")
+    cap = data.draw(st.sampled_from([None, 8, 24, 60]), label="piece_cap")
+    stream(chunks, flush_every, estimates, cap=cap)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([mixed_answer, paragraph_answer, code_answer]), st.integers(0, 2**16), st.integers(1, 6),
+       st.sampled_from([12, 40, None]))
+def test_realistic_answers_framed_any_way(make, seed, flush_every, cap):
+    tokens = make(300, seed)
+    stream(tokens, flush_every, cap=cap)
+
+
+HOSTILE_SPLITS = [
+    ["<scr", "ipt>alert(1)</scr", "ipt>"],
+    ["Click [x](java", "script:alert(1)) now"],
+    ["[x](&#106;ava", "script:alert(1))"],
+    ["a &am", "p; b &#10", "6; c &l", "t;script&gt;"],
+    ["<img src=x on", "error=alert(1)>"],
+    ["```py\nx = '<b>'", " + 1\n``", "`\nafter <i>"],
+    ["~~~\n<scr", "ipt>\n~", "~~\n\n**b", "old**"],
+    ["`<scr", "ipt>` and `", "x"],
+    ["![a](java", "script:x) ![b](//evil/", "p.png)"],
+]
+
+
+def test_hostile_text_split_across_tokens_stays_inert():
+    for chunks in HOSTILE_SPLITS:
+        for cap in (None, 4):
+            page, content = stream(chunks, cap=cap)
+            body = page.shows()[0]
+            assert "<script" not in body.lower() and "<img src=x" not in body and "javascript" not in body
+    page, _ = stream(list("<script>alert(1)</script>"))
+    assert page.shows()[0] == "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>\n"
+
+
+# --------------------------------------------------------------------------- overrides replace
+
+
+def feed_all(view, page, tokens):
+    frames = []
+    for token in tokens:
+        view.feed(token)
+        frames.append(page.apply(view.flush()))
+    return frames
+
+
+def test_an_override_replaces_the_message():
+    """Retry: the page shows exactly the new text (an override appended to the old text would fail here)."""
+    view, page = ChatView(MID), Page()
+    feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "Hello **wor", None, 1),
+                          QuandaToken("chunk", "ld**\n\nsecond block, still open", " (50%)", 2)])
+    assert page.shows() == reload("Hello **world**\n\nsecond block, still open", " (50%)")
+    [frame] = feed_all(view, page, [QuandaToken("override", "Bye.", None, 3)])
+    assert page.shows() == reload("Bye.")
+    for id_ in (BODY, TAIL, EST):
+        assert re.search(rf'<div hx-swap-oob="true" id="{id_}"', frame), (id_, frame)
+    assert "beforeend" not in frame
+    feed_all(view, page, [QuandaToken("chunk", " Again", None, 4), QuandaToken("immutable", "", None, 5)])
+    assert page.shows() == (render_blocks("Bye. Again"), "", "")
+
+
+def test_an_override_with_the_same_text_still_replaces():
+    view, page = ChatView(MID), Page()
+    feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "same", None, 1)])
+    [frame] = feed_all(view, page, [QuandaToken("override", "same", None, 2)])
+    assert f'hx-swap-oob="true" id="{BODY}"' in frame and page.shows() == reload("same")
+
+
+def test_a_snapshot_the_page_has_sends_nothing_and_later_chunks_append():
+    content = "# T\n\nsome text\n\n```py\nx = 1\n"
+    page = Page(content, " (3/9)", seq=5)
+    view = ChatView(MID, page_seq=5)
+    assert feed_all(view, page, [QuandaToken("override", content, " (3/9)", 5)]) == [""]
+    feed_all(view, page, [QuandaToken("chunk", "y = 2\n", " (4/9)", 6)])
+    assert page.shows() == reload(content + "y = 2\n", " (4/9)")
+
+
+def test_a_reconnect_after_changes_replaces():
+    page = Page("old text", seq=3)
+    view = ChatView(MID, page_seq=3)
+    [frame] = feed_all(view, page, [QuandaToken("override", "old text and more", None, 7)])
+    assert f'hx-swap-oob="true" id="{BODY}"' in frame and page.shows() == reload("old text and more")
+
+
+def test_warning_and_end_send_the_marker_last():
+    view, page = ChatView(MID), Page()
+    frames = feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "a", None, 1),
+                                   QuandaToken("warning", "stopped", None, 2)])
+    assert ids.stream_marker_id(MID) not in frames[1]
+    assert frames[2].endswith(to_xml(StreamMarker(MID, 2, oob=True), indent=False))
+    [end] = feed_all(view, page, [QuandaToken("immutable", "", None, 3)])
+    assert end.index(TAIL) < end.index(BODY) < end.index(ids.stream_marker_id(MID))
+
+
+def test_closing_only_estimates_are_not_shown():
+    page, _ = stream(["```py\n", "x = 1"], estimates=["\n```"])
+    view, page = ChatView(MID), Page()
+    feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "**a", "**", 1)])
+    assert page.shows() == reload("**a") and page.shows()[2] == ""
+
+
+# --------------------------------------------------------------------------- bytes and work stay linear
+
+
+def framed_bytes(tokens: list[str], every: int) -> float:
+    view, page = ChatView(MID), Page()
+    view.feed(QuandaToken("override", "", None, 0))
+    for i, text in enumerate(tokens, 1):
+        view.feed(QuandaToken("chunk", text, None, i))
+        if i % every == 0:
+            page.apply(view.flush())
+    view.feed(QuandaToken("immutable", "", None, len(tokens) + 1))
+    page.apply(view.flush())
+    final = render_blocks("".join(tokens))
+    assert page.shows()[0] == final
+    return page.bytes / len(final.encode())
+
+
+#: Payload bytes htmx needs around one append, whatever it carries: `<p hx-swap-oob="beforeend:#msg-<id>-tail
+#: &gt;:last-child&gt;:last-child"></p>` and the like.
+FRAME_OVERHEAD = 110
+
+
+def test_bytes_stay_linear_at_every_rate():
+    """A realistic 2,000-token answer: ≤ 3x its final HTML at ~30 tokens per frame (2,000 tokens/s); at 1 and 4
+    tokens per frame each frame costs at most a fixed framing overhead on top of that (see the report in
+    bench/render_bench.py: one ~5-character token per frame cannot fit 3x inside htmx's OOB framing)."""
+    tokens = mixed_answer(2000)
+    final = len(render_blocks("".join(tokens)).encode())
+    assert framed_bytes(tokens, 30) <= 3
+    for every in (1, 4):
+        frames = len(tokens) // every + 1
+        assert framed_bytes(tokens, every) * final <= 3 * final + FRAME_OVERHEAD * frames
+
+
+def count_work(tokens: list[str], every: int) -> float:
+    """Characters handed to the markdown renderer and to the append planner, per token (deterministic)."""
+    work = [0]
+    real_md, real_plain, real_inline = render.render_markdown, render._render_plain, render._render_inline
+    real_plan = render.append_plan
+
+    def md(text):
+        work[0] += len(text)
+        return real_md(text)
+
+    def plain(text):
+        work[0] += len(text)
+        return real_plain(text)
+
+    def inline(text):
+        work[0] += len(text)
+        return real_inline(text)
+
+    def plan(old, new):
+        work[0] += len(old) + len(new)
+        return real_plan(old, new)
+
+    import app.components.chat as chat
+
+    with mock.patch.object(render, "render_markdown", md), mock.patch.object(render, "_render_plain", plain), \
+            mock.patch.object(render, "_render_inline", inline), mock.patch.object(chat, "append_plan", plan):
+        view = ChatView(MID)
+        view.feed(QuandaToken("override", "", None, 0))
+        for i, text in enumerate(tokens, 1):
+            view.feed(QuandaToken("chunk", text, None, i))
+            if i % every == 0:
+                view.flush()
+        view.feed(QuandaToken("immutable", "", None, len(tokens) + 1))
+        view.flush()
+    return work[0] / len(tokens)
+
+
+def test_work_per_token_does_not_grow_with_the_answer():
+    """20,000 tokens cost no more per token than 2,000 (each a single paragraph, a code block, mixed)."""
+    for make in (paragraph_answer, code_answer, mixed_answer):
+        small, large = count_work(make(2000), 1), count_work(make(20000), 1)
+        assert large <= 1.2 * small, (make.__name__, small, large)

@@ -3,11 +3,14 @@ an answer into its bubble as incremental markdown, the input with its live previ
 
 from __future__ import annotations
 
+import re
+
 from fasthtml.common import (Aside, Button, Details, Div, Form, H2, Hidden, Li, NotStr, Option, Select, Span,
                              Summary, Textarea, Ul)
+from fastcore.xml import FT
 
 from app.quanda import QuandaToken
-from app.render import open_fence_line, render_blocks, render_update
+from app.render import MarkdownStream, append_plan
 
 from . import ids
 from .stream import StreamMarker
@@ -22,15 +25,40 @@ def EventLine(text: str, oob: bool = False):
 
 
 def MessageBody(message_id: str, content: str, estimate: str | None, immutable: bool, oob: bool = False):
-    """Finished blocks in the body, the open block (plus the estimate closing it) in the tail."""
+    """Finished blocks in the body; the open block's pieces in the tail; the estimate after them.
+
+    While a message streams, `ChatView` keeps exactly this DOM up to date: what a page shows after
+    any frame is what a reload would render for the same content."""
+    stream = MarkdownStream()
+    stream.append(content)
     if immutable:
-        stable, tail = render_blocks(content), ""
+        stream.finish()
     else:
-        update = render_update(content, 0, estimate)
-        stable, tail = update.stable_html, update.tail_html
+        stream.update()
     swap = "true" if oob else None
-    return (Div(NotStr(stable), id=ids.msg_body_id(message_id), cls="md", hx_swap_oob=swap),
-            Div(NotStr(tail), id=ids.msg_tail_id(message_id), cls="md tail", hx_swap_oob=swap))
+    return (Div(NotStr(stream.take_finished()), id=ids.msg_body_id(message_id), cls="md", hx_swap_oob=swap),
+            Div(NotStr(stream.tail_html(PIECE)), id=ids.msg_tail_id(message_id), cls="md tail", hx_swap_oob=swap),
+            Estimate(message_id, None if immutable else estimate, oob))
+
+
+def estimate_id(message_id: str) -> str:
+    """The element after the tail that shows a chunk's estimate (a transient note such as "(40%)")."""
+    return ids.msg_tail_id(message_id) + "-est"
+
+
+_CLOSERS_ONLY = re.compile(r"[\s`~*_]*")
+
+
+def estimate_text(estimate: str | None) -> str:
+    """What is shown of an estimate: the text as it is, or nothing for one made only of closing characters
+    (the closing fence an older producer sent with each chunk): the renderer closes open structures itself."""
+    return "" if not estimate or _CLOSERS_ONLY.fullmatch(estimate) else estimate
+
+
+def Estimate(message_id: str, estimate: str | None, oob: bool = False):
+    """The estimate, as plain text, after the tail."""
+    return Div(estimate_text(estimate), id=estimate_id(message_id), cls="md-estimate",
+               hx_swap_oob="true" if oob else None)
 
 
 def MessageActions(message_id: str, state: str, oob: bool = False):
@@ -74,43 +102,57 @@ def AppendToList(*items):
     return Ul(*items, hx_swap_oob=f"beforeend:#{ids.MSG_LIST}")
 
 
+PIECE = '<div class="md-piece">{}</div>'
+
+
 class ChatView:
-    """Streams one message into its bubble. It holds only the open block's text: finished blocks are sent
-    once, appended to the body; the open block is re-rendered once per frame (not per token), with the
-    estimate closing open structures. It starts from a snapshot: a page whose marker already holds the
-    snapshot's seq gets nothing for it; anything else (a reconnect after changes, an override) gets the body
-    re-rendered. The seq marker is sent only when the message ends or gets a warning: a page that
-    reconnects mid-answer is re-rendered from a snapshot anyway."""
+    """Streams one message into its bubble (see `MessageBody` for the DOM it keeps).
+
+    `feed` only queues a token's text; `flush` (once per frame) reads what was queued, renders what
+    changed and returns the OOB fragments, in this order: the tail (replaced when a block finished,
+    else only what its last piece grew by, appended to the element that grew; the last piece is
+    replaced only when its earlier markup changed), then the body (finished blocks appended, each
+    once), the estimate, the warning, and the seq marker when the message ends or gets a warning.
+    The view starts from a snapshot: a page whose marker already holds the snapshot's seq gets
+    nothing for it; anything else (a reconnect after changes, an override such as Retry) gets the
+    body and tail replaced, never appended to. It holds the open block's text and the HTML of its
+    last piece, nothing of the finished blocks."""
 
     snapshot = True
 
     def __init__(self, message_id: str, page_seq: int = 0):
         self.message_id = message_id
         self.page_seq = page_seq
-        self.head = ""  # the open code fence's line when `tail` starts inside a long code block
-        self.tail = ""
+        self.stream = MarkdownStream()
         self.estimate: str | None = None
-        self.appended_stable: list[str] = []
         self.replace = False
         self.seq = 0
         self.warning: str | None = None
         self.immutable = False
         self.dirty = False
         self.started = False
+        # what the page shows: the open block's index, how many of its pieces, the last one's HTML, the estimate
+        self.page_block, self.page_pieces, self.page_last, self.page_estimate = 0, 0, "", ""
+        tail = "#" + ids.msg_tail_id(message_id)
+        self._append_root = f"beforeend:{tail}"
+        self._last_piece = f"{tail}>:last-child"
 
     def feed(self, token: QuandaToken) -> None:
         self.seq = max(self.seq, token.seq)
         if token.kind == "override":
             first, self.started = not self.started, True
-            self.head, self.tail, self.estimate, self.appended_stable = "", token.text, token.estimate, []
-            self._cut(None)
-            if first and token.seq == self.page_seq:
-                self.appended_stable = []  # the page already shows exactly this snapshot
+            self.stream = MarkdownStream()
+            self.stream.append(token.text)
+            self.estimate = token.estimate
+            if first and token.seq == self.page_seq:  # the page already shows exactly this snapshot
+                self.stream.update()
+                self.stream.take_finished()
+                self._shown(self.estimate)
                 return
             self.replace = True
         elif token.kind == "chunk":
             self.started = True
-            self.tail += token.text
+            self.stream.append(token.text)
             self.estimate = token.estimate
         elif token.kind == "warning":
             self.warning = token.text
@@ -118,39 +160,57 @@ class ChatView:
             self.immutable, self.estimate = True, None
         self.dirty = True
 
-    def _cut(self, estimate: str | None) -> str:
-        """Move the finished blocks of the open text to `appended_stable`; the tail's HTML."""
-        content = self.head + self.tail
-        update = render_update(content, len(self.head), estimate)
-        if update.stable_offset > len(self.head):
-            self.appended_stable.append(update.stable_html)
-            self.head = open_fence_line(content, update.stable_offset)
-            self.tail = content[update.stable_offset:]
-        return update.tail_html
+    def _shown(self, estimate: str | None) -> None:
+        stream = self.stream
+        self.page_block, self.page_pieces = stream.blocks, len(stream.pieces)
+        self.page_last = stream.pieces[-1].html() if stream.pieces else ""
+        self.page_estimate = estimate_text(estimate)
 
     def flush(self) -> list:
         if not self.dirty:
             return []
-        mid, fragments = self.message_id, []
+        mid, stream, fragments = self.message_id, self.stream, []
         if self.immutable:
-            content = self.head + self.tail
-            self.appended_stable.append(render_update(content, len(self.head), None, final=True).stable_html)
-            self.head = self.tail = tail_html = ""
+            stream.finish()
         else:
-            tail_html = self._cut(self.estimate)
-        stable = "".join(self.appended_stable)
+            stream.update()
+        finished = stream.take_finished()
         # the tail first: text moving from the tail to the body is never on the page twice, even for a moment
-        if self.replace or self.tail or stable or self.immutable:
-            fragments.append(Div(NotStr(tail_html), id=ids.msg_tail_id(mid), cls="md tail", hx_swap_oob="true"))
+        if self.replace or stream.blocks != self.page_block:
+            fragments.append(Div(NotStr(stream.tail_html(PIECE)), id=ids.msg_tail_id(mid), cls="md tail",
+                                 hx_swap_oob="true"))
+        else:
+            fragments.extend(self._tail_changes())
         if self.replace:
-            fragments.append(Div(NotStr(stable), id=ids.msg_body_id(mid), cls="md", hx_swap_oob="true"))
-        elif stable:
-            fragments.append(Div(NotStr(stable), hx_swap_oob=f"beforeend:#{ids.msg_body_id(mid)}"))
+            fragments.append(Div(NotStr(finished), id=ids.msg_body_id(mid), cls="md", hx_swap_oob="true"))
+        elif finished:
+            fragments.append(Div(NotStr(finished), hx_swap_oob=f"beforeend:#{ids.msg_body_id(mid)}"))
+        if self.replace or estimate_text(self.estimate) != self.page_estimate:
+            fragments.append(Estimate(mid, self.estimate, oob=True))
         if self.warning is not None:
             fragments.append(Div(self.warning, id=ids.msg_warning_id(mid), cls="msg-warning", hx_swap_oob="true"))
         if self.immutable or self.warning is not None:
             fragments.append(StreamMarker(mid, self.seq, oob=True))
-        self.appended_stable, self.replace, self.warning, self.dirty = [], False, None, False
+        self._shown(self.estimate)
+        self.replace, self.warning, self.dirty = False, None, False
+        return fragments
+
+    def _tail_changes(self) -> list:
+        """The open block is the one on the page: send what its pieces grew by."""
+        pieces, fragments = self.stream.pieces, []
+        if self.page_pieces:
+            new = pieces[self.page_pieces - 1].html()
+            plan = append_plan(self.page_last, new)
+            if plan is None:
+                fragments.append(FT("div", (NotStr(new),), {"class": "md-piece",
+                                                            "hx-swap-oob": f"outerHTML:{self._last_piece}"}))
+            else:  # FT directly: these go out once per frame, and ft_hx costs ten times more
+                for step in plan:
+                    target = self._last_piece + ">:last-child" * step.depth
+                    fragments.append(FT(step.tag or "div", (NotStr(step.html),), {"hx-swap-oob": f"beforeend:{target}"}))
+        if len(pieces) > self.page_pieces:
+            added = "".join(PIECE.format(piece.html()) for piece in pieces[self.page_pieces:])
+            fragments.append(Div(NotStr(added), hx_swap_oob=self._append_root))
         return fragments
 
 
