@@ -42,6 +42,7 @@ HEADERS = (
     Script(src="/static/htmx.min.js"),
     Script(src="/static/htmx-ext-ws.js"),
     Script(src="/static/quanda.js"),
+    Script(src="/static/code.js"),
     Link(rel="stylesheet", href="/static/app.css"),
 )
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import app.render as render
 from app.components import ids
-from app.components.chat import ChatView, MessageBody, estimate_id
+from app.components.chat import ChatView, MessageBody
 from app.components.stream import StreamMarker
 from app.quanda import QuandaToken
 from app.render import render_blocks
@@ -22,7 +22,7 @@ from bench.render_bench import code_answer, mixed_answer, paragraph_answer
 from tests.test_render import FRAGMENTS, assert_safe
 
 MID = "0123456789abcdef01234567"
-BODY, TAIL, EST = ids.msg_body_id(MID), ids.msg_tail_id(MID), estimate_id(MID)
+BODY, TAIL, EST = ids.msg_body_id(MID), ids.msg_tail_id(MID), ids.msg_estimate_id(MID)
 
 # --------------------------------------------------------------------------- a small htmx, for OOB frames
 

@@ -41,11 +41,6 @@ def MessageBody(message_id: str, content: str, estimate: str | None, immutable: 
             Estimate(message_id, None if immutable else estimate, oob))
 
 
-def estimate_id(message_id: str) -> str:
-    """The element after the tail that shows a chunk's estimate (a transient note such as "(40%)")."""
-    return ids.msg_tail_id(message_id) + "-est"
-
-
 _CLOSERS_ONLY = re.compile(r"[\s`~*_]*")
 
 
@@ -57,7 +52,7 @@ def estimate_text(estimate: str | None) -> str:
 
 def Estimate(message_id: str, estimate: str | None, oob: bool = False):
     """The estimate, as plain text, after the tail."""
-    return Div(estimate_text(estimate), id=estimate_id(message_id), cls="md-estimate",
+    return Div(estimate_text(estimate), id=ids.msg_estimate_id(message_id), cls="md-estimate",
                hx_swap_oob="true" if oob else None)
 
 

@@ -41,6 +41,11 @@ def msg_tail_id(message_id: str) -> str:
     return f"msg-{message_id}-tail"
 
 
+def msg_estimate_id(message_id: str) -> str:
+    """The transient estimate shown after the tail (a progress note; never part of the content)."""
+    return f"msg-{message_id}-tail-est"
+
+
 def msg_warning_id(message_id: str) -> str:
     return f"msg-{message_id}-warning"
 
