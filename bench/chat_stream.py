@@ -74,7 +74,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import table  # noqa: E402
+from bench.common import pct, table  # noqa: E402
 
 MODEL = "quanda-test"
 P99_TARGET_MS = 33.0
@@ -141,12 +141,6 @@ def answer_chunks(n: int) -> list[str]:
         para(80, "\n\n")
     return out[:n]
 
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def free_port() -> int:

@@ -54,6 +54,14 @@ def serve_app(the_app, port: int, profile: str | None = None) -> None:
         profiler.dump_stats(profile)
 
 
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
 def row(cells: list[str], widths: list[int]) -> str:
     return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 

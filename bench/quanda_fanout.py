@@ -6,7 +6,7 @@ Ours: the SQLite store (group commit on a writer thread, readers woken directly 
 data_version` polling across processes). Baseline (the seed's design): readers poll every 0.2 s; each
 chunk takes a lock, then `$inc`s last_seq, reads and rewrites the content, and inserts the token, as
 separate database operations. Both run on SQLite files with the same WAL settings, on this machine.
-Set QUANDA_BENCH_MONGO_URL to add a row for a real MongoDB. With `--postgres postgresql://user@host:port/db`
+With `--postgres postgresql://user@host:port/db`
 (or QUANDA_BENCH_POSTGRES_URL) the same measurements run on the PostgreSQL store too, in a scratch schema
 dropped afterwards, and fill a PostgreSQL column.
 """
@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from app.quanda import QuandaMessage, QuandaReader, QuandaWriter, open_store  # noqa: E402
+from bench.common import pct  # noqa: E402
 
 RATE = 1000  # tokens/s the writer is paced at in latency runs (a fast LLM)
 
@@ -35,10 +36,6 @@ RATE = 1000  # tokens/s the writer is paced at in latency runs (a fast LLM)
 def stamp() -> str:
     return str(time.monotonic_ns())  # CLOCK_MONOTONIC: comparable across processes on one machine
 
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 # -- the seed's design ---------------------------------------------------------------------------------

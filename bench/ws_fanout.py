@@ -58,18 +58,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import table  # noqa: E402
+from bench.common import pct, table  # noqa: E402
 
 STAMP_RE = re.compile(rb"\[(\d{6,})\]")
 P99_TARGET_MS = 33.0
 BYTES_TARGET = 3.0
 
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 # == the server side (runs in the subprocess) ============================================================

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -57,9 +58,19 @@ def test_truncated_and_malformed_commands_are_reported(text, error):
 
 
 def test_huge_input_is_linear_and_bounded():
-    text = ("{" * 200_000) + ("prose " * 100_000) + json.dumps(INSERT)
-    findings = extract(text)  # one pass: this returns at once rather than in quadratic time
-    assert all(f.command is None for f in findings)
+    def hostile(n):
+        return ("{" * (2 * n)) + ("prose " * n) + json.dumps(INSERT)
+
+    def seconds(text):
+        start = time.perf_counter()
+        findings = extract(text)
+        elapsed = time.perf_counter() - start
+        assert all(f.command is None for f in findings)
+        return elapsed
+    # growth, measured in the same run: 10x the input may take at most 15x the time (quadratic would be 100x)
+    small = min(seconds(hostile(10_000)) for _ in range(3))
+    large = min(seconds(hostile(100_000)) for _ in range(3))
+    assert large <= 15 * small, f"10x input took {large / small:.1f}x the time"
     many = "\n".join(json.dumps({**INSERT, "args": {"name": f"t{i}"}}) for i in range(30))
     assert len(extract(many)) == 30
 

@@ -94,13 +94,18 @@ async def test_make_immutable_racing_with_writer_tasks(store):
                 started.set()
 
     writers = [asyncio.create_task(writer(f"w{n}")) for n in range(4)]
-    await started.wait()
+    waiting = asyncio.create_task(started.wait())
+    await asyncio.wait([waiting, *writers], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not started.is_set():  # a writer died of another error (or none got going): fail, don't hang
+        waiting.cancel()
+        failed = [w.exception() for w in writers if w.done()]
+        pytest.fail(f"the writers never reached 20 chunks: {failed or 'no progress in 30 s'}")
     sealed = await QuandaWriter(msg).make_immutable()
     after = [QuandaWriter(msg).chunk("late"), QuandaWriter(msg).override("late"), QuandaWriter(msg).warning("x")]
     for write in after:
         with pytest.raises(QuandaImmutableError):
             await write
-    results = await asyncio.gather(*writers)
+    results = await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
     tokens = await store.select_tokens(msg.id, limit=100_000)
     assert tokens[-1] == sealed and sealed.seq == len(tokens)
     assert all(s < sealed.seq for seqs in results for s in seqs)
@@ -115,11 +120,17 @@ async def test_make_immutable_racing_with_a_writer_process(backend, tmp_path):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.quanda_worker", store_url(backend, store), msg.id, "p", "0",
             "--until-immutable", stdout=asyncio.subprocess.PIPE)
-        assert (await proc.stdout.readline()).strip() == b"ready"
+        assert (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).strip() == b"ready"
         reader = QuandaReader(msg).__aiter__()
-        async for token in reader:  # wait (without sleeping) until the process has written something
-            if token.seq >= 20:
-                break
+
+        async def until_20_tokens():
+            async for token in reader:  # wait (without sleeping) until the process has written something
+                if token.seq >= 20:
+                    return
+        try:
+            await asyncio.wait_for(until_20_tokens(), timeout=30)
+        except asyncio.TimeoutError:
+            pytest.fail("the writer process wrote fewer than 20 tokens in 30 s")
         sealed = await QuandaWriter(msg).make_immutable()
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
         result = json.loads(out)

@@ -9,7 +9,6 @@ OVERRIDE = "override"
 WARNING = "warning"
 IMMUTABLE = "immutable"
 KINDS = (CHUNK, OVERRIDE, WARNING, IMMUTABLE)
-WRITABLE_KINDS = (CHUNK, OVERRIDE, WARNING)
 
 
 @dataclass(frozen=True, slots=True)
