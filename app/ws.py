@@ -4,7 +4,7 @@ the facts rendered for each tab, and clear errors for bad client frames.
 An owner may have several tabs (connections), on this server and on others. A tab tells which page it shows
 and which streams are on it (`view`), and when new streams appear (`follow`); each stream is followed from
 the seq the page holds, rendered by a `StreamView` chosen by the message's role, and sent as out-of-band FT
-fragments: the first update at once, then at most one frame per FRAME_INTERVAL_S. Facts published through
+fragments (app/follow.py). Facts published through
 the store (by any server) are rendered here for this server's tabs of their owner, by the plugins' fact views.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
 from fasthtml.common import to_xml
 
@@ -20,22 +20,14 @@ from app.client_json import ClientJSONError, parse_client_json
 from app.components.layout import Notice
 from app.context import ClientError, Handle
 from app.ownership import owner_of
-from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaToken
+from app.follow import Follower, StreamView
+from app.quanda import QuandaError, QuandaStoreError
 from app.quanda.validation import check_seq
 
 log = logging.getLogger("quanda.ws")
 
-FRAME_INTERVAL_S = 0.020
 MAX_CLIENT_FRAME_BYTES = 64 * 1024
 MAX_FOLLOWED_STREAMS = 64
-
-
-class StreamView(Protocol):
-    """Turns a message's tokens into fragments for one connection; holds only what it has yet to send."""
-
-    def feed(self, token: QuandaToken) -> None: ...
-
-    def flush(self) -> list[Any]: ...
 
 
 ViewFactory = Callable[[str], StreamView]
@@ -84,77 +76,6 @@ class Connection:
         for follower in self.followers.values():
             follower.leave(self)
         self.followers.clear()
-
-
-class Follower:
-    """Follows one message from one position for every tab that asked for exactly that: one reader, one
-    view, one render per frame, the same text sent to each tab. Tabs join only until the first frame goes
-    out; a tab asking later (another position, a reconnect) gets a follower of its own."""
-
-    def __init__(self, hub: "Hub", message_id: str, after_seq: int | None, view: StreamView):
-        self.hub, self.message_id, self.after_seq, self.view = hub, message_id, after_seq, view
-        self.conns: set[Connection] = set()
-        self.sent = False
-        self.task = asyncio.create_task(self._run(), name=f"follow-{message_id}")
-
-    def join(self, conn: Connection) -> None:
-        self.conns.add(conn)
-
-    def leave(self, conn: Connection) -> None:
-        self.conns.discard(conn)
-        if not self.conns:
-            self.task.cancel()
-
-    async def _send(self, fragments: list[Any]) -> None:
-        text = "".join(to_xml(f, indent=False) for f in fragments)
-        for conn in list(self.conns):
-            await conn.send_text(text)
-
-    async def _run(self) -> None:
-        try:
-            message = await QuandaMessage.from_id(self.hub.store, self.message_id)
-        except QuandaError as exc:
-            await self._send([Notice(str(exc))])
-            return
-        dirty = asyncio.Event()
-        ended: list[BaseException | None] = []
-
-        async def pump() -> None:
-            try:
-                async for token in QuandaReader(message, after_seq=self.after_seq):
-                    self.view.feed(token)
-                    dirty.set()
-                ended.append(None)
-            except QuandaError as exc:
-                ended.append(exc)
-            finally:
-                dirty.set()
-
-        pump_task = asyncio.create_task(pump())
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await dirty.wait()
-                dirty.clear()
-                started = loop.time()
-                fragments = self.view.flush()
-                if fragments:
-                    self.sent = True
-                    await self._send(fragments)
-                if ended or not self.conns:
-                    break
-                # frame pacing, timed from the frame's start, with a floor so a late server still batches:
-                # whatever arrives meanwhile joins the next frame
-                now = loop.time()
-                await asyncio.sleep(max(started + FRAME_INTERVAL_S, now + 0.75 * FRAME_INTERVAL_S) - now)
-            if ended and ended[0] is not None:
-                log.warning("stream %s ended early: %s", self.message_id, ended[0])
-                await self._send([Notice("this stream was interrupted; reload the page to see where it is")])
-        finally:
-            pump_task.cancel()
-            for conn in list(self.conns):
-                if conn.followers.get(self.message_id) is self:
-                    del conn.followers[self.message_id]
 
 
 class Hub:
@@ -300,7 +221,7 @@ class Hub:
             return follower
         if snapshot:
             view.page_seq = seq
-        follower = Follower(self, message_id, None if snapshot else seq, view)
+        follower = Follower(self.store, message_id, None if snapshot else seq, view)
         self._joinable[key] = follower
         follower.task.add_done_callback(lambda _t: self._joinable.get(key) is follower and self._joinable.pop(key))
         return follower
