@@ -140,9 +140,8 @@ async def ask_in_conversation(h: Handle, question) -> None:
 
 
 async def ask(h: Handle, question, model: str | None) -> str:
-    """The HTTP API's /answer: the question joins the owner's conversation and is answered there."""
-    if await answering(h):
-        raise ClientError("an answer is still being written: wait for it or stop it")
+    """The HTTP API's /answer: the question joins the owner's conversation and is answered there (API
+    clients may ask several at once; the page's Send waits for the answer being written)."""
     if not question.immutable:
         await QuandaWriter(QuandaMessage(h.store, question)).make_immutable()
     await answers.seal_unfinished(h)
