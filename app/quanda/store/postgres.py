@@ -1,15 +1,15 @@
 """PostgreSQL backend (asyncpg): several app servers on one database.
 
-`PostgresStore` is this module's lifecycle and reads plus four parts mixed in, one module each: the
-writer task that group-commits appends (`postgres_writer.py`), the listener that wakes readers of other
-processes with polling as a fallback (`postgres_listener.py`), facts (`postgres_facts.py`), records and
-counters (`postgres_records.py`). The tables and the PL/pgSQL functions are in `postgres_schema.py`; the
-URL, the channel and driver errors in `postgres_client.py`.
+`PostgresStore` is this module's lifecycle and messages (created and read here) plus four parts mixed
+in, one module each: the writer task that group-commits appends (`postgres_writer.py`), the listener that
+wakes readers here on other processes' writes, polling as a fallback (`postgres_listener.py`), facts
+(`postgres_facts.py`), records and counters (`postgres_records.py`). The tables and the PL/pgSQL
+functions are in `postgres_schema.py`; the URL, the channel and driver errors in `postgres_client.py`.
 
 Content. Rewriting a growing `content` column on every chunk would make each commit cost O(message size),
 so the row holds the content as of `content_seq` (a checkpoint) and the chunks after it are read from the
-token log; a checkpoint is written every CHECKPOINT_EVERY chunks, and at every override and seal (as on
-SQLite). An UPDATE that leaves the TOASTed content alone copies only its pointer.
+token log; a checkpoint is written every CHECKPOINT_EVERY chunks (`postgres_writer.py`), and at every
+override and seal (as on SQLite). An UPDATE that leaves the TOASTed content alone copies only its pointer.
 
 Text. User text is stored as UTF-8 in `bytea` columns (why: `postgres_schema.py`).
 """
