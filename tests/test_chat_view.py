@@ -12,12 +12,13 @@ from fasthtml.common import Div, to_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import app.render as render
+import app.render.piece as render_piece
+import app.render.stream as render_stream
 from app.components import ids
 from app.components.chat import ChatView, MessageBody
 from app.components.stream import StreamMarker
 from app.quanda import QuandaToken
-from app.render import render_blocks
+from app.render import append_plan, render_blocks
 from bench.render_bench import code_answer, mixed_answer, paragraph_answer
 from tests.test_render import FRAGMENTS, assert_safe
 
@@ -148,7 +149,7 @@ def piece_cap(cap: int | None):
     if cap is None:
         yield
     else:
-        with mock.patch.object(render, "PIECE_CAP", cap):
+        with mock.patch.object(render_stream, "PIECE_CAP", cap):
             yield
 
 
@@ -361,8 +362,10 @@ def test_bytes_stay_linear_at_every_rate():
 def count_work(tokens: list[str], every: int) -> float:
     """Characters handed to the markdown renderer and to the append planner, per token (deterministic)."""
     work = [0]
-    real_md, real_plain, real_inline = render.render_markdown, render._render_plain, render._render_inline
-    real_plan = render.append_plan
+    # patched where they are looked up: the stream renders finished blocks, a piece renders itself
+    real_md = render_stream.render_markdown
+    real_plain, real_inline = render_piece._render_plain, render_piece._render_inline
+    real_plan = append_plan
 
     def md(text):
         work[0] += len(text)
@@ -382,8 +385,9 @@ def count_work(tokens: list[str], every: int) -> float:
 
     import app.components.chat as chat
 
-    with mock.patch.object(render, "render_markdown", md), mock.patch.object(render, "_render_plain", plain), \
-            mock.patch.object(render, "_render_inline", inline), mock.patch.object(chat, "append_plan", plan):
+    with mock.patch.object(render_stream, "render_markdown", md), \
+            mock.patch.object(render_piece, "_render_plain", plain), \
+            mock.patch.object(render_piece, "_render_inline", inline), mock.patch.object(chat, "append_plan", plan):
         view = ChatView(MID)
         view.feed(QuandaToken("override", "", None, 0))
         for i, text in enumerate(tokens, 1):

@@ -14,8 +14,9 @@ from bson import ObjectId, Timestamp
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from app.quanda import QuandaMessage, QuandaReader, QuandaWriter
-from app.quanda.store import mongo
-from app.quanda.store.mongo import FACT_SEQ_KEY, change_pipeline, event_last_seq
+from app.quanda.store import mongo_facts, mongo_watch
+from app.quanda.store.mongo_facts import FACT_SEQ_KEY
+from app.quanda.store.mongo_watch import change_pipeline, event_last_seq
 from app.quanda.reader import SAFETY_RECHECK_S
 from tests.backends import make_store, store_target
 
@@ -208,7 +209,7 @@ async def until(predicate, what):
 async def two_stores(tmp_path, monkeypatch):
     """Store `a` watching through fake change streams (a 50 ms max await), store `b` writing to the same
     mongomock database as another process would."""
-    monkeypatch.setattr(mongo, "CHANGE_WAIT_MS", 50)
+    monkeypatch.setattr(mongo_watch, "CHANGE_WAIT_MS", 50)
     a = await make_store("mongomock", tmp_path)
     b = await make_store("mongomock", tmp_path, shared=store_target("mongomock", a))
     yield a, b
@@ -365,7 +366,7 @@ async def test_facts_arrive_through_the_change_stream(two_stores, awaitable):
 
 
 async def test_a_seq_taken_by_a_crashed_publisher_is_given_up_after_a_bounded_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr(mongo, "FACT_GAP_WAIT_S", 0.2)
+    monkeypatch.setattr(mongo_facts, "FACT_GAP_WAIT_S", 0.2)
     a = await make_store("mongomock", tmp_path)
     b = await make_store("mongomock", tmp_path, shared=store_target("mongomock", a))
     try:
@@ -397,7 +398,7 @@ async def test_facts_are_pruned_by_a_ttl_index(tmp_path):
     store = await make_store("mongomock", tmp_path)
     indexes = await store._facts.index_information()
     assert indexes["prune"]["key"] == [("at", 1)]
-    assert indexes["prune"]["expireAfterSeconds"] == mongo.FACTS_KEPT_S
+    assert indexes["prune"]["expireAfterSeconds"] == mongo_facts.FACTS_KEPT_S
     await store.publish("t", {})
     doc = await store._facts.find_one({})
     assert isinstance(doc["at"], datetime)  # a BSON date: what a TTL index needs

@@ -11,8 +11,8 @@ from pymongo.write_concern import WriteConcern
 
 from app.config import Settings
 from app.quanda import QuandaError, QuandaMessage, QuandaNotFoundError, QuandaWriter, open_store
-from app.quanda.store import mongo
-from app.quanda.store.mongo import client_options, make_client
+from app.quanda.store import mongo, mongo_client
+from app.quanda.store.mongo_client import client_options, make_client
 from tests.backends import make_store, mongomock_client
 
 
@@ -58,7 +58,7 @@ async def test_pymongo_is_the_default_driver_and_motor_stays_selectable(monkeypa
     def spy(url, driver):
         chosen.append(driver)
         return mongomock_client()
-    monkeypatch.setattr(mongo, "make_client", spy)
+    monkeypatch.setattr(mongo_client, "make_client", spy)
     monkeypatch.delenv("QUANDA_MONGO_DRIVER", raising=False)
     assert Settings.from_env().mongo_driver == "pymongo"
     await (await open_store("mongodb://h/db")).close()

@@ -18,7 +18,8 @@ from pymongo.errors import DocumentTooLarge, OperationFailure, WTimeoutError
 
 from app.quanda import QuandaError, QuandaLimitError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, replay
 from app.quanda.store import mongo
-from app.quanda.store.mongo import CHUNK, MAX_DOCUMENT_BYTES, _entry_bson, _needed, _Py, _value_bson
+from app.quanda.store.mongo_layout import MAX_DOCUMENT_BYTES, _entry_bson, _needed, _Py, _token_entry, _value_bson
+from app.quanda.token import CHUNK
 from tests.backends import make_store
 
 texts = st.text(st.characters(codec="utf-8"), max_size=12)  # emoji, NUL, U+FFFF, RTL marks; no lone surrogates
@@ -74,7 +75,7 @@ def test_bson_size_is_the_real_size_after_every_write(steps, initial):
 def test_entry_sizes_are_what_bson_encodes():
     for kind, text, estimate in [("chunk", "", None), ("chunk", "héllo 🙂", "(40%)"), ("immutable", "", None),
                                  ("override", "x" * 300, None), ("warning", "\u202e\x00", None)]:
-        entry = mongo._token_entry(kind, text, estimate)
+        entry = _token_entry(kind, text, estimate)
         assert _entry_bson(kind, len(text.encode()), estimate) == len(bson.encode(entry))
         for index in (0, 9, 10, 12345):  # an array entry costs its key and a type byte on top
             assert len(bson.encode({"a": [entry] * (index + 1)})) - len(bson.encode({"a": [entry] * index})) == \

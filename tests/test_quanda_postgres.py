@@ -9,8 +9,8 @@ import pytest
 
 from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, open_store, replay
 from app.quanda.reader import SAFETY_RECHECK_S
-from app.quanda.store import postgres
-from app.quanda.store.postgres import split_url
+from app.quanda.store import postgres_listener
+from app.quanda.store.postgres_client import split_url
 from tests.backends import make_store, store_target
 
 TIMEOUT_S = 10
@@ -130,7 +130,7 @@ async def test_another_process_is_woken_by_notify_without_polling(backend, store
 
 @pg
 async def test_a_lost_listener_falls_back_to_polling_reconnects_and_catches_up(backend, store, tmp_path, monkeypatch):
-    monkeypatch.setattr(postgres, "RECONNECT_S", (0.3, 0.3))  # an outage long enough to publish into
+    monkeypatch.setattr(postgres_listener, "RECONNECT_S", (0.3, 0.3))  # an outage long enough to publish into
     async with second_store(backend, store, tmp_path) as other:
         inbox = Inbox()
         await other.listen(inbox)

@@ -10,18 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import app.render as render
-
 from app.render import (
     Append,
     MarkdownStream,
-    _Closer,
     append_plan,
     closing_suffix,
     render_blocks,
     render_markdown,
     split_blocks,
 )
+from app.render.closing import _Closer
+from app.render.markdown import _render_plain
 
 # --------------------------------------------------------------------------- helpers
 
@@ -282,7 +281,7 @@ def test_closing_suffix(text: str, suffix: str) -> None:
 
 def test_closing_suffix_renders_partial_code_as_code() -> None:
     partial = "Here:\n\n```python\ndef f():\n    return '<b>'"
-    out = render.__dict__["_render_plain"](partial + closing_suffix(partial))  # how a streaming piece shows it
+    out = _render_plain(partial + closing_suffix(partial))  # how a streaming piece shows it
     assert out.endswith("<pre><code class=\"language-python\">def f():\n    return '&lt;b&gt;'\n</code></pre>\n")
 
 

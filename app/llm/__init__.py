@@ -11,7 +11,7 @@ Native tool calling, in short (the app's round loop)::
 
 from __future__ import annotations
 
-from .base import HTTPDriver, LLMDriver, LLMUnavailable, ThinkSplitter, call_data, pick_default_model
+from .base import LLMDriver, LLMUnavailable, call_data, pick_default_model
 from .events import (
     COMPLETED,
     DELTA,
@@ -24,9 +24,11 @@ from .events import (
     TOOLS_REJECTED,
     LLMEvent,
 )
+from .http import HTTPDriver
 from .ollama import OllamaDriver, ollama_base_url
 from .openai import OpenAIDriver
 from .tools import MAX_TOOL_CALLS, tool_definition, tool_names
+from .wire import ThinkSplitter
 
 __all__ = [
     "COMPLETED",

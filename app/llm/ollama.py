@@ -14,9 +14,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .base import ErrorFactory, HTTPDriver, LLMUnavailable, ThinkSplitter, call_data, error_message
+from .base import LLMUnavailable, call_data
 from .events import REASONING, LLMEvent, completed_event
+from .http import HTTPDriver
 from .tools import ToolCallChecker
+from .wire import ErrorFactory, ThinkSplitter, error_message
 
 DEFAULT_URL = "http://localhost:11434"
 DEFAULT_PORT = 11434

@@ -17,9 +17,11 @@ from typing import Any
 
 import httpx
 
-from .base import ErrorFactory, HTTPDriver, LLMUnavailable, ThinkSplitter, call_data, error_message
+from .base import LLMUnavailable, call_data
 from .events import REASONING, LLMEvent, completed_event
+from .http import HTTPDriver
 from .tools import MAX_ARGUMENTS_CHARS, ToolCallChecker
+from .wire import ErrorFactory, ThinkSplitter, error_message
 
 
 class OpenAIDriver(HTTPDriver):

@@ -25,7 +25,8 @@ async def open_store(url: str = DEFAULT_URL, *, client: Any = None, mongo_driver
             raise QuandaError("sqlite URLs need a file path (several connections share it): sqlite:///data/quanda.db")
         return await SQLiteStore(path, **limits).open()
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        from .mongo import MongoStore, make_client
+        from .mongo import MongoStore
+        from .mongo_client import make_client
         database = urlsplit(url).path.lstrip("/") or "quanda"
         client = client or make_client(url, mongo_driver)
         return await MongoStore(client, database, **limits).open()

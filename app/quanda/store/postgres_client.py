@@ -1,0 +1,73 @@
+"""Connecting to PostgreSQL through asyncpg (the optional extra `postgres`: `asyncpg` is None without it):
+the URL, the notification channel, pool connections without a reset query, and driver errors translated.
+
+A URL `postgresql://user@host:port/db?schema=name` keeps the tables in schema `name` (created if missing;
+default `public`); other query parameters go to asyncpg, which sends unknown ones as server settings
+(e.g. `?synchronous_commit=off` trades the last few hundred milliseconds of commits on a crash of the
+database server for faster single-writer commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import QuandaError, QuandaStoreError
+
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover - the optional extra is not installed
+    asyncpg = None
+
+CONNECT_TIMEOUT_S = 10.0
+_SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(the DSN for asyncpg, the schema) from `postgresql://…[?schema=name&…]`."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = "public"
+    rest = []
+    for name, value in query:
+        if name == "schema":
+            schema = value
+        else:
+            rest.append((name, value))
+    if not _SCHEMA_RE.fullmatch(schema):
+        raise QuandaError(f"invalid PostgreSQL schema {schema!r}: letters, digits and _, at most 63")
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _channel(schema: str) -> str:
+    name = "quanda" if schema == "public" else f"quanda_{schema}"
+    if len(name) > 63:  # NOTIFY channel names are identifiers: at most 63 bytes
+        name = "quanda_" + hashlib.sha1(schema.encode()).hexdigest()
+    return name
+
+
+class _NoResetConnection(asyncpg.Connection if asyncpg is not None else object):  # type: ignore[misc]
+    """Pool connections never LISTEN, hold session locks or change settings: skip the reset query that
+    asyncpg runs on every release (a round trip per pooled call)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Driver errors become QuandaStoreError, raised from the original."""
+    try:
+        yield
+    except QuandaError:
+        raise
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
+        raise QuandaStoreError(f"PostgreSQL {what} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,173 @@
+"""The PostgreSQL store's writes, mixed into `PostgresStore`: one writer task per store, group commit.
+
+Every append of this process goes through one writer task that drains a queue and sends whatever has
+gathered as one call of the `quanda_append` function (`postgres_schema.py`): one round trip, one
+transaction, one commit for the batch (group commit: a lone writer pays one commit per token, a hundred
+concurrent writers share one). The function sorts nothing itself: the batch arrives ordered by message
+id, so it row-locks the messages (`SELECT … FOR UPDATE`) in id order and two processes' batches never
+deadlock. Under the lock it assigns seqs `last_seq + 1, …`, checks immutability and the size limit,
+inserts the tokens, updates the row once per message (with a checkpoint of the content every
+CHECKPOINT_EVERY tokens, see `postgres.py`) and calls `pg_notify` once per message with `origin + message
+id + ':' + last seq`: the notification is sent at commit, in commit order, to every process listening on
+the database. Expected refusals (unknown id, immutable, over the limit) are status
+codes, not exceptions, so one bad write never fails the others in its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
+from ..token import IMMUTABLE, QuandaToken
+from .base import QuandaStore
+from .postgres_client import CONNECT_TIMEOUT_S, _translated, asyncpg
+from .postgres_schema import _IMMUTABLE, _NOT_FOUND, _OK, _OVER_LIMIT, _SEALED
+
+log = logging.getLogger("quanda.store.postgres")
+
+MAX_BATCH = 512
+CHECKPOINT_EVERY = 64
+_STOP = object()
+
+
+@dataclass(slots=True)
+class _Append:
+    message_id: str
+    kind: str
+    text: str
+    estimate: str | None
+    future: asyncio.Future
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A token the batch committed (the writer's readers in this process get it pushed)."""
+
+    token: QuandaToken
+
+
+class PostgresWriter(QuandaStore):
+    """The writer task and its connection for `PostgresStore` (see the module docstring)."""
+
+    _loop: asyncio.AbstractEventLoop  # PostgresStore's
+    _dsn: str
+    _sql_append: str
+    channel: str
+    _safe_url: Callable[[], str]
+
+    def __init__(self, **limits: int) -> None:
+        super().__init__(**limits)
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+        self._writer_conn: Any = None
+
+    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken:
+        if self._closed:
+            raise QuandaStoreError("the store is closed")
+        future = self._loop.create_future()
+        self._queue.put_nowait(_Append(message_id, kind, text, estimate, future))
+        if self._writer is None or self._writer.done():
+            self._writer = self._loop.create_task(self._write_loop())
+        return await future
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        while True:
+            item = await queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < MAX_BATCH and not queue.empty():
+                item = queue.get_nowait()
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                outcomes = await self._commit_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - whatever broke, no write may wait forever
+                log.error("PostgreSQL writer failed a batch", exc_info=exc)
+                error = QuandaStoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                outcomes = [error] * len(batch)
+            self._settle(batch, outcomes)
+            if stop:
+                return
+
+    async def _writer_connection(self) -> Any:
+        conn = self._writer_conn
+        if conn is None or conn.is_closed():
+            with _translated(f"connecting to {self._safe_url()}"):
+                conn = self._writer_conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
+        return conn
+
+    async def _commit_batch(self, batch: list[_Append]) -> list[Any]:
+        """One transaction for the batch. A driver error on a batch of several is retried write by write,
+        so only a write that fails alone fails."""
+        try:
+            return await self._call_append(batch)
+        except QuandaStoreError as exc:
+            if len(batch) == 1 or not isinstance(exc.__cause__, asyncpg.PostgresError):
+                return [exc] * len(batch)
+        outcomes: list[Any] = []
+        for entry in batch:
+            try:
+                outcomes.extend(await self._call_append([entry]))
+            except QuandaStoreError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _call_append(self, batch: list[_Append]) -> list[Any]:
+        order = sorted(range(len(batch)), key=lambda j: batch[j].message_id)  # stable: per message, in order
+        entries = [batch[j] for j in order]
+        conn = await self._writer_connection()
+        try:
+            with _translated("append"):
+                statuses, vals = await conn.fetchrow(
+                    self._sql_append, self.channel, self.origin, [e.message_id for e in entries],
+                    [e.kind for e in entries], [e.text.encode() for e in entries],
+                    [None if e.estimate is None else e.estimate.encode() for e in entries],
+                    self.max_message_bytes, CHECKPOINT_EVERY, time.time())
+        except QuandaStoreError as exc:
+            if not isinstance(exc.__cause__, asyncpg.PostgresError):  # the connection may be gone: renew it
+                self._writer_conn = None
+                conn.terminate()
+            raise
+        outcomes: list[Any] = [None] * len(batch)
+        for j, entry, status, value in zip(order, entries, statuses, vals):
+            outcomes[j] = _Written(QuandaToken(entry.kind, entry.text, entry.estimate, value)) if status == _OK \
+                else self._refusal(entry, status, value)
+        return outcomes
+
+    def _refusal(self, entry: _Append, status: int, value: int) -> Any:
+        """What a write that added no token returns or raises."""
+        if status == _SEALED:
+            return QuandaToken(IMMUTABLE, "", None, value)
+        if status == _NOT_FOUND:
+            return QuandaNotFoundError(f"no message with id {entry.message_id!r}")
+        if status == _IMMUTABLE:
+            return QuandaImmutableError(f"message {entry.message_id} is immutable; nothing was written")
+        if status == _OVER_LIMIT:
+            return self._over_message_limit(entry.message_id, value)
+        return QuandaStoreError(f"PostgreSQL append returned an unknown status {status}")
+
+    def _settle(self, batch: list[_Append], outcomes: list[Any]) -> None:
+        """Hand committed tokens to this process's readers, then answer the writers."""
+        for entry, outcome in zip(batch, outcomes):
+            if isinstance(outcome, _Written):
+                self._publish(entry.message_id, [outcome.token])
+        for entry, outcome in zip(batch, outcomes):
+            if entry.future.done():
+                continue
+            if isinstance(outcome, _Written):
+                entry.future.set_result(outcome.token)
+            elif isinstance(outcome, BaseException):
+                entry.future.set_exception(outcome)
+            else:
+                entry.future.set_result(outcome)
