@@ -1,15 +1,112 @@
-"""The app's command line: `python -m app show|tail ID` (the core's CLI on QUANDA_DB_URL)."""
+"""The app's command line, on the store QUANDA_DB_URL names:
+
+    python -m app show ID | tail ID [--after SEQ]          a message (the core's CLI)
+    python -m app users add|passwd NAME [--password-stdin]  accounts (QUANDA_AUTH=accounts)
+    python -m app users remove NAME | list
+    python -m app users adopt NAME (--all | --session SID …) data of browser sessions from before accounts
+    python -m app tokens create NAME [--label L] | list NAME | revoke NAME TOKEN_ID
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import getpass
 import sys
+import time
 
+from app.accounts import AccountError, Accounts
 from app.config import Settings
+from app.quanda import QuandaError, open_store
 from app.quanda.__main__ import main as core_main
 
 
+def read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise AccountError("the two passwords differ")
+    return first
+
+
+async def users(args: argparse.Namespace, settings: Settings) -> None:
+    from app.migrate import adopt, legacy_sessions
+    async with await open_store(settings.db_url, mongo_driver=settings.mongo_driver) as store:
+        accounts = Accounts(store)
+        if args.action == "add":
+            user = await accounts.add(args.name, read_password(args))
+            print(f"added {user.name}")
+        elif args.action == "passwd":
+            await accounts.set_password(args.name, read_password(args))
+            print(f"changed the password of {args.name} (their sessions were closed)")
+        elif args.action == "remove":
+            await accounts.remove(args.name)
+            print(f"removed {args.name} (their data stays in the store, unreachable)")
+        elif args.action == "list":
+            for user in await accounts.users():
+                print(user.name)
+        else:
+            user = await accounts.user(args.name)
+            if user is None:
+                raise AccountError(f"there is no user named {args.name!r}")
+            sessions = await legacy_sessions(store)
+            chosen = sessions if args.all else set(args.session or ()) & sessions
+            await adopt(store, chosen, user.workspace)
+            print(f"gave {user.name} the data of {len(chosen)} browser session(s)")
+
+
+async def tokens(args: argparse.Namespace, settings: Settings) -> None:
+    async with await open_store(settings.db_url, mongo_driver=settings.mongo_driver) as store:
+        accounts = Accounts(store)
+        if args.action == "create":
+            token_id, token = await accounts.create_token(args.name, args.label or "")
+            print(f"token {token_id} for {args.name} (shown once; keep it secret):\n{token}")
+        elif args.action == "list":
+            for token in await accounts.tokens(args.name):
+                made = time.strftime("%Y-%m-%d %H:%M", time.localtime(token["created"]))
+                print(f"{token['id']}  {made}  {token['label']}")
+        else:
+            await accounts.revoke_token(args.name, args.token_id)
+            print(f"revoked token {args.token_id} of {args.name}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return core_main(argv, default_db=Settings.from_env().db_url, prog="python -m app")
+    argv = sys.argv[1:] if argv is None else argv
+    settings = Settings.from_env()
+    if argv[:1] not in (["users"], ["tokens"]):
+        return core_main(argv, default_db=settings.db_url, prog="python -m app")
+    parser = argparse.ArgumentParser(prog="python -m app", description="Accounts and API tokens.")
+    groups = parser.add_subparsers(dest="group", required=True)
+    user_cmds = groups.add_parser("users").add_subparsers(dest="action", required=True)
+    for action in ("add", "passwd"):
+        p = user_cmds.add_parser(action)
+        p.add_argument("name")
+        p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    user_cmds.add_parser("remove").add_argument("name")
+    user_cmds.add_parser("list")
+    adopt = user_cmds.add_parser("adopt", help="give a user the data of browser sessions from before accounts")
+    adopt.add_argument("name")
+    which = adopt.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true")
+    which.add_argument("--session", action="append")
+    token_cmds = groups.add_parser("tokens").add_subparsers(dest="action", required=True)
+    create = token_cmds.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--label", default="")
+    token_cmds.add_parser("list").add_argument("name")
+    revoke = token_cmds.add_parser("revoke")
+    revoke.add_argument("name")
+    revoke.add_argument("token_id")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run((users if args.group == "users" else tokens)(args, settings))
+    except QuandaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, EOFError):
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

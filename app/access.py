@@ -1,7 +1,11 @@
-"""Who is asking: the owner a request or a WebSocket acts for.
+"""Who is asking: the owner (workspace) a request or a WebSocket acts for. The one place that decides it.
 
-A browser session (a random id in the signed session cookie) is its own owner; the HTTP API's bearer token
-(`QUANDA_API_TOKEN`) may use every message. `owner_of` is the one place that decides it.
+- Local mode (the default, loopback only): everything belongs to the one workspace of the person at this
+  machine, whatever the browser or cookie; the HTTP API takes the page's session or
+  `Authorization: Bearer $QUANDA_API_TOKEN`.
+- Accounts mode: a browser acts for the user its login session names; the HTTP API for the user whose
+  token (`qk_…`) it presents. Nobody else gets an owner: pages send them to /login, the WebSocket and
+  the API refuse them.
 """
 
 from __future__ import annotations
@@ -10,30 +14,55 @@ import hmac
 import secrets
 from typing import Any
 
-from app.ownership import ANYONE
+from app.accounts import LOCAL_WORKSPACE, Accounts
+
+LOGIN_KEY = "login"  # the session cookie's field naming the login session (accounts mode)
 
 
-def session_owner(session: dict) -> str:
-    """The owner of a browser session, creating the session's id on first use."""
+def ensure_session(session: dict) -> str:
+    """A random id for the browser session (what ties its tabs' drafts and notices together)."""
     sid = session.get("sid")
     if not isinstance(sid, str) or len(sid) != 32:
         sid = session["sid"] = secrets.token_hex(16)
     return sid
 
 
-def owner_of(request: Any) -> str | None:
-    """The owner a request acts for: the bearer token's, or the browser session's; None for nobody."""
-    token = request.app.state.ctx.settings.api_token
-    auth = request.headers.get("authorization", "")
-    if token and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
-        return ANYONE
-    sid = request.scope.get("session", {}).get("sid")
-    return sid if isinstance(sid, str) and len(sid) == 32 else None
+async def session_owner(settings: Any, accounts: Accounts, session: dict) -> str | None:
+    """The workspace a browser session acts for; None when it must log in first."""
+    if not settings.accounts:
+        return LOCAL_WORKSPACE
+    user = await accounts.session_user(session.get(LOGIN_KEY))
+    return user.workspace if user else None
 
 
-def handle_of(request: Any):
+async def bearer_owner(settings: Any, accounts: Accounts, authorization: str) -> str | None:
+    """The workspace a bearer token acts for, or None when there is no (valid) token."""
+    if not authorization.startswith("Bearer "):
+        return None
+    token = authorization[7:].strip()
+    if settings.accounts:
+        user = await accounts.token_user(token)
+        return user.workspace if user else None
+    if settings.api_token and hmac.compare_digest(token.encode(), settings.api_token.encode()):
+        return LOCAL_WORKSPACE
+    return None
+
+
+async def request_owner(request: Any) -> str | None:
+    """The owner an HTTP request acts for (its bearer token's, else its session's), or None."""
+    ctx = request.app.state.ctx
+    authorization = request.headers.get("authorization", "")
+    if authorization:
+        return await bearer_owner(ctx.settings, ctx.accounts, authorization)
+    session = request.scope.get("session") or {}
+    if not ctx.settings.accounts and not isinstance(session.get("sid"), str):
+        return None  # the API without a token needs the page's session (a visitor of the app)
+    return await session_owner(ctx.settings, ctx.accounts, session)
+
+
+async def handle_of(request: Any):
     """The Handle an HTTP route acts through; PermissionError when the request has no owner."""
-    owner = owner_of(request)
+    owner = await request_owner(request)
     if owner is None:
-        raise PermissionError("sign in with the browser session or Authorization: Bearer <QUANDA_API_TOKEN>")
+        raise PermissionError("sign in: use the page's session, or Authorization: Bearer <token>")
     return request.app.state.ctx.handle(owner)

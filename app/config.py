@@ -19,6 +19,12 @@ class Settings:
     port: int = field(default=5001, metadata={"env": "QUANDA_PORT", "doc": "Port to serve on"})
     secret: str = field(default="", metadata={"env": "QUANDA_SECRET",
                         "doc": "Session-signing key (required when not bound to loopback)"})
+    auth: str = field(default="local", metadata={"env": "QUANDA_AUTH",
+                      "doc": "local: one workspace for the person at this machine, no login (loopback only); "
+                             "accounts: users log in, one workspace each (required beyond loopback)"})
+    allowed_hosts: str = field(default="", metadata={"env": "QUANDA_ALLOWED_HOSTS",
+                               "doc": "Comma-separated host names the app answers to (always: the bound address, "
+                                      "localhost, 127.0.0.1, [::1]); any other Host header gets 400"})
     max_token_bytes: int = field(default=1 << 20, metadata={"env": "QUANDA_MAX_TOKEN_BYTES",
                                  "doc": "Largest token a writer may append (bytes)"})
     max_message_bytes: int = field(default=16 << 20, metadata={"env": "QUANDA_MAX_MESSAGE_BYTES",
@@ -37,7 +43,8 @@ class Settings:
     llm_stall_s: float = field(default=60.0, metadata={"env": "QUANDA_LLM_STALL_S",
                                "doc": "Seconds without a byte from the LLM before the answer is marked stalled"})
     api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
-                           "doc": "When set, the HTTP API also accepts Authorization: Bearer <token>"})
+                           "doc": "Local mode: the HTTP API also accepts Authorization: Bearer <token> (acting "
+                                  "for the local workspace); accounts mode uses per-user tokens instead"})
     system_prompt_file: str = field(default="", metadata={"env": "QUANDA_SYSTEM_PROMPT_FILE",
                                     "doc": "File whose text replaces the base system prompt"})
     job_lease_s: float = field(default=10.0, metadata={"env": "QUANDA_JOB_LEASE_S",
@@ -46,6 +53,16 @@ class Settings:
     test_crash_at: str = field(default="", metadata={"env": "QUANDA_TEST_CRASH_AT",
                                "doc": "Test only: kill the process at a named point of running a command "
                                       "(after_claim, after_effect, before_result_line); inert when unset"})
+
+    @property
+    def accounts(self) -> bool:
+        return self.auth == "accounts"
+
+    @property
+    def host_names(self) -> set[str]:
+        """The Host names (without port) the app answers to."""
+        names = {"localhost", "127.0.0.1", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"}
+        return names | {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
 
     @property
     def default_model(self) -> str:

@@ -30,6 +30,7 @@ class AppContext:
     plugins: list[Any] = field(default_factory=list)
     jobs: Jobs | None = None
     llm: Any = None  # the LLM driver (app/llm)
+    accounts: Any = None  # users, logins and API tokens (app/accounts.py)
     state: dict[str, Any] = field(default_factory=dict)  # each plugin's own per-app state, by plugin name
 
     def handle(self, owner: str, *, page: str | None = None, send: Send | None = None) -> "Handle":

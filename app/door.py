@@ -1,8 +1,17 @@
-"""The door: what every HTTP request passes before the app sees it.
+"""The door: what every HTTP request and WebSocket handshake passes before the app sees it.
 
-`BodyGuard` reads a request body once, up to MAX_BODY_BYTES (413 beyond), refuses JSON nested deeper than
-the limit (400) before any parser meets it, and hands the body on. FastHTML parses every body it routes
-(forms and JSON) to fill handler parameters, so these limits must hold before it does.
+- `Host` must name this app (QUANDA_ALLOWED_HOSTS plus the bound address, localhost, 127.0.0.1, [::1]):
+  a page elsewhere that rebinds a DNS name to 127.0.0.1 gets 400.
+- A WebSocket handshake whose `Origin` is not the app's own (scheme, host and port) is refused; so is a
+  state-changing HTTP request (POST, PUT, PATCH, DELETE) from another origin (`Sec-Fetch-Site` other than
+  same-origin, or a foreign `Origin`), or one that carries the session cookie without saying where it
+  comes from. A page on another port of 127.0.0.1 is the same *site*
+  (SameSite cookies go with it), so this check is what stops it. Bearer-token calls need no Origin.
+- The HTTP API's bodies must be `application/json` (415 otherwise); every body is read once, up to
+  MAX_BODY_BYTES (413 beyond), and JSON nested deeper than the limit is refused (400) before any parser
+  meets it — FastHTML parses every body it routes, so these limits must hold before it does.
+- Every response carries a Content-Security-Policy without inline script, `X-Content-Type-Options`
+  and `Referrer-Policy: no-referrer`.
 """
 
 from __future__ import annotations
@@ -16,23 +25,85 @@ from app.client_json import MAX_DEPTH, nesting_depth
 log = logging.getLogger("quanda.door")
 
 MAX_BODY_BYTES = 2 << 20
+SESSION_COOKIE = "quanda_session"
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "font-src 'self'; form-action 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'none'")
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
 
 
 async def send_json(send: Callable, status: int, payload: dict[str, Any]) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *SECURITY_HEADERS]})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyGuard:
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
+def host_name(host: str) -> str:
+    """The name part of a Host header ("[::1]:5001" -> "[::1]", "Example.COM:80" -> "example.com")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[:host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Door:
+    def __init__(self, app: Any, host_names: set[str], max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.host_names, self.max_bytes = app, host_names, max_bytes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        host = headers.get(b"host", b"").decode("latin-1")
+        if host_name(host) not in self.host_names:
+            log.warning("refused a request for host %r", host[:80])
+            return await self.refuse(scope, send, 400, "this server does not answer to that host name")
+        own_origin = ("https" if scope.get("scheme") in ("https", "wss") else "http") + "://" + host.lower()
+        origin = headers.get(b"origin", b"").decode("latin-1").lower()
+        if scope["type"] == "websocket":
+            if origin and origin != own_origin:
+                log.warning("refused a WebSocket from origin %r", origin[:80])
+                return await self.refuse(scope, send, 403, "")
+            return await self.app(scope, receive, send)
+        if scope["method"] in STATE_CHANGING and not headers.get(b"authorization", b"").startswith(b"Bearer "):
+            if not self.same_origin(headers, origin, own_origin):
+                log.warning("refused a %s %s from origin %r", scope["method"], scope.get("path"), origin[:80])
+                return await send_json(send, 403, {"error": "a request from another site was refused"})
+        return await self.read_body(scope, receive, self.secured(send), headers)
+
+    @staticmethod
+    def same_origin(headers: dict, origin: str, own_origin: str) -> bool:
+        """Whether a state-changing request comes from the app's own pages. A browser says so with
+        `Sec-Fetch-Site: same-origin` (its `Origin` may read "null": the pages ask for no referrer); without
+        that header the `Origin` must be the app's own — and a request with the session cookie must have one."""
+        if origin and origin != "null" and origin != own_origin:
+            return False
+        fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1")
+        if fetch_site:
+            return fetch_site == "same-origin"
+        return origin == own_origin or SESSION_COOKIE.encode() + b"=" not in headers.get(b"cookie", b"")
+
+    @staticmethod
+    async def refuse(scope: dict, send: Callable, status: int, message: str) -> None:
+        if scope["type"] == "websocket":  # closing before accepting answers the handshake with 403
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            await send_json(send, status, {"error": message})
+
+    @staticmethod
+    def secured(send: Callable) -> Callable:
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _v in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *(h for h in SECURITY_HEADERS if h[0] not in names)]}
+            await send(message)
+        return with_headers
+
+    async def read_body(self, scope: dict, receive: Callable, send: Callable, headers: dict) -> None:
         declared = headers.get(b"content-length", b"")
         too_big = f"the request body is over {self.max_bytes:,} bytes"
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -47,7 +118,11 @@ class BodyGuard:
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
                 return await send_json(send, 413, {"error": too_big})
-        if b"json" in headers.get(b"content-type", b"") and body:
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if body and scope.get("path", "").startswith("/api/") and content_type != b"application/json":
+            return await send_json(send, 415, {"error": "the HTTP API takes JSON bodies (Content-Type: "
+                                                        "application/json)"})
+        if body and b"json" in content_type:
             text = body.decode("utf-8", errors="replace")
             if nesting_depth(text, stop_above=MAX_DEPTH) > MAX_DEPTH:
                 log.info("refused a JSON body nested more than %d levels deep on %s", MAX_DEPTH, scope.get("path"))

@@ -13,7 +13,6 @@ from app.quanda import QuandaNotFoundError, QuandaStore
 from app.quanda.store.base import MessageRecord
 
 KIND = "owner"
-ANYONE = "*"  # the owner of a caller that may use every message (the local API token)
 
 
 async def own(store: QuandaStore, owner: str, message_id: str, role: str) -> None:
@@ -34,9 +33,7 @@ async def owned(store: QuandaStore, owner: str, message_id: object,
                 roles: Iterable[str] | None = None) -> MessageRecord:
     """The message, if `owner` may use it (and it has one of `roles`); QuandaNotFoundError otherwise."""
     record = await store.get_message(message_id)  # type: ignore[arg-type]  # malformed ids: not found
-    if owner != ANYONE or roles is not None:
-        mine = await owner_of(store, record.id)
-        if mine is None or (owner != ANYONE and mine["owner"] != owner) or \
-                (roles is not None and mine.get("role") not in set(roles)):
-            raise QuandaNotFoundError(f"no message with id {message_id!r}")
+    mine = await owner_of(store, record.id)
+    if mine is None or mine["owner"] != owner or (roles is not None and mine.get("role") not in set(roles)):
+        raise QuandaNotFoundError(f"no message with id {message_id!r}")
     return record

@@ -16,16 +16,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from fasthtml.common import H2, FastHTML, JSONResponse, Link, Meta, P, Script, Section, to_xml
+from fasthtml.common import H2, FastHTML, JSONResponse, Link, Meta, P, RedirectResponse, Script, Section, to_xml
 from starlette.middleware import Middleware
 from starlette.staticfiles import StaticFiles
 
-from app.access import session_owner
+from app.access import LOGIN_KEY, ensure_session, session_owner
+from app.accounts import Accounts, LoginThrottle
+from app.components.auth import AccountBar, LoginPage
 from app.components.chat import ChatSidebar
 from app.components.layout import Menu, Notice, Page, PageContent
 from app.config import Settings
 from app.context import AppContext, Handle
-from app.door import BodyGuard
+from app.door import Door
+from app.migrate import migrate
 from app.jobs import Job, Jobs
 from app.llm import make_driver
 from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
@@ -39,6 +42,9 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 HEALTH_TIMEOUT_S = 5.0
 HEADERS = (
     Meta(name="viewport", content="width=device-width, initial-scale=1"),
+    # the page runs under a CSP without inline script or style: htmx must not eval nor inject styles
+    Meta(name="htmx-config", content='{"includeIndicatorStyles": false, "allowEval": false, '
+                                     '"allowScriptTags": false}'),
     Script(src="/static/htmx.min.js"),
     Script(src="/static/htmx-ext-ws.js"),
     Script(src="/static/quanda.js"),
@@ -53,7 +59,7 @@ def session_secret(settings: Settings) -> str:
         return settings.secret
     if settings.host not in LOOPBACK:
         raise RuntimeError(f"QUANDA_HOST={settings.host} exposes the app beyond this machine: set QUANDA_SECRET "
-                           "to a long random string to sign sessions")
+                           "to a long random string to sign sessions (and QUANDA_AUTH=accounts)")
     path = Path("data") / ".sesskey"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +133,14 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     settings = settings or Settings.from_env()
     plugins = load_plugins(builtin, entry_point_group=entry_point_group, extra=extra_plugins)
     host = PluginHost(plugins)
+    if settings.auth not in ("local", "accounts"):
+        raise RuntimeError(f"QUANDA_AUTH must be local or accounts, not {settings.auth!r}")
     if settings.host not in LOOPBACK:
-        log.warning("binding to %s: anyone who can reach this address can use the app", settings.host)
+        if not settings.accounts:
+            raise RuntimeError(f"QUANDA_HOST={settings.host} exposes the app beyond this machine: set "
+                               "QUANDA_AUTH=accounts (users log in) — local mode is for loopback only")
+        log.warning("binding to %s: anyone who can reach this address can try to log in", settings.host)
+    throttle = LoginThrottle()
 
     async def lifespan(app):
         own_store = store is None
@@ -137,7 +149,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                               max_message_bytes=settings.max_message_bytes)
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
                           settings.llm_stall_s)
-        ctx = AppContext(settings, the_store, plugins, llm=llm)
+        ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store))
+        await migrate(the_store, settings.accounts)
         ctx.jobs = Jobs(the_store, settings.job_lease_s, host.recoverers(ctx))
         hub = Hub(the_store, {a: h for p in plugins for a, h in p.ws_handlers.items()},
                   {role: v for p in plugins for role, v in p.stream_views.items()}, host.render_fact, ctx.handle)
@@ -158,20 +171,72 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
                    title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
-                   middleware=[Middleware(BodyGuard)])
+                   middleware=[Middleware(Door, host_names=settings.host_names)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]
     by_name = {p.name: p for p in plugins}
 
     async def render(request, session, plugin: Plugin | None):
         ctx: AppContext = request.app.state.ctx
-        h = ctx.handle(session_owner(session), page=plugin.name if plugin else None)
+        ensure_session(session)
+        owner = await session_owner(settings, ctx.accounts, session)
+        if owner is None:  # accounts mode, not signed in
+            if request.headers.get("HX-Request"):
+                return JSONResponse({"error": "sign in first"}, status_code=401, headers={"HX-Redirect": "/login"})
+            return RedirectResponse("/login", status_code=303)
+        h = ctx.handle(owner, page=plugin.name if plugin else None)
         content = await call(plugin.page, h) if plugin else home()
         current = plugin.name if plugin else None
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "main":
             await h.post_event(f"You opened {plugin.label}." if plugin else "You opened the home page.")
             return PageContent(current, content), Menu(plugins, current, oob=True)
-        return Page(plugins, content, await host.sidebar(h), current=current)
+        account = None
+        if settings.accounts:
+            user = await ctx.accounts.session_user(session.get(LOGIN_KEY))
+            account = AccountBar(user.name) if user else None
+        return Page(plugins, content, await host.sidebar(h), current=current, account=account)
+
+    @app.get("/login")
+    async def login_page(request, session):
+        if not settings.accounts:
+            return RedirectResponse("/", status_code=303)
+        return LoginPage()
+
+    @app.post("/login")
+    async def login(request, session):
+        if not settings.accounts:
+            return RedirectResponse("/", status_code=303)
+        form = await request.form()
+        name, password = str(form.get("username", ""))[:80], str(form.get("password", ""))[:1000]
+        address = request.client.host if request.client else "?"
+        keys = (f"user:{name.strip().lower()}", f"addr:{address}")
+        wait = throttle.wait_s(*keys)
+        if wait > 0:
+            return LoginPage(f"Too many failed attempts: try again in {int(wait) + 1} s.", name)
+        accounts: Accounts = request.app.state.ctx.accounts
+        user = await accounts.verify(name, password)
+        if user is None:
+            throttle.failed(*keys)
+            log.info("failed login from %s", address)
+            return LoginPage("Wrong user name or password.", name)
+        throttle.succeeded(keys[0])  # the name only: one good login must not clear an address's failures
+        await accounts.close_session(session.get(LOGIN_KEY))
+        session.clear()  # a new session id at login: one from before it is worth nothing
+        ensure_session(session)
+        session[LOGIN_KEY] = await accounts.open_session(user)
+        log.info("%s signed in from %s", user.name, address)
+        return RedirectResponse("/", status_code=303)
+
+    @app.post("/logout")
+    async def logout(request, session):
+        ctx: AppContext = request.app.state.ctx
+        login_id = session.get(LOGIN_KEY)
+        user = await ctx.accounts.session_user(login_id)
+        await ctx.accounts.close_session(login_id)
+        session.clear()
+        if user is not None:  # its open tabs, on every server, lose their socket
+            await ctx.store.publish("login.closed", {"owner": user.workspace, "login": login_id})
+        return RedirectResponse("/login" if settings.accounts else "/", status_code=303)
 
     def home():
         return Section(H2("Welcome to Quanda"),
@@ -201,12 +266,13 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         return JSONResponse({"ok": True})
 
     async def on_connect(ws, session):
-        sid = session.get("sid") if isinstance(session, dict) else None
-        if not sid:
-            await ws.send_text(to_xml(Notice("no session: reload the page"), indent=False))
+        ctx: AppContext = ws.app.state.ctx
+        owner = await session_owner(settings, ctx.accounts, session if isinstance(session, dict) else {})
+        if owner is None:
+            await ws.send_text(to_xml(Notice("signed out: reload the page to sign in"), indent=False))
             await ws.close(code=1008)
             return
-        ws.app.state.hub.connect(ws, sid)
+        ws.app.state.hub.connect(ws, owner, session.get(LOGIN_KEY) if isinstance(session, dict) else None)
 
     async def on_disconnect(ws):
         ws.app.state.hub.disconnect(ws)

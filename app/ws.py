@@ -37,8 +37,8 @@ HandleFactory = Callable[..., Handle]
 
 
 class Connection:
-    def __init__(self, hub: "Hub", ws: Any, owner: str):
-        self.hub, self.ws, self.owner = hub, ws, owner
+    def __init__(self, hub: "Hub", ws: Any, owner: str, login: str | None = None):
+        self.hub, self.ws, self.owner, self.login = hub, ws, owner, login
         self.page: str | None = None
         self.followers: dict[str, Follower] = {}
         self._lock = asyncio.Lock()
@@ -96,8 +96,8 @@ class Hub:
         self._stop_listening = await self.store.listen(self._on_fact)
         self._fact_task = asyncio.create_task(self._render_facts(), name="hub-facts")
 
-    def connect(self, ws: Any, owner: str) -> Connection:
-        conn = Connection(self, ws, owner)
+    def connect(self, ws: Any, owner: str, login: str | None = None) -> Connection:
+        conn = Connection(self, ws, owner, login)
         self.connections[ws] = conn
         self.owners.setdefault(owner, set()).add(conn)
         log.debug("owner %s: %d connection(s)", owner[:8], len(self.owners[owner]))
@@ -126,8 +126,21 @@ class Hub:
     # -- facts ----------------------------------------------------------------------------------------------
 
     def _on_fact(self, topic: str, fact: dict) -> None:
-        if fact.get("owner") in self.owners:
-            self._facts.put_nowait((topic, fact))
+        if fact.get("owner") not in self.owners:
+            return
+        if topic == "login.closed":  # signed out: that login's tabs lose their socket
+            for conn in [c for c in self.owners[fact["owner"]] if c.login and c.login == fact.get("login")]:
+                asyncio.get_running_loop().create_task(self._sign_out(conn))
+            return
+        self._facts.put_nowait((topic, fact))
+
+    async def _sign_out(self, conn: Connection) -> None:
+        await conn.send(Notice("signed out: reload the page to sign in"))
+        conn.close()
+        try:
+            await conn.ws.close(code=1008)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
     async def _render_facts(self) -> None:
         """One fact at a time, in order: rendered once per page shown by the owner's tabs here."""

@@ -23,7 +23,7 @@ async def presses(h: Handle) -> int:
 
 @router.get("/hello/count")
 async def count(request):
-    return Counter(await presses(handle_of(request)))
+    return Counter(await presses(await handle_of(request)))
 
 
 async def page(h: Handle):

@@ -114,3 +114,25 @@ async def open_tab(server: "AppServer", cookie: str, page: str | None = None):
         if page is not None:
             await ws.send(json.dumps({"action": "view", "page": page, "streams": {}, "fresh": []}))
         yield ws
+
+
+PASSWORD = "correct horse battery"
+
+
+def add_user(server: "AppServer", name: str, password: str = PASSWORD) -> None:
+    """`python -m app users add NAME` on the server's database (accounts mode)."""
+    done = subprocess.run([sys.executable, "-m", "app", "users", "add", name, "--password-stdin"],
+                          input=password + "\n", text=True, capture_output=True, cwd=server.workdir,
+                          env=server.env, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+async def login(server: "AppServer", name: str, password: str = PASSWORD) -> str:
+    """Sign in as a browser would; the session cookie."""
+    async with httpx.AsyncClient(base_url=server.url, headers={"Origin": server.url}) as client:
+        response = await client.post("/login", data={"username": name, "password": password})
+        assert response.status_code == 303 and response.headers["location"] == "/", response.text[:300]
+        return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+
+
+ACCOUNTS = {"QUANDA_AUTH": "accounts", "QUANDA_SECRET": "s" * 40}

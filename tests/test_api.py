@@ -27,8 +27,8 @@ def server(tmp_path_factory, llm):
 
 @pytest.fixture
 async def browser_session(server):
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        await client.get("/")
+    async with httpx.AsyncClient(base_url=server.url, headers={"Origin": server.url}) as client:
+        await client.get("/")  # as a browser does: a session cookie, and its Origin on every POST
         yield client
 
 
@@ -85,8 +85,14 @@ async def test_invalid_tokens_are_400_and_write_nothing(browser_session, body, m
 
 async def test_malformed_and_oversized_bodies(browser_session):
     mid = (await browser_session.post("/api/messages", json={"role": "assistant"})).json()["id"]
-    bad = await browser_session.post(f"/api/messages/{mid}/tokens", content=b"{not json")
+    bad = await browser_session.post(f"/api/messages/{mid}/tokens", content=b"{not json",
+                                     headers={"Content-Type": "application/json"})
     assert bad.status_code == 400
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/xml", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        wrong = await browser_session.post(f"/api/messages/{mid}/tokens", headers=headers,
+                                           content=b'{"kind": "chunk", "text": "x"}')
+        assert wrong.status_code == 415 and "application/json" in wrong.json()["error"], content_type
     huge = await browser_session.post(f"/api/messages/{mid}/tokens",
                                       json={"kind": "chunk", "text": "x" * ((1 << 20) + 1)})
     assert huge.status_code == 413 and "limit" in huge.json()["error"]
@@ -101,13 +107,13 @@ async def test_unknown_or_malformed_ids_are_404(browser_session, mid):
         assert response.status_code == 404
 
 
-async def test_sessions_cannot_touch_each_others_messages(server, browser_session):
+async def test_local_mode_every_browser_is_the_same_workspace_and_strangers_get_nothing(server, browser_session):
     mid = (await browser_session.post("/api/messages", json={"role": "assistant"})).json()["id"]
-    async with httpx.AsyncClient(base_url=server.url) as other:
-        await other.get("/")
-        assert (await other.get(f"/api/messages/{mid}")).status_code == 404
+    async with httpx.AsyncClient(base_url=server.url, headers={"Origin": server.url}) as other:
+        await other.get("/")  # another browser on this machine: the same person, the same workspace
+        assert (await other.get(f"/api/messages/{mid}")).status_code == 200
         assert (await other.post(f"/api/messages/{mid}/tokens", json={"kind": "chunk", "text": "x"})
-                ).status_code == 404
+                ).status_code == 200
     async with httpx.AsyncClient(base_url=server.url) as nobody:
         assert (await nobody.get(f"/api/messages/{mid}")).status_code == 401
         assert (await nobody.post("/api/messages", json={"role": "q"})).status_code == 401
@@ -115,7 +121,7 @@ async def test_sessions_cannot_touch_each_others_messages(server, browser_sessio
         assert (await wrong.get(f"/api/messages/{mid}")).status_code == 401
 
 
-async def test_bearer_token_may_use_any_message(bearer, browser_session):
+async def test_the_local_api_token_acts_for_the_local_workspace(bearer, browser_session):
     mid = (await browser_session.post("/api/messages", json={"role": "assistant"})).json()["id"]
     assert (await bearer.post(f"/api/messages/{mid}/tokens", json={"kind": "chunk", "text": "ok"})).json()["seq"] == 1
     mine = (await bearer.post("/api/messages", json={"role": "q", "content": "hello"})).json()["id"]

@@ -129,7 +129,7 @@ async def still_serving(server):
 @contextlib.asynccontextmanager
 async def session(server):
     """An HTTP client holding a browser session of the server."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5, headers={"Origin": server.url}) as client:
         await client.get("/")
         yield client
 

@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def make_client(tmp_path, **kwargs):
     settings = Settings(db_url=f"sqlite:///{tmp_path / 'q.db'}")
-    return TestClient(create_app(settings, entry_point_group=None, **kwargs))
+    return TestClient(create_app(settings, entry_point_group=None, **kwargs), base_url="http://127.0.0.1")
 
 
 def test_builtin_plugins_load_in_menu_order():
@@ -67,7 +67,7 @@ def test_readme_example_plugin_loads_and_serves(tmp_path):
         page = client.get("/p/hello").text
         assert "Pressed" in page and 'href="/p/hello"' in page
         assert client.get("/hello/count").text.count("0") >= 1
-        with client.websocket_connect("/ws") as ws:
+        with client.websocket_connect("ws://127.0.0.1/ws") as ws:
             ws.send_json({"action": "view", "page": "hello", "streams": {}, "fresh": []})
             ws.send_json({"action": "hello.press"})
             frames = [ws.receive_text(), ws.receive_text()]

@@ -47,8 +47,13 @@ async def test_a_reader_on_one_server_sees_every_token_written_on_the_other(tmp_
         b.stop()
 
 
-def test_binding_beyond_loopback_needs_a_secret(tmp_path):
+def test_binding_beyond_loopback_needs_accounts_and_a_secret(tmp_path):
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    with pytest.raises(RuntimeError, match="QUANDA_AUTH=accounts"):
+        create_app(Settings(host="0.0.0.0", secret="x" * 32, db_url=db), entry_point_group=None)
     with pytest.raises(RuntimeError, match="QUANDA_SECRET"):
-        create_app(Settings(host="0.0.0.0", db_url=f"sqlite:///{tmp_path / 'q.db'}"), entry_point_group=None)
-    assert create_app(Settings(host="0.0.0.0", secret="x" * 32, db_url=f"sqlite:///{tmp_path / 'q.db'}"),
+        create_app(Settings(host="0.0.0.0", auth="accounts", db_url=db), entry_point_group=None)
+    with pytest.raises(RuntimeError, match="QUANDA_AUTH must be"):
+        create_app(Settings(auth="anyone", db_url=db), entry_point_group=None)
+    assert create_app(Settings(host="0.0.0.0", auth="accounts", secret="x" * 32, db_url=db),
                       entry_point_group=None) is not None

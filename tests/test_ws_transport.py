@@ -1,27 +1,32 @@
-"""The WebSocket transport against a real server: bad frames, session isolation, resume by seq, coalescing."""
+"""The WebSocket transport against a real server (accounts mode, a user per test): bad frames, isolation
+between users, resume by seq, coalescing."""
 
 import asyncio
 import json
 import re
 
-import httpx
+import itertools
+
 import pytest
 import websockets
 
-from tests.servers import AppServer, open_tab
+from tests.servers import ACCOUNTS, AppServer, add_user, login, open_tab
+
+USERS = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = AppServer(tmp_path_factory.mktemp("ws")).start()
+    server = AppServer(tmp_path_factory.mktemp("ws"), **ACCOUNTS).start()
     yield server
     server.stop()
 
 
 async def session_cookie(server):
-    async with httpx.AsyncClient() as client:
-        await client.get(server.url + "/")
-        return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    """A new user, signed in: their own workspace."""
+    name = f"user{next(USERS)}"
+    add_user(server, name)
+    return await login(server, name)
 
 
 def connect(server, cookie):
@@ -81,15 +86,15 @@ async def test_bad_frames_get_a_visible_error_and_the_socket_stays_up(server):
     assert "refused WebSocket frame: malformed message" in server.log_text()
 
 
-async def test_without_a_session_the_socket_is_refused(server):
+async def test_without_a_login_the_socket_is_refused(server):
     async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
-        assert "no session" in await recv(ws)
+        assert "signed out" in await recv(ws)
         with pytest.raises(websockets.ConnectionClosed) as info:
             await recv(ws)
     assert info.value.rcvd.code == 1008
 
 
-async def test_sessions_never_see_each_other(server):
+async def test_users_never_see_each_other(server):
     alice, mallory = await session_cookie(server), await session_cookie(server)
     assert alice != mallory
     async with connect(server, alice) as a, connect(server, mallory) as m:
@@ -105,7 +110,7 @@ async def test_sessions_never_see_each_other(server):
             await asyncio.wait_for(m.recv(), 0.5)  # nothing of Alice's run ever reached Mallory
 
 
-async def test_every_tab_of_a_session_follows_and_resume_by_seq_has_no_gap_or_duplicate(server):
+async def test_every_tab_of_a_user_follows_and_resume_by_seq_has_no_gap_or_duplicate(server):
     cookie = await session_cookie(server)
     async with connect(server, cookie) as tab1, connect(server, cookie) as tab2:
         message_id = await start_run(tab1, 40, 1, 2)

@@ -26,11 +26,11 @@ def PageContent(name: str | None, content):
     return Div(content, id=ids.PAGE, data_page=name or "home")
 
 
-def Page(plugins, main_content, sidebar, current: str | None = None, title: str = "Quanda"):
+def Page(plugins, main_content, sidebar, current: str | None = None, title: str = "Quanda", account=None):
     return (
         Title(title),
         Div(
-            Header(Menu(plugins, current)),
+            Header(Menu(plugins, current), account) if account is not None else Header(Menu(plugins, current)),
             Div(id=ids.NOTICE),
             Div(Main(PageContent(current, main_content), id=ids.MAIN), sidebar, cls="layout"),
             Span(id="ws-state", cls="ws-state", data_state="connecting"),

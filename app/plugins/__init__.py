@@ -46,7 +46,7 @@ class Plugin:
     name: str  # identifier: lowercase letters, digits, _
     label: str  # the menu label
     order: int = 100  # menu position, lowest first
-    router: APIRouter | None = None  # its HTTP routes (a route gets its Handle with handle_of(request))
+    router: APIRouter | None = None  # its HTTP routes (a route gets its Handle with `await handle_of(request)`)
     page: Callable[[Handle], Any] | None = None  # page(h) -> FT for the main area; None: not in the menu
     startup: Callable[[AppContext], Awaitable[None]] | None = None  # awaited once the app is up
     ws_handlers: Mapping[str, Callable[[Handle, dict], Awaitable[None]]] = field(default_factory=dict)  # action -> handler(h, data)

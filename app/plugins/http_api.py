@@ -77,7 +77,7 @@ def state(record) -> dict:
 @router.post("/api/messages")
 @guarded
 async def create_message(request):
-    h = handle_of(request)
+    h = await handle_of(request)
     body = await body_json(request)
     role, content = body.get("role"), body.get("content", "")
     if role not in API_ROLES:
@@ -92,13 +92,13 @@ async def create_message(request):
 @router.get("/api/messages/{message_id}")
 @guarded
 async def get_message(request, message_id: str):
-    return JSONResponse(state(await handle_of(request).owned(message_id)))
+    return JSONResponse(state(await (await handle_of(request)).owned(message_id)))
 
 
 @router.post("/api/messages/{message_id}/tokens")
 @guarded
 async def post_token(request, message_id: str):
-    h = handle_of(request)
+    h = await handle_of(request)
     record = await h.owned(message_id)
     body = await body_json(request)
     kind, text, estimate = body.get("kind"), body.get("text"), body.get("estimate")
@@ -115,7 +115,7 @@ async def post_token(request, message_id: str):
 @router.post("/api/messages/{message_id}/immutable")
 @guarded
 async def seal(request, message_id: str):
-    h = handle_of(request)
+    h = await handle_of(request)
     record = await h.owned(message_id)
     await h.store.append(record.id, "immutable")
     return Response(status_code=204)
@@ -136,7 +136,7 @@ def resume_point(request, record) -> int | None:
 @router.get("/api/messages/{message_id}/events")
 @guarded
 async def events(request, message_id: str):
-    h = handle_of(request)
+    h = await handle_of(request)
     record = await h.owned(message_id)
     after = resume_point(request, record)
     message = QuandaMessage(h.store, record)
@@ -156,7 +156,7 @@ async def events(request, message_id: str):
 @router.post("/api/messages/{message_id}/answer")
 @guarded
 async def answer(request, message_id: str):
-    h = handle_of(request)
+    h = await handle_of(request)
     record = await h.owned(message_id)
     ask = h.ctx.plugin_hook("ask")
     if ask is None:

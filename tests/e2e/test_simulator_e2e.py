@@ -57,24 +57,25 @@ async def test_reload_mid_run_continues_where_it_was(app_server, browser):
     assert await page.locator(".stream-content").text_content() == lines(120)
 
 
-async def test_two_tabs_see_the_same_run_and_another_session_does_not(app_server, browser):
+async def test_two_tabs_and_another_browser_see_the_same_run(app_server, browser):
+    """Local mode: one workspace for the person at this machine, whatever the browser (or its cookies)."""
     context = await browser.new_context()
     tab1, tab2 = await context.new_page(), await context.new_page()
     for tab in (tab1, tab2):
         await tab.goto(app_server.url + "/p/simulator")
         await ws_open(tab)
-    other = await (await browser.new_context()).new_page()
+    other = await (await browser.new_context()).new_page()  # another browser: its own cookies
     await other.goto(app_server.url + "/p/simulator")
     await ws_open(other)
     await start_run(tab1, 80, 1, 3)
-    for tab in (tab1, tab2):
+    for tab in (tab1, tab2, other):
         await expect(tab.locator("#sim-run progress")).to_have_attribute("value", "80", timeout=EXPECT_MS)
         assert await tab.locator(".stream-content").text_content() == lines(80)
-    await expect(tab2.locator("#msg-list")).to_contain_text("Stream simulator started: 80 chunks.")
+        await expect(tab.locator("#msg-list")).to_contain_text("Stream simulator started: 80 chunks.")
+    await other.context.clear_cookies()
     await other.reload()
-    await expect(other.locator("#sim-run")).to_contain_text("No run yet")
-    assert "Simulated chunk" not in await other.content()
-    assert "Stream simulator started" not in await other.locator("#msg-list").text_content()
+    await expect(other.locator("#sim-run progress")).to_have_attribute("value", "80", timeout=EXPECT_MS)
+    assert await other.locator(".stream-content").text_content() == lines(80)
 
 
 async def test_stop_ends_the_run_and_says_so(app_server, browser):
