@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from app.accounts import LOCAL_WORKSPACE
 from app.quanda import QuandaError, QuandaStore
@@ -16,6 +17,7 @@ from app.quanda import QuandaError, QuandaStore
 log = logging.getLogger("quanda.migrate")
 
 MARK = ("migration", "workspaces")
+STALE_S = 600.0
 _SESSION = re.compile(r"[0-9a-f]{32}")
 PER_OWNER = ("sim_run", "draft", "chat_turn")  # one record per owner, keyed by it
 
@@ -35,19 +37,31 @@ async def legacy_sessions(store: QuandaStore) -> set[str]:
 
 
 async def migrate(store: QuandaStore, accounts_mode: bool) -> None:
-    """At start-up: local mode folds every session's data into the local workspace (once)."""
+    """At start-up: local mode folds every session's data into the local workspace (once, by one server:
+    several starting together on one database take turns through a claim; a claim older than STALE_S is
+    taken over, in case its server died)."""
     if await store.get_record(*MARK) is not None:
         return
-    sessions = await legacy_sessions(store)
     if accounts_mode:
+        sessions = await legacy_sessions(store)
         if sessions:
             log.warning("%d browser session(s) from before accounts own data: give it to a user with "
                         "`python -m app users adopt NAME --all`", len(sessions))
         return
+    now = time.time()
+    claim = await store.get_record("migration", "workspaces-running")
+    if claim is not None and claim["at"] > now - STALE_S:
+        return  # another server is at it
+    if claim is not None:
+        await store.delete_record("migration", "workspaces-running")
+    if not await store.insert_record("migration", "workspaces-running", {"at": now}):
+        return
+    sessions = await legacy_sessions(store)
     if sessions:
         await adopt(store, sessions, LOCAL_WORKSPACE)
         log.info("folded the data of %d browser session(s) into the local workspace", len(sessions))
-    await store.put_record(*MARK, {"done": True})
+    await store.commit_records([("put", *MARK, {"done": True}),
+                                ("delete", "migration", "workspaces-running", None)])
 
 
 async def adopt(store: QuandaStore, sessions: set[str], workspace: str) -> None:
