@@ -1,0 +1,213 @@
+"""Commands as native tool calls, through the app: the real server in its own process, the scripted LLM server
+speaking each wire (Ollama's whole calls, OpenAI's streamed argument fragments), tabs on WebSockets.
+
+Each test gets its own app server (its own data directory), so todo ids and conversations start afresh."""
+
+import asyncio
+import html
+import json
+import re
+
+import httpx
+import pytest
+
+from app.quanda import open_store
+from tests.llm_server import SSE, Chunk, LLMTestServer, Reply, Rounds, ToolCall
+from tests.servers import AppServer, open_tab
+
+TIMEOUT = 20
+MILK = {"name": "buy milk"}
+ADDED = "✓ Added the todo 'buy milk' (id 1)."
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with LLMTestServer(Reply(chunks=["ok"])) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_llm(llm):
+    llm.script, llm.capabilities, llm.reject_tools = Reply(chunks=["ok"]), {}, None
+    llm.requests.clear()
+    return llm
+
+
+def wire_env(wire: str, llm: LLMTestServer) -> dict:
+    if wire == "ollama":
+        return {"OLLAMA_HOST": llm.url, "OLLAMA_MODEL": "quanda-test"}
+    return {"QUANDA_LLM_URL": llm.openai_url, "QUANDA_LLM_MODEL": "quanda-test"}
+
+
+@pytest.fixture(params=["ollama", "openai"])
+def wire(request):
+    return request.param
+
+
+@pytest.fixture
+def app(tmp_path, fresh_llm, wire):
+    server = AppServer(tmp_path, **wire_env(wire, fresh_llm)).start()
+    server.workdir = tmp_path
+    yield server
+    server.stop()
+
+
+class Chat:
+    """A browser session on the app: questions through the HTTP API, Stop and Retry as the page sends them."""
+
+    def __init__(self, server: AppServer):
+        self.server = server
+
+    async def __aenter__(self) -> "Chat":
+        self.client = httpx.AsyncClient(base_url=self.server.url, timeout=TIMEOUT)
+        await self.client.get("/")
+        self.cookie = "; ".join(f"{k}={v}" for k, v in self.client.cookies.items())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+
+    def tab(self, page: str = "todo"):
+        return open_tab(self.server, self.cookie, page)
+
+    async def ask(self, text: str) -> str:
+        question = (await self.client.post("/api/messages", json={"role": "q", "content": text})).json()["id"]
+        return (await self.client.post(f"/api/messages/{question}/answer", json={})).json()["answer_id"]
+
+    async def state(self, answer_id: str) -> dict:
+        return (await self.client.get(f"/api/messages/{answer_id}")).json()
+
+    async def settled(self, answer_id: str, warning: bool = True) -> dict:
+        """The answer once it is sealed (or, with `warning`, carries a warning)."""
+        event = ""
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                async with self.client.stream("GET", f"/api/messages/{answer_id}/events") as stream:
+                    async for line in stream.aiter_lines():
+                        if line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: ") and (event == "thread.run.completed" or (
+                                warning and event == "thread.run.warning" and json.loads(line[6:])["text"])):
+                            break
+        except TimeoutError:
+            raise AssertionError(f"answer {answer_id} not settled within {TIMEOUT} s: "
+                                 f"{await self.state(answer_id)}") from None
+        return await self.state(answer_id)
+
+    async def content_until(self, answer_id: str, text: str) -> str:
+        """The answer's content once it holds `text` (read from its event stream as it grows)."""
+        content = ""
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                async with self.client.stream("GET", f"/api/messages/{answer_id}/events") as stream:
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data: "):
+                            token = json.loads(line[6:])
+                            content = content + token["text"] if token["kind"] == "chunk" else (
+                                token["text"] if token["kind"] == "override" else content)
+                            if text in content:
+                                return content
+        except TimeoutError:
+            pass
+        raise AssertionError(f"{text!r} not in answer {answer_id} within {TIMEOUT} s: {content!r}")
+
+    async def send(self, ws, action: str, **data) -> None:
+        await ws.send(json.dumps({"action": action, **data}))
+
+    async def todos(self) -> list[str]:
+        page = (await self.client.get("/p/todo")).text
+        return [html_text(name) for name in re.findall(r'class="todo-name[^"]*">([^<]*)<', page)]
+
+    async def sidebar(self) -> str:
+        return html_text((await self.client.get("/")).text)
+
+
+def html_text(text: str) -> str:
+    return html.unescape(text)
+
+
+async def frame_with(ws, text: str, what: str) -> str:
+    """The first frame a tab receives that holds `text`; fails with a message after TIMEOUT seconds."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                frame = html_text(await ws.recv())
+                if text in frame:
+                    return frame
+    except TimeoutError:
+        raise AssertionError(f"the tab never showed {what} ({text!r}) within {TIMEOUT} s") from None
+
+
+def tool_names(request) -> list[str]:
+    return sorted(t["function"]["name"] for t in request.json.get("tools") or [])
+
+
+async def claims(server: AppServer, answer_id: str) -> dict:
+    """The command claims the app recorded for an answer's tool calls (read from its SQLite file)."""
+    store = await open_store(f"sqlite:///{server.workdir}/data/quanda.db")
+    try:
+        return dict(await store.list_records("command", prefix=f"{answer_id}:tool:"))
+    finally:
+        await store.close()
+
+
+async def test_a_tool_call_adds_a_todo_once_in_every_tab_and_the_answer_goes_on(app, fresh_llm, wire):
+    fresh_llm.script = Rounds(Reply(chunks=["Adding it. ", Chunk(tool_calls=[ToolCall("todo_insert", MILK)])]),
+                              Reply(chunks=["Done: ", "it is on your list."]))
+    async with Chat(app) as chat, chat.tab() as tab1, chat.tab() as tab2:
+        answer = await chat.ask("add buy milk")
+        state = await chat.settled(answer)
+        for tab in (tab1, tab2):
+            await frame_with(tab, "buy milk", "the new todo")
+        assert state["content"] == f"Adding it. \n\n{ADDED}\n\nDone: it is on your list."
+        assert state["immutable"] is True and state["warning"] == ""
+        assert await chat.todos() == ["buy milk"]
+        assert (await chat.sidebar()).count("Added the todo 'buy milk'") == 1  # in the bubble, once
+    first, second = fresh_llm.chat_requests
+    assert tool_names(first) == ["todo_delete", "todo_insert", "todo_list", "todo_toggle", "todo_update"]
+    insert = next(t for t in first.json["tools"] if t["function"]["name"] == "todo_insert")["function"]
+    assert insert["parameters"] == {"type": "object", "required": ["name"], "additionalProperties": False,
+                                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}}}
+    system = first.json["messages"][0]["content"]
+    assert "call the tools you are given" in system and '"action": "insert"' not in system
+    assistant, result = second.json["messages"][-2:]
+    assert assistant["role"] == "assistant" and assistant["tool_calls"][0]["function"]["name"] == "todo_insert"
+    assert result["role"] == "tool" and result["content"] == ADDED
+    [(key, claim)] = (await claims(app, answer)).items()
+    assert key == f"{answer}:tool:0:0" and claim["state"] == "done" and claim["after"]["name"] == "buy milk"
+    assert claim["command"]["command"] == {"action": "insert", "target": "todo", "args": MILK}
+
+
+async def test_several_calls_in_one_turn_with_split_argument_fragments(app, fresh_llm, wire):
+    calls = [ToolCall("todo_insert", {"name": "bread"}), ToolCall("todo_insert", {"name": "eggs and ham"}),
+             ToolCall("todo_list")]
+    fresh_llm.script = Rounds(Reply(chunks=[Chunk(tool_calls=calls)], sse=SSE(tool_fragment=3)),
+                              Reply(chunks=["Both added."]))
+    async with Chat(app) as chat:
+        state = await chat.settled(await chat.ask("bread and eggs"))
+        assert await chat.todos() == ["bread", "eggs and ham"]
+    lines = ["✓ Added the todo 'bread' (id 1).", "✓ Added the todo 'eggs and ham' (id 2).",
+             "✓ Listed the todos: 1: bread; 2: eggs and ham"]
+    assert state["content"] == "\n\n".join(lines) + "\n\nBoth added."
+    results = [m for m in fresh_llm.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+    assert [m["content"] for m in results] == lines
+
+
+async def test_malformed_and_unknown_calls_run_nothing_and_say_why(app, fresh_llm, wire):
+    calls = [ToolCall("todo_insert", '{"name": "half'), ToolCall("todo_drop_all", {}),
+             ToolCall("todo_insert", {"name": "x" * 201}), ToolCall("todo_delete", {}),
+             ToolCall("todo_insert", {"name": "ok", "sudo": True})]
+    fresh_llm.script = Rounds(Reply(chunks=["Trying. ", Chunk(tool_calls=calls)]), Reply(chunks=["Sorry."]))
+    async with Chat(app) as chat:
+        state = await chat.settled(await chat.ask("do odd things"))
+        assert await chat.todos() == []
+    lines = state["content"].split("\n\n")
+    assert lines[0] == "Trying. " and lines[-1] == "Sorry." and len(lines) == 7
+    assert all(line.startswith("✗ ") for line in lines[1:6]), lines
+    assert "todo_insert not run: the arguments are not valid JSON" in lines[1]
+    assert "todo_drop_all not run: unknown tool 'todo_drop_all'" in lines[2]
+    assert "'name' is too long (201 > 200 characters)" in lines[3]
+    assert "delete todo needs 'id'" in lines[4]
+    assert "insert todo takes no sudo" in lines[5]
+    results = [m["content"] for m in fresh_llm.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+    assert len(results) == 5 and all(r.startswith("✗ ") and "not run" in r for r in results)
