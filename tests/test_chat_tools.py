@@ -28,7 +28,7 @@ def llm():
 
 @pytest.fixture
 def fresh_llm(llm):
-    llm.script, llm.capabilities, llm.reject_tools = Reply(chunks=["ok"]), {}, None
+    llm.script, llm.capabilities, llm.reject_tools, llm.disconnects = Reply(chunks=["ok"]), {}, None, 0
     llm.requests.clear()
     return llm
 
@@ -113,6 +113,22 @@ class Chat:
 
     async def send(self, ws, action: str, **data) -> None:
         await ws.send(json.dumps({"action": action, **data}))
+
+    async def retry(self, answer_id: str) -> None:
+        """Press Retry (in a tab opened now, so every frame it gets is an answer to it), again if the failed
+        answer's job was still finishing (the server says so)."""
+        try:
+            async with asyncio.timeout(TIMEOUT), self.tab("chat") as ws:
+                while True:
+                    await self.send(ws, "chat.retry", message_id=answer_id)
+                    while True:
+                        frame = html_text(await ws.recv())
+                        if 'data-testid="stop"' in frame:  # generating again
+                            return
+                        if "still being written" in frame:
+                            break
+        except TimeoutError:
+            raise AssertionError(f"Retry of {answer_id} was not accepted within {TIMEOUT} s") from None
 
     async def todos(self) -> list[str]:
         page = (await self.client.get("/p/todo")).text
@@ -211,3 +227,102 @@ async def test_malformed_and_unknown_calls_run_nothing_and_say_why(app, fresh_ll
     assert "insert todo takes no sudo" in lines[5]
     results = [m["content"] for m in fresh_llm.chat_requests[-1].json["messages"] if m["role"] == "tool"]
     assert len(results) == 5 and all(r.startswith("✗ ") and "not run" in r for r in results)
+
+
+async def test_stop_between_rounds_runs_no_further_call(app, fresh_llm, wire):
+    later = ToolCall("todo_insert", {"name": "never"})
+    fresh_llm.script = Rounds(Reply(chunks=["Adding. ", Chunk(tool_calls=[ToolCall("todo_insert", MILK)])]),
+                              Reply(chunks=[*(f"w{i} " for i in range(200)), Chunk(tool_calls=[later])], delay=0.05))
+    async with Chat(app) as chat, chat.tab("chat") as tab:
+        answer = await chat.ask("add milk, then more")
+        await chat.content_until(answer, "w3 ")
+        await chat.send(tab, "chat.stop", message_id=answer)
+        assert await fresh_llm.wait_disconnect(timeout=10), "the LLM stream was not closed"
+        state = await chat.settled(answer)
+        assert state["warning"] == "stopped" and state["immutable"] is False
+        assert state["content"].startswith(f"Adding. \n\n{ADDED}\n\nw0 w1 w2 w3 ")
+        assert "w199" not in state["content"]
+        assert await chat.todos() == ["buy milk"]
+    assert len(fresh_llm.chat_requests) == 2
+
+
+async def test_stop_before_the_round_completed_runs_none_of_its_calls(app, fresh_llm, wire):
+    fresh_llm.script = Reply(chunks=[Chunk(tool_calls=[ToolCall("todo_insert", MILK)]), "Still going."],
+                             end="stall")
+    async with Chat(app) as chat, chat.tab("chat") as tab:
+        answer = await chat.ask("add milk")
+        await chat.content_until(answer, "Still going.")  # the call streamed before this text
+        await chat.send(tab, "chat.stop", message_id=answer)
+        state = await chat.settled(answer)
+        assert state["warning"] == "stopped" and state["content"] == "Still going."
+        assert await chat.todos() == []
+    assert await claims(app, answer) == {}
+
+
+async def test_retry_after_the_calls_ran_replays_their_results_and_runs_nothing_again(app, fresh_llm, wire):
+    fresh_llm.script = [Reply(chunks=["Adding. ", Chunk(tool_calls=[ToolCall("todo_insert", MILK)])]),
+                        Reply(chunks=["Half"], end="error", error="CUDA out of memory"),
+                        Reply(chunks=["All done."])]
+    async with Chat(app) as chat:
+        answer = await chat.ask("add milk")
+        failed = await chat.settled(answer)
+        assert "CUDA out of memory" in failed["warning"] and failed["content"] == f"Adding. \n\n{ADDED}\n\nHalf"
+        await chat.retry(answer)
+        state = await chat.settled(answer, warning=False)
+        assert state["content"] == f"Adding. \n\n{ADDED}\n\nAll done." and state["warning"] == ""
+        assert await chat.todos() == ["buy milk"]
+        assert (await chat.sidebar()).count("Added the todo 'buy milk'") == 1
+    first, _, retried = fresh_llm.chat_requests  # the round that ran is not asked again
+    assert tool_names(retried) == tool_names(first)
+    assistant, result = retried.json["messages"][-2:]
+    assert assistant["tool_calls"][0]["function"]["name"] == "todo_insert" and result["content"] == ADDED
+    assert list(await claims(app, answer)) == [f"{answer}:tool:0:0"]
+
+
+async def test_a_reload_mid_round_shows_the_answer_and_its_result_line_once(app, fresh_llm, wire):
+    words = [f"w{i} " for i in range(40)]
+    fresh_llm.script = Rounds(Reply(chunks=["Adding. ", Chunk(tool_calls=[ToolCall("todo_insert", MILK)])]),
+                              Reply(chunks=words, delay=0.05))
+    async with Chat(app) as chat:
+        answer = await chat.ask("add milk")
+        await chat.content_until(answer, "w2 ")
+        page = await chat.sidebar()  # what a reload renders, mid-round
+        assert page.count("Added the todo 'buy milk'") == 1 and "w2" in page
+        assert page.count('class="msg assistant"') == 1
+        state = await chat.settled(answer)
+        page = await chat.sidebar()
+        assert page.count("Added the todo 'buy milk'") == 1 and "w39" in page
+        assert state["content"] == f"Adding. \n\n{ADDED}\n\n" + "".join(words)
+        assert await chat.todos() == ["buy milk"]
+
+
+JSON_INSERT = json.dumps({"action": "insert", "target": "todo", "args": MILK})
+
+
+@pytest.mark.parametrize("wire", ["ollama"])
+async def test_a_model_without_tools_works_through_json_in_the_text(app, fresh_llm, wire):
+    fresh_llm.capabilities["quanda-test"] = ["completion"]  # what /api/show says of a model without tools
+    fresh_llm.script = Reply(chunks=["Sure.\n\n```json\n", JSON_INSERT, "\n```\n"])
+    async with Chat(app) as chat, chat.tab() as tab:
+        await chat.ask("add milk")
+        await frame_with(tab, ADDED, "the JSON command's result line")
+        assert await chat.todos() == ["buy milk"]
+    [request] = fresh_llm.chat_requests
+    assert "tools" not in request.json
+    assert '"action": "insert", "target": "todo"' in request.json["messages"][0]["content"]
+
+
+async def test_a_server_that_rejects_tools_falls_back_to_json_in_the_text(app, fresh_llm, wire):
+    fresh_llm.reject_tools = 400  # llama.cpp without --jinja says "tools param requires --jinja flag"
+    fresh_llm.script = Reply(chunks=["Sure: ", JSON_INSERT])
+    async with Chat(app) as chat, chat.tab() as tab:
+        await chat.ask("add milk")
+        await frame_with(tab, ADDED, "the JSON command's result line")
+        refused, answered = fresh_llm.chat_requests
+        assert refused.json.get("tools") and "tools" not in answered.json
+        assert '"action": "insert", "target": "todo"' in answered.json["messages"][0]["content"]
+        fresh_llm.script = Reply(chunks=["Noted."])
+        state = await chat.settled(await chat.ask("thanks"))
+        assert state["content"] == "Noted."
+        assert await chat.todos() == ["buy milk"]
+    assert len(fresh_llm.chat_requests) == 3 and "tools" not in fresh_llm.chat_requests[-1].json  # remembered
