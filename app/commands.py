@@ -293,13 +293,19 @@ def command_specs(plugins: list) -> dict[tuple[str, str], CommandSpec]:
 # -- native tool calls --------------------------------------------------------------------------------------
 
 def tool_specs(plugins: list) -> dict[str, CommandSpec]:
-    """Every plugin's commands by tool name (`<target>_<action>`); ValueError when two share one."""
+    """Every plugin's commands by tool name (`<target>_<action>`); ValueError, naming the plugin, when a
+    command cannot be a tool (its name, its fields) or two make the same name."""
     by_name: dict[str, CommandSpec] = {}
-    for spec in (s for p in plugins for s in p.commands):
-        other = by_name.setdefault(spec.tool_name, spec)
-        if other is not spec:
-            raise ValueError(f"two commands make the tool name {spec.tool_name!r}: {other.action} {other.target} "
-                             f"and {spec.action} {spec.target}")
+    for plugin in plugins:
+        for spec in plugin.commands:
+            try:
+                tool_definition(spec.tool_name, spec.description, spec.args)
+            except ValueError as exc:
+                raise ValueError(f"plugin {plugin.name!r}: command {spec.action} {spec.target}: {exc}") from None
+            other = by_name.setdefault(spec.tool_name, spec)
+            if other is not spec:
+                raise ValueError(f"plugin {plugin.name!r}: two commands make the tool name {spec.tool_name!r}: "
+                                 f"{other.action} {other.target} and {spec.action} {spec.target}")
     return by_name
 
 

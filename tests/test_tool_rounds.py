@@ -144,8 +144,11 @@ def test_tools_are_made_from_every_plugins_command_specs():
     assert delete["parameters"]["properties"] == {"id": {"type": "integer", "minimum": 1}}
     assert delete["parameters"]["required"] == ["id"]
     clash = Plugin(name="clash", label="Clash", commands=[CommandSpec("todo", "insert", {}, run=Slow().run)])
-    with pytest.raises(ValueError, match="two commands make the tool name 'todo_insert'"):
+    with pytest.raises(ValueError, match="plugin 'clash': two commands make the tool name 'todo_insert'"):
         tool_specs(load_plugins(entry_point_group=None, extra=[clash]))
+    spaced = Plugin(name="spaced", label="Spaced", commands=[CommandSpec("todo", "add item", {}, run=Slow().run)])
+    with pytest.raises(ValueError, match="plugin 'spaced': command add item todo: tool name 'todo_add item'"):
+        tool_specs(load_plugins(entry_point_group=None, extra=[spaced]))
 
 
 def test_result_lines_are_literal_markdown():
