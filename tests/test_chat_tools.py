@@ -55,11 +55,11 @@ def app(tmp_path, fresh_llm, wire):
 class Chat:
     """A browser session on the app: questions through the HTTP API, Stop and Retry as the page sends them."""
 
-    def __init__(self, server: AppServer):
-        self.server = server
+    def __init__(self, server: AppServer, cookies: dict | None = None):
+        self.server, self.cookies = server, cookies
 
     async def __aenter__(self) -> "Chat":
-        self.client = httpx.AsyncClient(base_url=self.server.url, timeout=TIMEOUT)
+        self.client = httpx.AsyncClient(base_url=self.server.url, timeout=TIMEOUT, cookies=self.cookies)
         await self.client.get("/")
         self.cookie = "; ".join(f"{k}={v}" for k, v in self.client.cookies.items())
         return self
@@ -326,3 +326,32 @@ async def test_a_server_that_rejects_tools_falls_back_to_json_in_the_text(app, f
         assert state["content"] == "Noted."
         assert await chat.todos() == ["buy milk"]
     assert len(fresh_llm.chat_requests) == 3 and "tools" not in fresh_llm.chat_requests[-1].json  # remembered
+
+
+async def test_a_server_killed_after_a_call_ran_leaves_the_answer_interrupted_and_retry_runs_it_not_again(
+        tmp_path, fresh_llm, wire):
+    fresh_llm.script = Rounds(Reply(chunks=["Adding. ", Chunk(tool_calls=[ToolCall("todo_insert", MILK)])]),
+                              Reply(chunks=["Done."]))
+    env = {**wire_env(wire, fresh_llm), "QUANDA_JOB_LEASE_S": "2"}
+    first = AppServer(tmp_path, QUANDA_TEST_CRASH_AT="after_claim", **env).start()
+    try:
+        async with Chat(first) as chat:
+            answer = await chat.ask("add milk")
+            cookies = dict(chat.client.cookies)
+        assert await asyncio.to_thread(first.proc.wait, TIMEOUT) == 137  # killed itself once the call ran
+    finally:
+        first.stop()
+    second = AppServer(tmp_path, **env).start()
+    second.workdir = tmp_path
+    try:
+        async with Chat(second, cookies) as chat:
+            interrupted = await chat.settled(answer)  # once the dead server's lease expired
+            assert "interrupted" in interrupted["warning"] and interrupted["content"] == "Adding. "
+            await chat.retry(answer)
+            state = await chat.settled(answer, warning=False)
+            assert state["content"] == f"Adding. \n\n{ADDED}\n\nDone."
+            assert await chat.todos() == ["buy milk"]
+        assert list(await claims(second, answer)) == [f"{answer}:tool:0:0"]
+        assert len(fresh_llm.chat_requests) == 2  # the round whose call ran is not asked again
+    finally:
+        second.stop()

@@ -51,7 +51,7 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
     """Write the answer (its rounds of text and tool calls, see `tools`); with `resume` (Retry), first rebuild
     it from the rounds recorded, whose calls never run again."""
     writer = QuandaWriter(await QuandaMessage.from_id(h.store, answer_id))
-    rounds = tools.RoundLoop(h, key, answer_id, model, writer, lambda: start_thinking(h, key, answer_id))
+    rounds = tools.RoundLoop(h, answer_id, model, writer, lambda: start_thinking(h, key, answer_id))
     status, problem = "failed", ""
     try:
         if resume:

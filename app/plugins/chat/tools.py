@@ -120,9 +120,9 @@ class Turn:
 class RoundLoop:
     """Generates one answer: its rounds, in order. The answer's job is the only writer of its message."""
 
-    def __init__(self, h: Handle, key: str, answer_id: str, model: str, writer: QuandaWriter,
+    def __init__(self, h: Handle, answer_id: str, model: str, writer: QuandaWriter,
                  start_thinking: Callable[[], Awaitable[QuandaWriter]]) -> None:
-        self.h, self.key, self.answer_id, self.model, self.writer = h, key, answer_id, model, writer
+        self.h, self.answer_id, self.model, self.writer = h, answer_id, model, writer
         self.llm = h.ctx.llm
         self.start_thinking = start_thinking
         self.thinking: QuandaWriter | None = None
