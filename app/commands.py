@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from app.llm import tool_definition
+
 log = logging.getLogger("quanda.commands")
 
 MAX_COMMANDS = 20
@@ -215,9 +217,11 @@ def crash_point(h: Any, name: str) -> None:
         os._exit(137)
 
 
-async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan: Change) -> CommandResult | None:
+async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan: Change,
+                   post_line: bool = True) -> CommandResult | None:
     """Run a planned command exactly once under `key`; None when another caller already ran it and has
-    nothing left to finish. Posts the ✓/✗ result line (once)."""
+    nothing left to finish. Posts the ✓/✗ result line (once) as an ambient event, unless `post_line` is
+    False (a tool call's line is written into its answer instead)."""
     store = h.store
     claim = {"message_id": message_id, "command": command, "state": "applying", "ok": plan.result.ok,
              "result": plan.result.text, "before": plan.result.before, "after": plan.result.after,
@@ -252,8 +256,22 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
             await h.publish(topic, **fact)
     result = CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
     crash_point(h, "before_result_line")
-    await h.ctx.post_event(h.owner, ("✓ " if result.ok else "✗ ") + result.text, key=f"{key}:{claim['line_at']}")
+    if post_line:
+        await h.ctx.post_event(h.owner, result_line(result), key=f"{key}:{claim['line_at']}")
     return result if finished_here else None
+
+
+def result_line(result: CommandResult) -> str:
+    """The ✓/✗ line a command's result is shown as (and, for a tool call, sent back to the model as)."""
+    return ("✓ " if result.ok else "✗ ") + result.text
+
+
+async def claimed_result(h: Any, key: str) -> CommandResult | None:
+    """The recorded result of the command claimed under `key`, or None when nothing was claimed there."""
+    claim = await h.store.get_record(CLAIM_KIND, key)
+    if claim is None:
+        return None
+    return CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
 
 
 async def plan_command(h: Any, command: dict | None, error: str, specs: dict) -> Change:
@@ -270,6 +288,64 @@ async def plan_command(h: Any, command: dict | None, error: str, specs: dict) ->
 
 def command_specs(plugins: list) -> dict[tuple[str, str], CommandSpec]:
     return {(s.target, s.action): s for p in plugins for s in p.commands}
+
+
+# -- native tool calls --------------------------------------------------------------------------------------
+
+def tool_specs(plugins: list) -> dict[str, CommandSpec]:
+    """Every plugin's commands by tool name (`<target>_<action>`); ValueError, naming the plugin, when a
+    command cannot be a tool (its name, its fields) or two make the same name."""
+    by_name: dict[str, CommandSpec] = {}
+    for plugin in plugins:
+        for spec in plugin.commands:
+            try:
+                tool_definition(spec.tool_name, spec.description, spec.args)
+            except ValueError as exc:
+                raise ValueError(f"plugin {plugin.name!r}: command {spec.action} {spec.target}: {exc}") from None
+            other = by_name.setdefault(spec.tool_name, spec)
+            if other is not spec:
+                raise ValueError(f"plugin {plugin.name!r}: two commands make the tool name {spec.tool_name!r}: "
+                                 f"{other.action} {other.target} and {spec.action} {spec.target}")
+    return by_name
+
+
+def tool_definitions(specs: dict[str, CommandSpec]) -> list[dict]:
+    """The `tools` sent to the model: one function per command, its JSON Schema made from the spec's fields
+    (types, required fields, lengths, minimums; no other keys)."""
+    return [tool_definition(name, spec.description or f"{spec.action} {spec.target}", spec.args)
+            for name, spec in specs.items()]
+
+
+def tool_call_command(call: dict, specs: dict[str, CommandSpec]) -> tuple[dict | None, str]:
+    """The JSON command a tool call asks for, checked by the same schema as one written in the text:
+    (command, "") or (None, why it cannot run). `call` is a TOOL_CALL event's data."""
+    if call.get("error"):
+        return None, str(call["error"])
+    spec = specs.get(call.get("name"))
+    if spec is None:
+        return None, f"unknown tool {call.get('name')!r}; the tools are {', '.join(sorted(specs))}"
+    arguments = call.get("arguments")
+    if not _storable(arguments):
+        return None, "the arguments hold text that is not valid Unicode (a lone surrogate)"
+    command = {"action": spec.action, "target": spec.target, "args": arguments}
+    checked, why = validate(command, {(spec.target, spec.action): spec})
+    return (command, "") if checked is not None else (None, why)
+
+
+async def plan_tool_call(h: Any, call: dict, specs: dict[str, CommandSpec]) -> tuple[dict | None, Change]:
+    """(the command, the change it would make) for a tool call, or (None, a refusal saying why)."""
+    command, why = tool_call_command(call, specs)
+    if command is None:
+        return None, Change.refused(f"{call.get('name') or 'tool call'} not run: {why}")
+    return command, await plan_command(h, command, "", {(command["target"], command["action"]): specs[call["name"]]})
+
+
+def _storable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError):
+        return False
+    return True
 
 
 async def run_answer_commands(h: Any, message_id: str, text: str) -> list[CommandResult]:

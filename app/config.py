@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+LLM_TOOLS_MODES = ("auto", "on", "off")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -42,6 +44,11 @@ class Settings:
                            "doc": "Default model on QUANDA_LLM_URL (unset: the server's only or first model)"})
     llm_stall_s: float = field(default=60.0, metadata={"env": "QUANDA_LLM_STALL_S",
                                "doc": "Seconds without a byte from the LLM before the answer is marked stalled"})
+    llm_tools: str = field(default="auto", metadata={"env": "QUANDA_LLM_TOOLS",
+                           "doc": "Offer the plugins' commands as native tool calls: auto (when the model takes "
+                                  "tools: Ollama's /api/show lists the tools capability, or an OpenAI-compatible "
+                                  "server has not refused them), on (always) or off (never: JSON commands in "
+                                  "the text only)"})
     api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
                            "doc": "Local mode: the HTTP API also accepts Authorization: Bearer <token> (acting "
                                   "for the local workspace); accounts mode uses per-user tokens instead"})
@@ -53,6 +60,10 @@ class Settings:
     test_crash_at: str = field(default="", metadata={"env": "QUANDA_TEST_CRASH_AT",
                                "doc": "Test only: kill the process at a named point of running a command "
                                       "(after_claim, after_effect, before_result_line); inert when unset"})
+
+    def __post_init__(self) -> None:
+        if self.llm_tools not in LLM_TOOLS_MODES:
+            raise ValueError(f"QUANDA_LLM_TOOLS must be one of {', '.join(LLM_TOOLS_MODES)}, not {self.llm_tools!r}")
 
     @property
     def accounts(self) -> bool:

@@ -55,6 +55,7 @@ async def test_manage_todos_by_hand_in_two_tabs(app_server, browser):
 
 
 async def test_the_llm_adds_a_todo_seen_in_both_tabs_with_a_result_line(app_server, llm, browser):
+    llm.capabilities["quanda-test"] = ["completion"]  # a model without tools: JSON commands in the text
     command = {"action": "insert", "target": "todo", "args": {"name": "buy milk"}}
     llm.script = Reply(chunks=["Sure, adding it.\n\n```json\n", json.dumps(command), "\n```\n"], delay=0.02)
     tab1, tab2 = await two_tabs(browser, app_server.url)

@@ -1,8 +1,9 @@
 """Chat: the sidebar on every page, a full-page view of the history, answers streamed from the LLM.
 
 Modules, one concept each: `conversation` (an owner's ordered entries), `status` (is the LLM there, which
-model), `prompt` (what the LLM is sent), `answers` (generation, Stop, Retry, recovery, commands), `actions`
-(what the user does, and the hooks other plugins reach the chat through), `views` (how its facts show).
+model), `prompt` (what the LLM is sent), `answers` (generation, Stop, Retry, recovery, commands), `tools` (an
+answer's rounds of native tool calls), `actions` (what the user does, and the hooks other plugins reach the
+chat through), `views` (how its facts show).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from app.plugins import AppContext, Handle, Plugin
 
 from . import actions, answers, views
 from .status import LLMStatus
+from .tools import ToolBox
 
 
 class ChatState:
@@ -21,6 +23,7 @@ class ChatState:
 
     def __init__(self, ctx: AppContext):
         self.status = LLMStatus(ctx.llm, ctx.settings.default_model)
+        self.tools = ToolBox(ctx.plugins)  # the plugins' commands as native tools
 
 
 async def startup(ctx: AppContext) -> None:

@@ -4,24 +4,26 @@ the thinking section, the commands in a finished answer, recovery of answers who
 The producer writes tokens and nothing else: the answer's text as chunks (the renderer closes open
 structures itself), the reasoning into a separate `thinking` message, a warning when something goes wrong.
 
+An answer is one or more rounds (`tools`): when the model calls native tools, they run exactly once, their
+result lines are written into the answer and the model goes on in it.
+
 When an answer becomes final: an answer the LLM finished normally is sealed (immutable) at once, then its
-commands run. A stopped, failed or interrupted answer stays mutable, with its warning, so Retry can regenerate
-it in place (by `override`); it is sealed as it is when the next question is sent. Only answers finished
-normally are `done`, and only their commands run.
+JSON commands run (none when it made native tool calls). A stopped, failed or interrupted answer stays
+mutable, with its warning, so Retry can regenerate it in place (by `override`; the tool rounds it recorded
+are kept, not asked or run again); it is sealed as it is when the next question is sent. Only answers
+finished normally are `done`, and only their JSON commands run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import aclosing
 
 from app.commands import run_answer_commands
-from app.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL
 from app.plugins import ClientError, Handle, Job
 from app.quanda import QuandaError, QuandaMessage, QuandaWriter
 
-from . import conversation, prompt
+from . import conversation, prompt, tools
 
 log = logging.getLogger("quanda.chat")
 
@@ -45,32 +47,23 @@ async def start_answer(h: Handle, model: str) -> str:
     return answer.id
 
 
-async def generate(h: Handle, key: str, answer_id: str, model: str) -> None:
+async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool = False) -> None:
+    """Write the answer (its rounds of text and tool calls, see `tools`); with `resume` (Retry), first rebuild
+    it from the rounds recorded, whose calls never run again."""
     writer = QuandaWriter(await QuandaMessage.from_id(h.store, answer_id))
-    thinking: QuandaWriter | None = None
+    rounds = tools.RoundLoop(h, answer_id, model, writer, lambda: start_thinking(h, key, answer_id))
     status, problem = "failed", ""
     try:
-        messages = await prompt.messages_for(h, answer_id)
-        async with aclosing(h.ctx.llm.stream_chat(messages, model)) as events:
-            async for event in events:
-                if event.type == DELTA and event.text:
-                    await writer.chunk(event.text)
-                elif event.type == REASONING and event.text:
-                    if thinking is None:
-                        thinking = await start_thinking(h, key, answer_id)
-                    await thinking.chunk(event.text)
-                elif event.type == TOOL_CALL:
-                    await h.post_event(f"The model asked for tool {event.data.get('name')!r}; tool calls are not run.")
-                elif event.type == COMPLETED:
-                    status = "done"
-                elif event.type == ERROR:
-                    problem = event.text
+        if resume:
+            entry = await h.store.get_record(conversation.KIND, key) or {}
+            await rounds.resume(entry.get("thinking_id"))
+        status, problem = await rounds.run()
         if status == "done":
-            if thinking is not None:
-                await thinking.make_immutable()
+            if rounds.thinking is not None:
+                await rounds.thinking.make_immutable()
             await writer.make_immutable()
         else:
-            await writer.warning(problem or "the LLM stream ended without finishing")
+            await writer.warning(problem)
             log.warning("answer %s failed: %s", answer_id, problem)
     except asyncio.CancelledError:
         await asyncio.shield(finish(h, key, answer_id, writer, "stopped", "stopped"))
@@ -102,8 +95,11 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
 
 
 async def run_commands(h: Handle, key: str, answer_id: str) -> None:
-    record = await h.store.get_message(answer_id)
-    await run_answer_commands(h, answer_id, record.content)
+    """The JSON commands in a finished answer's text; none in an answer that made native tool calls (those
+    ran already, and a model that does both must not act twice)."""
+    if not await tools.used_tools(h, answer_id):
+        record = await h.store.get_message(answer_id)
+        await run_answer_commands(h, answer_id, record.content)
     await conversation.update_entry(h.store, key, commands="done")
 
 
@@ -130,14 +126,11 @@ async def retry(h: Handle, message_id: object) -> None:
         raise ClientError("that answer is final and cannot be retried")
     key, entry = found
     writer = QuandaWriter(await QuandaMessage.from_id(h.store, record.id))
-    await writer.override("")
-    await writer.warning("")
-    if entry.get("thinking_id"):
-        await QuandaWriter(await QuandaMessage.from_id(h.store, entry["thinking_id"])).override("")
+    await writer.warning("")  # the job rebuilds the content: empty, or the tool rounds that were recorded
     await conversation.update_entry(h.store, key, status="generating")
     await h.publish("chat.state", message_id=record.id, state="generating")
     model = entry.get("model") or (await llm_status(h).choose())[0]
-    await h.start_job(ROLE, record.id, generate(h, key, record.id, model))
+    await h.start_job(ROLE, record.id, generate(h, key, record.id, model, resume=True))
 
 
 async def owned_answer(h: Handle, message_id: object):

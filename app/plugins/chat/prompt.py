@@ -1,7 +1,8 @@
 """What the LLM is sent: the layered system prompt, then the conversation before the answer (bounded).
 
 Layers: the base prompt (QUANDA_SYSTEM_PROMPT_FILE replaces it), each plugin's text, the command syntax of
-every plugin's commands, then each plugin's live state (e.g. the todo list).
+every plugin's commands (or, when they are offered as native tools, one line saying to call them), then each
+plugin's live state (e.g. the todo list).
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ BASE_PROMPT = ("You are the assistant inside Quanda, a local app with a todo lis
                "did. Answer briefly, in Markdown.")
 
 
-async def system_prompt(h: Handle, with_json_commands: bool = True) -> str:
+TOOLS_PROMPT = ("To change the user's data, call the tools you are given, one call per change. Each call runs "
+                "once, and its result comes back to you before you go on.")
+
+
+async def system_prompt(h: Handle, tools_offered: bool = False) -> str:
+    """The layered prompt. With tools offered, the commands are described by the tools themselves and the
+    prompt only says to use them; without, it teaches the JSON commands' syntax."""
     settings, plugins = h.settings, h.ctx.plugins
     base = Path(settings.system_prompt_file).read_text() if settings.system_prompt_file else BASE_PROMPT
     layers = [base] + [p.system_prompt for p in plugins if p.system_prompt]
     specs = [spec for p in plugins for spec in p.commands]
-    if specs and with_json_commands:
-        layers.append(describe(specs))
+    if specs:
+        layers.append(TOOLS_PROMPT if tools_offered else describe(specs))
     for plugin in plugins:
         if plugin.prompt_context is not None:
             layers.append(await plugin.prompt_context(h))
@@ -54,5 +61,5 @@ async def history(h: Handle, answer_id: str) -> list[dict]:
     return turns
 
 
-async def messages_for(h: Handle, answer_id: str, with_json_commands: bool = True) -> list[dict]:
-    return [{"role": "system", "content": await system_prompt(h, with_json_commands)}, *await history(h, answer_id)]
+async def messages_for(h: Handle, answer_id: str, tools_offered: bool = False) -> list[dict]:
+    return [{"role": "system", "content": await system_prompt(h, tools_offered)}, *await history(h, answer_id)]

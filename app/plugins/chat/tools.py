@@ -1,0 +1,310 @@
+"""An answer as rounds: the model's text streams into the bubble; when a round ends with native tool calls,
+each call runs through the commands' exactly-once pipeline, its ✓/✗ line is written into the same bubble,
+the results go back to the model as `tool` messages, and the next round streams on in the same answer.
+
+Rounds. Tools are offered (`offered_tools`: QUANDA_LLM_TOOLS, and in `auto` what the driver knows of the
+model) in the first MAX_TOOL_ROUNDS requests; the request after the last round of calls is sent without
+tools, so the model has to answer in words. A model whose server refuses tools (`TOOLS_REJECTED`) is asked
+again at once without them and with the JSON commands taught in the system prompt; in `auto` that model is
+not offered tools again (until the app restarts).
+
+Exactly once. Calls are acted on only after their round's `COMPLETED` (a stopped or failed round runs
+nothing). The round is then recorded (kind "tool_round", key `<answer id>:<round>`: its text, thinking and
+calls, as checked) before any call runs; each call is claimed under `<answer id>:tool:<round>:<position>`
+(`run_once`: claim and effect as one unit; wire ids are not used, they change from one request to the
+next). Every call gets exactly one recorded outcome: run, refused (unknown tool, arguments that are not
+JSON or do not fit the schema, more than MAX_COMMANDS in the answer), or not run because the answer was
+stopped or its server died first.
+
+Stop. A Stop while a round streams closes the stream: nothing of that round runs. A Stop while a round's
+calls run lets the call under way finish (its claim and effect are one unit) and records the rest as not
+run ("stopped"); no further round is asked.
+
+Retry (`resume`). The recorded rounds are not asked again and their calls never run again: the answer is
+rebuilt from the records (text, thinking, and each call's recorded result line), the recorded calls and
+results are replayed to the model as its earlier turns, and generation goes on from the first round that
+was not recorded. A call recorded with no claim (its server died before it ran) is recorded then as not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from app.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
+                          run_once, tool_call_command, tool_definitions, tool_specs)
+from app.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent
+from app.plugins import Handle
+from app.quanda import QuandaMessage, QuandaWriter
+
+from . import prompt
+
+log = logging.getLogger("quanda.chat.tools")
+
+MAX_TOOL_ROUNDS = 4  # rounds of calls per answer; the request after the last one offers no tools
+ROUND_KIND = "tool_round"
+STOPPED = "the answer was stopped before this call ran"
+INTERRUPTED = "the server stopped before this call ran"
+UNFINISHED = "the LLM stream ended without finishing"
+RAW_KEPT = 500  # characters of a refused call's arguments kept in its record
+# what could turn a one-line paragraph's text into markup: escapes, code, emphasis, links, strikethrough, an
+# underscore at a word's edge, a tag or autolink, an entity
+_MARKUP = re.compile(r"[\\`*\[\]~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|<(?=[A-Za-z/!?])|&(?=#?\w+;)")
+
+
+class ToolBox:
+    """The tools every plugin's commands make, and the models seen refusing them (per app)."""
+
+    def __init__(self, plugins: list) -> None:
+        self.specs = tool_specs(plugins)  # ValueError at start when two commands share a tool name
+        self.definitions = tool_definitions(self.specs)
+        self.refused: set[str] = set()  # models whose server refused tools (QUANDA_LLM_TOOLS=auto)
+
+
+def toolbox(h: Handle) -> ToolBox:
+    return h.ctx.state["chat"].tools
+
+
+async def offered_tools(h: Handle, model: str) -> list[dict] | None:
+    """The tools to send with a request for `model`, or None: QUANDA_LLM_TOOLS=off never, on always, auto
+    unless the driver knows the model takes none (Ollama: /api/show lacks the tools capability; an
+    OpenAI-compatible server: it refused them before) or its server refused them to this app."""
+    box, mode = toolbox(h), h.settings.llm_tools
+    if mode == "off" or not box.definitions:
+        return None
+    if mode == "auto" and (model in box.refused or await h.ctx.llm.supports_tools(model) is False):
+        return None
+    return box.definitions
+
+
+def round_key(answer_id: str, round_no: int) -> str:
+    return f"{answer_id}:{round_no:02d}"
+
+
+def call_key(answer_id: str, round_no: int, position: int) -> str:
+    return f"{answer_id}:tool:{round_no}:{position}"
+
+
+async def used_tools(h: Handle, answer_id: str) -> bool:
+    """Whether the answer made native tool calls (then JSON in its text is not run: no double execution)."""
+    return await h.store.get_record(ROUND_KIND, round_key(answer_id, 0)) is not None
+
+
+def markdown_line(text: str) -> str:
+    """A result line as literal Markdown: one line, markup characters escaped."""
+    return _MARKUP.sub(lambda m: "\\" + m.group(), " ".join(text.split()))
+
+
+def _clean(value: Any) -> str:
+    """Text safe to store (a lone surrogate from the wire becomes U+FFFD)."""
+    return str(value).encode("utf-8", "replace").decode("utf-8") if value is not None else ""
+
+
+@dataclass
+class Turn:
+    """What one request streamed."""
+
+    text: str = ""
+    thinking: str = ""
+    calls: list[dict] = field(default_factory=list)
+    completed: bool = False
+    error: str | None = None
+    rejected: LLMEvent | None = None  # TOOLS_REJECTED: the request with tools was refused
+
+
+class RoundLoop:
+    """Generates one answer: its rounds, in order. The answer's job is the only writer of its message."""
+
+    def __init__(self, h: Handle, answer_id: str, model: str, writer: QuandaWriter,
+                 start_thinking: Callable[[], Awaitable[QuandaWriter]]) -> None:
+        self.h, self.answer_id, self.model, self.writer = h, answer_id, model, writer
+        self.llm = h.ctx.llm
+        self.start_thinking = start_thinking
+        self.thinking: QuandaWriter | None = None
+        self.content = ""  # the answer's content as written
+        self.thinking_text = ""
+        self.round = 0
+        self.replayed: list[dict] = []  # the tool rounds so far, as messages for the model
+        self.calls_seen = 0
+        self.stopping = False
+
+    # -- Retry ----------------------------------------------------------------------------------------------
+
+    async def resume(self, thinking_id: str | None) -> None:
+        """Rebuild the answer from its recorded rounds (Retry): nothing recorded runs again."""
+        if thinking_id:
+            self.thinking = QuandaWriter(await QuandaMessage.from_id(self.h.store, thinking_id))
+        for _key, record in await self.h.store.list_records(ROUND_KIND, prefix=f"{self.answer_id}:"):
+            self._add_text(record["text"])
+            self._add_thinking(record["thinking"])
+            results = []
+            for call in record["calls"]:
+                result = await self._settle(record["round"], call, run=False, why=INTERRUPTED)
+                await self._add_line(result)
+                results.append(result_line(result))
+            self.calls_seen += len(record["calls"])
+            self.replayed += self.llm.tool_messages(record["calls"], results, record["text"], record["thinking"])
+            self.round = record["round"] + 1
+        await self.writer.override(self.content)
+        if self.thinking is not None:
+            await self.thinking.override(self.thinking_text)
+
+    # -- generation -----------------------------------------------------------------------------------------
+
+    async def run(self) -> tuple[str, str]:
+        """("done", "") when the model finished its answer, else ("failed", what happened)."""
+        tools = await offered_tools(self.h, self.model)
+        base = await prompt.messages_for(self.h, self.answer_id, tools_offered=tools is not None)
+        rejection: LLMEvent | None = None
+        while True:
+            offered = tools if self.round < MAX_TOOL_ROUNDS else None
+            turn = await self._stream([*base, *self.replayed], offered)
+            if turn.rejected is not None:  # the server refuses tools: ask again without, teaching JSON commands
+                tools, rejection = None, turn.rejected
+                base = await prompt.messages_for(self.h, self.answer_id, tools_offered=False)
+                continue
+            if not turn.completed:
+                return "failed", turn.error or UNFINISHED
+            if rejection is not None:  # answered without tools after refusing them: remember it
+                self._tools_refused(rejection)
+                rejection = None
+            if not turn.calls:
+                return "done", ""
+            await self._protected(self._act(turn))
+            if offered is None:  # calls in a request that offered no tools were all refused: the answer ends
+                return "done", ""
+            self.round += 1
+
+    async def _stream(self, messages: list[dict], offered: list[dict] | None) -> Turn:
+        turn = Turn()
+        async with aclosing(self.llm.stream_chat(messages, self.model, offered)) as events:
+            async for event in events:
+                if event.type == DELTA and event.text:
+                    turn.text += event.text
+                    await self._write(event.text)
+                elif event.type == REASONING and event.text:
+                    turn.thinking += event.text
+                    await self._think(event.text, first=len(turn.thinking) == len(event.text))
+                elif event.type == TOOL_CALL:
+                    turn.calls.append(dict(event.data or {}))
+                elif event.type == TOOLS_REJECTED:
+                    turn.rejected = event
+                    break  # leaving closes the run: the driver's own retry (with this prompt) is not sent
+                elif event.type == COMPLETED:
+                    turn.completed = True
+                elif event.type == ERROR:
+                    turn.error = event.text
+        return turn
+
+    def _tools_refused(self, rejection: LLMEvent) -> None:
+        """In `auto`, a model whose server refused tools (saying so) is not offered them again."""
+        box = toolbox(self.h)
+        detail = str((rejection.data or {}).get("detail", "")).lower()
+        if self.h.settings.llm_tools == "auto" and any(w in detail for w in ("tool", "function", "jinja")):
+            box.refused.add(self.model)
+        log.warning("%s Commands go through JSON in the text for this answer.", rejection.text)
+
+    async def _act(self, turn: Turn) -> None:
+        """Record a finished round, then settle each of its calls in order."""
+        calls = [self._checked(call) for call in turn.calls]
+        record = {"round": self.round, "text": turn.text, "thinking": turn.thinking, "calls": calls}
+        if not await self.h.store.insert_record(ROUND_KIND, round_key(self.answer_id, self.round), record):
+            log.warning("answer %s: round %d was recorded already", self.answer_id, self.round)
+        results = []
+        for call in calls:
+            result = await self._settle(self.round, call, run=not self.stopping, why=STOPPED)
+            await self._add_line(result, live=True)
+            results.append(result_line(result))
+        self.replayed += self.llm.tool_messages(calls, results, turn.text, turn.thinking)
+
+    def _checked(self, call: dict) -> dict:
+        """The call as it is recorded: the driver's data, refused here when the schema or a limit says no
+        (a refused call keeps only the start of its arguments, as text)."""
+        data = {"position": call.get("position", 0), "id": _clean(call.get("id")) or f"call_{self.calls_seen}",
+                "name": _clean(call.get("name"))}
+        self.calls_seen += 1
+        _, why = tool_call_command(call, toolbox(self.h).specs)
+        if not why and self.calls_seen > MAX_COMMANDS:
+            why = f"at most {MAX_COMMANDS} tool calls run per answer"
+        if why:
+            raw = call.get("raw_arguments")
+            if raw is None:
+                raw = _json_text(call.get("arguments"))
+            return {**data, "raw_arguments": _clean(raw)[:RAW_KEPT], "error": _clean(why)}
+        return {**data, "arguments": call["arguments"]}
+
+    async def _settle(self, round_no: int, call: dict, run: bool, why: str) -> CommandResult:
+        """The call's one outcome: run it (when `run` and not claimed yet) or record it as not run (`why`);
+        a call claimed already keeps its recorded result."""
+        h, key = self.h, call_key(self.answer_id, round_no, call["position"])
+        record = {"tool": call["name"], "call_id": call["id"], "round": round_no, "position": call["position"]}
+        if run and "error" not in call:
+            command, plan = await plan_tool_call(h, call, toolbox(h).specs)
+        elif "error" in call:
+            command, plan = None, Change.refused(f"{call['name'] or 'tool call'} not run: {call['error']}")
+        else:
+            command, plan = None, Change.refused(f"{call['name']} not run: {why}")
+        result = await run_once(h, key, self.answer_id, {**record, "command": command}, plan, post_line=False)
+        return result or await claimed_result(h, key) or plan.result
+
+    async def _protected(self, work: Awaitable[None]) -> None:
+        """Run a round's calls so that Stop cannot cut one in half: a Stop lets the call under way finish,
+        the rest are recorded as not run, then the job stops."""
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self.stopping = True
+            await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is not None:
+                log.error("answer %s: settling tool calls after Stop failed: %r", self.answer_id, task.exception())
+            raise
+
+    # -- the answer's text ----------------------------------------------------------------------------------
+
+    async def _write(self, text: str) -> None:
+        self.content += text
+        await self.writer.chunk(text)
+
+    def _add_text(self, text: str) -> None:
+        self.content += text
+
+    async def _add_line(self, result: CommandResult, live: bool = False) -> None:
+        """The result line as its own paragraph, after what the answer says so far."""
+        if self.content.endswith("\n\n") or not self.content:
+            gap = ""
+        else:
+            gap = "\n" if self.content.endswith("\n") else "\n\n"
+        text = gap + markdown_line(result_line(result)) + "\n\n"
+        if live:
+            await self._write(text)
+        else:
+            self.content += text
+
+    def _add_thinking(self, text: str) -> str:
+        """Append a round's (first) thinking, apart from the rounds' before it; returns what was appended."""
+        if text and self.thinking_text and not self.thinking_text.endswith("\n\n"):
+            text = "\n\n" + text
+        self.thinking_text += text
+        return text
+
+    async def _think(self, text: str, first: bool) -> None:
+        if first:
+            text = self._add_thinking(text)
+        else:
+            self.thinking_text += text
+        if self.thinking is None:
+            self.thinking = await self.start_thinking()
+        await self.thinking.chunk(text)
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
