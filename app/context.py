@@ -99,6 +99,10 @@ class Handle:
         assert self.ctx.jobs is not None
         return await self.ctx.jobs.stop(message_id)
 
-    async def job_running(self, message_id: str) -> bool:
+    async def job_running(self, message_id: str, settle_s: float = 0.0) -> bool:
+        """Whether a server holds the job writing `message_id` (after giving one of this server that is
+        ending up to `settle_s` seconds to end)."""
         assert self.ctx.jobs is not None
+        if settle_s:
+            await self.ctx.jobs.settle(message_id, settle_s)
         return await self.ctx.jobs.running(message_id)

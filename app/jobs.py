@@ -72,6 +72,12 @@ class Jobs:
             except (QuandaError, asyncio.CancelledError) as exc:
                 log.warning("could not release the lease of %s: %s", job.message_id, exc)
 
+    async def settle(self, message_id: str, timeout: float) -> None:
+        """Give a job of this server that is ending (its last writes done) up to `timeout` s to end."""
+        task = self.tasks.get(message_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+
     def running_here(self, message_id: str) -> bool:
         return message_id in self.tasks
 

@@ -59,7 +59,8 @@ class Chat:
         self.server, self.cookies = server, cookies
 
     async def __aenter__(self) -> "Chat":
-        self.client = httpx.AsyncClient(base_url=self.server.url, timeout=TIMEOUT, cookies=self.cookies)
+        self.client = httpx.AsyncClient(base_url=self.server.url, timeout=TIMEOUT, cookies=self.cookies,
+                                        headers={"Origin": self.server.url})  # as a browser says
         await self.client.get("/")
         self.cookie = "; ".join(f"{k}={v}" for k, v in self.client.cookies.items())
         return self

@@ -11,6 +11,13 @@ pytestmark = pytest.mark.e2e
 EXPECT_MS = 20_000
 
 
+async def until_all_lines(page, n):
+    """The run's box holds every line once the stream caught up (the bar may be told the end sooner, by the
+    run's end fact), then exactly those lines."""
+    await expect(page.locator(".stream-content")).to_contain_text(f"Simulated chunk {n}/{n}", timeout=EXPECT_MS)
+    assert await page.locator(".stream-content").text_content() == lines(n)
+
+
 def lines(n):
     return "\n".join(f"Simulated chunk {i}/{n}" for i in range(1, n + 1)) + "\n"
 
@@ -54,7 +61,7 @@ async def test_reload_mid_run_continues_where_it_was(app_server, browser):
     after_reload = int(await bar.get_attribute("value"))
     assert 10 <= after_reload < 120  # the page shows the run as it was, still going
     await expect(bar).to_have_attribute("value", "120", timeout=EXPECT_MS)
-    assert await page.locator(".stream-content").text_content() == lines(120)
+    await until_all_lines(page, 120)
 
 
 async def test_two_tabs_and_another_browser_see_the_same_run(app_server, browser):
@@ -70,12 +77,12 @@ async def test_two_tabs_and_another_browser_see_the_same_run(app_server, browser
     await start_run(tab1, 80, 1, 3)
     for tab in (tab1, tab2, other):
         await expect(tab.locator("#sim-run progress")).to_have_attribute("value", "80", timeout=EXPECT_MS)
-        assert await tab.locator(".stream-content").text_content() == lines(80)
+        await until_all_lines(tab, 80)
         await expect(tab.locator("#msg-list")).to_contain_text("Stream simulator started: 80 chunks.")
     await other.context.clear_cookies()
     await other.reload()
     await expect(other.locator("#sim-run progress")).to_have_attribute("value", "80", timeout=EXPECT_MS)
-    assert await other.locator(".stream-content").text_content() == lines(80)
+    await until_all_lines(other, 80)
 
 
 async def test_stop_ends_the_run_and_says_so(app_server, browser):
@@ -116,7 +123,7 @@ async def test_network_cut_mid_run_resumes_without_gap_or_duplicate(app_server, 
         await expect(page.locator("#ws-state")).to_have_attribute("data-state", "closed", timeout=EXPECT_MS)
         await ws_open(page)  # the ws extension reconnects on 1006 by itself
         await expect(bar).to_have_attribute("value", "150", timeout=EXPECT_MS)
-        assert await page.locator(".stream-content").text_content() == lines(150)
+        await until_all_lines(page, 150)
 
 
 async def test_pages_reference_no_external_url(app_server, browser):

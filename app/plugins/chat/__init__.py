@@ -8,6 +8,9 @@ chat through), `views` (how its facts show).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from fasthtml.common import H2, P, Section
 
 from app.components.chat import ChatView
@@ -24,6 +27,18 @@ class ChatState:
     def __init__(self, ctx: AppContext):
         self.status = LLMStatus(ctx.llm, ctx.settings.default_model)
         self.tools = ToolBox(ctx.plugins)  # the plugins' commands as native tools
+        self._background: set[asyncio.Task] = set()
+
+    def in_background(self, work) -> None:
+        """Run `work` apart from any job (kept referenced until it ends; its failure only logged)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logging.getLogger("quanda.chat").warning("background work failed: %r", task.exception())
 
 
 async def startup(ctx: AppContext) -> None:

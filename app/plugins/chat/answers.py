@@ -87,11 +87,15 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
         except QuandaError as exc:
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
     await conversation.update_entry(h.store, key, status=status, commands="pending" if status == "done" else None)
-    await h.publish("chat.state", message_id=answer_id, state=status)
-    await llm_status(h).check(fresh=True)
-    await h.publish("chat.badge")
     if status == "done":  # commands run only in answers the LLM finished normally
         await run_commands(h, key, answer_id)
+    await h.publish("chat.state", message_id=answer_id, state=status)  # last: Retry is offered once it is over
+    h.ctx.state["chat"].in_background(refresh_badge(h))  # not part of the job: the LLM may be slow to list
+
+
+async def refresh_badge(h: Handle) -> None:
+    await llm_status(h).check(fresh=True)
+    await h.publish("chat.badge")
 
 
 async def run_commands(h: Handle, key: str, answer_id: str) -> None:
@@ -119,7 +123,7 @@ async def stop(h: Handle, message_id: object) -> None:
 
 async def retry(h: Handle, message_id: object) -> None:
     record = await owned_answer(h, message_id)
-    if await h.job_running(record.id):
+    if await h.job_running(record.id, settle_s=2.0):  # a job that just said "failed" may still be ending
         raise ClientError("that answer is still being written")
     found = await conversation.find_answer(h.store, h.owner, record.id)
     if found is None or record.immutable:
