@@ -118,3 +118,13 @@ def test_entry_point_plugins_are_loaded_and_broken_ones_fail_loudly(monkeypatch)
                         lambda group: [EntryPoint("broken", "nowhere:plugin", ImportError("no module nowhere"))])
     with pytest.raises(PluginError, match="entry point broken .*cannot load: no module nowhere"):
         load_plugins()
+
+
+def test_readme_layout_lists_every_module():
+    layout = README.read_text().split("### Layout", 1)[1].split("```", 2)[1]
+    root = README.parent
+    for path in sorted((root / "app").rglob("*.py")):
+        name = str(path.relative_to(root))
+        if path.name == "__init__.py" and len([l for l in path.read_text().splitlines() if l.strip()]) < 5:
+            continue  # an empty package marker
+        assert f"\n{name} " in layout, f"README's layout does not list {name}"
