@@ -226,3 +226,10 @@ async def test_a_dead_mongodb_is_a_clear_store_error_on_both_drivers(driver):
     with warnings.catch_warnings():  # PyMongo 4.20's async client leaves its refused socket to the collector
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+async def test_record_kinds_the_stores_use_for_themselves_are_refused(store):
+    for kind in ("messages", "tokens", "facts", "counters"):
+        with pytest.raises(QuandaError, match="reserved"):
+            await store.put_record(kind, "k", {"x": 1})
+    assert (await store.select_messages()) == []  # nothing landed in the store's own tables

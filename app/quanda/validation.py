@@ -10,11 +10,14 @@ can store; they are refused here, once, so that no writer thread or driver ever 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from .errors import QuandaError
+from .errors import QuandaError, QuandaNotFoundError
 
 MAX_SEQ = (1 << 63) - 1
+_ID_RE = re.compile(r"[0-9a-fA-F]{24}")
+_RECORD_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 def check_seq(value: object, what: str = "seq") -> int:
@@ -43,3 +46,35 @@ def encode_record(data: dict[str, Any]) -> str:
         raise QuandaError(f"record data must be JSON-serialisable: {exc}") from None
     check_text(blob, "record data")
     return blob
+
+
+def check_id(message_id: object) -> str:
+    """The canonical form of an id, or QuandaNotFoundError for anything that is not one."""
+    if not isinstance(message_id, str) or not _ID_RE.fullmatch(message_id):
+        raise QuandaNotFoundError(f"no message with id {message_id!r} (ids are 24 hex characters)")
+    return message_id.lower()
+
+
+#: names the stores use for themselves (SQLite and MongoDB keep records of kind K in `quanda_<K>`)
+RESERVED_KINDS = frozenset({"messages", "tokens", "facts", "counters", "records", "meta"})
+
+
+def check_record_kind(kind: str) -> str:
+    if not isinstance(kind, str) or not _RECORD_KIND_RE.fullmatch(kind):
+        raise QuandaError(f"invalid record kind {kind!r}: use lowercase letters, digits and _")
+    if kind in RESERVED_KINDS:
+        raise QuandaError(f"record kind {kind!r} is reserved for the store itself")
+    return kind
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise QuandaError(f"invalid record key {str(key)[:60]!r}: a non-empty string of at most 200 characters")
+    return check_text(key, "record key")
+
+
+def check_data(data: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"record data must be a dict, not {type(data).__name__}")
+    encode_record(data)  # JSON-serialisable and valid UTF-8 throughout, or QuandaError
+    return data

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,15 +18,13 @@ from bson import ObjectId
 
 from ..errors import QuandaError, QuandaLimitError, QuandaNotFoundError, QuandaStoreError
 from ..token import IMMUTABLE, KINDS, OVERRIDE, QuandaToken
-from ..validation import check_seq, check_text, encode_record
+from ..validation import check_data, check_id, check_key, check_record_kind, check_seq, check_text, encode_record
 from .subscription import Subscription
 
 log = logging.getLogger("quanda.store")
 
 DEFAULT_MAX_TOKEN_BYTES = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
-_ID_RE = re.compile(r"[0-9a-fA-F]{24}")
-_RECORD_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 MAX_FACT_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit (8,000 bytes)
 RECORD_VERBS = ("insert", "put", "delete")
 RecordOp = tuple[str, str, str, "dict[str, Any] | None"]
@@ -52,19 +49,6 @@ class MessageRecord:
 
 def new_id() -> str:
     return str(ObjectId())
-
-
-def check_id(message_id: object) -> str:
-    """The canonical form of an id, or QuandaNotFoundError for anything that is not one."""
-    if not isinstance(message_id, str) or not _ID_RE.fullmatch(message_id):
-        raise QuandaNotFoundError(f"no message with id {message_id!r} (ids are 24 hex characters)")
-    return message_id.lower()
-
-
-def check_record_kind(kind: str) -> str:
-    if not isinstance(kind, str) or not _RECORD_KIND_RE.fullmatch(kind):
-        raise QuandaError(f"invalid record kind {kind!r}: use lowercase letters, digits and _")
-    return kind
 
 
 def utf8_len(text: str | None) -> int:
@@ -164,19 +148,19 @@ class QuandaStore(ABC):
     async def insert_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
         """Store `data` under (kind, key) unless the key exists; True if written. The exactly-once primitive."""
         self._check_open()
-        return await self._insert_record(check_record_kind(kind), _check_key(key), _check_data(data))
+        return await self._insert_record(check_record_kind(kind), check_key(key), check_data(data))
 
     async def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         self._check_open()
-        await self._put_record(check_record_kind(kind), _check_key(key), _check_data(data))
+        await self._put_record(check_record_kind(kind), check_key(key), check_data(data))
 
     async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         self._check_open()
-        return await self._get_record(check_record_kind(kind), _check_key(key))
+        return await self._get_record(check_record_kind(kind), check_key(key))
 
     async def delete_record(self, kind: str, key: str) -> bool:
         self._check_open()
-        return await self._delete_record(check_record_kind(kind), _check_key(key))
+        return await self._delete_record(check_record_kind(kind), check_key(key))
 
     async def list_records(self, kind: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         """(key, data) pairs whose key starts with `prefix`, in key order."""
@@ -198,8 +182,8 @@ class QuandaStore(ABC):
             if not isinstance(op, tuple) or len(op) != 4 or op[0] not in RECORD_VERBS:
                 raise QuandaError(f"a record op is (verb, kind, key, data) with verb in {RECORD_VERBS}, not {op!r:.80}")
             verb, kind, key, data = op
-            checked.append((verb, check_record_kind(kind), _check_key(key),
-                            None if verb == "delete" else _check_data(data)))
+            checked.append((verb, check_record_kind(kind), check_key(key),
+                            None if verb == "delete" else check_data(data)))
         if not checked:
             return True
         return await self._commit_records(checked)
@@ -207,7 +191,7 @@ class QuandaStore(ABC):
     async def bump_counter(self, key: str) -> int:
         """Atomically add one to the counter `key` (starting at 0) and return the new value."""
         self._check_open()
-        return await self._bump_counter(_check_key(key))
+        return await self._bump_counter(check_key(key))
 
     # -- facts: a bus between the processes sharing this database ------------------------------------------
 
@@ -404,16 +388,3 @@ class QuandaStore(ABC):
 
     @abstractmethod
     async def _close(self) -> None: ...
-
-
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or len(key) > 200:
-        raise QuandaError(f"invalid record key {str(key)[:60]!r}: a non-empty string of at most 200 characters")
-    return check_text(key, "record key")
-
-
-def _check_data(data: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise TypeError(f"record data must be a dict, not {type(data).__name__}")
-    encode_record(data)  # JSON-serialisable and valid UTF-8 throughout, or QuandaError
-    return data
