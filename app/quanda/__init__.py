@@ -9,10 +9,10 @@ from .reader import QuandaReader
 from .replay import MessageState, replay
 from .store import DEFAULT_URL, QuandaStore, open_store
 from .token import QuandaToken
-from .writer import QuandaWriter
+from .writer import ChunkStream, QuandaWriter
 
 __all__ = [
-    "DEFAULT_URL", "MessageState", "QuandaError", "QuandaImmutableError", "QuandaLimitError", "QuandaMessage",
+    "ChunkStream", "DEFAULT_URL", "MessageState", "QuandaError", "QuandaImmutableError", "QuandaLimitError", "QuandaMessage",
     "QuandaNotFoundError", "QuandaReader", "QuandaStore", "QuandaStoreError", "QuandaToken", "QuandaWriter",
     "open_store", "replay",
 ]

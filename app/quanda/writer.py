@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+
+from .errors import QuandaError
 from .message import QuandaMessage
 from .store.base import QuandaStore
 from .token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
@@ -31,3 +35,50 @@ class QuandaWriter:
     async def make_immutable(self) -> QuandaToken:
         """Seal the message: later writes raise QuandaImmutableError. Idempotent."""
         return await self.store.append(self.message_id, IMMUTABLE)
+
+
+class ChunkStream:
+    """Text appended as fast as the store commits it, for a producer that should not wait on each token (an
+    LLM stream): the first piece is written at once; while a write is in flight, later pieces gather and go
+    together as the next chunk. At low rates every piece is its own chunk; at high rates chunks grow so the
+    commits keep pace. `add` is O(1); `flush()` waits until everything added is written, raising the first
+    write error (after one, later pieces are dropped)."""
+
+    MAX_CHUNK_CHARS = 64 * 1024
+
+    def __init__(self, writer: QuandaWriter):
+        self.writer = writer
+        self._pending: deque[str] = deque()
+        self._size = 0
+        self._task: asyncio.Task | None = None
+        self._error: QuandaError | None = None
+
+    def add(self, text: str) -> None:
+        if self._error is not None:
+            raise self._error
+        if text:
+            self._pending.append(text)
+            self._size += len(text)
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            parts, size = [], 0
+            while self._pending and (not parts or size + len(self._pending[0]) <= self.MAX_CHUNK_CHARS):
+                size += len(self._pending[0])
+                parts.append(self._pending.popleft())
+            self._size -= size
+            try:
+                await self.writer.chunk("".join(parts))
+            except QuandaError as exc:
+                self._error = exc
+                self._pending.clear()
+                return
+
+    async def flush(self) -> None:
+        """Until every piece added so far is written (a cancelled caller still lets the writes finish)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self._error is not None:
+            raise self._error

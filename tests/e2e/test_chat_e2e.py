@@ -80,8 +80,12 @@ async def test_reload_mid_answer_continues_without_duplicating(app_server, llm, 
     await page.reload()
     await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
     await expect(answers(page)).to_contain_text("word79", timeout=EXPECT_MS)
+    answer_id = (await answers(page).get_attribute("id"))[len("msg-"):]
+    await page.wait_for_function(f"fetch('/api/messages/{answer_id}').then(r => r.json()).then(m => m.immutable)",
+                                 timeout=EXPECT_MS)
+    sealed = await page.evaluate(f"fetch('/api/messages/{answer_id}').then(r => r.json()).then(m => m.last_seq)")
     marker = answers(page).locator(".stream-marker")
-    await expect(marker).to_have_attribute("data-seq", "81", timeout=EXPECT_MS)  # the final frame is in
+    await expect(marker).to_have_attribute("data-seq", str(sealed), timeout=EXPECT_MS)  # the final frame is in
     text = (await answers(page).locator(".md").all_text_contents())
     assert "".join(text).split() == [w.strip() for w in words]
 

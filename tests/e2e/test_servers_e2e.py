@@ -77,7 +77,11 @@ async def test_a_todo_and_an_answer_made_on_one_server_show_live_on_the_others(s
     await pages[0].click("#chat-send")
     for page in pages:
         await expect(answer_of(page)).to_contain_text("word59", timeout=EXPECT_MS)
-        await expect(answer_of(page).locator(".stream-marker")).to_have_attribute("data-seq", "61",
+        answer_id = (await answer_of(page).get_attribute("id"))[len("msg-"):]
+        await page.wait_for_function(
+            f"fetch('/api/messages/{answer_id}').then(r => r.json()).then(m => m.immutable)", timeout=EXPECT_MS)
+        sealed = await page.evaluate(f"fetch('/api/messages/{answer_id}').then(r => r.json()).then(m => m.last_seq)")
+        await expect(answer_of(page).locator(".stream-marker")).to_have_attribute("data-seq", str(sealed),
                                                                                    timeout=EXPECT_MS)
         text = "".join(await answer_of(page).locator(".md").all_text_contents())
         assert text.split() == [w.strip() for w in words]  # token-exact: nothing missing, nothing twice

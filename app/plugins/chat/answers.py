@@ -58,6 +58,7 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
             entry = await h.store.get_record(conversation.KIND, key) or {}
             await rounds.resume(entry.get("thinking_id"))
         status, problem = await rounds.run()
+        await rounds.flush()  # every piece of text written before the seal or the warning
         if status == "done":
             if rounds.thinking is not None:
                 await rounds.thinking.make_immutable()
@@ -66,7 +67,7 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
             await writer.warning(problem)
             log.warning("answer %s failed: %s", answer_id, problem)
     except asyncio.CancelledError:
-        await asyncio.shield(finish(h, key, answer_id, writer, "stopped", "stopped"))
+        await asyncio.shield(stopped(h, key, answer_id, writer, rounds))
         raise
     except QuandaError as exc:
         status = "failed"
@@ -77,6 +78,14 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
         except QuandaError:
             pass
     await finish(h, key, answer_id, writer, status, None)
+
+
+async def stopped(h: Handle, key: str, answer_id: str, writer: QuandaWriter, rounds: "tools.RoundLoop") -> None:
+    try:
+        await rounds.flush()  # what the LLM sent before Stop is kept, before the warning
+    except QuandaError as exc:
+        log.warning("answer %s: text before Stop could not be written: %s", answer_id, exc)
+    await finish(h, key, answer_id, writer, "stopped", "stopped")
 
 
 async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, status: str,

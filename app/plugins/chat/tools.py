@@ -40,7 +40,7 @@ from app.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, p
                           run_once, tool_call_command, tool_definitions, tool_specs)
 from app.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent
 from app.plugins import Handle
-from app.quanda import QuandaMessage, QuandaWriter
+from app.quanda import ChunkStream, QuandaMessage, QuandaWriter
 
 from . import prompt
 
@@ -109,12 +109,20 @@ def _clean(value: Any) -> str:
 class Turn:
     """What one request streamed."""
 
-    text: str = ""
-    thinking: str = ""
+    text_parts: list[str] = field(default_factory=list)
+    thinking_parts: list[str] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)
     completed: bool = False
     error: str | None = None
     rejected: LLMEvent | None = None  # TOOLS_REJECTED: the request with tools was refused
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thinking_parts)
 
 
 class RoundLoop:
@@ -126,8 +134,10 @@ class RoundLoop:
         self.llm = h.ctx.llm
         self.start_thinking = start_thinking
         self.thinking: QuandaWriter | None = None
-        self.content = ""  # the answer's content as written
-        self.thinking_text = ""
+        self.parts: list[str] = []  # the answer's content as written, in pieces (joined only when needed)
+        self.thinking_parts: list[str] = []
+        self.chunks = ChunkStream(writer)  # the LLM's text, written as fast as the store commits
+        self.thinking_chunks: ChunkStream | None = None
         self.round = 0
         self.replayed: list[dict] = []  # the tool rounds so far, as messages for the model
         self.calls_seen = 0
@@ -152,7 +162,7 @@ class RoundLoop:
             self.round = record["round"] + 1
         await self.writer.override(self.content)
         if self.thinking is not None:
-            await self.thinking.override(self.thinking_text)
+            await self.thinking.override("".join(self.thinking_parts))
 
     # -- generation -----------------------------------------------------------------------------------------
 
@@ -185,11 +195,11 @@ class RoundLoop:
         async with aclosing(self.llm.stream_chat(messages, self.model, offered)) as events:
             async for event in events:
                 if event.type == DELTA and event.text:
-                    turn.text += event.text
+                    turn.text_parts.append(event.text)
                     await self._write(event.text)
                 elif event.type == REASONING and event.text:
-                    turn.thinking += event.text
-                    await self._think(event.text, first=len(turn.thinking) == len(event.text))
+                    turn.thinking_parts.append(event.text)
+                    await self._think(event.text, first=len(turn.thinking_parts) == 1)
                 elif event.type == TOOL_CALL:
                     turn.calls.append(dict(event.data or {}))
                 elif event.type == TOOLS_REJECTED:
@@ -267,40 +277,62 @@ class RoundLoop:
 
     # -- the answer's text ----------------------------------------------------------------------------------
 
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+    @staticmethod
+    def _ends_with(parts: list[str], suffix: str) -> bool:
+        """Whether the joined parts end with `suffix`, looking at the last pieces only."""
+        tail = ""
+        for part in reversed(parts):
+            tail = part + tail
+            if len(tail) >= len(suffix):
+                break
+        return tail.endswith(suffix)
+
     async def _write(self, text: str) -> None:
-        self.content += text
-        await self.writer.chunk(text)
+        self.parts.append(text)
+        self.chunks.add(text)
 
     def _add_text(self, text: str) -> None:
-        self.content += text
+        self.parts.append(text)
+
+    async def flush(self) -> None:
+        """Until every piece of text and thinking given so far is written."""
+        await self.chunks.flush()
+        if self.thinking_chunks is not None:
+            await self.thinking_chunks.flush()
 
     async def _add_line(self, result: CommandResult, live: bool = False) -> None:
         """The result line as its own paragraph, after what the answer says so far."""
-        if self.content.endswith("\n\n") or not self.content:
+        if self._ends_with(self.parts, "\n\n") or not self.parts:
             gap = ""
         else:
-            gap = "\n" if self.content.endswith("\n") else "\n\n"
+            gap = "\n" if self._ends_with(self.parts, "\n") else "\n\n"
         text = gap + markdown_line(result_line(result)) + "\n\n"
         if live:
             await self._write(text)
         else:
-            self.content += text
+            self.parts.append(text)
 
     def _add_thinking(self, text: str) -> str:
         """Append a round's (first) thinking, apart from the rounds' before it; returns what was appended."""
-        if text and self.thinking_text and not self.thinking_text.endswith("\n\n"):
+        if text and self.thinking_parts and not self._ends_with(self.thinking_parts, "\n\n"):
             text = "\n\n" + text
-        self.thinking_text += text
+        self.thinking_parts.append(text)
         return text
 
     async def _think(self, text: str, first: bool) -> None:
         if first:
             text = self._add_thinking(text)
         else:
-            self.thinking_text += text
+            self.thinking_parts.append(text)
         if self.thinking is None:
             self.thinking = await self.start_thinking()
-        await self.thinking.chunk(text)
+        if self.thinking_chunks is None:
+            self.thinking_chunks = ChunkStream(self.thinking)
+        self.thinking_chunks.add(text)
 
 
 def _json_text(value: Any) -> str:
