@@ -36,6 +36,12 @@ class Settings:
                            "doc": "Default model on QUANDA_LLM_URL (unset: the server's only or first model)"})
     llm_stall_s: float = field(default=60.0, metadata={"env": "QUANDA_LLM_STALL_S",
                                "doc": "Seconds without a byte from the LLM before the answer is marked stalled"})
+    llm_check_s: float = field(default=15.0, metadata={"env": "QUANDA_LLM_CHECK_S",
+                               "doc": "Seconds between checks of the LLM server for the status badge while a tab "
+                                      "is open (it is also checked after every answer)"})
+    draft_ttl_s: float = field(default=3600.0, metadata={"env": "QUANDA_DRAFT_TTL_S",
+                               "doc": "Seconds a chat draft may sit untouched before it is sealed and removed from "
+                                      "view (a tab still holding its text starts a new draft as you type)"})
     api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
                            "doc": "When set, the HTTP API also accepts Authorization: Bearer <token>"})
     system_prompt_file: str = field(default="", metadata={"env": "QUANDA_SYSTEM_PROMPT_FILE",
