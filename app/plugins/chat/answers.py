@@ -93,8 +93,11 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
             await writer.warning(warning)
         except QuandaError as exc:
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
-    await conversation.update_entry(h.store, key, status=status, commands="pending" if status == "done" else None)
+    entry = await conversation.update_entry(h.store, key, status=status,
+                                            commands="pending" if status == "done" else None)
     await h.publish("chat.state", message_id=answer_id, state=status)
+    if status == "done" and entry:
+        llm_status(h).answered(entry.get("model"))
     await llm_status(h).check(fresh=True)
     await h.publish("chat.badge")
     if status == "done":  # commands run only in answers the LLM finished normally
