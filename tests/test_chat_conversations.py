@@ -155,3 +155,25 @@ async def test_export_has_every_message_with_role_timestamps_and_tokens(store):
 @pytest.mark.parametrize("text, title", [("  \n# Plan a trip\nto Rome", "Plan a trip"), ("x" * 200, "x" * 79 + "…")])
 def test_titles_come_from_the_first_line(text, title):
     assert conversation.title_of(text) == title
+
+
+async def test_a_tab_following_a_sealed_answer_again_gets_nothing(store):
+    """A tab that navigates tells the server every stream it shows, finished ones included: following a sealed
+    answer again from the seq the page holds must not append its last block a second time."""
+    from app.components.chat import ChatView
+    from app.quanda import QuandaReader
+
+    answer = await QuandaMessage.create(store, role="assistant")
+    writer = QuandaWriter(answer)
+    for piece in ("Some text.\n\n", "```python\n", "x = 1\n", "```\n"):
+        await writer.chunk(piece)
+    await writer.make_immutable()
+    record = await store.get_message(answer.id)
+    view = ChatView(answer.id, page_seq=record.last_seq)
+    async for token in QuandaReader(answer):
+        view.feed(token)
+    assert view.flush() == []
+    behind = ChatView(answer.id, page_seq=record.last_seq - 1)  # a page that missed the seal gets it
+    async for token in QuandaReader(answer):
+        behind.feed(token)
+    assert behind.flush()

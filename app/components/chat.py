@@ -159,6 +159,8 @@ class ChatView:
             self.warning = token.text
         elif token.kind == "immutable":
             self.immutable, self.estimate = True, None
+            if token.seq == self.page_seq and not self.dirty:
+                return  # the page already shows the sealed message (a tab following it again): nothing to send
         self.dirty = True
 
     def _shown(self, estimate: str | None) -> None:
