@@ -1,6 +1,6 @@
 // The chat sidebar's keys and timers (static file: the page runs under a strict CSP).
 // - Enter sends, Shift+Enter adds a line (and nothing is sent while an answer is written: Send is Stop then);
-//   Escape cancels the edit of a question.
+//   Escape cancels the edit of a question. The box empties as a question is sent; a refused one comes back.
 // - The LLM status badge is asked for again every data-check-s seconds while the tab is visible.
 (function () {
   "use strict";
@@ -19,6 +19,25 @@
         cancel.click();
       }
     }
+  });
+
+  // Sending: the box empties as the question goes (htmx has read the form by now: this listener runs after
+  // its own), so the next can be typed at once; if the chat refuses it (its notice appears), the text comes back.
+  var lastSent = "";
+  document.addEventListener("submit", function (e) {
+    if (e.target.id !== "chat-form") return;
+    var input = document.getElementById("chat-input");
+    lastSent = input.value;
+    input.value = "";
+    input.focus();
+  });
+
+  document.addEventListener("htmx:oobAfterSwap", function (e) {
+    var notice = e.target;  // the notice as it now is
+    if (!notice || notice.id !== "chat-notice" || !notice.textContent) return;
+    var input = document.getElementById("chat-input");
+    if (input && !input.value && lastSent) input.value = lastSent;
+    lastSent = "";
   });
 
   var timer = null;

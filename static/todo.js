@@ -4,6 +4,7 @@
 // - An edit in progress survives updates of its own row from elsewhere (the row's view is patched around the
 //   editor) and a move of the row (the editor comes back where the row lands).
 // - Filters all / active / done from the URL's hash (#/, #/active, #/done); app.css hides the other rows.
+// - The add box empties as a name is sent; a refused name comes back.
 (function () {
   "use strict";
   var stash = {};  // row id -> the edit in progress of a row taken out of the list (a move)
@@ -101,6 +102,25 @@
     var edit = stash[row.id];
     delete stash[row.id];
     startEdit(row, edit.value, edit.start, edit.end);
+  });
+
+  // Adding: the box empties as the name is sent (htmx has read the form by now: this listener runs after its
+  // own), ready for the next; if the server refuses the name (its notice appears), the name comes back.
+  var lastAdded = "";
+  document.addEventListener("submit", function (e) {
+    if (e.target.id !== "todo-add-form") return;
+    var input = e.target.querySelector("#todo-new");
+    lastAdded = input.value;
+    input.value = "";
+    input.focus();
+  });
+
+  document.addEventListener("htmx:oobAfterSwap", function (e) {
+    var notice = e.target;  // the notice as it now is (the event's detail holds the one it replaced)
+    if (!notice || notice.id !== "todo-error" || !notice.textContent) return;
+    var input = document.getElementById("todo-new");
+    if (input && !input.value && lastAdded) input.value = lastAdded;
+    lastAdded = "";
   });
 
   function applyFilter() {

@@ -236,7 +236,7 @@ def ChatInput(model: str = "", models: list[str] | None = None, turn: int = 0, o
     options = [Option(m, value=m, selected=m == model) for m in (models or ([model] if model else []))]
     return Form(
         Hidden(name="action", value="chat.send"),
-        Hidden(name="turn", value=str(turn)),
+        TurnField(turn),
         FieldNotice(ids.CHAT_NOTICE, oob=False),
         EditingBanner(editing),
         Textarea(text, name="text", id=ids.CHAT_INPUT, placeholder="Ask, or tell the assistant what to do…",
@@ -251,6 +251,11 @@ def ChatInput(model: str = "", models: list[str] | None = None, turn: int = 0, o
         ws_send=True, id=ids.CHAT_FORM, data_notice=ids.CHAT_NOTICE, data_stick=ids.MSG_LIST,
         hx_swap_oob="true" if oob else None,
     )
+
+
+def TurnField(turn: int, oob: bool = False):
+    """How many questions were sent: a draft typed before the last Send that arrives after it is stale."""
+    return Hidden(name="turn", value=str(turn), id=ids.CHAT_TURN, hx_swap_oob="true" if oob else None)
 
 
 def EditingBanner(question_id: str | None, oob: bool = False):

@@ -15,8 +15,7 @@ Refusals show under the add form (`near`).
 from __future__ import annotations
 
 from app.components import ids
-from app.components.todo import (AddTodoForm, AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage,
-                                 TodoSummary)
+from app.components.todo import AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage, TodoSummary
 from app.plugins import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change
 from app.plugins.notices import near
 
@@ -194,8 +193,9 @@ async def _by_hand(h: Handle, change: Change) -> None:
 
 @near(ids.TODO_NOTICE)
 async def on_add(h: Handle, data: dict) -> None:
+    """The tab empties its box as it sends (static/todo.js), so the next name can be typed at once; a refusal
+    puts the name back."""
     await _by_hand(h, await plan_add(h, data.get("name")))
-    await h.send(AddTodoForm(oob=True))
 
 
 @near(ids.TODO_NOTICE)

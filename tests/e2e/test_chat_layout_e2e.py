@@ -113,9 +113,13 @@ async def test_a_refusal_shows_by_the_chat_and_goes_when_no_longer_true(app_serv
     page = await open_chat(browser, app_server.url)
     await ask(page, "Count")
     await expect(answers(page)).to_contain_text("w3 ", timeout=EXPECT_MS)
+    await page.fill("#chat-input", "and another thing")
+    await page.locator("#chat-input").press("Enter")  # Send is Stop now: Enter sends nothing
     await page.click("#chat-poke")  # asking while an answer is written
     notice = page.locator("#chat-notice")
     await expect(notice).to_contain_text("an answer is still being written")
+    await expect(page.locator("#chat-input")).to_have_value("and another thing")  # not lost
+    await expect(page.locator("#msg-list li.msg.q")).to_have_count(1)
     await expect(notice).to_be_in_viewport()
     await expect(page.locator("#ws-notice")).to_be_empty()  # not at the top of the page
     await page.click("#menu >> text=Stream simulator")

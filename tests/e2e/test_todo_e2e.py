@@ -145,6 +145,7 @@ async def test_a_refused_todo_is_explained_by_the_form(app_server, browser):
     await add(tab, "x" * 201)
     notice = tab.locator("#todo-error")
     await expect(notice).to_contain_text("a todo needs a name of 1 to 200 characters")
+    await expect(tab.locator("#todo-new")).to_have_value("x" * 201)  # the refused name is not lost
     await expect(tab.locator("#ws-notice")).to_be_empty()
     await tab.fill("#todo-new", "fine")  # no longer true once the name is edited
     await expect(notice).to_be_empty()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from app.components import ids
 from app.components.chat import (AppendToList, ChatMessage, ConversationList, DraftPreview, EditingBanner,
-                                 EventLine, MessageActions, MessageList, SendSlot, ThinkingSection)
+                                 EventLine, MessageActions, MessageList, SendSlot, ThinkingSection, TurnField)
 from app.components.notice import FieldNotice
 from app.plugins import Handle
 from app.quanda import QuandaError
@@ -71,8 +71,10 @@ async def draft_gone(h: Handle, fact: dict):
 
 
 async def sent(h: Handle, fact: dict):
-    """A question was sent (from any tab): every tab's input starts the next turn, its preview empty."""
-    return await actions.chat_input(h, fact.get("model"), oob=True)
+    """A question was sent (from any tab): every tab starts the next turn, its preview empty. What a tab's box
+    holds stays (the tab that sent emptied its own as it sent, static/chat.js)."""
+    return [TurnField(await actions.turn(h), oob=True), DraftPreview(""), EditingBanner(None, oob=True),
+            SendSlot(await actions.answering(h), oob=True)]
 
 
 async def badge(h: Handle, fact: dict):
