@@ -108,7 +108,7 @@
   });
 
   // -- scroll boxes that follow -------------------------------------------------------------------------------
-  var sticky = new WeakMap(), watched = new WeakSet(), followPending = false;
+  var sticky = new WeakMap(), watched = new WeakSet();
 
   function nearBottom(el) { return el.scrollHeight - el.scrollTop - el.clientHeight < 24; }
 
@@ -135,19 +135,17 @@
     showJump(el, s);
   }
 
+  // Run after every change to a box's content (a MutationObserver's callback runs before the next paint, so a
+  // following box never shows a frame that is not at the bottom) and when a box appears or is resized.
   function followAll() {
-    if (followPending) return;
-    followPending = true;
-    requestAnimationFrame(function () {
-      followPending = false;
-      document.querySelectorAll(".follow-scroll").forEach(function (el) {
-        if (!watched.has(el)) {
-          watched.add(el);
-          new MutationObserver(followAll).observe(el, {childList: true, subtree: true, characterData: true});
-          new ResizeObserver(followAll).observe(el);
-        }
-        follow(el);
-      });
+    document.querySelectorAll(".follow-scroll").forEach(function (el) {
+      if (!watched.has(el)) {
+        watched.add(el);
+        new MutationObserver(function () { follow(el); }).observe(el, {childList: true, subtree: true,
+                                                                        characterData: true});
+        new ResizeObserver(function () { follow(el); }).observe(el);
+      }
+      follow(el);
     });
   }
 
