@@ -62,6 +62,9 @@ async def test_screenshots(app_server, llm, browser):
     await dark_page.locator("#chat-conversations > li").filter(has_text="capital of France") \
         .locator("[data-testid=open]").click()
     await expect(dark_page.locator("#chat-viewer h3")).to_be_visible()
+    background = "getComputedStyle(document.body).backgroundColor"
+    assert await dark_page.evaluate(background) == "rgb(14, 17, 22)"  # the dark theme, from prefers-color-scheme
+    assert await page.evaluate(background) == "rgb(245, 246, 248)"
     await screenshot(dark_page, "chat-dark", readme=True)
 
     await page.click("#menu >> text=Stream simulator")
