@@ -49,6 +49,12 @@ class Settings:
                                   "tools: Ollama's /api/show lists the tools capability, or an OpenAI-compatible "
                                   "server has not refused them), on (always) or off (never: JSON commands in "
                                   "the text only)"})
+    llm_check_s: float = field(default=15.0, metadata={"env": "QUANDA_LLM_CHECK_S",
+                               "doc": "Seconds between checks of the LLM server for the status badge while a tab "
+                                      "is open (it is also checked after every answer)"})
+    draft_ttl_s: float = field(default=3600.0, metadata={"env": "QUANDA_DRAFT_TTL_S",
+                               "doc": "Seconds a chat draft may sit untouched before it is sealed and removed from "
+                                      "view (a tab still holding its text starts a new draft as you type)"})
     api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
                            "doc": "Local mode: the HTTP API also accepts Authorization: Bearer <token> (acting "
                                   "for the local workspace); accounts mode uses per-user tokens instead"})

@@ -1,9 +1,22 @@
-// Quanda client glue: tells the server which page the tab shows and which streams are on it, from which
-// seq, so every stream is followed (or resumed after a reconnect) with no gap and no duplicate, and a stream
-// that leaves the page is no longer followed.
+// Quanda client glue, loaded after htmx (no inline script anywhere: the page runs under a strict CSP).
+// - Streams: tells the server which page the tab shows and which streams are on it, from which seq, whenever
+//   that changes, so every stream is followed (or resumed after a reconnect) with no gap and no duplicate,
+//   and a stream that leaves the page is no longer followed.
+// - Frames: the "quanda" htmx extension drops what a WebSocket frame holds for elements that already left the
+//   page (frames in flight when the tab navigated), rows a tab already has, and deletions already done.
+// - Scroll boxes that follow what streams into them (class "follow-scroll"), with a jump-to-latest button.
+// - Notices: a form's notice empties as soon as its form is edited; the page notice has a close button and
+//   goes when the tab navigates. Focus survives the swap of the element holding it.
 (function () {
   "use strict";
   var socket = null;
+  var toldPage = null, told = {};  // the page and streams the server was last told about
+  var gone = new Set();  // ids of elements that left the page with a navigation or a redraw
+
+  // Back/forward reload the page from the server rather than restoring an old snapshot of it (with a live
+  // socket and streams, a snapshot is stale at once; and nothing of the chat is kept in localStorage).
+  htmx.config.historyCacheSize = 0;
+  htmx.config.refreshOnHistoryMiss = true;
 
   // Every stream marker on the page: {message id: seq}; `fresh` collects those rendered since last asked.
   function markers(fresh) {
@@ -23,21 +36,17 @@
     return page ? page.dataset.page : null;
   }
 
-  // The tab now shows this page with these streams (after the socket opens and after navigation).
-  function sendView(all) {
+  // Tell the server what the tab shows, if that changed (`all`: after the socket (re)opens, resume every stream).
+  function sync(all) {
     if (!socket) return;
-    var fresh = [];
-    var streams = markers(fresh);
-    socket.send(JSON.stringify({action: "view", page: pageName(), streams: streams,
-                                fresh: all ? Object.keys(streams) : fresh}));
-  }
-
-  // Streams that just appeared (a new answer, a new run): follow them from their marker's seq.
-  function followFresh() {
-    if (!socket) return;
-    var fresh = [], streams = markers(fresh), wanted = {}, count = 0;
-    fresh.forEach(function (id) { wanted[id] = streams[id]; count++; });
-    if (count) socket.send(JSON.stringify({action: "follow", streams: wanted}));
+    var fresh = [], streams = markers(fresh), page = pageName(), ids = Object.keys(streams);
+    var same = !all && !fresh.length && page === toldPage && ids.length === Object.keys(told).length &&
+      ids.every(function (id) { return told[id]; });
+    if (same) return;
+    socket.send(JSON.stringify({action: "view", page: page, streams: streams, fresh: all ? ids : fresh}));
+    toldPage = page;
+    told = {};
+    ids.forEach(function (id) { told[id] = true; });
   }
 
   function setState(state) {
@@ -45,6 +54,162 @@
     if (el) el.dataset.state = state;
   }
 
+  // -- frames -----------------------------------------------------------------------------------------------
+  function forget(root) {
+    if (gone.size > 20000) gone.clear();
+    root.querySelectorAll("[id]").forEach(function (el) { gone.add(el.id); });
+  }
+
+  // What an out-of-band element swaps: {style, id of its target}.
+  function oobTarget(el) {
+    var oob = el.getAttribute("hx-swap-oob") || "true";
+    if (oob === "true") return {style: "outerHTML", id: el.id};
+    var colon = oob.indexOf(":");
+    if (colon < 0) return {style: oob, id: el.id};
+    var match = /^#([\w-]+)/.exec(oob.slice(colon + 1));
+    return {style: oob.slice(0, colon), id: match ? match[1] : null};
+  }
+
+  function filterFrame(text) {
+    var template = document.createElement("template");
+    template.innerHTML = text;
+    var changed = false;
+    Array.prototype.slice.call(template.content.children).forEach(function (el) {
+      var target = oobTarget(el);
+      if (!target.id) return;
+      if (!document.getElementById(target.id)) {
+        if (target.style === "delete" || gone.has(target.id)) {  // done already, or left the page
+          el.remove();
+          changed = true;
+        }
+        return;
+      }
+      if (target.style === "outerHTML" || target.style === "innerHTML") {  // what it replaces leaves the page
+        forget(document.getElementById(target.id));
+      } else if (target.style === "beforeend" || target.style === "afterbegin") {  // never the same row twice
+        var had = el.children.length;
+        Array.prototype.slice.call(el.children).forEach(function (child) {
+          if (child.id && document.getElementById(child.id)) { child.remove(); changed = true; }
+        });
+        if (had && !el.children.length && !el.textContent.trim()) el.remove();
+      }
+    });
+    return changed ? template.innerHTML : text;
+  }
+
+  htmx.defineExtension("quanda", {
+    transformResponse: function (text, xhr) {
+      return xhr ? text : filterFrame(text);  // WebSocket frames only (HTTP responses come with no xhr here)
+    }
+  });
+
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail.target && e.detail.target.id === "main") forget(e.detail.target);
+  });
+
+  // -- scroll boxes that follow -------------------------------------------------------------------------------
+  var sticky = new WeakMap(), watched = new WeakSet();
+
+  function nearBottom(el) { return el.scrollHeight - el.scrollTop - el.clientHeight < 24; }
+
+  function stickiness(el) {
+    var s = sticky.get(el);
+    if (!s) { s = {stuck: true, lastTop: el.scrollTop}; sticky.set(el, s); }
+    return s;
+  }
+
+  function showJump(el, s) {
+    if (!el.id) return;
+    document.querySelectorAll('[data-jump-for="' + el.id + '"]').forEach(function (button) {
+      var hide = s.stuck || nearBottom(el);
+      if (button.hidden !== hide) button.hidden = hide;
+    });
+  }
+
+  function follow(el) {
+    var s = stickiness(el);
+    if (s.stuck && el.scrollTop !== el.scrollHeight - el.clientHeight) {
+      el.scrollTop = el.scrollHeight;
+      s.lastTop = el.scrollTop;
+    }
+    showJump(el, s);
+  }
+
+  // Run after every change to a box's content (a MutationObserver's callback runs before the next paint, so a
+  // following box never shows a frame that is not at the bottom) and when a box appears or is resized.
+  function followAll() {
+    document.querySelectorAll(".follow-scroll").forEach(function (el) {
+      if (!watched.has(el)) {
+        watched.add(el);
+        new MutationObserver(function () { follow(el); }).observe(el, {childList: true, subtree: true,
+                                                                        characterData: true});
+        new ResizeObserver(function () { follow(el); }).observe(el);
+      }
+      follow(el);
+    });
+  }
+
+  function stick(id) {
+    var el = document.getElementById(id);
+    if (!el) return;
+    stickiness(el).stuck = true;
+    follow(el);
+  }
+
+  document.addEventListener("scroll", function (e) {
+    var el = e.target;
+    if (!el.classList || !el.classList.contains("follow-scroll")) return;
+    var s = stickiness(el);
+    if (nearBottom(el)) s.stuck = true;
+    else if (el.scrollTop < s.lastTop - 2) s.stuck = false;  // the reader scrolled up: stop following
+    s.lastTop = el.scrollTop;
+    showJump(el, s);
+  }, true);
+
+  document.addEventListener("click", function (e) {
+    var button = e.target.closest ? e.target.closest("[data-jump-for]") : null;
+    if (button) stick(button.dataset.jumpFor);
+  });
+
+  document.addEventListener("submit", function (e) {  // sending something: show what comes back
+    var id = e.target.dataset ? e.target.dataset.stick : null;
+    if (id) stick(id);
+  }, true);
+
+  // -- notices and focus ---------------------------------------------------------------------------------------
+  function clearNotice(id) {
+    var notice = id && document.getElementById(id);
+    if (notice && notice.textContent) notice.textContent = "";
+  }
+
+  document.addEventListener("input", function (e) {
+    var form = e.target.form || (e.target.closest && e.target.closest("form"));
+    if (form && form.dataset.notice) clearNotice(form.dataset.notice);
+  });
+
+  document.addEventListener("click", function (e) {
+    if (e.target.closest && e.target.closest(".notice-close")) clearNotice("ws-notice");
+  });
+
+  var refocus = null;
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var active = document.activeElement, target = e.detail.target;
+    if (active && active.id && active !== document.body && target.contains(active)) {
+      refocus = {id: active.id, start: active.selectionStart, end: active.selectionEnd};
+    }
+  });
+
+  function restoreFocus() {
+    if (!refocus) return;
+    var el = document.getElementById(refocus.id), active = document.activeElement;
+    if (el && el !== active && (!active || active === document.body)) {
+      el.focus();
+      try { el.setSelectionRange(refocus.start, refocus.end); } catch (err) { /* not a text field */ }
+    }
+    refocus = null;
+  }
+
+  // -- wiring ------------------------------------------------------------------------------------------------
   // A lone UTF-16 surrogate (half of a broken emoji) cannot be stored: the server refuses text holding one,
   // so the page sends U+FFFD in its place and the user's text goes through.
   var LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
@@ -58,14 +223,25 @@
   document.addEventListener("htmx:wsOpen", function (e) {
     socket = e.detail.socketWrapper;
     setState("open");
-    sendView(true);  // first connection or reconnect: resume everything on the page
+    sync(true);  // first connection or reconnect: resume everything on the page
+    document.dispatchEvent(new CustomEvent("quanda:open"));
   });
   document.addEventListener("htmx:wsClose", function () { setState("closed"); });
   document.addEventListener("htmx:afterSettle", function (e) {
-    if (e.detail.target && e.detail.target.id === "main") sendView(false);
+    if (e.detail.target && e.detail.target.id === "main") clearNotice("ws-notice");  // it was about the page left
+    sync(false);
+    followAll();
   });
   document.addEventListener("htmx:wsAfterMessage", function () {
-    followFresh();
-    document.querySelectorAll(".stream-content").forEach(function (box) { box.scrollTop = box.scrollHeight; });
+    sync(false);
+    restoreFocus();
+    followAll();
   });
+  document.addEventListener("DOMContentLoaded", followAll);
+
+  // For the page's other scripts (static/chat.js, static/todo.js).
+  window.Quanda = {
+    send: function (data) { if (socket) socket.send(JSON.stringify(data)); return !!socket; },
+    stick: stick
+  };
 })();

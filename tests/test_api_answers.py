@@ -3,6 +3,7 @@
 apart; the commands in an API-asked answer change the token owner's todos, once."""
 
 import json
+import re
 
 import httpx
 import pytest
@@ -71,7 +72,7 @@ async def test_an_api_answers_commands_change_the_owners_todos_once(server, llm)
         todos = (await browser.get("/p/todo")).text
         sidebar = (await browser.get("/")).text
     todo_list = todos.split('id="todo-list"', 1)[1].split("</ul>", 1)[0]
-    assert todo_list.count('id="todo-') == 1 and "from the api answer" in todo_list  # the token owner's list
+    assert len(re.findall(r'<li [^>]*id="todo-\d+"', todo_list)) == 1 and "from the api answer" in todo_list  # the token owner's list
     assert sidebar.count("✓ Added the todo &#x27;from the api answer&#x27;") + \
         sidebar.count("✓ Added the todo 'from the api answer'") == 1
     assert json.dumps("add a todo please")[1:-1] in sidebar  # the question shows in the sidebar

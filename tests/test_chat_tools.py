@@ -133,7 +133,7 @@ class Chat:
 
     async def todos(self) -> list[str]:
         page = (await self.client.get("/p/todo")).text
-        return [html_text(name) for name in re.findall(r'class="todo-name[^"]*">([^<]*)<', page)]
+        return [html_text(name) for name in re.findall(r'class="todo-name[^"]*"[^>]*>([^<]*)<', page)]
 
     async def sidebar(self) -> str:
         return html_text((await self.client.get("/")).text)

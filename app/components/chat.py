@@ -1,18 +1,22 @@
 """The chat's pieces: message bubbles (one element per message, updated in place), the view that streams
-an answer into its bubble as incremental markdown, the input with its live preview, the status badge."""
+an answer into its bubble as incremental markdown, the input with its live preview and its Send/Stop slot,
+the status badge, and the conversations (the list, a read-only view, previous versions of an edited turn)."""
 
 from __future__ import annotations
 
 import re
+import time
 
-from fasthtml.common import (Aside, Button, Details, Div, Form, H2, Hidden, Li, NotStr, Option, Select, Span,
-                             Summary, Textarea, Ul)
+from fasthtml.common import (A, H3, Aside, Button, Details, Div, Form, H2, Hidden, Li, NotStr, Option, P, Section,
+                             Select, Span, Strong, Summary, Textarea, Ul)
 from fastcore.xml import FT
 
 from app.quanda import QuandaToken
-from app.render import MarkdownStream, append_plan
+from app.render import MarkdownStream, append_plan, render_markdown
 
 from . import ids
+from .buttons import ws_button
+from .notice import FieldNotice
 from .stream import StreamMarker
 
 ROLE_LABEL = {"q": "You", "assistant": "Assistant", "thinking": "Thinking"}
@@ -57,12 +61,10 @@ def Estimate(message_id: str, estimate: str | None, oob: bool = False):
 
 
 def MessageActions(message_id: str, state: str, oob: bool = False):
-    """Stop while generating; Retry when stopped, failed or interrupted; nothing once final."""
+    """Retry when stopped, failed or interrupted; nothing otherwise (Stop takes Send's place in the input
+    while an answer is written, see `SendSlot`)."""
     buttons = []
-    if state == "generating":
-        buttons.append(Form(Hidden(name="action", value="chat.stop"), Hidden(name="message_id", value=message_id),
-                            Button("Stop", cls="secondary small", data_testid="stop"), ws_send=True))
-    elif state in ("stopped", "failed", "interrupted"):
+    if state in ("stopped", "failed", "interrupted"):
         buttons.append(Form(Hidden(name="action", value="chat.retry"), Hidden(name="message_id", value=message_id),
                             Button("Retry", cls="secondary small", data_testid="retry"), ws_send=True))
     return Div(*buttons, id=ids.msg_actions_id(message_id), cls="msg-actions", hx_swap_oob="true" if oob else None)
@@ -80,6 +82,10 @@ def ChatMessage(record, state: str = "final", thinking=None, follow: bool = True
     parts.append(Div(record.warning, id=ids.msg_warning_id(mid), cls="msg-warning"))
     if record.role == "assistant":
         parts.append(MessageActions(mid, state))
+    elif record.role == "q":  # shown only on the last question, and not while an answer is written (app.css)
+        parts.append(ws_button("Edit", "chat.edit", {"message_id": mid}, cls="edit-q link small",
+                               title="Edit this question and ask again (the answer is kept as a previous version)",
+                               data_testid="edit"))
     if not record.immutable and follow:
         parts.append(StreamMarker(mid, record.last_seq, follow=True))
     return Li(*parts, id=ids.msg_id(mid), cls=f"msg {record.role}", data_state=state)
@@ -153,6 +159,8 @@ class ChatView:
             self.warning = token.text
         elif token.kind == "immutable":
             self.immutable, self.estimate = True, None
+            if token.seq == self.page_seq and not self.dirty:
+                return  # the page already shows the sealed message (a tab following it again): nothing to send
         self.dirty = True
 
     def _shown(self, estimate: str | None) -> None:
@@ -209,38 +217,148 @@ class ChatView:
         return fragments
 
 
-def ChatInput(model: str = "", models: list[str] | None = None, turn: int = 0, oob: bool = False):
-    """The draft box (streamed while typing), Send, Poke, the model picker. `turn` counts the questions sent,
-    so a draft typed before a Send that arrives after it is recognised as stale."""
+def SendSlot(answering: str | None = None, oob: bool = False):
+    """Send, or Stop in its place while an answer is being written."""
+    if answering:
+        button = ws_button("Stop", "chat.stop", {"message_id": answering}, cls="stop", id=ids.CHAT_STOP,
+                           title="Stop the answer (the LLM stops generating)", data_testid="stop")
+    else:
+        button = Button("Send", type="submit", id=ids.CHAT_SEND, title="Send (Enter; Shift+Enter for a new line)")
+    return Span(button, id=ids.SEND_SLOT, cls="send-slot", hx_swap_oob="true" if oob else None)
+
+
+def ChatInput(model: str = "", models: list[str] | None = None, turn: int = 0, oob: bool = False, *,
+              text: str = "", preview: str = "", editing: str | None = None, answering: str | None = None):
+    """The draft box (streamed while typing), Send (Stop while an answer is written), Poke, the model picker,
+    the chat's notice. `turn` counts the questions sent, so a draft typed before a Send that arrives after it
+    is recognised as stale. `text` and `preview`: the draft being typed; `editing`: the id of the question
+    being edited (sent with the form)."""
     options = [Option(m, value=m, selected=m == model) for m in (models or ([model] if model else []))]
     return Form(
         Hidden(name="action", value="chat.send"),
-        Hidden(name="turn", value=str(turn)),
-        Textarea(name="text", id=ids.CHAT_INPUT, placeholder="Ask, or tell the assistant what to do…", rows="3",
-                 ws_send=True, hx_trigger="input changed delay:250ms", hx_vals='{"action": "chat.draft"}'),
-        Div(id=ids.DRAFT_PREVIEW, cls="md draft-preview"),
-        Div(Button("Send", type="submit", id="chat-send"),
+        TurnField(turn),
+        FieldNotice(ids.CHAT_NOTICE, oob=False),
+        EditingBanner(editing),
+        Textarea(text, name="text", id=ids.CHAT_INPUT, placeholder="Ask, or tell the assistant what to do…",
+                 rows="2", aria_label="Your question", ws_send=True, hx_trigger="input changed delay:250ms",
+                 hx_vals='{"action": "chat.draft"}'),
+        Div(NotStr(preview), id=ids.DRAFT_PREVIEW, cls="md draft-preview"),
+        Div(SendSlot(answering),
             Button("Poke", type="submit", id="chat-poke", cls="secondary", name="poke", value="1",
                    title="Ask the assistant to react to what you just did"),
-            Select(*options, name="model", id=ids.MODEL_PICKER, title="Model"),
+            Select(*options, name="model", id=ids.MODEL_PICKER, title="Model", aria_label="Model"),
             cls="chat-buttons"),
-        ws_send=True, id=ids.CHAT_FORM, hx_swap_oob="true" if oob else None,
+        ws_send=True, id=ids.CHAT_FORM, data_notice=ids.CHAT_NOTICE, data_stick=ids.MSG_LIST,
+        hx_swap_oob="true" if oob else None,
     )
+
+
+def TurnField(turn: int, oob: bool = False):
+    """How many questions were sent: a draft typed before the last Send that arrives after it is stale."""
+    return Hidden(name="turn", value=str(turn), id=ids.CHAT_TURN, hx_swap_oob="true" if oob else None)
+
+
+def EditingBanner(question_id: str | None, oob: bool = False):
+    if not question_id:
+        return Div(id=ids.CHAT_EDITING, cls="chat-editing", hx_swap_oob="true" if oob else None)
+    return Div(Span("Editing your last question: Send asks it again, the old answer is kept."),
+               ws_button("Cancel", "chat.cancel_edit", cls="link small", id=ids.CHAT_CANCEL_EDIT,
+                         title="Keep the question as it was (Escape)"),
+               Hidden(name="edit", value=question_id), id=ids.CHAT_EDITING, cls="chat-editing on")
 
 
 def DraftPreview(html: str):
     return Div(NotStr(html), id=ids.DRAFT_PREVIEW, cls="md draft-preview", hx_swap_oob="true")
 
 
-def StatusBadge(ok: bool, text: str, oob: bool = False):
-    return Div(Span("●", cls="dot"), Span(text), id=ids.LLM_STATUS, cls=f"llm-status {'ok' if ok else 'bad'}",
-               title=text, hx_swap_oob="true" if oob else None)
+def StatusBadge(ok: bool, text: str, oob: bool = False, check_s: float | None = None):
+    """Whether the LLM answers; the tab asks again every `check_s` seconds (static/chat.js)."""
+    return Div(Span("●", cls="dot", aria_hidden="true"), Span(text, cls="llm-text"), id=ids.LLM_STATUS,
+               cls=f"llm-status {'ok' if ok else 'bad'}", title=text, role="status",
+               data_check_s=f"{check_s:g}" if check_s else None, hx_swap_oob="true" if oob else None)
+
+
+def MessageList(history: list, oob: bool = False):
+    """The conversation's messages and events; `aria-live` so screen readers hear what arrives."""
+    return Ul(*history, id=ids.MSG_LIST, cls="msg-list follow-scroll", role="log", aria_live="polite",
+              aria_label="Messages",
+              hx_swap_oob="innerHTML" if oob else None)
 
 
 def ChatSidebar(history: list, status=None, chat_input=None):
     return Aside(
-        Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS), cls="chat-head"),
-        Ul(*history, id=ids.MSG_LIST, cls="msg-list"),
+        Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS),
+            ws_button("New", "chat.new", cls="secondary small", id=ids.CHAT_NEW,
+                      title="Start a new conversation (this one is kept: see the Chat page)"),
+            cls="chat-head"),
+        Div(MessageList(history),
+            Button("↓ Jump to latest", type="button", id=ids.CHAT_JUMP, cls="jump", hidden=True,
+                   data_jump_for=ids.MSG_LIST, title="Jump to the latest message and follow it"),
+            cls="msg-list-wrap"),
         chat_input if chat_input is not None else Div(id=ids.CHAT_FORM),
-        id="sidebar",
+        id="sidebar", aria_label="Chat",
     )
+
+
+# -- conversations ---------------------------------------------------------------------------------------------
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts or 0))
+
+
+def ArchivedMessage(record, thinking=None):
+    """A message as it is, read-only: no DOM id, no stream, no buttons (it may be on the page twice)."""
+    parts = [Span(ROLE_LABEL.get(record.role, record.role), cls="msg-role")]
+    if thinking is not None and thinking.content:
+        parts.append(Details(Summary("Thinking"), Div(NotStr(render_markdown(thinking.content)), cls="md"),
+                             cls="thinking"))
+    parts.append(Div(NotStr(render_markdown(record.content)), cls="md"))
+    if record.warning:
+        parts.append(Div(record.warning, cls="msg-warning"))
+    return Li(*parts, cls=f"msg {record.role} archived")
+
+
+def PreviousVersion(items: list):
+    """The messages an edited question replaced, collapsed where they were."""
+    return Li(Details(Summary("Previous version"), Ul(*items, cls="msg-list-inner")), cls="prev-version")
+
+
+def ConversationRow(conv: dict, is_current: bool):
+    cid = conv["cid"]
+    title = conv.get("title") or "Untitled conversation"
+    actions = [ws_button("Open", "chat.open", {"cid": cid}, cls="secondary small", data_testid="open",
+                         title="Read it here (read-only)")]
+    if not is_current:
+        actions.append(ws_button("Continue", "chat.continue", {"cid": cid}, cls="secondary small",
+                                 data_testid="continue", title="Make it the conversation in the sidebar"))
+    actions += [A("Markdown", href=f"/chat/export/{cid}.md", download=True, cls="small", data_testid="export-md"),
+                A("JSON", href=f"/chat/export/{cid}.json", download=True, cls="small", data_testid="export-json")]
+    return Li(Div(Strong(title, cls="conv-title"),
+                  Span(f"started {when(conv.get('created'))}, last {when(conv.get('updated'))}", cls="muted"),
+                  Span("in the sidebar", cls="conv-current") if is_current else None, cls="conv-info"),
+              Div(*actions, cls="conv-actions"), cls="conv current" if is_current else "conv", data_cid=cid)
+
+
+def ConversationList(convs: list[dict], current: str, oob: bool = False):
+    rows = [ConversationRow(c, c["cid"] == current) for c in convs]
+    return Ul(*rows, id=ids.CONV_LIST, cls="conv-list", hx_swap_oob="true" if oob else None)
+
+
+def ConversationView(conv: dict | None, items: list | None = None, is_current: bool = False, oob: bool = False):
+    """One conversation, read-only (the Chat page's viewer)."""
+    swap = "true" if oob else None
+    if conv is None:
+        return Div(P("Open a conversation to read it here.", cls="muted"), id=ids.CONV_VIEWER, cls="conv-viewer",
+                   hx_swap_oob=swap)
+    cid = conv["cid"]
+    head = Div(H3(conv.get("title") or "Untitled conversation"),
+               Span(f"started {when(conv.get('created'))}", cls="muted"),
+               Div(*([] if is_current else [ws_button("Continue this conversation", "chat.continue", {"cid": cid},
+                                                      cls="small", data_testid="viewer-continue")]),
+                   A("Export Markdown", href=f"/chat/export/{cid}.md", download=True, cls="small"),
+                   A("Export JSON", href=f"/chat/export/{cid}.json", download=True, cls="small"),
+                   cls="conv-actions"),
+               cls="conv-viewer-head")
+    body = Ul(*(items or [Li("Nothing said yet.", cls="muted")]), cls="msg-list archived-list")
+    return Section(head, body, id=ids.CONV_VIEWER, cls="conv-viewer", data_cid=cid, aria_label="Conversation",
+                   hx_swap_oob=swap)

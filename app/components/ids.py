@@ -60,13 +60,34 @@ def msg_thinking_id(message_id: str) -> str:
 
 CHAT_INPUT = "chat-input"
 CHAT_FORM = "chat-form"
+CHAT_NOTICE = "chat-notice"
+CHAT_TURN = "chat-turn"
+CHAT_EDITING = "chat-editing"
+CHAT_CANCEL_EDIT = "chat-cancel-edit"
+CHAT_SEND = "chat-send"
+CHAT_STOP = "chat-stop"
+CHAT_NEW = "chat-new"
+CHAT_JUMP = "chat-jump"
+SEND_SLOT = "chat-send-slot"
 DRAFT_PREVIEW = "draft-preview"
 MODEL_PICKER = "model-picker"
+CONV_LIST = "chat-conversations"
+CONV_VIEWER = "chat-viewer"
 
+SIM_NOTICE = "sim-error"
 
 TODO_LIST = "todo-list"
 TODO_ADD_FORM = "todo-add-form"
+TODO_NOTICE = "todo-error"
+TODO_COUNT = "todo-count"
+TODO_CLEAR = "todo-clear-done"
+TODO_TOGGLE_ALL = "todo-toggle-all"
 
 
 def todo_item_id(todo_id: int) -> str:
     return f"todo-{todo_id}"
+
+
+def todo_edit_id(todo_id: int) -> str:
+    """The inline edit box of a todo's row."""
+    return f"todo-{todo_id}-edit"

@@ -1,21 +1,26 @@
 """The page: a nav bar with the plugin menu, the main area, and the chat sidebar. The WebSocket lives on
 the stable #app element; navigation swaps only #main, so the socket survives it."""
 
-from fasthtml.common import A, Div, Header, Main, Nav, Span, Strong, Title
+from fasthtml.common import A, Button, Div, Header, Main, Nav, Span, Strong, Title
 
 from . import ids
 
 
 def Notice(text: str, kind: str = "error"):
-    """A visible message at the top of the page (replaces the previous one)."""
-    return Div(text, id=ids.NOTICE, cls=f"notice {kind}", role="alert", hx_swap_oob="true")
+    """A message at the top of the page for what has no place of its own (a malformed frame, a lost stream);
+    it replaces the previous one, has a close button, and goes when the tab navigates (static/quanda.js).
+    Plugins show their own refusals next to the form that caused them (app/components/notice.py)."""
+    return Div(Span(text, cls="notice-text"),
+               Button("×", type="button", cls="notice-close", aria_label="Dismiss", title="Dismiss"),
+               id=ids.NOTICE, cls=f"notice {kind}", role="alert", hx_swap_oob="true")
 
 
 def Menu(plugins, current: str | None = None, oob: bool = False):
     return Nav(
         Strong("Quanda", cls="brand"),
         *(A(p.label, href=f"/p/{p.name}", hx_get=f"/p/{p.name}", hx_target=f"#{ids.MAIN}", hx_push_url="true",
-            cls="active" if p.name == current else None, data_plugin=p.name)
+            cls="active" if p.name == current else None, data_plugin=p.name,
+            aria_current="page" if p.name == current else None)
           for p in plugins if p.page is not None),
         id=ids.MENU, hx_swap_oob="true" if oob else None,
     )
@@ -33,7 +38,7 @@ def Page(plugins, main_content, sidebar, current: str | None = None, title: str 
             Header(Menu(plugins, current), account) if account is not None else Header(Menu(plugins, current)),
             Div(id=ids.NOTICE),
             Div(Main(PageContent(current, main_content), id=ids.MAIN), sidebar, cls="layout"),
-            Span(id="ws-state", cls="ws-state", data_state="connecting"),
-            id="app", hx_ext="ws", ws_connect="/ws",
+            Span(id="ws-state", cls="ws-state", data_state="connecting", title="Live connection"),
+            id="app", hx_ext="ws,quanda", ws_connect="/ws",
         ),
     )

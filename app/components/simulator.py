@@ -9,6 +9,7 @@ from fasthtml.common import H3, Article, Button, Div, Form, Hidden, Input, Label
 from app.quanda import QuandaToken
 
 from . import ids
+from .notice import FieldNotice
 from .stream import StreamMarker
 
 _ESTIMATE_RE = re.compile(r"\((\d+)/(\d+)\)")
@@ -63,9 +64,9 @@ def SimForm(error: str = "", running_id: str | None = None):
         Label("Delay max (ms)", Input(type="number", name="delay_max", value="20", min="0", max="10000",
                                       id="sim-delay-max")),
         Button("Start", type="submit", id="sim-start"),
-        ws_send=True, id="sim-start-form", cls="sim-form",
+        ws_send=True, id="sim-start-form", cls="sim-form", data_notice=ids.SIM_NOTICE,
     )
-    return Div(start, stop, Div(error, id="sim-error", cls="error" if error else None), id="sim-controls")
+    return Div(start, FieldNotice(ids.SIM_NOTICE, error, oob=False), stop, id="sim-controls")
 
 
 def run_progress(record, run: dict | None) -> tuple[int, int] | None:
@@ -86,7 +87,7 @@ def SimRun(record=None, run: dict | None = None, oob: bool = False):
         Div(SimBar(record.id, done, total),
             SimStatus(record.id, run_status(record, run)),
             cls="sim-progress"),
-        Pre(record.content, id=ids.sim_content_id(record.id), cls="stream-content"),
+        Pre(record.content, id=ids.sim_content_id(record.id), cls="stream-content follow-scroll"),
         StreamMarker(record.id, record.last_seq, follow=not record.immutable),
         id="sim-run", data_message=record.id, hx_swap_oob="true" if oob else None,
     )
@@ -132,7 +133,7 @@ class SimulatorView:
         mid, fragments = self.message_id, []
         text = "".join(self.appended)
         if self.replaced is not None:
-            fragments.append(Pre(self.replaced + text, id=ids.sim_content_id(mid), cls="stream-content",
+            fragments.append(Pre(self.replaced + text, id=ids.sim_content_id(mid), cls="stream-content follow-scroll",
                                  hx_swap_oob="true"))
         elif text:
             fragments.append(Pre(text, hx_swap_oob=f"beforeend:#{ids.sim_content_id(mid)}"))

@@ -14,7 +14,9 @@ import random
 
 from app.components.simulator import (SimBar, SimRun, SimStatus, SimStopForm, SimulatorCard, SimulatorView,
                                       progress_of)
+from app.components import ids
 from app.plugins import ClientError, Handle, Job, Plugin
+from app.plugins.notices import near
 from app.quanda import QuandaError, QuandaMessage, QuandaWriter
 
 log = logging.getLogger("quanda.simulator")
@@ -94,6 +96,7 @@ async def ended(h: Handle, message_id: str, chunks: int, done: int, outcome: str
     await h.publish("sim.ended", message_id=message_id, outcome=outcome, done=done, chunks=chunks)
 
 
+@near(ids.SIM_NOTICE)
 async def on_start(h: Handle, data: dict) -> None:
     chunks, low, high = parse_run_request(data)
     previous, _ = await current_run(h)
@@ -107,6 +110,7 @@ async def on_start(h: Handle, data: dict) -> None:
     await h.post_event(f"Stream simulator started: {chunks} chunks.")
 
 
+@near(ids.SIM_NOTICE)
 async def on_stop(h: Handle, data: dict) -> None:
     run, _ = await current_run(h)
     if run is None or run.immutable or run.id != data.get("message_id", run.id):

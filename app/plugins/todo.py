@@ -7,13 +7,17 @@ ambient event, a command shows "✓ Added the todo …".
 
 A todo is a record of kind "todo" keyed `<owner>:<id>`; ids come from a counter per owner, so two writers (a
 click and a command, on two servers) never get the same one. The fact `todo.changed` names the todos
-touched; every tab of the owner that shows the list redraws it.
+touched and how (`op`: add, update, delete, move); every tab of the owner that shows the list updates those
+rows only (and the counters under the list), so an edit in progress in another row is left alone.
+Refusals show under the add form (`near`).
 """
 
 from __future__ import annotations
 
-from app.components.todo import AddTodoForm, TodoList, TodoPage
+from app.components import ids
+from app.components.todo import AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage, TodoSummary
 from app.plugins import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change
+from app.plugins.notices import near
 
 KIND = "todo"
 MAX_NAME = 200
@@ -35,8 +39,8 @@ def _put(h: Handle, item: dict) -> tuple:
     return ("put", KIND, _key(h, item["id"]), item)
 
 
-def _changed(*ids: int) -> tuple:
-    return ((CHANGED, {"ids": list(ids)}),)
+def _changed(op: str, *todo_ids: int) -> tuple:
+    return ((CHANGED, {"ids": list(todo_ids), "op": op}),)
 
 
 def _check_name(name: object) -> str | None:
@@ -76,7 +80,7 @@ async def plan_add(h: Handle, name: object) -> Change:
     item = {"id": await _next_id(h, items), "name": name, "done": False,
             "order": max((t["order"] for t in items), default=0) + 1}
     return Change(CommandResult(True, f"Added the todo '{name}' (id {item['id']}).", None, item),
-                  (_put(h, item),), _changed(item["id"]))
+                  (_put(h, item),), _changed("add", item["id"]))
 
 
 async def plan_update(h: Handle, todo_id: int, name: object = None, done: object = None) -> Change:
@@ -99,7 +103,7 @@ async def plan_update(h: Handle, todo_id: int, name: object = None, done: object
         text = f"Marked the todo '{after['name']}' (id {todo_id}) {state}."
         if name is not None and after["name"] != before["name"]:
             text = f"Renamed the todo '{before['name']}' to '{after['name']}' and marked it {state} (id {todo_id})."
-    return Change(CommandResult(True, text, before, after), (_put(h, after),), _changed(todo_id))
+    return Change(CommandResult(True, text, before, after), (_put(h, after),), _changed("update", todo_id))
 
 
 async def plan_toggle(h: Handle, todo_id: int) -> Change:
@@ -114,7 +118,7 @@ async def plan_delete(h: Handle, todo_id: int) -> Change:
     if before is None:
         return _no_such(todo_id)
     return Change(CommandResult(True, f"Deleted the todo '{before['name']}' (id {todo_id}).", before, None),
-                  (("delete", KIND, _key(h, todo_id), None),), _changed(todo_id))
+                  (("delete", KIND, _key(h, todo_id), None),), _changed("delete", todo_id))
 
 
 async def plan_move(h: Handle, todo_id: int, direction: str) -> Change:
@@ -133,7 +137,30 @@ async def plan_move(h: Handle, todo_id: int, direction: str) -> Change:
     a_order, b_order = (b["order"], a["order"]) if a["order"] != b["order"] else (b["order"], b["order"] + 1)
     moved = {**a, "order": a_order}
     return Change(CommandResult(True, text, a, moved), (_put(h, moved), _put(h, {**b, "order": b_order})),
-                  _changed(a["id"], b["id"]))
+                  _changed("move", a["id"], b["id"]))
+
+
+async def plan_clear_done(h: Handle) -> Change:
+    done = [t for t in await todos(h) if t["done"]]
+    if not done:
+        return Change.refused("no todo is done")
+    names = ", ".join(f"'{t['name']}'" for t in done[:5]) + (f" and {len(done) - 5} more" if len(done) > 5 else "")
+    return Change(CommandResult(True, f"Cleared {len(done)} done todo{'s' if len(done) > 1 else ''}: {names}.",
+                                done, None),
+                  tuple(("delete", KIND, _key(h, t["id"]), None) for t in done),
+                  _changed("delete", *(t["id"] for t in done)))
+
+
+async def plan_toggle_all(h: Handle) -> Change:
+    """Every todo done; or, when every one already is, none."""
+    items = await todos(h)
+    if not items:
+        return Change.refused("there is no todo")
+    done = not all(t["done"] for t in items)
+    changed = [{**t, "done": done} for t in items if t["done"] != done]
+    return Change(CommandResult(True, f"Marked all {len(items)} todos {'done' if done else 'not done'}.",
+                                None, changed),
+                  tuple(_put(h, t) for t in changed), _changed("update", *(t["id"] for t in changed)))
 
 
 async def plan_list(h: Handle) -> Change:
@@ -164,25 +191,46 @@ async def _by_hand(h: Handle, change: Change) -> None:
     await h.post_event("You " + result.text[0].lower() + result.text[1:])
 
 
+@near(ids.TODO_NOTICE)
 async def on_add(h: Handle, data: dict) -> None:
+    """The tab empties its box as it sends (static/todo.js), so the next name can be typed at once; a refusal
+    puts the name back."""
     await _by_hand(h, await plan_add(h, data.get("name")))
-    await h.send(AddTodoForm(oob=True))
 
 
+@near(ids.TODO_NOTICE)
 async def on_toggle(h: Handle, data: dict) -> None:
     await _by_hand(h, await plan_toggle(h, _id(data)))
 
 
+@near(ids.TODO_NOTICE)
 async def on_edit(h: Handle, data: dict) -> None:
-    await _by_hand(h, await plan_update(h, _id(data), name=data.get("name")))
+    """Save an inline edit; an empty name deletes the todo (as in TodoMVC)."""
+    name = data.get("name")
+    if isinstance(name, str) and not name.strip():
+        await _by_hand(h, await plan_delete(h, _id(data)))
+        return
+    await _by_hand(h, await plan_update(h, _id(data), name=name))
 
 
+@near(ids.TODO_NOTICE)
 async def on_delete(h: Handle, data: dict) -> None:
     await _by_hand(h, await plan_delete(h, _id(data)))
 
 
+@near(ids.TODO_NOTICE)
 async def on_move(h: Handle, data: dict) -> None:
     await _by_hand(h, await plan_move(h, _id(data), data.get("direction")))
+
+
+@near(ids.TODO_NOTICE)
+async def on_clear_done(h: Handle, data: dict) -> None:
+    await _by_hand(h, await plan_clear_done(h))
+
+
+@near(ids.TODO_NOTICE)
+async def on_toggle_all(h: Handle, data: dict) -> None:
+    await _by_hand(h, await plan_toggle_all(h))
 
 
 async def page(h: Handle):
@@ -190,7 +238,24 @@ async def page(h: Handle):
 
 
 async def show_changes(h: Handle, fact: dict):
-    return TodoList(await todos(h), oob=True)
+    """The rows the change touched, and the counters: nothing else of the list is sent."""
+    items = await todos(h)
+    by_id = {t["id"]: t for t in items}
+    touched = [i for i in fact.get("ids", []) if isinstance(i, int)]
+    fragments: list = []
+    if fact.get("op") == "move" and touched and touched[0] in by_id:
+        moved = by_id[touched[0]]
+        at = items.index(moved)
+        fragments += MoveTodo(moved, items[at + 1]["id"] if at + 1 < len(items) else None)
+        touched = []  # the other row only changed places with it
+    for todo_id in touched:
+        if todo_id not in by_id:
+            fragments.append(RemoveTodo(todo_id))
+        elif fact.get("op") == "add":
+            fragments.append(AppendTodo(by_id[todo_id]))
+        else:
+            fragments.append(TodoItem(by_id[todo_id], oob=True))
+    return fragments + TodoSummary(items)
 
 
 async def prompt_context(h: Handle) -> str:
@@ -227,7 +292,7 @@ plugin = Plugin(
     order=10,
     page=page,
     ws_handlers={"todo.add": on_add, "todo.toggle": on_toggle, "todo.edit": on_edit, "todo.delete": on_delete,
-                 "todo.move": on_move},
+                 "todo.move": on_move, "todo.clear_done": on_clear_done, "todo.toggle_all": on_toggle_all},
     fact_views={CHANGED: show_changes},
     commands=COMMANDS,
     system_prompt="The Todos page is the user's todo list; you can change it with the todo commands.",

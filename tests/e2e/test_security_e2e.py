@@ -57,7 +57,7 @@ async def test_local_mode_two_browsers_share_todos_and_conversation_live(app_ser
 
 async def test_no_csp_violation_while_the_simulator_runs_and_an_answer_streams(app_server, llm, browser):
     llm.script = Reply(chunks=["# Title\n\n", "Some **bold** and `code`.\n\n", "```python\nx = 1\n```\n",
-                               "[a link](https://example.com) ![img](/static/none.png)"], delay=0.05)
+                               "[a link](https://example.com) ![img](/static/favicon.svg)"], delay=0.05)
     page = await open_page(await browser.new_context(), app_server.url + "/p/simulator")
     await page.fill("#sim-chunks", "60")
     await page.click("#sim-start")
@@ -114,6 +114,9 @@ for (const type of ["text/plain", "application/x-www-form-urlencoded", "multipar
 
 
 async def test_a_page_on_another_port_of_localhost_can_neither_drive_nor_read_the_app(app_server, browser):
+    for refused in (r"status of 403", r"WebSocket handshake: Unexpected response code: 403",
+                    r"404.*0123456789abcdef01234567"):
+        browser.expect_error(refused)  # the refusals themselves, as the browser reports them
     context = await browser.new_context()
     victim = await open_page(context, app_server.url + "/p/todo")
     await victim.fill("#todo-new", "the victim's own todo")

@@ -105,10 +105,46 @@ async def test_invalid_inputs_get_a_visible_error(app_server, browser):
     await ws_open(page)
     await page.evaluate("document.querySelectorAll('input[type=number]').forEach(i => i.removeAttribute('max'))")
     await start_run(page, 20000, 1, 2)
-    await expect(page.locator("#ws-notice")).to_contain_text("chunks must be between 1 and 10,000")
+    notice = page.locator("#sim-error")  # by the form that caused it, not at the top of the page
+    await expect(notice).to_contain_text("chunks must be between 1 and 10,000")
+    await page.fill("#sim-chunks", "20")  # editing the form: the notice is no longer true
+    await expect(notice).to_be_empty()
     await start_run(page, 10, 50, 5)
-    await expect(page.locator("#ws-notice")).to_contain_text("minimum delay must not exceed the maximum")
+    await expect(notice).to_contain_text("minimum delay must not exceed the maximum")
     await expect(page.locator("#sim-run")).to_contain_text("No run yet")
+    await expect(page.locator("#ws-notice")).to_be_empty()
+    await start_run(page, 3, 0, 0)  # a run that starts: the notice goes
+    await expect(page.locator(".sim-status")).to_have_text("finished", timeout=EXPECT_MS)
+    await expect(notice).to_be_empty()
+
+
+async def test_leaving_mid_run_stops_its_frames_and_logs_no_error(app_server, browser):
+    """Only what is on the page is streamed: after the tab navigates away, no frame of the run arrives (and
+    none in flight when it left ends in an htmx:oobErrorNoTarget: the browser fixture fails on any error)."""
+    page = await browser.new_page()
+    frames = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
+    await page.goto(app_server.url + "/p/simulator")
+    await ws_open(page)
+    await start_run(page, 150, 20, 30)
+    bar = page.locator("#sim-run progress")
+    await expect(bar).to_have_attribute("value", re.compile(r"^[1-9]\d*$"), timeout=EXPECT_MS)
+    run_id = await page.locator("#sim-run").get_attribute("data-message")
+    await page.click("#menu >> text=Todos")
+    await expect(page.locator("#todo-card")).to_be_visible()
+    await expect(page.locator("#menu a.active")).to_have_text("Todos")
+    # a round trip on the same socket, after the tab told the server it shows the todo page: frames of the
+    # run sent before that are in flight; none may come after it
+    await page.fill("#chat-input", "marker")
+    await expect(page.locator("#draft-preview")).to_have_text("marker", timeout=EXPECT_MS)
+    after = len(frames)
+    await expect(page.locator("#msg-list")).to_contain_text("Stream simulator finished: 150 chunks.",
+                                                            timeout=EXPECT_MS)
+    late = [f for f in frames[after:] if run_id in str(f)]
+    assert late == [], f"{len(late)} frame(s) of the run after leaving its page, e.g. {late[0][:200]}"
+    await page.click("#menu >> text=Stream simulator")  # back: the finished run, as it ended
+    await expect(bar).to_have_attribute("value", "150")
+    assert await page.locator(".stream-content").text_content() == lines(150)
 
 
 async def test_network_cut_mid_run_resumes_without_gap_or_duplicate(app_server, browser):

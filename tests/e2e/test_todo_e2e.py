@@ -36,22 +36,124 @@ async def test_manage_todos_by_hand_in_two_tabs(app_server, browser):
     for name in ["buy milk", "call mum", "write report"]:
         await add(tab1, name)
         await expect(names(tab1).last).to_have_text(name)
+    await expect(tab1.locator("#todo-new")).to_be_focused()  # ready for the next one
     await expect(names(tab2)).to_have_text(["buy milk", "call mum", "write report"])
     await tab2.locator("#todo-1 [data-testid=toggle]").click()
     await expect(tab1.locator("#todo-1")).to_have_attribute("data-done", "1")
+    await expect(tab1.locator("#todo-1 [data-testid=toggle]")).to_be_checked()
     await tab1.locator("#todo-3 [data-testid=up]").click()
-    for tab in (tab1, tab2):  # the list is redrawn in both before the next edit starts
+    for tab in (tab1, tab2):
         await expect(names(tab)).to_have_text(["buy milk", "write report", "call mum"])
-    await tab1.locator("#todo-2 input[name=name]").fill("call dad")
-    await tab1.locator("#todo-2 [data-testid=edit-form] button").click()
+    await rename(tab1, 2, "call dad")
     await expect(names(tab2)).to_have_text(["buy milk", "write report", "call dad"])
     await tab2.locator("#todo-1 [data-testid=delete]").click()
     await expect(names(tab1)).to_have_text(["write report", "call dad"])
     events = tab1.locator("#msg-list .event-line")
     await expect(events.filter(has_text="You added the todo 'buy milk' (id 1).")).to_have_count(1)
+    await expect(events.filter(has_text="You renamed the todo 'call mum' to 'call dad' (id 2).")).to_have_count(1)
     await expect(events.filter(has_text="You deleted the todo 'buy milk' (id 1).")).to_have_count(1)
     await tab1.reload()
     await expect(names(tab1)).to_have_text(["write report", "call dad"])
+
+
+async def rename(tab, todo_id, name):
+    """Double-click the name, type, Enter: as in TodoMVC."""
+    await tab.locator(f"#todo-{todo_id} .todo-name").dblclick()
+    editor = tab.locator(f"#todo-{todo_id}-edit")
+    await expect(editor).to_be_focused()
+    await editor.fill(name)
+    await editor.press("Enter")
+    await expect(tab.locator(f"#todo-{todo_id} .todo-name")).to_have_text(name)
+
+
+async def test_an_edit_in_progress_survives_changes_made_in_another_tab(app_server, browser):
+    tab1, tab2 = await two_tabs(browser, app_server.url)
+    for name in ["buy milk", "call mum", "write report"]:
+        await add(tab2, name)
+    await expect(names(tab1)).to_have_text(["buy milk", "call mum", "write report"])
+    await tab1.locator("#todo-1 .todo-name").dblclick()
+    editor = tab1.locator("#todo-1-edit")
+    await editor.press_sequentially(" and oat")
+    frames = []
+    tab1.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
+    await tab2.locator("#todo-2 [data-testid=toggle]").click()  # another todo changes
+    await expect(tab1.locator("#todo-2")).to_have_attribute("data-done", "1")
+    await rename(tab2, 3, "write the report")
+    await expect(names(tab1).nth(2)).to_have_text("write the report")
+    await add(tab2, "new one")
+    await expect(names(tab1)).to_have_count(4)
+    await tab2.locator("#todo-1 [data-testid=toggle]").click()  # the row being edited changes
+    await expect(tab1.locator("#todo-1")).to_have_attribute("data-done", "1")
+    await tab2.locator("#todo-1 [data-testid=down]").click()  # and moves
+    await expect(names(tab2)).to_have_text(["call mum", "buy milk", "write the report", "new one"])
+    await expect(tab1.locator("#todo-list > li").first).to_have_id("todo-2")
+    await expect(editor).to_be_focused()
+    await expect(editor).to_have_value("buy milk and oat")  # the edit in progress, untouched
+    await editor.press_sequentially(" milk")
+    await editor.press("Enter")
+    for tab in (tab1, tab2):
+        await expect(names(tab)).to_have_text(["call mum", "buy milk and oat milk", "write the report", "new one"])
+    # only the rows each change touched were sent: never the whole list
+    assert not any('id="todo-list"' in str(f) and "hx-swap-oob" in str(f) for f in frames)
+
+
+async def test_todomvc_keys_filters_count_and_clear_done(app_server, browser):
+    tab, other = await two_tabs(browser, app_server.url)
+    for name in ["alpha", "beta", "gamma"]:
+        await add(tab, name)
+    await expect(tab.locator("#todo-count")).to_have_text("3 items left")
+    row = tab.locator("#todo-2")
+    await row.focus()
+    await row.press("Enter")  # Enter on a focused row edits it
+    editor = tab.locator("#todo-2-edit")
+    await expect(editor).to_be_focused()
+    await editor.fill("beta changed")
+    await editor.press("Escape")  # cancels: nothing sent
+    await expect(tab.locator("#todo-2 .todo-name")).to_have_text("beta")
+    await expect(row).to_be_focused()
+    await tab.locator("#todo-3 [data-testid=edit]").click()
+    await tab.locator("#todo-3-edit").press("Enter")  # unchanged: nothing sent either
+    await tab.locator("#todo-1 [data-testid=toggle]").click()
+    await expect(tab.locator("#todo-count")).to_have_text("2 items left")
+    await expect(other.locator("#todo-count")).to_have_text("2 items left")
+    await tab.click("text=Active")
+    await expect(tab.locator("#todo-1")).to_be_hidden()
+    await expect(tab.locator("#todo-2")).to_be_visible()
+    await tab.click(".todo-filters >> text=Done")
+    await expect(tab.locator("#todo-1")).to_be_visible()
+    await expect(tab.locator("#todo-2")).to_be_hidden()
+    await expect(other.locator("#todo-2")).to_be_visible()  # filters belong to the tab
+    await tab.click(".todo-filters >> text=All")
+    await tab.click("#todo-clear-done")
+    await expect(names(other)).to_have_text(["beta", "gamma"])
+    await expect(tab.locator("#todo-clear-done")).to_be_disabled()
+    await tab.click("#todo-toggle-all")
+    await expect(tab.locator("#todo-count")).to_have_text("0 items left")
+    await expect(other.locator("#todo-list li.done")).to_have_count(2)
+    await tab.locator("#todo-2 .todo-name").dblclick()
+    await tab.locator("#todo-2-edit").fill("")
+    await tab.locator("#todo-2-edit").press("Enter")  # an empty name deletes the todo
+    await expect(names(other)).to_have_text(["gamma"])
+    events = await tab.locator("#msg-list .event-line").all_text_contents()
+    assert not any("'beta changed'" in e or "to 'gamma'" in e for e in events), events
+    assert "You cleared 1 done todo: 'alpha'." in events
+
+
+async def test_a_refused_todo_is_explained_by_the_form(app_server, browser):
+    tab, _ = await two_tabs(browser, app_server.url)
+    await tab.evaluate("document.getElementById('todo-new').removeAttribute('maxlength')")
+    await add(tab, "x" * 201)
+    notice = tab.locator("#todo-error")
+    await expect(notice).to_contain_text("a todo needs a name of 1 to 200 characters")
+    await expect(tab.locator("#todo-new")).to_have_value("x" * 201)  # the refused name is not lost
+    await expect(tab.locator("#ws-notice")).to_be_empty()
+    await tab.fill("#todo-new", "fine")  # no longer true once the name is edited
+    await expect(notice).to_be_empty()
+    await add(tab, "x" * 201)
+    await expect(notice).not_to_be_empty()
+    await add(tab, "fine")  # or once a todo is added
+    await expect(names(tab)).to_have_text(["fine"])
+    await expect(notice).to_be_empty()
 
 
 async def test_the_llm_adds_a_todo_seen_in_both_tabs_with_a_result_line(app_server, llm, browser):

@@ -1,9 +1,10 @@
-"""Chat: the sidebar on every page, a full-page view of the history, answers streamed from the LLM.
+"""Chat: the sidebar on every page, a Chat page listing the conversations, answers streamed from the LLM.
 
-Modules, one concept each: `conversation` (an owner's ordered entries), `status` (is the LLM there, which
-model), `prompt` (what the LLM is sent), `answers` (generation, Stop, Retry, recovery, commands), `tools` (an
-answer's rounds of native tool calls), `actions` (what the user does, and the hooks other plugins reach the
-chat through), `views` (how its facts show).
+Modules, one concept each: `conversation` (an owner's conversations and their ordered entries), `drafts` (the
+question being typed), `status` (is the LLM there, which model), `prompt` (what the LLM is sent), `answers`
+(generation, Stop, Retry, recovery, commands), `tools` (an answer's rounds of native tool calls), `actions`
+(what the user does, and the hooks other plugins reach the chat through), `views` (how its facts show),
+`export` (a conversation as Markdown or JSON).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fasthtml.common import H2, P, Section
+from fasthtml.common import H2, Div, P, Section
 
-from app.components.chat import ChatView
+from app.components.buttons import ws_button
+from app.components.chat import ChatView, ConversationList, ConversationView
 from app.plugins import AppContext, Handle, Plugin
 
-from . import actions, answers, views
+from . import actions, answers, conversation, drafts, export, views
 from .status import LLMStatus
 from .tools import ToolBox
 
@@ -25,8 +27,9 @@ class ChatState:
     """The chat's per-app state."""
 
     def __init__(self, ctx: AppContext):
-        self.status = LLMStatus(ctx.llm, ctx.settings.default_model)
+        self.status = LLMStatus(ctx.llm, ctx.settings.default_model, ctx.settings.llm_check_s)
         self.tools = ToolBox(ctx.plugins)  # the plugins' commands as native tools
+        self.sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
 
     def in_background(self, work) -> None:
@@ -42,25 +45,37 @@ class ChatState:
 
 
 async def startup(ctx: AppContext) -> None:
-    ctx.state["chat"] = ChatState(ctx)
+    state = ctx.state["chat"] = ChatState(ctx)
+    state.sweeper = asyncio.create_task(drafts.sweep(ctx), name="chat-draft-sweeper")
 
 
 async def page(h: Handle):
-    # the chat itself is the sidebar, widened to fill the page while this view is open (see app.css)
-    return Section(H2("Chat"), P("The whole conversation, kept across restarts. Stop halts an answer (the LLM "
-                                 "stops generating); Retry regenerates a stopped or failed answer in place; "
-                                 "Poke asks the assistant to react to what you just did."),
-                   cls="chat-full card")
+    """The conversations: the one in the sidebar and every earlier one, each to read, continue or export."""
+    convs = await conversation.conversations(h.store, h.owner)
+    current = await conversation.current(h.store, h.owner)
+    return Section(
+        Div(H2("Conversations"),
+            ws_button("New conversation", "chat.new", id="chat-new-page",
+                      title="Start a new conversation in the sidebar (this one is kept)"),
+            cls="chat-page-head"),
+        P("The sidebar holds the current conversation. Earlier ones are kept: open one to read it, continue it "
+          "in the sidebar, or export it as Markdown or JSON.", cls="muted"),
+        Div(ConversationList(convs, current), ConversationView(None), cls="chat-page-body"),
+        cls="chat-full card")
 
 
 plugin = Plugin(
     name="chat",
     label="Chat",
     order=90,
+    router=export.router,
     page=page,
     startup=startup,
     ws_handlers={"chat.draft": actions.on_draft, "chat.send": actions.on_send, "chat.stop": actions.on_stop,
-                 "chat.retry": actions.on_retry},
+                 "chat.retry": actions.on_retry, "chat.edit": actions.on_edit,
+                 "chat.cancel_edit": actions.on_cancel_edit, "chat.new": actions.on_new,
+                 "chat.continue": actions.on_continue, "chat.open": actions.on_open,
+                 "chat.status": actions.on_status},
     stream_views={"assistant": ChatView, "q": ChatView, "thinking": ChatView},
     fact_views=views.FACT_VIEWS,
     recover={answers.ROLE: answers.recover},

@@ -1,20 +1,27 @@
-"""What the user does in the chat (draft, Send, Poke, Stop, Retry), what other plugins hand it (ambient
-events, questions from the HTTP API), and the sidebar it fills."""
+"""What the user does in the chat (draft, Send, Poke, Stop, Retry, edit the last question, new / open / continue
+a conversation), what other plugins hand it (ambient events, questions from the HTTP API), and the sidebar it
+fills. Refusals show in the chat's own notice, above its input (`near`)."""
 
 from __future__ import annotations
 
 import time
 
-from app.components.chat import ChatInput, ChatMessage, ChatSidebar, EventLine, StatusBadge
+from app.components import ids
+from app.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, ConversationView,
+                                 EventLine, PreviousVersion, StatusBadge)
 from app.plugins import ClientError, Handle
-from app.quanda import QuandaError, QuandaMessage, QuandaWriter
+from app.plugins.notices import near
+from app.quanda import QuandaError, QuandaWriter, QuandaMessage
+from app.render import render_markdown
 
-from . import answers, conversation
+from . import answers, conversation, drafts
 
 MAX_QUESTION_CHARS = 32_000
 HISTORY_ENTRIES = 60
-DRAFT_KIND = "draft"
 TURN_KIND = "chat_turn"
+SWITCHED = "chat.switched"  # the fact: the owner's sidebar shows another conversation (or a redrawn one)
+CONVERSATIONS = "chat.conversations"  # the fact: the list of conversations changed
+STILL_WRITING = "an answer is still being written: wait for it or press Stop"
 
 
 def question_text(data: dict) -> str:
@@ -30,19 +37,39 @@ async def turn(h: Handle) -> int:
     return (await h.store.get_record(TURN_KIND, h.owner) or {"turn": 0})["turn"]
 
 
-async def chat_input(h: Handle, wanted_model: object = None, oob: bool = False):
+async def answering(h: Handle) -> str | None:
+    """The answer of this owner's current conversation being written (on any server), if any."""
+    for _key, entry in (await conversation.entries(h.store, h.owner, limit=8))[::-1]:
+        if entry["type"] == answers.ROLE and entry.get("status") == "generating":
+            return entry["message_id"] if await h.job_running(entry["message_id"]) else None
+    return None
+
+
+async def chat_input(h: Handle, wanted_model: object = None, oob: bool = False, *, restore: bool = False,
+                     text: str = "", editing: str | None = None):
+    """The input; with `restore`, holding the draft being typed (a reload keeps it)."""
     model, models = await answers.llm_status(h).choose(wanted_model)
-    return ChatInput(model, models, await turn(h), oob=oob)
+    preview = render_markdown(text) if text else ""
+    if restore and (found := await drafts.live(h)) is not None:
+        draft, record = found
+        text, editing = record.content, draft.get("edit")
+        preview = render_markdown(text) if text else ""
+    return ChatInput(model, models, await turn(h), oob=oob, text=text, preview=preview, editing=editing,
+                     answering=await answering(h))
 
 
 async def badge(h: Handle, oob: bool = False):
     status = await answers.llm_status(h).check()
-    return StatusBadge(status.ok, status.text, oob=oob)
+    return StatusBadge(status.ok, status.text, oob=oob, check_s=h.settings.llm_check_s)
 
 
-async def history(h: Handle) -> list:
-    items = []
-    for _key, entry in await conversation.entries(h.store, h.owner, limit=HISTORY_ENTRIES * 2):
+async def history(h: Handle, cid: str | None = None, archived: bool = False, limit: int | None = None) -> list:
+    """A conversation's items: live bubbles (the sidebar) or read-only ones (`archived`: the Chat page's
+    viewer); the messages an edited question replaced are collapsed into "Previous version"."""
+    found = await conversation.entries(h.store, h.owner, limit=limit, cid=cid, superseded=True)
+    items: list = []
+    previous: list = []
+    for _key, entry in found:
         if entry["type"] == "event":
             items.append(EventLine(entry["text"]))
             continue
@@ -51,15 +78,27 @@ async def history(h: Handle) -> list:
             thinking = await h.store.get_message(entry["thinking_id"]) if entry.get("thinking_id") else None
         except QuandaError:
             continue
+        if entry.get("superseded"):
+            previous.append(ArchivedMessage(record, thinking))
+            continue
+        if previous:
+            items.append(PreviousVersion(previous))
+            previous = []
+        if archived:
+            items.append(ArchivedMessage(record, thinking))
+            continue
         state = entry.get("status", "final") if record.role == answers.ROLE else "final"
         if state == "generating" and not await h.job_running(record.id):
             state = "interrupted"
         items.append(ChatMessage(record, state, thinking))
+    if previous:
+        items.append(PreviousVersion(previous))
     return items
 
 
 async def sidebar(h: Handle):
-    return ChatSidebar(await history(h), await badge(h), await chat_input(h))
+    return ChatSidebar(await history(h, limit=HISTORY_ENTRIES * 2), await badge(h),
+                       await chat_input(h, restore=True))
 
 
 async def on_event(h: Handle, text: str, key: str | None = None) -> None:
@@ -68,75 +107,55 @@ async def on_event(h: Handle, text: str, key: str | None = None) -> None:
     entry = {"type": "event", "text": text}
     if key is None:
         await conversation.add_entry(h.store, h.owner, entry)
-    elif not await h.store.commit_records([("insert", "chat_once", key, {}),
-                                           ("put", conversation.KIND, f"{h.owner}:{time.time_ns():020d}",
-                                            {**entry, "at": time.time()})]):
+    elif not await h.store.commit_records([
+            ("insert", "chat_once", key, {}),
+            ("put", conversation.KIND, conversation.entry_key(await conversation.current(h.store, h.owner),
+                                                              time.time_ns()), {**entry, "at": time.time()})]):
         return
     await h.publish("chat.event", text=text)
 
 
+@near(ids.CHAT_NOTICE, clear_on_success=False)
 async def on_draft(h: Handle, data: dict) -> None:
     text = question_text(data)
     if str(data.get("turn", "")) != str(await turn(h)):
         return  # typed before the last Send, arriving after it
-    draft = await h.store.get_record(DRAFT_KIND, h.owner)
-    if draft is None:
-        if not text:
-            return
-        message = await QuandaMessage.create(h.store, role="q")
-        await h.own(message.id, "q")
-        draft = {"message_id": message.id}
-        await h.store.put_record(DRAFT_KIND, h.owner, draft)
-    await QuandaWriter(await QuandaMessage.from_id(h.store, draft["message_id"])).override(text)
-    await h.publish("chat.draft", message_id=draft["message_id"])
+    edit = data.get("edit") if isinstance(data.get("edit"), str) and data.get("edit") else None
+    message_id = await drafts.write(h, text, edit)
+    if message_id is not None:
+        await h.publish("chat.draft", message_id=message_id)
 
 
-async def answering(h: Handle) -> bool:
-    """Whether an answer of this owner is being written (on any server)."""
-    for _key, entry in (await conversation.entries(h.store, h.owner, limit=8))[::-1]:
-        if entry["type"] == answers.ROLE and entry.get("status") == "generating":
-            return await h.job_running(entry["message_id"])
-    return False
-
-
+@near(ids.CHAT_NOTICE)
 async def on_send(h: Handle, data: dict) -> None:
     poke = bool(data.get("poke"))
     text = question_text(data)
+    edit = data.get("edit") or None
     if not text and not poke:
         raise ClientError("type a question first")
     if await answering(h):
-        raise ClientError("an answer is still being written: wait for it or press Stop")
+        raise ClientError(STILL_WRITING)
+    if edit and text and edit != await conversation.last_question(h.store, h.owner):
+        raise ClientError("only the last question can be edited; Cancel the edit to ask this as a new question")
     await answers.seal_unfinished(h)
     await h.store.put_record(TURN_KIND, h.owner, {"turn": await turn(h) + 1})
     model = (await answers.llm_status(h).choose(data.get("model")))[0]
     await h.publish("chat.sent", model=model)
+    if edit and text and await conversation.supersede_from(h.store, h.owner, edit) is not None:
+        await h.publish(SWITCHED)  # every tab redraws the conversation: the old turn is a previous version
     if text:
-        await ask_in_conversation(h, await question_from_draft(h, text))
+        await ask_in_conversation(h, await drafts.take(h, text))
     else:
         await h.post_event("You pressed Poke.")
     await answers.start_answer(h, model)
 
 
-async def question_from_draft(h: Handle, text: str):
-    """The sealed question: the draft message if one was being typed, else a new one."""
-    store = h.store
-    draft = await store.get_record(DRAFT_KIND, h.owner)
-    await store.delete_record(DRAFT_KIND, h.owner)
-    if draft is not None:
-        question = await QuandaMessage.from_id(store, draft["message_id"])
-    else:
-        question = await QuandaMessage.create(store, role="q")
-        await h.own(question.id, "q")
-    writer = QuandaWriter(question)
-    if (await question.refresh()).content != text:
-        await writer.override(text)
-    await writer.make_immutable()
-    return await store.get_message(question.id)
-
-
 async def ask_in_conversation(h: Handle, question) -> None:
+    cid = await conversation.current(h.store, h.owner)
     await conversation.add_entry(h.store, h.owner, {"type": "q", "message_id": question.id})
+    await conversation.touch(h.store, h.owner, cid, question.content)
     await h.publish("chat.message", message_id=question.id, state="final")
+    await h.publish(CONVERSATIONS)
 
 
 async def ask(h: Handle, question, model: str | None) -> str:
@@ -149,9 +168,81 @@ async def ask(h: Handle, question, model: str | None) -> str:
     return await answers.start_answer(h, model or (await answers.llm_status(h).choose())[0])
 
 
+@near(ids.CHAT_NOTICE)
 async def on_stop(h: Handle, data: dict) -> None:
     await answers.stop(h, data.get("message_id"))
 
 
+@near(ids.CHAT_NOTICE)
 async def on_retry(h: Handle, data: dict) -> None:
     await answers.retry(h, data.get("message_id"))
+
+
+@near(ids.CHAT_NOTICE)
+async def on_edit(h: Handle, data: dict) -> None:
+    """Put the last question back in the input; Send asks it again (see `on_send`)."""
+    question_id = data.get("message_id")
+    if await answering(h):
+        raise ClientError("wait for the answer, or press Stop, before editing the question")
+    if not isinstance(question_id, str) or question_id != await conversation.last_question(h.store, h.owner):
+        raise ClientError("only the last question can be edited")
+    text = (await h.owned(question_id, roles=("q",))).content
+    await drafts.discard(h)
+    message_id = await drafts.write(h, text, edit=question_id)
+    await h.send(await chat_input(h, oob=True, text=text, editing=question_id))
+    if message_id is not None:
+        await h.publish("chat.draft", message_id=message_id)
+
+
+@near(ids.CHAT_NOTICE)
+async def on_cancel_edit(h: Handle, data: dict) -> None:
+    await drafts.discard(h)
+    await h.send(await chat_input(h, oob=True))
+    await h.publish(drafts.GONE)
+
+
+async def switch(h: Handle, cid: str | None) -> None:
+    """Show another conversation in the sidebar (a new one when `cid` is None); the one left is kept, its
+    stopped or failed answer sealed as it is."""
+    if await answering(h):
+        raise ClientError(STILL_WRITING + ", then switch conversations")
+    if cid is not None and await conversation.conversation(h.store, h.owner, cid) is None:
+        raise ClientError("there is no such conversation")
+    await answers.seal_unfinished(h)
+    if cid is None:
+        await conversation.start_new(h.store, h.owner)
+    else:
+        await conversation.switch_to(h.store, h.owner, cid)
+    draft = await h.store.get_record(drafts.KIND, h.owner)
+    if draft is not None and draft.get("edit"):  # the question being edited is in the conversation left
+        await drafts.discard(h)
+        await h.publish(drafts.GONE)
+    await h.publish(SWITCHED)
+    await h.publish(CONVERSATIONS)
+
+
+@near(ids.CHAT_NOTICE)
+async def on_new(h: Handle, data: dict) -> None:
+    await switch(h, None)
+
+
+@near(ids.CHAT_NOTICE)
+async def on_continue(h: Handle, data: dict) -> None:
+    cid = data.get("cid")
+    await switch(h, cid if isinstance(cid, str) else "")
+
+
+@near(ids.CHAT_NOTICE)
+async def on_open(h: Handle, data: dict) -> None:
+    """The Chat page's viewer shows a conversation, read-only."""
+    found = await conversation.conversation(h.store, h.owner, data.get("cid"))
+    if found is None:
+        raise ClientError("there is no such conversation")
+    current = await conversation.current(h.store, h.owner)
+    await h.send(ConversationView(found, await history(h, found["cid"], archived=True),
+                                  is_current=found["cid"] == current, oob=True))
+
+
+async def on_status(h: Handle, data: dict) -> None:
+    """A tab asks for the badge (every QUANDA_LLM_CHECK_S seconds, see static/chat.js)."""
+    await h.send(await badge(h, oob=True))

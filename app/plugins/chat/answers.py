@@ -95,7 +95,10 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
             await writer.warning(warning)
         except QuandaError as exc:
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
-    await conversation.update_entry(h.store, key, status=status, commands="pending" if status == "done" else None)
+    entry = await conversation.update_entry(h.store, key, status=status,
+                                            commands="pending" if status == "done" else None)
+    if status == "done" and entry:
+        llm_status(h).answered(entry.get("model"))
     if status == "done":  # commands run only in answers the LLM finished normally
         await run_commands(h, key, answer_id)
     await h.publish("chat.state", message_id=answer_id, state=status)  # last: Retry is offered once it is over

@@ -1,14 +1,22 @@
-"""How the chat's facts show in a tab (every tab: the chat fills the sidebar, which is on every page)."""
+"""How the chat's facts show in a tab (every tab: the chat fills the sidebar, which is on every page).
+
+A view sends only what targets elements the tab shows: a message's updates only while the sidebar's
+conversation holds it, the list of conversations only to tabs on the Chat page.
+"""
 
 from __future__ import annotations
 
-from app.components.chat import (AppendToList, ChatMessage, DraftPreview, EventLine, MessageActions,
-                                 ThinkingSection)
+from app.components import ids
+from app.components.chat import (AppendToList, ChatMessage, ConversationList, DraftPreview, EditingBanner,
+                                 EventLine, MessageActions, MessageList, SendSlot, ThinkingSection, TurnField)
+from app.components.notice import FieldNotice
 from app.plugins import Handle
 from app.quanda import QuandaError
 from app.render import render_markdown
 
-from . import actions
+from . import actions, answers, conversation, drafts
+
+CHAT_PAGE = "chat"
 
 
 async def event(h: Handle, fact: dict):
@@ -20,14 +28,27 @@ async def message(h: Handle, fact: dict):
         record = await h.store.get_message(fact["message_id"])
     except QuandaError:
         return None
-    return AppendToList(ChatMessage(record, fact.get("state", "final")))
+    state = fact.get("state", "final")
+    fragments = [AppendToList(ChatMessage(record, state))]
+    if record.role == answers.ROLE and state == "generating":
+        fragments.append(SendSlot(record.id, oob=True))  # Send becomes Stop while it is written
+    return fragments
 
 
 async def state(h: Handle, fact: dict):
-    return MessageActions(fact["message_id"], fact["state"], oob=True)
+    if not await conversation.holds(h.store, h.owner, fact["message_id"]):
+        return None
+    fragments = [MessageActions(fact["message_id"], fact["state"], oob=True)]
+    if fact["state"] == "generating":
+        fragments.append(SendSlot(fact["message_id"], oob=True))
+    else:  # the answer ended: Stop gives way to Send, and "an answer is still being written" is no longer true
+        fragments += [SendSlot(await actions.answering(h), oob=True), FieldNotice(ids.CHAT_NOTICE)]
+    return fragments
 
 
 async def thinking(h: Handle, fact: dict):
+    if not await conversation.holds(h.store, h.owner, fact["answer_id"]):
+        return None
     try:
         record = await h.store.get_message(fact["thinking_id"])
     except QuandaError:
@@ -43,14 +64,41 @@ async def draft(h: Handle, fact: dict):
     return DraftPreview(render_markdown(text) if text else "")
 
 
+async def draft_gone(h: Handle, fact: dict):
+    """The draft was sealed (it sat untouched too long) or dropped: its preview leaves the page. Text still in
+    a tab's input stays there; typing again starts a new draft."""
+    return DraftPreview("")
+
+
 async def sent(h: Handle, fact: dict):
-    """A question was sent (from any tab): every tab's input starts the next turn, its preview empty."""
-    return [await actions.chat_input(h, fact.get("model"), oob=True), DraftPreview("")]
+    """A question was sent (from any tab): every tab starts the next turn, its preview empty. What a tab's box
+    holds stays (the tab that sent emptied its own as it sent, static/chat.js)."""
+    return [TurnField(await actions.turn(h), oob=True), DraftPreview(""), EditingBanner(None, oob=True),
+            SendSlot(await actions.answering(h), oob=True)]
 
 
 async def badge(h: Handle, fact: dict):
     return await actions.badge(h, oob=True)
 
 
+async def switched(h: Handle, fact: dict):
+    """The sidebar's conversation changed (another one, or an edited turn): redraw its messages."""
+    fragments = [MessageList(await actions.history(h, limit=actions.HISTORY_ENTRIES * 2), oob=True),
+                 SendSlot(await actions.answering(h), oob=True), EditingBanner(None, oob=True)]
+    if h.page == CHAT_PAGE:
+        fragments.append(await conversation_list(h))
+    return fragments
+
+
+async def conversations(h: Handle, fact: dict):
+    return await conversation_list(h) if h.page == CHAT_PAGE else None
+
+
+async def conversation_list(h: Handle):
+    return ConversationList(await conversation.conversations(h.store, h.owner),
+                            await conversation.current(h.store, h.owner), oob=True)
+
+
 FACT_VIEWS = {"chat.event": event, "chat.message": message, "chat.state": state, "chat.thinking": thinking,
-              "chat.draft": draft, "chat.sent": sent, "chat.badge": badge}
+              "chat.draft": draft, drafts.GONE: draft_gone, "chat.sent": sent, "chat.badge": badge,
+              actions.SWITCHED: switched, actions.CONVERSATIONS: conversations}

@@ -1,0 +1,64 @@
+// The chat sidebar's keys and timers (static file: the page runs under a strict CSP).
+// - Enter sends, Shift+Enter adds a line (and nothing is sent while an answer is written: Send is Stop then);
+//   Escape cancels the edit of a question. The box empties as a question is sent; a refused one comes back.
+// - The LLM status badge is asked for again every data-check-s seconds while the tab is visible.
+(function () {
+  "use strict";
+
+  document.addEventListener("keydown", function (e) {
+    var input = e.target;
+    if (!input || input.id !== "chat-input") return;
+    if (e.key === "Enter" && !e.shiftKey && !e.altKey && !e.isComposing) {
+      e.preventDefault();
+      var send = document.getElementById("chat-send");
+      if (send && !send.disabled && input.value.trim()) send.click();
+    } else if (e.key === "Escape") {
+      var cancel = document.getElementById("chat-cancel-edit");
+      if (cancel) {
+        e.preventDefault();
+        cancel.click();
+      }
+    }
+  });
+
+  // Sending: the box empties as the question goes (htmx has read the form by now: this listener runs after
+  // its own), so the next can be typed at once; if the chat refuses it (its notice appears), the text comes back.
+  var lastSent = "";
+  document.addEventListener("submit", function (e) {
+    if (e.target.id !== "chat-form") return;
+    var input = document.getElementById("chat-input");
+    lastSent = input.value;
+    input.value = "";
+    input.focus();
+  });
+
+  document.addEventListener("htmx:oobAfterSwap", function (e) {
+    var notice = e.target;  // the notice as it now is
+    if (!notice || notice.id !== "chat-notice" || !notice.textContent) return;
+    var input = document.getElementById("chat-input");
+    if (input && !input.value && lastSent) input.value = lastSent;
+    lastSent = "";
+  });
+
+  var timer = null;
+
+  function checkEvery() {
+    var badge = document.getElementById("llm-status");
+    var seconds = badge ? parseFloat(badge.dataset.checkS) : NaN;
+    return seconds > 0 ? seconds * 1000 : 0;
+  }
+
+  function schedule() {
+    clearTimeout(timer);
+    var ms = checkEvery();
+    if (ms) timer = setTimeout(check, ms);
+  }
+
+  function check() {
+    if (!document.hidden && window.Quanda) window.Quanda.send({action: "chat.status"});
+    schedule();
+  }
+
+  document.addEventListener("quanda:open", schedule);
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) check(); });
+})();
