@@ -189,7 +189,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         content = await call(plugin.page, h) if plugin else home()
         current = plugin.name if plugin else None
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "main":
-            await h.post_event(f"You opened {plugin.label}." if plugin else "You opened the home page.")
+            if request.query_params.get("refresh") != "1":  # a redraw after a reconnect is not a visit
+                await h.post_event(f"You opened {plugin.label}." if plugin else "You opened the home page.")
             return PageContent(current, content), Menu(plugins, current, oob=True)
         account = None
         if settings.accounts:

@@ -41,6 +41,7 @@ class Connection:
         self.hub, self.ws, self.owner, self.login = hub, ws, owner, login
         self.page: str | None = None
         self.followers: dict[str, Follower] = {}
+        self.ended: set[str] = set()  # streams of the page followed to their end
         self._lock = asyncio.Lock()
         self.closed = False
 
@@ -64,7 +65,14 @@ class Connection:
         if len(self.followers) >= MAX_FOLLOWED_STREAMS:
             raise ClientError(f"too many streams followed at once (at most {MAX_FOLLOWED_STREAMS})")
         self.followers[message_id] = follower
+        self.ended.discard(message_id)
         follower.join(self)
+        follower.task.add_done_callback(lambda task: self._ended(message_id, follower, task))
+
+    def _ended(self, message_id: str, follower: Any, task: asyncio.Task) -> None:
+        """A stream followed to its end need not be followed again while the page shows it."""
+        if not task.cancelled() and self in follower.conns and not self.closed:
+            self.ended.add(message_id)
 
     def detach(self, message_id: str) -> None:
         old = self.followers.pop(message_id, None)
@@ -194,8 +202,9 @@ class Hub:
             raise ClientError("view needs 'fresh': [message_id, …]")
         for message_id in [m for m in conn.followers if m not in streams]:
             conn.detach(message_id)
+        conn.ended &= set(streams)  # bounded by what the page shows
         await self._follow(conn, {m: seq for m, seq in streams.items()
-                                  if m in fresh or m not in conn.followers or conn.followers[m].task.done()})
+                                  if m in fresh or (m not in conn.followers and m not in conn.ended)})
 
     async def _on_follow(self, conn: Connection, data: dict) -> None:
         """Follow these streams from these seqs (replacing any following of them)."""

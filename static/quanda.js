@@ -220,10 +220,17 @@
     });
   });
 
+  var openedBefore = false;
   document.addEventListener("htmx:wsOpen", function (e) {
     socket = e.detail.socketWrapper;
     setState("open");
     sync(true);  // first connection or reconnect: resume everything on the page
+    if (openedBefore && document.getElementById("page")) {
+      // what changed while the socket was down (a todo, a run started) came as facts nobody received:
+      // the main area is drawn again from the server (its streams resume from their markers)
+      htmx.ajax("GET", location.pathname + "?refresh=1", {target: "#main", swap: "innerHTML"});
+    }
+    openedBefore = true;
     document.dispatchEvent(new CustomEvent("quanda:open"));
   });
   document.addEventListener("htmx:wsClose", function () { setState("closed"); });

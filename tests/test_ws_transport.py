@@ -136,3 +136,19 @@ async def test_updates_are_coalesced_first_at_once_then_paced(server):
         assert text == lines(1, 2000, 2000)
         content_frames = [f for f in frames if "<pre" in f]
         assert len(content_frames) < 2000 / 4, len(content_frames)  # many tokens per frame
+
+
+async def test_a_stream_followed_to_its_end_is_not_followed_again_while_the_page_shows_it(server):
+    async with connect(server, await session_cookie(server)) as ws:
+        message_id = await start_run(ws, 3)
+        await ws.send(json.dumps({"action": "follow", "streams": {message_id: 0}}))
+        await frames_until(ws, r'data-seq="4"')
+        for fresh in ([], []):  # navigations that keep the run on the page
+            await ws.send(json.dumps({"action": "view", "page": "simulator", "streams": {message_id: 0},
+                                      "fresh": fresh}))
+        await ws.send(json.dumps({"action": "no.such.action"}))
+        assert "unknown action" in await recv(ws)  # nothing about the run came before it
+        await ws.send(json.dumps({"action": "view", "page": "simulator", "streams": {message_id: 0},
+                                  "fresh": [message_id]}))  # rendered anew: followed again from its seq
+        frames = await frames_until(ws, r'data-seq="4"')
+        assert appended_text(frames, message_id) == lines(1, 3, 3)

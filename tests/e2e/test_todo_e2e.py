@@ -205,3 +205,19 @@ async def test_poke_asks_the_llm_to_react_to_what_the_user_just_did(app_server, 
     messages = llm.chat_requests[-1].json["messages"]
     assert {"role": "user", "content": "[UI event] You added the todo 'buy milk' (id 1)."} in messages
     assert messages[-1] == {"role": "user", "content": "[UI event] You pressed Poke."}
+
+
+async def test_changes_made_while_a_tab_was_disconnected_show_once_it_reconnects(app_server, browser):
+    from tests.servers import CuttableProxy
+    browser.expect_error(r"ERR_CONNECTION|WebSocket connection to .* failed|\[object Event\]")
+    async with CuttableProxy(app_server.port) as proxy:
+        away = await (await browser.new_context()).new_page()
+        await away.goto(proxy.url + "/p/todo")
+        await expect(away.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+        here = (await two_tabs(browser, app_server.url))[0]
+        proxy.cut()
+        await expect(away.locator("#ws-state")).to_have_attribute("data-state", "closed", timeout=EXPECT_MS)
+        await add(here, "added while the other tab was cut off")
+        await expect(names(here)).to_have_text(["added while the other tab was cut off"])
+        await expect(away.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+        await expect(names(away)).to_have_text(["added while the other tab was cut off"], timeout=EXPECT_MS)
