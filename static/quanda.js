@@ -224,12 +224,15 @@
   document.addEventListener("htmx:wsOpen", function (e) {
     socket = e.detail.socketWrapper;
     setState("open");
-    sync(true);  // first connection or reconnect: resume everything on the page
-    if (openedBefore && document.getElementById("page")) {
-      // what changed while the socket was down (a todo, a run started) came as facts nobody received:
-      // the main area is drawn again from the server (its streams resume from their markers)
-      htmx.ajax("GET", location.pathname + "?refresh=1", {target: "#main", swap: "innerHTML"});
+    var redraw = openedBefore && document.getElementById("page");
+    if (redraw) {
+      // what changed while the socket was down (a todo, a run started) came as facts nobody received: the
+      // main area is drawn again from the server, and its streams are followed from the new drawing's
+      // markers (not from the old ones, whose frames would land in the new drawing)
+      document.querySelectorAll("#main [data-stream]").forEach(function (el) { el.removeAttribute("data-stream"); });
     }
+    sync(true);  // first connection or reconnect: resume everything on the page
+    if (redraw) htmx.ajax("GET", location.pathname + "?refresh=1", {target: "#main", swap: "innerHTML"});
     openedBefore = true;
     document.dispatchEvent(new CustomEvent("quanda:open"));
   });
