@@ -16,7 +16,7 @@ from fasthtml.common import H2, P, Section
 from app.components.chat import ChatView
 from app.plugins import AppContext, Handle, Plugin
 
-from . import actions, answers, views
+from . import actions, answers, api, views
 from .status import LLMStatus
 from .tools import ToolBox
 
@@ -57,6 +57,7 @@ plugin = Plugin(
     name="chat",
     label="Chat",
     order=90,
+    router=api.router,
     page=page,
     startup=startup,
     ws_handlers={"chat.draft": actions.on_draft, "chat.send": actions.on_send, "chat.stop": actions.on_stop,
