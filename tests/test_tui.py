@@ -117,6 +117,9 @@ async def test_history_then_live_without_a_token(server, llm):
         held = {e.message.id: e for e in app.conv.entries if e.message is not None}
         assert held[before["question_id"]].message.content == "an earlier question"
         assert await shown(app, held[before["answer_id"]]) == "Earlier answer."
+        for entry in held.values():  # every message of the history drawn whole (none wiped as it mounted)
+            md = next(md for md in app.query(MessageMarkdown) if md.state is entry.message)
+            await app.until(lambda: md.source == entry.message.content, WAIT_S, f"{entry.message.id} drawn")
         async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
             asked = (await api.post("/api/chat/ask", json={"text": "from elsewhere"})).json()
         await app.until(lambda: (a := app.conv.last_answer()) is not None and a.message.id == asked["answer_id"]

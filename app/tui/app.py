@@ -7,7 +7,7 @@ Concurrency, on the one event loop Textual runs:
   the screen or the app quits. Readers change the model (app/tui/model.py) and nothing else;
 - one frame task draws: woken by a change, it draws every change since the last frame, then waits out the
   rest of the frame, so the screen is redrawn at most `fps` times a second however fast tokens arrive
-  (appends go through Textual's markdown stream, which folds them together further while a widget is busy);
+  (a frame appends what came since the last one; while a widget is busy, tokens pile up for the next frame);
 - a reader whose connection fails shows why and what to do, waits (backoff with jitter) and reconnects with
   `Last-Event-ID`: the seq it holds for a message, the cursor it holds for the conversation. Nothing is shown
   twice (the model drops what it holds already) and nothing is missed (the server resumes after it);

@@ -15,31 +15,33 @@ STATUS_TEXT = {"generating": "writing…", "done": "", "final": "", "stopped": "
 
 
 class MessageMarkdown(Markdown):
-    """A message's text as markdown: drawn whole after an override, else appended through Textual's markdown
-    stream (which folds appends together while the widget is busy)."""
+    """A message's text as markdown, drawn by the frame loop: whole after an override, else by appending what
+    came since the last frame. The frame awaits the append (Textual parses only the open block again and
+    mounts the new ones), so the frames are the batching: while a widget is busy, tokens pile up in the model
+    and the next frame appends them at once. (Textual's `Markdown.get_stream()` batches the same way, from a
+    task of its own; awaiting the append here instead makes a frame's end mean "the widget holds the text",
+    which the tests and the benchmark wait on.)"""
 
     def __init__(self, state: MessageState, **kwargs):
         super().__init__(None, open_links=False, **kwargs)
         self.state = state
-        self._stream = None
+        self.ready = False
+
+    async def on_mount(self) -> None:
+        """Textual's own mount handler (run before this one) sets the document to the initial text, empty: a
+        draw before it would be wiped. So the first draw waits for this, and asks for a frame."""
+        self.ready = True
+        self.state.redraw = True
+        self.app.conv.touch(self.state)
 
     async def draw(self) -> None:
+        if not self.ready:
+            return
         redraw, appended = self.state.take()
         if redraw:
-            await self.end_stream()
             await self.update(self.state.content)
         elif appended:
-            if self._stream is None:
-                self._stream = Markdown.get_stream(self)
-            await self._stream.write(appended)
-
-    async def end_stream(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
-
-    async def on_unmount(self) -> None:
-        await self.end_stream()
+            await self.append(appended)
 
 
 class EntryView(Vertical):
@@ -48,6 +50,7 @@ class EntryView(Vertical):
     def __init__(self, entry: Entry):
         super().__init__(classes=f"entry {entry.type}")
         self.entry = entry
+        self._shown: dict[int, str] = {}  # what each of its texts shows (to update only what changed)
 
     def message_ids(self) -> list[str]:
         return [m.id for m in (self.entry.message, self.entry.thinking) if m is not None]
@@ -88,7 +91,8 @@ class AnswerView(EntryView):
         self.query_one(".thinking", Collapsible).display = False
 
     async def draw(self) -> None:
-        self.query_one(".who", Label).update(self.header())
+        # only what changed is updated: each update of a widget costs the screen a layout
+        self.set_text(self.query_one(".who", Label), self.header())
         thinking = self.query_one(".thinking", Collapsible)
         if self.entry.thinking is not None:
             if not thinking.display:
@@ -96,16 +100,23 @@ class AnswerView(EntryView):
                 await thinking.query_one(Collapsible.Contents).mount(
                     MessageMarkdown(self.entry.thinking, classes="thinking-text"))
             words = len(self.entry.thinking.content.split())
-            thinking.title = f"Thinking ({words} words)" if self.entry.thinking.immutable or \
+            title = f"Thinking ({words} words)" if self.entry.thinking.immutable or \
                 self.entry.status != "generating" else f"Thinking… ({words} words)"
+            if thinking.title != title:
+                thinking.title = title
         for md in self.query(MessageMarkdown):
             await md.draw()
         message = self.entry.message
-        warning = self.query_one(".warning", Static)
         text = message.warning if message is not None else ""
         estimate = message.estimate if message is not None and not message.immutable else None
-        warning.update(escape(text or (estimate or "")))
+        warning = self.query_one(".warning", Static)
+        self.set_text(warning, escape(text or (estimate or "")))
         warning.display = bool(text or estimate)
+
+    def set_text(self, widget: Static, text: str) -> None:
+        if self._shown.get(id(widget)) != text:
+            self._shown[id(widget)] = text
+            widget.update(text)
 
     def toggle_thinking(self) -> bool:
         thinking = self.query_one(".thinking", Collapsible)
