@@ -277,3 +277,22 @@ async def test_problems_say_what_to_do(tmp_path, case):
     finally:
         if server:
             server.stop()
+
+
+def test_the_readme_session_names_what_the_command_line_has():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### The terminal client", 1)[1].split("\n## ", 1)[0]
+    shown = subprocess.run([sys.executable, "-m", "app.tui", "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    for flag in set(re.findall(r"`(--[a-z]+)", section)):
+        assert flag in shown.stdout, f"the README names {flag}; `python -m app.tui --help` does not"
+    assert "pip install -e '.[tui]'" in section and "python -m app.tui" in section and "python main.py" in section
+    for key, action in (("^S", "send"), ("^T", "stop"), ("^R", "retry"), ("^N", "new_conversation"),
+                        ("^Q", "quit"), ("^O", "toggle_thinking")):
+        assert key in section and any(b.key == "ctrl+" + key[1].lower() and b.action == action
+                                      for b in QuandaTUI.BINDINGS), key
