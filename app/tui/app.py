@@ -18,6 +18,7 @@ Concurrency, on the one event loop Textual runs:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from contextlib import aclosing
 from typing import Any, Coroutine
 
@@ -86,7 +87,9 @@ class QuandaTUI(App):
         self.frame_s = 1 / max(1, fps)
         self.conv = Conversation(history, on_change=self._wake_frame)
         self.followers: dict[str, Follower] = {}
-        self.problems: dict[str, Problem] = {}
+        self.problems: dict[str, Problem] = {}  # shown now, by source
+        self.problem_log: deque[Problem] = deque(maxlen=50)  # the problems shown lately, cleared or not
+        self.problems_shown = 0  # how many ever were
         self.frames = 0  # frames drawn
         self.frame_done = asyncio.Condition()  # notified after every frame (tests and the benchmark wait on it)
         self.connected = False
@@ -152,6 +155,8 @@ class QuandaTUI(App):
             self.problems.pop(source, None)
         else:
             self.problems[source] = problem
+            self.problem_log.append(problem)
+            self.problems_shown += 1
         shown = self.query_one("#problem", Static)
         if self.problems:
             shown.update("\n".join(f"[b]{escape(p.text)}[/b]" + (f" — {escape(p.hint)}" if p.hint else "")
