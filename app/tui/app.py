@@ -12,7 +12,8 @@ Concurrency, on the one event loop Textual runs:
   `Last-Event-ID`: the seq it holds for a message, the cursor it holds for the conversation. Nothing is shown
   twice (the model drops what it holds already) and nothing is missed (the server resumes after it);
 - quitting (^Q, ^C) cancels and awaits every task, then closes the HTTP client: no task and no connection
-  is left behind.
+  is left behind. (The tasks are plain asyncio tasks rather than Textual workers because quitting must
+  await them: Textual cancels its workers at exit without waiting for them to end.)
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ class QuandaTUI(App):
     # -- problems ---------------------------------------------------------------------------------------------
 
     def show_problem(self, source: str, problem: Problem | None) -> None:
+        if self._closed:
+            return
         if problem is None:
             self.problems.pop(source, None)
         else:
@@ -284,8 +287,7 @@ class QuandaTUI(App):
         finally:
             if self.followers.get(state.id) is follower:
                 del self.followers[state.id]
-            if not self._closed:
-                self.show_problem(source, None)  # and a frame: those waiting on one see the reader gone
+            self.show_problem(source, None)  # and a frame: those waiting on one see the reader gone
 
     # -- frames -----------------------------------------------------------------------------------------------
 
