@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import logging
+from contextlib import aclosing
 
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -178,14 +179,16 @@ async def events(request, message_id: str):
 
     async def stream():
         snapshot = after is None
-        async for token in with_keepalives(QuandaReader(message, after_seq=after)):
-            if token is None:
-                yield ": keep-alive\n\n"
-                continue
-            name = "thread.message.snapshot" if snapshot and token.kind == "override" else EVENT_NAMES[token.kind]
-            snapshot = False
-            data = json.dumps({"seq": token.seq, "kind": token.kind, "text": token.text, "estimate": token.estimate})
-            yield f"id: {token.seq}\nevent: {name}\ndata: {data}\n\n"
+        async with aclosing(with_keepalives(QuandaReader(message, after_seq=after))) as tokens:  # its reader ends
+            async for token in tokens:                                                       # with the response
+                if token is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                name = "thread.message.snapshot" if snapshot and token.kind == "override" else EVENT_NAMES[token.kind]
+                snapshot = False
+                data = json.dumps({"seq": token.seq, "kind": token.kind, "text": token.text,
+                                   "estimate": token.estimate})
+                yield f"id: {token.seq}\nevent: {name}\ndata: {data}\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
