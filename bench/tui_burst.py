@@ -6,8 +6,9 @@ The client (app/tui) runs headless (Textual's `run_test`, a 120×50 screen: the 
 widgets do their real work). Rows:
 
 - **throttled, in-process**: SSE bytes are fed at `--rate` tokens/s through the client's parser into its
-  model, exactly as a reader does; the frame loop draws at most `--fps` times a second (appends through
-  Textual's markdown stream).
+  model, exactly as a reader does; the frame loop draws at most `--fps` times a second, each frame appending
+  what came since the last. The command line freezes the garbage collector's view of what exists once the
+  app is up (`gc.freeze()`); the first row runs without that, to show why.
 - **per-token redraw (baseline)**: the seed's design without its throttle — the reader queues every token for
   the UI, which appends each one to the widget as it comes.
 - **throttled, end to end**: the scripted LLM (a process, `--rate` tokens/s) → the app server (a process) →
@@ -128,8 +129,8 @@ async def caught_up(app: QuandaTUI, md: MessageMarkdown, text: str, last: float)
     return asyncio.get_running_loop().time() - last
 
 
-async def throttled_in_process(tokens: list[str], rate: float, fps: int) -> dict:
-    app = OfflineTUI("http://127.0.0.1:9", fps=fps)
+async def throttled_in_process(tokens: list[str], rate: float, fps: int, freeze_gc: bool = True) -> dict:
+    app = OfflineTUI("http://127.0.0.1:9", fps=fps, freeze_gc=freeze_gc)  # frozen: as the command line runs it
     async with app.run_test(size=SIZE, headless=True) as pilot:
         seed_conversation(app)
         await app.until(lambda: widget_ready(app), 30, "the widgets")
@@ -154,7 +155,7 @@ async def throttled_in_process(tokens: list[str], rate: float, fps: int) -> dict
 
 
 async def per_token_in_process(tokens: list[str], rate: float) -> dict:
-    app = OfflineTUI("http://127.0.0.1:9")
+    app = OfflineTUI("http://127.0.0.1:9", freeze_gc=True)
     async with app.run_test(size=SIZE, headless=True) as pilot:
         seed_conversation(app)
         await app.until(lambda: widget_ready(app), 30, "the widgets")
@@ -214,7 +215,7 @@ async def throttled_end_to_end(tokens: list[str], rate: float, fps: int) -> dict
     llm_url = llm.stdout.readline().strip()
     server = AppServer(Path(tempfile.mkdtemp()), OLLAMA_HOST=llm_url, OLLAMA_MODEL="quanda-test").start()
     try:
-        app = QuandaTUI(server.url, fps=fps)
+        app = QuandaTUI(server.url, fps=fps, freeze_gc=True)
         async with app.run_test(size=SIZE, headless=True) as pilot:
             await app.until(lambda: app.connected and app.conv.status, 30, "the client to connect")
             await app.client.ask("burst")
@@ -270,7 +271,10 @@ async def main() -> None:
     parser.add_argument("--no-server", action="store_true", help="skip the end-to-end row")
     args = parser.parse_args()
     tokens = tokens_of(args.tokens, args.one_paragraph)
-    rows = [("throttled, in-process", args.tokens, await throttled_in_process(tokens, args.rate, args.fps)),
+    rows = [  # first: gc.freeze() is for the whole process, and the other rows run as the command line does
+        ("throttled, in-process, GC not frozen", args.tokens,
+         await throttled_in_process(tokens, args.rate, args.fps, freeze_gc=False)),
+        ("throttled, in-process", args.tokens, await throttled_in_process(tokens, args.rate, args.fps)),
             ("per-token redraw (baseline)", args.baseline_tokens,
              await per_token_in_process(tokens[:args.baseline_tokens], args.rate))]
     if not args.no_server:

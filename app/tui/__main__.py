@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.history < 1 or args.fps < 1:
         print("--history and --fps must be at least 1", file=sys.stderr)
         return 2
-    QuandaTUI(args.url, args.token, history=args.history, fps=args.fps).run()
+    QuandaTUI(args.url, args.token, history=args.history, fps=args.fps, freeze_gc=True).run()
     return 0
 
 
