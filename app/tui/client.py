@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 import httpx
@@ -198,13 +197,3 @@ class QuandaClient:
             await asyncio.sleep(backoff(attempt))
             attempt += 1
 
-
-async def first_events(client: QuandaClient, path: str, count: int) -> list[tuple[SSEEvent, Any]]:
-    """The first `count` events of a stream (for scripts and tests)."""
-    found = []
-    async with aclosing(client.events(path, lambda: None)) as stream:
-        async for item in stream:
-            found.append(item)
-            if len(found) == count:
-                break
-    return found
