@@ -7,11 +7,16 @@ import uvicorn
 from app.config import Settings
 from app.server import create_app
 
+# On shutdown, requests in flight get this long to finish; then open streams (SSE followers, which never end by
+# themselves) are cut, their clients reconnect to the next server, and the jobs are stopped and marked.
+SHUTDOWN_GRACE_S = 3.0
+
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
 """The HTTP API over the core (the seed's endpoints), JSON in and out, SSE for following a message.
 
 Access: the browser session that owns a message, or `Authorization: Bearer $QUANDA_API_TOKEN` when that
-variable is set (which may use any message). Errors: 400 invalid input, 401 no access, 404 unknown or
+variable is set (which may use any message). SSE streams send a `: keep-alive` comment after KEEPALIVE_S
+seconds without an event. Errors: 400 invalid input, 401 no access, 404 unknown or
 someone else's message, 409 immutable, 413 over a size limit, 503 the store failed. Bodies are checked for
 size and nesting at the door (app/door.py) before they reach a route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
+from contextlib import aclosing
 
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -26,6 +29,7 @@ router = APIRouter()
 EVENT_NAMES = {"chunk": "thread.message.delta", "override": "thread.message.override",
                "warning": "thread.run.warning", "immutable": "thread.run.completed"}
 API_ROLES = {"q", "assistant", "user", "note"}
+KEEPALIVE_S = 15.0  # an SSE comment after this long without an event
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -133,6 +137,38 @@ def resume_point(request, record) -> int | None:
     return int(last)
 
 
+async def with_keepalives(reader, every_s: float = KEEPALIVE_S, backlog: int = 256):
+    """The reader's tokens, and None after every `every_s` seconds without one (the SSE stream then sends a
+    comment, so a client can tell a quiet message from a dead connection)."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=backlog)
+    end = object()
+
+    async def pump() -> None:
+        try:
+            async for token in reader:
+                await queue.put(token)
+        except QuandaError as exc:
+            await queue.put(exc)
+        await queue.put(end)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), every_s)
+            except asyncio.TimeoutError:
+                yield None
+                continue
+            if item is end:
+                return
+            if isinstance(item, QuandaError):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @router.get("/api/messages/{message_id}/events")
 @guarded
 async def events(request, message_id: str):
@@ -143,11 +179,16 @@ async def events(request, message_id: str):
 
     async def stream():
         snapshot = after is None
-        async for token in QuandaReader(message, after_seq=after):
-            name = "thread.message.snapshot" if snapshot and token.kind == "override" else EVENT_NAMES[token.kind]
-            snapshot = False
-            data = json.dumps({"seq": token.seq, "kind": token.kind, "text": token.text, "estimate": token.estimate})
-            yield f"id: {token.seq}\nevent: {name}\ndata: {data}\n\n"
+        async with aclosing(with_keepalives(QuandaReader(message, after_seq=after))) as tokens:  # its reader ends
+            async for token in tokens:                                                       # with the response
+                if token is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                name = "thread.message.snapshot" if snapshot and token.kind == "override" else EVENT_NAMES[token.kind]
+                snapshot = False
+                data = json.dumps({"seq": token.seq, "kind": token.kind, "text": token.text,
+                                   "estimate": token.estimate})
+                yield f"id: {token.seq}\nevent: {name}\ndata: {data}\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

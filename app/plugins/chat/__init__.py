@@ -12,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fasthtml.common import H2, Div, P, Section
+from fasthtml.common import H2, APIRouter, Div, P, Section
 
 from app.components.buttons import ws_button
 from app.components.chat import ChatView, ConversationList, ConversationView
 from app.plugins import AppContext, Handle, Plugin
 
-from . import actions, answers, conversation, drafts, export, views
+from . import actions, answers, api, conversation, drafts, export, views
 from .status import LLMStatus
 from .tools import ToolBox
+
+router = APIRouter()  # the chat's HTTP routes: its API (api.py) and the exports (export.py)
+for part in (api.router, export.router):
+    router.routes.extend(part.routes)
 
 
 class ChatState:
@@ -68,7 +72,7 @@ plugin = Plugin(
     name="chat",
     label="Chat",
     order=90,
-    router=export.router,
+    router=router,
     page=page,
     startup=startup,
     ws_handlers={"chat.draft": actions.on_draft, "chat.send": actions.on_send, "chat.stop": actions.on_stop,

@@ -1,0 +1,206 @@
+"""The chat over HTTP: what a terminal (`python -m app.tui`) or any client needs to be a peer of the browser
+tabs — the same conversation, live in both, Stop and Retry from either.
+
+JSON in and out; access, errors and limits as for the rest of the HTTP API (app/plugins/http_api.py): the
+page's session, or `Authorization: Bearer <token>`; 400 invalid, 401 no access, 404 unknown or someone else's,
+409 refused in the answer's current state, 503 the store failed.
+
+    GET  /api/chat/conversation?limit=N   the current conversation's last N entries (default 50, at most 200),
+                                          each with its message's state; the LLM status; a `cursor`
+    GET  /api/chat/events                 SSE: the conversation, then what changes (see below)
+    POST /api/chat/ask {"text", "model"?} → 201 {"question_id", "answer_id"}: asked in the conversation, as Send
+                                          does (409 while an answer is being written)
+    POST /api/chat/answers/{id}/stop      → 202: the LLM stops generating; 409 if it is not being written
+    POST /api/chat/answers/{id}/retry     → 202: regenerated in place; 409 if it is being written or final
+    POST /api/chat/new                    a new conversation; 501 where the chat keeps one per workspace
+    GET  /api/chat/status                 {"ok", "text", "model", "models", "answering"}: the LLM status
+
+Following (`/api/chat/events`): without `Last-Event-ID` the first event is `chat.snapshot` (what
+`/conversation` returns); then `chat.entry` (a new entry), `chat.state` (an answer's status changed) and
+`chat.thinking` (an answer's thinking began), each with `id:` a cursor (see timeline.py) that resumes exactly
+after it; `chat.status` (the LLM status, no id: it is a state, sent at every connect and when it changes);
+`: keep-alive` comments every KEEPALIVE_S. With `Last-Event-ID` the stream resumes from that cursor, or starts
+with a `chat.snapshot` when it cannot (`"reason"` says why). Answers' text streams on
+`/api/messages/{id}/events`, resumable by seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fasthtml.common import APIRouter
+from starlette.responses import JSONResponse, StreamingResponse
+
+from app.plugins import ClientError, Handle, handle_of
+from app.plugins.http_api import body_json, error, guarded
+from app.quanda import QuandaError, QuandaMessage
+
+from . import actions, answers, conversation, timeline
+
+log = logging.getLogger("quanda.chat.api")
+router = APIRouter()
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+KEEPALIVE_S = 15.0
+QUIET_TOPICS = ("chat.draft", "chat.sent")  # facts that change nothing a follower shows
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def limit_of(request) -> int:
+    raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+async def answering(h: Handle) -> str | None:
+    """The answer being written in the conversation now (on any server), if any."""
+    for _key, entry in reversed(await conversation.entries(h.store, h.owner, limit=8)):
+        if entry.get("type") == answers.ROLE and entry.get("status") == "generating":
+            return entry["message_id"] if await h.job_running(entry["message_id"]) else None
+    return None
+
+
+async def status_json(h: Handle) -> dict[str, Any]:
+    status = await answers.llm_status(h).check()
+    return {"ok": status.ok, "text": status.text, "model": status.model, "models": list(status.models),
+            "answering": await answering(h)}
+
+
+async def snapshot_json(h: Handle, limit: int, reason: str | None = None) -> tuple[timeline.View, dict]:
+    view, entries = await timeline.snapshot(h, limit)
+    body = {"entries": entries, "status": await status_json(h), "cursor": view.cursor()}
+    if reason:
+        body["reason"] = reason
+    return view, body
+
+
+@router.get("/api/chat/conversation")
+@guarded
+async def list_conversation(request):
+    h = await handle_of(request)
+    return JSONResponse((await snapshot_json(h, limit_of(request)))[1])
+
+
+@router.get("/api/chat/status")
+@guarded
+async def llm_status(request):
+    return JSONResponse(await status_json(await handle_of(request)))
+
+
+def sse(name: str, data: dict, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/api/chat/events")
+@guarded
+async def follow(request):
+    h = await handle_of(request)
+    limit = limit_of(request)
+    resumed = request.headers.get("last-event-id")
+    view = timeline.View.parse(resumed)
+    woke, badge = asyncio.Event(), [False]
+
+    def on_fact(topic: str, fact: dict) -> None:
+        if fact.get("owner") != h.owner or not topic.startswith("chat.") or topic in QUIET_TOPICS:
+            return
+        badge[0] = badge[0] or topic == "chat.badge"
+        woke.set()
+
+    async def stream():
+        nonlocal view
+        stop_listening = await h.store.listen(on_fact)  # before the first read: nothing falls in between
+        try:
+            if view is None:
+                view, body = await snapshot_json(h, limit, "not a cursor" if resumed else None)
+                yield sse("chat.snapshot", body, view.cursor())
+            else:
+                yield sse("chat.status", await status_json(h))
+            while True:
+                try:
+                    async for name, data in timeline.changes(h, view, limit):
+                        yield sse(name, data, view.cursor())
+                except timeline.Reset as reset:
+                    view, body = await snapshot_json(h, limit, str(reset))
+                    yield sse("chat.snapshot", body, view.cursor())
+                if badge[0]:
+                    badge[0] = False
+                    yield sse("chat.status", await status_json(h))
+                try:  # a fact wakes us; so does the keep-alive, which also re-reads (a fact lost is caught)
+                    await asyncio.wait_for(woke.wait(), KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"
+                woke.clear()
+        except QuandaError as exc:
+            log.warning("following the conversation of %s ended: %s", h.owner, exc)
+            yield sse("chat.error", {"error": "the database is unavailable; reconnect in a moment"})
+        finally:
+            stop_listening()
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=STREAM_HEADERS)
+
+
+@router.post("/api/chat/ask")
+@guarded
+async def ask(request):
+    h = await handle_of(request)
+    body = await body_json(request)
+    text = actions.question_text(body)
+    if not text:
+        raise ValueError("text: type a question first")
+    model = body.get("model")
+    if model is not None:
+        if not isinstance(model, str):
+            raise ValueError("model must be a string")
+        offered = (await answers.llm_status(h).check()).models
+        if offered and model not in offered:
+            raise ValueError(f"the LLM server has no model {model!r}; it has: {', '.join(offered)}")
+    if await actions.answering(h):
+        return error(409, "an answer is still being written: wait for it or stop it")
+    question = await QuandaMessage.create(h.store, role="q", content=text)
+    await h.own(question.id, "q")
+    answer_id = await actions.ask(h, await h.store.get_message(question.id), model)
+    return JSONResponse({"question_id": question.id, "answer_id": answer_id}, status_code=201)
+
+
+@router.post("/api/chat/answers/{message_id}/stop")
+@guarded
+async def stop(request, message_id: str):
+    h = await handle_of(request)
+    record = await h.owned(message_id, roles=(answers.ROLE,))
+    try:
+        await answers.stop(h, record.id)
+    except ClientError as exc:
+        return error(409, str(exc))
+    return JSONResponse({"answer_id": record.id, "status": "stopping"}, status_code=202)
+
+
+@router.post("/api/chat/answers/{message_id}/retry")
+@guarded
+async def retry(request, message_id: str):
+    h = await handle_of(request)
+    record = await h.owned(message_id, roles=(answers.ROLE,))
+    try:
+        await answers.retry(h, record.id)
+    except ClientError as exc:
+        return error(409, str(exc))
+    return JSONResponse({"answer_id": record.id, "status": "generating"}, status_code=202)
+
+
+@router.post("/api/chat/new")
+@guarded
+async def new_conversation(request):
+    h = await handle_of(request)
+    switch = getattr(actions, "switch", None)  # present where the chat keeps several conversations
+    if switch is None:
+        return error(501, "this server keeps one conversation per workspace: there is no new one to start")
+    try:
+        await switch(h, None)
+    except ClientError as exc:
+        return error(409, str(exc))
+    return JSONResponse({"conversation": timeline.conversation_tag(await timeline.current_conversation(h))})
