@@ -142,7 +142,11 @@ async def test_a_stream_followed_to_its_end_is_not_followed_again_while_the_page
     async with connect(server, await session_cookie(server)) as ws:
         message_id = await start_run(ws, 3)
         await ws.send(json.dumps({"action": "follow", "streams": {message_id: 0}}))
-        await frames_until(ws, r'data-seq="4"')
+        seen = ""
+        while 'data-seq="4"' not in seen or "Stream simulator finished" not in seen:  # the stream and the job ended
+            seen += await recv(ws)
+        await ws.send(json.dumps({"action": "no.such.action"}))
+        await frames_until(ws, "unknown action")  # everything sent before is read
         for fresh in ([], []):  # navigations that keep the run on the page
             await ws.send(json.dumps({"action": "view", "page": "simulator", "streams": {message_id: 0},
                                       "fresh": fresh}))
