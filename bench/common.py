@@ -175,7 +175,7 @@ def llm_serve(port: int) -> None:
             try:
                 users = [m["content"] for m in json.loads(body)["messages"] if m.get("role") == "user"]
                 m = TAG_RE.search(users[-1]) if users else None
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, IndexError):
                 m = None
             with lock:
                 counter[0] += 1
@@ -217,10 +217,11 @@ def llm_serve(port: int) -> None:
                 with lock:
                     stamps[tag] = {"sent": sent, "due": due}
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
-    server.serve_forever()
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 512  # the listen backlog: many answers start at once
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 # == owners ================================================================================================
