@@ -103,7 +103,7 @@ def answer_chunks(n: int, kind: str = "mixed") -> list[str]:
 def llm_serve(port: int) -> None:
     """An Ollama-wire LLM server on 127.0.0.1:`port` (threaded `http.server`): `GET /api/tags` lists MODEL;
     `POST /api/chat` gets its headers at once, then waits for a plan from `GET /go?tokens&rate&kind&streams`
-    (one plan per waiting request) and streams the scripted answer as chunked NDJSON, one line per chunk,
+    (one plan per waiting request; `GET /waiting` counts the requests waiting) and streams the scripted answer as chunked NDJSON, one line per chunk,
     written as Ollama's Go encoder does (`<>&` escaped). Chunk i is due at start + i/rate (time.sleep, no
     busy wait); the server records `time.monotonic_ns()` right before the line goes to the socket (the
     *send stamp*; CLOCK_MONOTONIC is shared by every process on the machine). A request is named by the
@@ -118,6 +118,7 @@ def llm_serve(port: int) -> None:
     stamps: dict[str, dict[str, list[int]]] = {}
     lock = threading.Lock()
     counter = [0]
+    waiting = [0]  # chat requests waiting for their plan
     now_text = "2025-01-01T00:00:00Z"
 
     def go_json(obj: dict) -> bytes:  # as Ollama's Go encoder writes it
@@ -155,6 +156,8 @@ def llm_serve(port: int) -> None:
                 for _ in range(int(q.get("streams", ["1"])[0])):
                     plans.put((int(q["tokens"][0]), float(q["rate"][0]), q.get("kind", ["mixed"])[0]))
                 self.reply_json(200, {"ok": True})
+            elif url.path == "/waiting":
+                self.reply_json(200, {"waiting": waiting[0]})
             elif url.path == "/stamps":
                 with lock:
                     self.reply_json(200, stamps)
@@ -187,11 +190,16 @@ def llm_serve(port: int) -> None:
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
+            with lock:
+                waiting[0] += 1
             try:
                 tokens, rate, kind = plans.get(timeout=120)
             except queue.Empty:
                 self.wfile.write(http_chunk(go_json({"error": "bench: no /go"})) + b"0\r\n\r\n")
                 return
+            finally:
+                with lock:
+                    waiting[0] -= 1
             chunks = answer_chunks(tokens, kind)
             sent: list[int] = []
             due: list[int] = []
@@ -276,6 +284,27 @@ def follow_full_handler(role: str, full_resend: FullResend):
 
 # == processes ================================================================================================
 
+BEFORE_COMMIT = "e1594fc"  # the app before issue 10: the baseline server of the load benchmark
+
+
+def checkout_before(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
+    """The app (`app/`, `static/`) as of `commit`, extracted from this repository's git history into `dest`
+    (a PYTHONPATH entry ahead of the repository makes `import app` load it); None without git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        archive = subprocess.run(["git", "-C", str(root), "archive", commit, "app", "static"], check=True,
+                                 capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    import io
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
 def serve_app(the_app: Any, port: int, profile: str | None = None) -> None:
     """Run the app under uvicorn on loopback; with `profile`, write cProfile stats there on SIGTERM."""
     import uvicorn
@@ -322,6 +351,15 @@ class MachineLoad:
         self.pids = pids
         self.others = float("nan")
         self.loadavg = "?"
+        self.accounted = 0.0  # CPU of our processes that came and went meanwhile
+
+    def account(self, *pids: int) -> None:
+        """Count these processes (started after `start`, about to end) as ours: call it before they end."""
+        for pid in pids:
+            try:
+                self.accounted += cpu_seconds(pid)
+            except OSError:
+                pass
 
     def _ours(self) -> float:
         total = 0.0
@@ -339,7 +377,8 @@ class MachineLoad:
 
     def stop(self) -> float:
         wall = time.perf_counter() - self._t0
-        self.others = max(0.0, (machine_busy_seconds() - self._busy0 - (self._ours() - self._ours0)) / wall)
+        ours = self._ours() - self._ours0 + self.accounted
+        self.others = max(0.0, (machine_busy_seconds() - self._busy0 - ours) / wall)
         return self.others
 
     def describe(self) -> str:
