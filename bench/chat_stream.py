@@ -418,7 +418,7 @@ async def main(args: argparse.Namespace) -> int:
         await wait_http(base + "/-/plugins", server, tmp / "server.log")
         await one_run(base, llm_base, Spec("ours", "warm-up", 1, 1, 200, TARGET_RATE), deflate, server.pid, run_no)
         if args.py_spy:
-            sampler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "200", "--native",
+            sampler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking",
                                         "-o", str(Path(args.py_spy).resolve()), "--pid", str(server.pid)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         load.start()
@@ -536,4 +536,8 @@ if __name__ == "__main__":
         serve(int(arguments.serve[0]), arguments.serve[1], arguments.serve[2], arguments.frame_interval,
               arguments.profile)
     else:
-        sys.exit(asyncio.run(main(arguments)))
+        try:
+            import uvloop  # the client's own loop: the leaner, the less it competes with the server it measures
+        except ImportError:
+            sys.exit(asyncio.run(main(arguments)))
+        sys.exit(uvloop.run(main(arguments)))

@@ -496,4 +496,8 @@ if __name__ == "__main__":
         serve(int(arguments.serve[0]), arguments.serve[1], arguments.frame_interval, arguments.profile,
               arguments.switch_interval)  # the server process: uvicorn runs its own loop
     else:
-        sys.exit(asyncio.run(main(arguments)))
+        try:
+            import uvloop  # the client's own loop: the leaner, the less it competes with the server it measures
+        except ImportError:
+            sys.exit(asyncio.run(main(arguments)))
+        sys.exit(uvloop.run(main(arguments)))
