@@ -150,6 +150,21 @@ class Spec:
     runs: int = 1
 
 
+def _counting_connection():
+    from websockets.asyncio.client import ClientConnection
+
+    class CountingConnection(ClientConnection):
+        """Counts the bytes read from the socket: compressed frames with their WebSocket headers."""
+
+        wire = 0
+
+        def data_received(self, data: bytes) -> None:
+            self.wire += len(data)
+            super().data_received(data)
+
+    return CountingConnection
+
+
 class Tab:
     """One WebSocket connection: learns its owner's answer id, follows it, records every frame."""
 
@@ -161,14 +176,6 @@ class Tab:
         self.answer_frames = self.answer_bytes = 0
         self.top = -1  # the highest token index seen so far
         self.deliveries: list[tuple[int, int, int]] = []  # (first index, last index, arrival ns)
-        self.wire = 0  # bytes read from the socket (compressed frames and WebSocket headers)
-        received = ws.data_received  # the transport calls the protocol's data_received for every read
-
-        def counting(data: bytes) -> None:
-            self.wire += len(data)
-            received(data)
-
-        ws.data_received = counting
 
     async def run(self, answer_id: asyncio.Future, follow_action: str) -> None:
         ws = self.ws
@@ -228,6 +235,7 @@ async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pi
     import httpx
     import websockets
 
+    CountingConnection = _counting_connection()
     from app.components import ids
     from app.render import render_blocks, render_markdown
     from bench.page import normalize
@@ -245,7 +253,7 @@ async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pi
         for k, headers in enumerate(owners):
             for i in range(spec.tabs):
                 ws = await websockets.connect(url, additional_headers=headers, max_size=None, open_timeout=30,
-                                              **extra)
+                                              create_connection=CountingConnection, **extra)
                 tabs.append(Tab(ws, k, i, spec.tokens))
         lags: list[float] = []
 
@@ -274,12 +282,12 @@ async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pi
                 raise RuntimeError("the tabs did not all follow their answer")
             await asyncio.sleep(0.1)  # let each follower's reader subscribe
             cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
-            wire0 = [t.wire for t in tabs]
+            wire0 = [t.ws.wire for t in tabs]
             (await http.get(llm_base + f"/go?tokens={spec.tokens}&rate={spec.rate}&kind={spec.kind}"
                                        f"&streams={spec.owners}")).raise_for_status()
             await asyncio.wait_for(asyncio.gather(*runners), timeout=120 + 3 * spec.tokens / spec.rate)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(server_pid) - cpu0
-            wire = sum(t.wire - w for t, w in zip(tabs, wire0)) / len(tabs)
+            wire = sum(t.ws.wire - w for t, w in zip(tabs, wire0)) / len(tabs)
         finally:
             prober.cancel()
             for r in runners:
