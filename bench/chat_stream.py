@@ -70,8 +70,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import (MODEL, MachineLoad, answer_chunks, cpu_seconds, free_port, llm_serve,  # noqa: E402
-                          new_owner, pct, stop_process, table, verdict, wait_http)
+from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, checkout_before,  # noqa: E402
+                          cpu_seconds, free_port, llm_serve, new_owner, pct, stop_process, table, verdict,
+                          wait_http)
 
 P99_TARGET_MS = 33.0
 CONCURRENT_P99_TARGET_MS = 50.0
@@ -365,6 +366,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours at 2,000 tokens/s (latencies pooled)")
     parser.add_argument("--no-deflate", action="store_true", help="turn permessage-deflate off")
     parser.add_argument("--only-ours", action="store_true", help="skip the baseline rows")
+    parser.add_argument("--before", action="store_true",
+                        help="add rows for the app before issue 10 (commit e1594fc, from git history), as ours")
     parser.add_argument("--frame-interval", type=float, default=None,
                         help="experiment: override app.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
     parser.add_argument("--profile", metavar="PATH", help="experiment: cProfile the app server into PATH")
@@ -381,6 +384,9 @@ def plan_rows(args: argparse.Namespace) -> list[Spec]:
 
     def both(spec: Spec, baseline_tokens: int | None = None) -> None:
         plan.append(spec)
+        if args.before:
+            plan.append(Spec("before", spec.label, spec.owners, spec.tabs, spec.tokens, spec.rate, spec.kind,
+                             spec.runs))
         if not args.only_ours and (baseline_tokens is None or baseline_tokens > 0):
             plan.append(Spec("baseline", spec.label, spec.owners, spec.tabs, baseline_tokens or spec.tokens,
                              spec.rate, spec.kind, 1))
@@ -416,15 +422,32 @@ async def main(args: argparse.Namespace) -> int:
                            stderr=subprocess.STDOUT, env=env)
     server = subprocess.Popen([sys.executable, me, "--serve", str(app_port), f"sqlite:///{tmp}/bench.db", llm_base,
                                *knobs], cwd=tmp, stdout=app_log, stderr=subprocess.STDOUT, env=env)
+    servers = {"ours": (base, server), "baseline": (base, server)}
+    if args.before:  # the app as it was before issue 10, on a port of its own
+        before_dir = checkout_before(tmp / "before")
+        if before_dir is None:
+            raise SystemExit("--before needs git (the app is extracted from the repository's history)")
+        before_port = free_port()
+        before_log = open(tmp / "before-server.log", "wb")  # closed with the process (it holds a copy)
+        before = subprocess.Popen(
+            [sys.executable, me, "--serve", str(before_port), f"sqlite:///{tmp}/before.db", llm_base, *knobs],
+            cwd=tmp, stdout=before_log, stderr=subprocess.STDOUT,
+            env={**env, "PYTHONPATH": os.pathsep.join([str(before_dir), str(ROOT)])})
+        before_log.close()
+        servers["before"] = (f"http://127.0.0.1:{before_port}", before)
     deflate = not args.no_deflate
     results: list[dict] = []
-    load = MachineLoad((server.pid, llm.pid, os.getpid()))
+    load = MachineLoad(tuple({p.pid for _, p in servers.values()} | {llm.pid, os.getpid()}))
     run_no = 0
     sampler = None
     try:
         await wait_http(llm_base + "/api/tags", llm, tmp / "llm.log")
         await wait_http(base + "/-/plugins", server, tmp / "server.log")
         await one_run(base, llm_base, Spec("ours", "warm-up", 1, 1, 200, TARGET_RATE), deflate, server.pid, run_no)
+        if "before" in servers:
+            await wait_http(servers["before"][0] + "/-/plugins", servers["before"][1], tmp / "before-server.log")
+            await one_run(servers["before"][0], llm_base, Spec("before", "warm-up", 1, 1, 200, TARGET_RATE), deflate,
+                          servers["before"][1].pid, run_no)
         if args.py_spy:
             sampler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking",
                                         "-o", str(Path(args.py_spy).resolve()), "--pid", str(server.pid)],
@@ -434,7 +457,8 @@ async def main(args: argparse.Namespace) -> int:
             runs = []
             for _ in range(spec.runs):
                 run_no += 1
-                runs.append(await one_run(base, llm_base, spec, deflate, server.pid, run_no))
+                url, proc = servers[spec.variant]
+                runs.append(await one_run(url, llm_base, spec, deflate, proc.pid, run_no))
             results.append(combine(spec, runs))
         load.stop()
     except BaseException:
@@ -444,7 +468,8 @@ async def main(args: argparse.Namespace) -> int:
         if sampler is not None:
             sampler.send_signal(2)  # SIGINT: py-spy writes its file and exits
             sampler.wait(30)
-        stop_process(server)
+        for _, proc in servers.values():
+            stop_process(proc)
         stop_process(llm)
         llm_log.close()
         app_log.close()
@@ -454,7 +479,8 @@ async def main(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shipped_interval: float,
            total: float) -> int:
-    names = {"ours": "ours (ChatView, coalesced)", "baseline": "baseline (full re-render + resend per token)"}
+    names = {"ours": "ours (ChatView, coalesced)", "baseline": "baseline (full re-render + resend per token)",
+             "before": f"before issue 10 ({BEFORE_COMMIT})"}
     interval = args.frame_interval if args.frame_interval is not None else shipped_interval
     knobs_text = "".join([f"; EXPERIMENT: FRAME_INTERVAL_S={args.frame_interval}"
                           if args.frame_interval is not None else "", "; EXPERIMENT: profiled" if args.profile else "",
@@ -500,17 +526,24 @@ def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shi
     base = {(r["spec"].label, r["spec"].owners, r["spec"].tabs, r["spec"].rate): r for r in results
             if r["spec"].variant == "baseline"}
 
+    befores = {(r["spec"].label, r["spec"].owners, r["spec"].tabs, r["spec"].rate): r for r in results
+               if r["spec"].variant == "before"}
+
     def with_base(r: dict, key: str, fmt: str) -> str:
-        b = base.get((r["spec"].label, r["spec"].owners, r["spec"].tabs, r["spec"].rate))
-        return f" (baseline {fmt.format(b[key])})" if b else ""
+        where = (r["spec"].label, r["spec"].owners, r["spec"].tabs, r["spec"].rate)
+        b, old = base.get(where), befores.get(where)
+        return "".join([f" (before issue 10: {fmt.format(old[key])})" if old else "",
+                        f" (baseline {fmt.format(b[key])})" if b else ""])
 
     for r in ours:
         s = r["spec"]
         where = f"{s.label}, {s.owners} x {s.tabs}, {s.rate:,.0f} tokens/s"
         ratio = r["bytes"] / r["final"]
         b = base.get((s.label, s.owners, s.tabs, s.rate))
+        old = befores.get((s.label, s.owners, s.tabs, s.rate))
         check(ratio <= BYTES_TARGET, f"bytes <= {BYTES_TARGET:.0f}x final HTML, {where}: raw {ratio:.2f}x, wire "
               f"{r['wire'] / r['final']:.2f}x, {r['bytes'] / max(r['frames'], 1):.0f} B per frame"
+              + (f" (before issue 10: raw {old['bytes'] / old['final']:.2f}x)" if old else "")
               + (f" (baseline raw {b['bytes'] / b['final']:.1f}x)" if b else ""))
         if s.rate == TARGET_RATE and s.kind == "mixed":
             check(r["p99"] <= P99_TARGET_MS, f"p99 token->frame <= {P99_TARGET_MS:.0f} ms, {where}: {r['p99']:.1f} ms "
