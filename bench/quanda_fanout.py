@@ -1,7 +1,7 @@
 """Writer → reader latency and write throughput of the Quanda core, against the seed's design and against the
 SQLite store as it was before issue 10, with the machine's raw SQLite commit rate as the yardstick, in one run.
 
-    python bench/quanda_fanout.py [--tokens 2000] [--readers 10] [--repeat 3] [--db-dir DIR] [--postgres URL]
+    python bench/quanda_fanout.py [--tokens 2000] [--readers 10] [--repeat 5] [--db-dir DIR] [--postgres URL]
 
 Ours: the SQLite store (app/quanda/store/sqlite.py: group commit on the event loop when the write lock is free,
 on the writer thread when it is not; an append is one insert until the message row's next sync; readers woken
@@ -260,7 +260,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--readers", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved throughput runs (medians reported)")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved throughput runs (medians reported)")
     parser.add_argument("--db-dir", default=None)
     parser.add_argument("--postgres", default=os.environ.get("QUANDA_BENCH_POSTGRES_URL", ""),
                         help="also measure the PostgreSQL store on this database (a scratch schema)")
