@@ -69,6 +69,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the app (bench.common.checkout_before)
+    sys.path.insert(0, os.environ["QUANDA_BENCH_APP_DIR"])
 
 from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, checkout_before,  # noqa: E402
                           cpu_seconds, free_port, llm_serve, new_owner, pct, stop_process, table, verdict,
@@ -432,7 +434,7 @@ async def main(args: argparse.Namespace) -> int:
         before = subprocess.Popen(
             [sys.executable, me, "--serve", str(before_port), f"sqlite:///{tmp}/before.db", llm_base, *knobs],
             cwd=tmp, stdout=before_log, stderr=subprocess.STDOUT,
-            env={**env, "PYTHONPATH": os.pathsep.join([str(before_dir), str(ROOT)])})
+            env={**env, "QUANDA_BENCH_APP_DIR": str(before_dir)})
         before_log.close()
         servers["before"] = (f"http://127.0.0.1:{before_port}", before)
     deflate = not args.no_deflate

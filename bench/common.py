@@ -289,7 +289,7 @@ BEFORE_COMMIT = "e1594fc"  # the app before issue 10: the baseline server of the
 
 def checkout_before(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
     """The app (`app/`, `static/`) as of `commit`, extracted from this repository's git history into `dest`
-    (a PYTHONPATH entry ahead of the repository makes `import app` load it); None without git."""
+    (a bench script's server process loads it when QUANDA_BENCH_APP_DIR names it); None without git."""
     root = Path(__file__).resolve().parent.parent
     try:
         archive = subprocess.run(["git", "-C", str(root), "archive", commit, "app", "static"], check=True,

@@ -37,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the app (bench.common.checkout_before)
+    sys.path.insert(0, os.environ["QUANDA_BENCH_APP_DIR"])
 
 from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, checkout_before,  # noqa: E402
                           cpu_seconds, free_port, llm_serve, pct, serve_app, stop_process, table, verdict,
@@ -49,10 +51,12 @@ KEEP_PACE = 1.5  # wall time at most this times the LLM's own pacing
 def serve(port: int, db_url: str, llm_url: str) -> None:
     import logging
 
+    import app
     from app.config import Settings
     from app.server import create_app
 
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("quanda.bench").warning("serving the app from %s", Path(app.__file__).parent)
     settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, api_token=TOKEN)
     serve_app(create_app(settings, entry_point_group=None), port)
 
@@ -112,13 +116,12 @@ async def one_variant(name: str, args: argparse.Namespace, tmp: Path, py_spy: st
     app_port, llm_port = free_port(), free_port()
     base, llm_base = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{llm_port}"
     me = str(Path(__file__).resolve())
-    path = [str(ROOT)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if name == "before":
         before = checkout_before(tmp / "before")
         if before is None:
             raise RuntimeError("git is needed to extract the app before issue 10")
-        path.insert(0, str(before))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        env["QUANDA_BENCH_APP_DIR"] = str(before)
     logs = [open(tmp / f"{name}-llm.log", "wb"), open(tmp / f"{name}-server.log", "wb")]
     llm = subprocess.Popen([sys.executable, me, "--llm-serve", str(llm_port)], cwd=tmp, stdout=logs[0],
                            stderr=subprocess.STDOUT, env=env)
