@@ -427,7 +427,7 @@ async def main(args: argparse.Namespace) -> int:
         f"; EXPERIMENT: FRAME_INTERVAL_S={args.frame_interval}" if args.frame_interval is not None else "",
         f"; EXPERIMENT: switch interval {args.switch_interval}" if args.switch_interval is not None else "",
         "; EXPERIMENT: profiled" if args.profile else ""])
-    print(f"LLM chunk -> WebSocket frame over a real uvicorn socket (127.0.0.1), one browser session with N tabs.\n"
+    print(f"LLM chunk -> WebSocket frame over a real uvicorn socket (127.0.0.1), one owner with N tabs.\n"
           f"Ours: {args.tokens:,} tokens/run, {args.repeat} runs per row (latencies pooled). Baseline: "
           f"{args.baseline_tokens:,} tokens, 1 run (full resend per token is quadratic: {args.tokens:,} tokens x 20 "
           f"tabs would not fit the time budget).\nWriter paced at {args.rate:,.0f} tokens/s on a schedule; latency = "
