@@ -226,7 +226,7 @@ def raw_commits(path: str, commits: int) -> float:
 
 
 def row(name: str, values: list[str]) -> str:
-    return f"| {name:<32} | " + " | ".join(f"{v:>14}" for v in values) + " |"
+    return f"| {name:<32} | " + " | ".join(f"{v:>15}" for v in values) + " |"
 
 
 def scratch_schema(url: str) -> tuple[str, str]:
@@ -306,7 +306,7 @@ async def main() -> int:
           f"SQLite WAL{', and the PostgreSQL store' if pg else ''}; throughput: medians of {args.repeat} interleaved "
           f"runs.\nMachine: {load.describe()}.\n")
     print(row("", cells(["Quanda", "before issue 10", "seed baseline", "ours / before", "seed / ours"], "PostgreSQL")))
-    print("|" + "-" * 34 + ("|" + "-" * 16) * (6 if pg else 5) + "|")
+    print("|" + "-" * 34 + ("|" + "-" * 17) * (6 if pg else 5) + "|")
     for name, p in (("p50", 50), ("p99", 99), ("mean", None)):
         o, b, sd = lat(ours_lat, p), lat(before_lat, p), lat(seed_lat, p)
         print(row(f"in-process {name} (ms)", cells([f"{o:.3f}", f"{b:.3f}", f"{sd:.1f}", f"{o / b:.2f}x",
