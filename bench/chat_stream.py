@@ -2,8 +2,8 @@
 
     python bench/chat_stream.py [--tokens 1800] [--slow-tokens 300] [--rates 50,500,2000] [--fanout 20]
                                 [--repeat 3] [--paragraph-words 400,4000] [--concurrent 50]
-                                [--concurrent-tokens 300] [--no-deflate] [--only-ours]
-                                [--frame-interval S] [--profile PATH]
+                                [--concurrent-tokens 300] [--no-deflate] [--only-ours] [--before]
+                                [--frame-interval S] [--profile PATH] [--py-spy PATH]
 
 Exit status 1 when a target of issue 10 / SPEC §10 is missed (each printed as PASS or FAIL below the tables).
 Nothing is mocked between the LLM's socket and the client's socket; three processes run:
@@ -26,6 +26,8 @@ each delta with `QuandaWriter.chunk(text)`; the hub's follower (app/follow.py) r
 `ChatView` once per frame.
 
 - "ours": the page's own `follow` action.
+- "before" (with --before): the same as ours against a second server running the app as of commit e1594fc
+  (extracted from git history by `bench.common.checkout_before`), the code issue 10 started from.
 - "baseline" (the seed's design, SPEC §5 "full re-render and full resend per token"): `bench.follow_full`,
   the same ownership check, a task per tab that reads the answer with a QuandaReader and on EVERY token
   renders the whole content with `render_markdown` and sends it as one `<div id="msg-<id>-body"
