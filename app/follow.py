@@ -1,7 +1,9 @@
 """Following one stream for the tabs that show it: one reader, one view, one render per frame.
 
-The first update goes at once, then at most one frame per FRAME_INTERVAL_S, whatever the token rate:
-whatever arrives meanwhile joins the next frame.
+Frames follow the display: at most one per FRAME_INTERVAL_S (a 60 Hz screen's frame), each timed from the
+start of the one before, whatever the token rate; whatever arrives meanwhile joins the next frame. A token
+that finds no frame pending goes at once, so the first token of an answer (and any token after a pause)
+reaches the page within one frame of its arrival, and at most one frame later at any rate.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaToken
 
 log = logging.getLogger("quanda.follow")
 
-FRAME_INTERVAL_S = 0.020
+FRAME_INTERVAL_S = 1 / 60
 
 
 class StreamView(Protocol):

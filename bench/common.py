@@ -1,40 +1,311 @@
-"""What the WebSocket benchmarks share: the seed-style baseline that resends a whole message on every token,
-serving the app under test, and printing tables."""
+"""What the benchmarks share: the paced Ollama-wire LLM server and its scripted answers, independent owners,
+the seed-style baseline that resends a whole message on every token, serving the app under test, the
+machine's load, and printing tables."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
-from app.ws import ClientError, Connection
+MODEL = "quanda-test"
+DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+TAG_RE = re.compile(r"\(bench ([\w.-]+)\)")
 
-FullResend = Callable[[Connection, str, int], Awaitable[None]]
+
+# == scripted answers ======================================================================================
+
+def b36(n: int) -> str:
+    s = ""
+    while True:
+        n, r = divmod(n, 36)
+        s = DIGITS[r] + s
+        if not n:
+            return s
+
+
+def mixed_chunks(n: int) -> list[str]:
+    """A realistic markdown answer of n chunks, each one word `Q<base-36 index>` (letters and digits, which
+    markdown never alters) with the whitespace/markdown before it: headings, paragraphs with inline code and
+    bold spans, a tight bullet list, a fenced python block, a numbered list — repeated."""
+    out: list[str] = []
+
+    def tok(prefix: str) -> None:
+        out.append(f"{prefix}Q{b36(len(out))}")
+
+    def para(words: int, first_prefix: str) -> None:
+        for k in range(words):
+            if k == 0:
+                p = first_prefix
+            elif k % 23 == 7:
+                p = " `"  # an inline code span over two words
+            elif k % 23 == 9:
+                p = "` "
+            elif k % 31 == 12:
+                p = " **"  # a bold span over three words
+            elif k % 31 == 15:
+                p = "** "
+            elif k % 13 == 12:
+                p = ". "
+            elif k % 7 == 6:
+                p = ", "
+            else:
+                p = " "
+            tok(p)
+
+    while len(out) < n:
+        tok(("\n\n" if out else "") + "## ")
+        for _ in range(3):
+            tok(" ")
+        para(70, "\n\n")
+        for item in range(8):  # a tight bullet list
+            for k in range(10):
+                tok(("\n\n- " if item == 0 else "\n- ") if k == 0 else " ")
+        para(50, "\n\n")
+        seps = [" = ", "(", ", ", ", ", ")  # ", " "]
+        for line in range(30):  # a fenced code block, ~1.2 kB
+            for k in range(6):
+                tok(("\n\n```python\n" if line == 0 else "\n") if k == 0 else seps[k - 1])
+        tok(")\n```\n\n")
+        para(59, " ")
+        for item in range(6):  # a numbered list
+            for k in range(12):
+                tok((f"\n\n{item + 1}. " if item == 0 else f"\n{item + 1}. ") if k == 0 else " ")
+        para(80, "\n\n")
+    return out[:n]
+
+
+def paragraph_chunks(n: int) -> list[str]:
+    """One paragraph of n words on a single line (think: a long code line, or a model that never breaks
+    lines), with a bold span now and then: the worst case for a renderer that re-reads the open block."""
+    out: list[str] = []
+    for k in range(n):
+        p = " **" if k % 40 == 5 else "** " if k % 40 == 8 else "" if k == 0 else " "
+        out.append(f"{p}Q{b36(k)}")
+    return out
+
+
+SCRIPTS: dict[str, Callable[[int], list[str]]] = {"mixed": mixed_chunks, "paragraph": paragraph_chunks}
+
+
+def answer_chunks(n: int, kind: str = "mixed") -> list[str]:
+    return SCRIPTS[kind](n)
+
+
+# == the paced LLM server (run it in a subprocess: `llm_serve(port)`) ======================================
+
+def llm_serve(port: int) -> None:
+    """An Ollama-wire LLM server on 127.0.0.1:`port` (threaded `http.server`): `GET /api/tags` lists MODEL;
+    `POST /api/chat` gets its headers at once, then waits for a plan from `GET /go?tokens&rate&kind&streams`
+    (one plan per waiting request; `GET /waiting` counts the requests waiting) and streams the scripted answer as chunked NDJSON, one line per chunk,
+    written as Ollama's Go encoder does (`<>&` escaped). Chunk i is due at start + i/rate (time.sleep, no
+    busy wait); the server records `time.monotonic_ns()` right before the line goes to the socket (the
+    *send stamp*; CLOCK_MONOTONIC is shared by every process on the machine). A request is named by the
+    tag `(bench <tag>)` in its last user message (else by its arrival number); `GET /stamps` serves
+    {tag: {"sent": [...], "due": [...]}} of the streams since the last `GET /reset`."""
+    import http.server
+    import queue
+    import threading
+    from urllib.parse import parse_qs, urlsplit
+
+    plans: queue.Queue = queue.Queue()
+    stamps: dict[str, dict[str, list[int]]] = {}
+    lock = threading.Lock()
+    counter = [0]
+    waiting = [0]  # chat requests waiting for their plan
+    now_text = "2025-01-01T00:00:00Z"
+
+    def go_json(obj: dict) -> bytes:  # as Ollama's Go encoder writes it
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        for char in "<>&":
+            text = text.replace(char, f"\\u{ord(char):04x}")
+        return (text + "\n").encode()
+
+    def http_chunk(data: bytes) -> bytes:
+        return f"{len(data):X}\r\n".encode() + data + b"\r\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def reply_json(self, status: int, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            q = parse_qs(url.query)
+            if url.path == "/api/tags":
+                self.reply_json(200, {"models": [{"name": MODEL, "model": MODEL, "modified_at": now_text,
+                                                  "size": 1}]})
+            elif url.path == "/go":
+                for _ in range(int(q.get("streams", ["1"])[0])):
+                    plans.put((int(q["tokens"][0]), float(q["rate"][0]), q.get("kind", ["mixed"])[0]))
+                self.reply_json(200, {"ok": True})
+            elif url.path == "/waiting":
+                self.reply_json(200, {"waiting": waiting[0]})
+            elif url.path == "/stamps":
+                with lock:
+                    self.reply_json(200, stamps)
+            elif url.path == "/reset":
+                with lock:
+                    stamps.clear()
+                while not plans.empty():
+                    plans.get_nowait()
+                self.reply_json(200, {"ok": True})
+            else:
+                self.reply_json(404, {"error": f"no route {url.path}"})
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if urlsplit(self.path).path != "/api/chat":
+                self.reply_json(404, {"error": "no route"})
+                return
+            try:
+                users = [m["content"] for m in json.loads(body)["messages"] if m.get("role") == "user"]
+                m = TAG_RE.search(users[-1]) if users else None
+            except (ValueError, KeyError, TypeError, IndexError):
+                m = None
+            with lock:
+                counter[0] += 1
+                tag = m.group(1) if m else f"#{counter[0]}"
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            with lock:
+                waiting[0] += 1
+            try:
+                tokens, rate, kind = plans.get(timeout=120)
+            except queue.Empty:
+                self.wfile.write(http_chunk(go_json({"error": "bench: no /go"})) + b"0\r\n\r\n")
+                return
+            finally:
+                with lock:
+                    waiting[0] -= 1
+            chunks = answer_chunks(tokens, kind)
+            sent: list[int] = []
+            due: list[int] = []
+            try:
+                start = time.monotonic_ns()
+                for i, text in enumerate(chunks):
+                    due_ns = start + int(i * 1e9 / rate)
+                    wait = due_ns - time.monotonic_ns()
+                    if wait > 0:
+                        time.sleep(wait / 1e9)
+                    data = http_chunk(go_json({"model": MODEL, "created_at": now_text,
+                                               "message": {"role": "assistant", "content": text}, "done": False}))
+                    stamp = time.monotonic_ns()  # the send stamp: right before the line goes to the socket
+                    self.wfile.write(data)
+                    sent.append(stamp)
+                    due.append(due_ns)
+                with lock:  # before the final line: the bench reads them once the answer has ended
+                    stamps[tag] = {"sent": sent, "due": due}
+                final = {"model": MODEL, "created_at": now_text, "message": {"role": "assistant", "content": ""},
+                         "done": True, "done_reason": "stop", "total_duration": 1000, "eval_count": len(chunks)}
+                self.wfile.write(http_chunk(go_json(final)) + b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                with lock:
+                    stamps[tag] = {"sent": sent, "due": due}
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 512  # the listen backlog: many answers start at once
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
+
+
+# == owners ================================================================================================
+
+async def new_owner(base: str) -> dict[str, str]:
+    """Headers that make HTTP requests and WebSockets act for a new owner, independent of every other.
+
+    Today an owner is a browser session: a GET of "/" sets a fresh session cookie. This is the one place to
+    change when owners become workspaces (SPEC §6): in accounts mode, create a user and log in here (each
+    user has a workspace of their own); in local mode every browser shares the machine's one workspace, so
+    N independent owners exist only in accounts mode."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        (await http.get(base + "/")).raise_for_status()
+        cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+    return {"Cookie": cookie, "Origin": base}
+
+
+# == the seed's design, as a ws action =======================================================================
+
+FullResend = Callable[[Any, str, int], Awaitable[None]]
 
 
 def follow_full_handler(role: str, full_resend: FullResend):
-    """A ws action `{"action": ..., "streams": {id: seq}}` that streams each owned message of `role` through
-    `full_resend` (one frame per token, no coalescing), outside the hub's followers."""
-    tasks: dict[tuple[int, str], asyncio.Task] = {}
+    """A plugin ws action `{"action": ..., "tab": n, "streams": {id: seq}}` that streams each message of
+    `role` the owner holds through `full_resend(h, message_id, seq)` (one frame per token, no coalescing),
+    outside the hub's followers; the same ownership check as the hub's `follow`."""
+    from app.plugins import ClientError
+    from app.quanda import QuandaError
 
-    async def on_follow_full(conn: Connection, data: dict) -> None:
+    tasks: dict[tuple[str, object, str], asyncio.Task] = {}
+
+    async def on_follow_full(h, data: dict) -> None:
         streams = data.get("streams")
         if not isinstance(streams, dict):
             raise ClientError("follow_full needs {'streams': {message_id: seq}}")
         for message_id, seq in streams.items():
-            owner = await conn.hub.store.get_record("owner", message_id)
-            if owner is None or owner.get("sid") != conn.sid or owner.get("role") != role:
-                raise ClientError(f"no {role} stream {message_id!r} in this session")
-            key = (id(conn), message_id)
+            try:
+                record = await h.owned(message_id, roles=(role,))
+            except QuandaError:
+                raise ClientError(f"no {role} stream {str(message_id)[:40]!r} here") from None
+            key = (h.owner, data.get("tab"), record.id)
             old = tasks.pop(key, None)
             if old is not None:
                 old.cancel()
-            task = tasks[key] = asyncio.create_task(full_resend(conn, message_id, int(seq)))
+            task = tasks[key] = asyncio.create_task(full_resend(h, record.id, int(seq)))
             task.add_done_callback(lambda t, k=key: tasks.get(k) is t and tasks.pop(k))
 
     return on_follow_full
 
 
-def serve_app(the_app, port: int, profile: str | None = None) -> None:
+# == processes ================================================================================================
+
+BEFORE_COMMIT = "e1594fc"  # the app before issue 10: the baseline server of the load benchmark
+
+
+def checkout_before(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
+    """The app (`app/`, `static/`) as of `commit`, extracted from this repository's git history into `dest`
+    (a bench script's server process loads it when QUANDA_BENCH_APP_DIR names it); None without git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        archive = subprocess.run(["git", "-C", str(root), "archive", commit, "app", "static"], check=True,
+                                 capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    import io
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def serve_app(the_app: Any, port: int, profile: str | None = None) -> None:
     """Run the app under uvicorn on loopback; with `profile`, write cProfile stats there on SIGTERM."""
     import uvicorn
 
@@ -54,6 +325,96 @@ def serve_app(the_app, port: int, profile: str | None = None) -> None:
         profiler.dump_stats(profile)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (all cores), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class MachineLoad:
+    """How many cores processes other than `pids` used between `start()` and `stop()` (the noise), and the
+    load average when it started."""
+
+    def __init__(self, pids: tuple[int, ...]):
+        self.pids = pids
+        self.others = float("nan")
+        self.loadavg = "?"
+        self.accounted = 0.0  # CPU of our processes that came and went meanwhile
+
+    def account(self, *pids: int) -> None:
+        """Count these processes (started after `start`, about to end) as ours: call it before they end."""
+        for pid in pids:
+            try:
+                self.accounted += cpu_seconds(pid)
+            except OSError:
+                pass
+
+    def _ours(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            try:
+                total += cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
+
+    def start(self) -> "MachineLoad":
+        self.loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        self._t0, self._busy0, self._ours0 = time.perf_counter(), machine_busy_seconds(), self._ours()
+        return self
+
+    def stop(self) -> float:
+        wall = time.perf_counter() - self._t0
+        ours = self._ours() - self._ours0 + self.accounted
+        self.others = max(0.0, (machine_busy_seconds() - self._busy0 - ours) / wall)
+        return self.others
+
+    def describe(self) -> str:
+        return (f"{os.cpu_count()} cores; load average {self.loadavg} at the start; other processes used "
+                f"{self.others:.2f} cores on average during the measured runs (noise)")
+
+
+async def wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as http:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + log.read_text(errors="replace"))
+            try:
+                if (await http.get(url, timeout=1)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not start")
+            await asyncio.sleep(0.05)  # waiting for a process to listen: no event to wait on
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# == numbers and tables ========================================================================================
+
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of `values`; NaN when there are none."""
     if not values:
@@ -70,3 +431,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([row(header, widths), sep, *(row(r, widths) for r in rows)])
+
+
+def verdict(passed: bool, text: str) -> str:
+    return f"{'PASS' if passed else 'FAIL'}  {text}"
+

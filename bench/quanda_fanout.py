@@ -1,14 +1,22 @@
-"""Writer → reader latency and write throughput of the Quanda core, against the seed's design, in one run.
+"""Writer → reader latency and write throughput of the Quanda core, against the seed's design and against the
+SQLite store as it was before issue 10, with the machine's raw SQLite commit rate as the yardstick, in one run.
 
-    python bench/quanda_fanout.py [--tokens 2000] [--readers 10] [--db-dir DIR] [--postgres URL]
+    python bench/quanda_fanout.py [--tokens 2000] [--readers 10] [--repeat 5] [--db-dir DIR] [--postgres URL]
 
-Ours: the SQLite store (group commit on a writer thread, readers woken directly in-process, `PRAGMA
-data_version` polling across processes). Baseline (the seed's design): readers poll every 0.2 s; each
-chunk takes a lock, then `$inc`s last_seq, reads and rewrites the content, and inserts the token, as
-separate database operations. Both run on SQLite files with the same WAL settings, on this machine.
-With `--postgres postgresql://user@host:port/db`
-(or QUANDA_BENCH_POSTGRES_URL) the same measurements run on the PostgreSQL store too, in a scratch schema
-dropped afterwards, and fill a PostgreSQL column.
+Ours: the SQLite store (app/quanda/store/sqlite.py: group commit on the event loop when the write lock is free,
+on the writer thread when it is not; an append is one insert until the message row's next sync; readers woken
+directly in-process, `PRAGMA data_version` polling across processes). "Before": the same store as of commit
+e1594fc (bench/baseline_sqlite.py: every write handed to the writer thread, three statements and two pages per
+append). Seed baseline: readers poll every 0.2 s; each chunk takes a lock, then `$inc`s last_seq, reads and
+rewrites the content, and inserts the token, as separate database operations. "Raw SQLite single-row commit":
+`BEGIN IMMEDIATE; INSERT one row; COMMIT` in a loop on one connection (Python's sqlite3, the same WAL settings,
+the same directory): the fastest any awaited writer could be. Throughput runs are interleaved --repeat times
+(each round in turn forwards and backwards) and each figure is the median; the two relative targets take the
+median of each round's ratio (neighbours in time), so a burst of load on the machine hits both sides alike.
+All SQLite files live in one temporary directory (--db-dir to choose it). With `--postgres
+postgresql://user@host:port/db` (or QUANDA_BENCH_POSTGRES_URL) the same measurements run on the PostgreSQL
+store too, in a scratch schema dropped afterwards, and fill a PostgreSQL column. Exit status 1 when a target
+is missed.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from app.quanda import QuandaMessage, QuandaReader, QuandaWriter, open_store  # noqa: E402
-from bench.common import pct  # noqa: E402
+from bench.common import MachineLoad, pct, verdict  # noqa: E402
 
 RATE = 1000  # tokens/s the writer is paced at in latency runs (a fast LLM)
 
@@ -109,8 +117,15 @@ def start_readers(msg: QuandaMessage, readers: int, latencies: list[float]) -> l
     return [asyncio.create_task(read()) for _ in range(readers)]
 
 
-async def ours_in_process(url: str, readers: int, tokens: int) -> list[float]:
-    async with await open_store(url) as store:
+async def open_before(url: str):
+    """The store as it was before issue 10 (bench/baseline_sqlite.py) on the file `url` names."""
+    from bench.baseline_sqlite import SQLiteStore as BeforeStore
+
+    return await BeforeStore(url[len("sqlite:///"):]).open()
+
+
+async def ours_in_process(url: str, readers: int, tokens: int, opener=open_store) -> list[float]:
+    async with await opener(url) as store:
         msg = await QuandaMessage.create(store, role="bench")
         latencies: list[float] = []
         tasks = start_readers(msg, readers, latencies)
@@ -168,8 +183,8 @@ async def baseline_latency(path: str, readers: int, tokens: int) -> list[float]:
     return latencies
 
 
-async def ours_throughput(url: str, writers: int, per_writer: int) -> float:
-    async with await open_store(url) as store:
+async def ours_throughput(url: str, writers: int, per_writer: int, opener=open_store) -> float:
+    async with await opener(url) as store:
         msgs = [await QuandaMessage.create(store, role="bench") for _ in range(writers)]
 
         async def write(msg: QuandaMessage) -> None:
@@ -194,8 +209,24 @@ async def baseline_throughput(path: str, writers: int, per_writer: int) -> float
     return writers * per_writer / (time.perf_counter() - start)
 
 
+def raw_commits(path: str, commits: int) -> float:
+    """Single-row commits per second on one connection, with the stores' settings: the machine's yardstick."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS raw (k INTEGER PRIMARY KEY, v TEXT)")
+    start = time.perf_counter()
+    for _ in range(commits):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO raw (v) VALUES (?)", ("token ",))
+        conn.execute("COMMIT")
+    rate = commits / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
 def row(name: str, values: list[str]) -> str:
-    return f"| {name:<28} | " + " | ".join(f"{v:>12}" for v in values) + " |"
+    return f"| {name:<32} | " + " | ".join(f"{v:>15}" for v in values) + " |"
 
 
 def scratch_schema(url: str) -> tuple[str, str]:
@@ -226,60 +257,98 @@ async def postgres_figures(base_url: str, readers: int, tokens: int) -> dict[str
         await drop_schema(base_url, schema)
 
 
-async def main() -> None:
+async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--readers", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved throughput runs (medians reported)")
     parser.add_argument("--db-dir", default=None)
     parser.add_argument("--postgres", default=os.environ.get("QUANDA_BENCH_POSTGRES_URL", ""),
                         help="also measure the PostgreSQL store on this database (a scratch schema)")
     args = parser.parse_args()
     tmp = args.db_dir or tempfile.mkdtemp(prefix="quanda-bench-")
-    url = f"sqlite:///{tmp}/ours.db"
+    url, before_url = f"sqlite:///{tmp}/ours.db", f"sqlite:///{tmp}/before.db"
     base_path = f"{tmp}/seed.db"
     n, r = args.tokens, args.readers
+    load = MachineLoad((os.getpid(),)).start()
 
     ours_lat = await ours_in_process(url, r, n)
+    before_lat = await ours_in_process(before_url, r, n, open_before)
     ours_x = await ours_cross_process(url, r, n)
     seed_lat = await baseline_latency(base_path, r, min(n, 500))
-    ours_1 = await ours_throughput(url, 1, 5000)
-    ours_100 = await ours_throughput(url, 100, 200)
+    runs: dict[str, list[float]] = {k: [] for k in ("raw", "w1", "w1_before", "w100", "w100_before")}
+    measures = {"raw": lambda i: raw_commits(f"{tmp}/raw{i}.db", 5000),
+                "w1": lambda i: ours_throughput(url, 1, 5000),
+                "w1_before": lambda i: ours_throughput(before_url, 1, 5000, open_before),
+                "w100": lambda i: ours_throughput(url, 100, 200),
+                "w100_before": lambda i: ours_throughput(before_url, 100, 200, open_before)}
+    for i in range(args.repeat):  # interleaved, in turn forwards and backwards: a burst of load hits pairs alike
+        for key in (list(measures) if i % 2 == 0 else list(measures)[::-1]):
+            value = measures[key](i)
+            runs[key].append(await value if asyncio.iscoroutine(value) else value)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    # the targets compare neighbours in time: the median of the ratios of each round's pair
+    share = statistics.median(w / r for w, r in zip(runs["w1"], runs["raw"]))
+    share_before = statistics.median(w / r for w, r in zip(runs["w1_before"], runs["raw"]))
+    gain = statistics.median(w / b for w, b in zip(runs["w100"], runs["w100_before"]))
     seed_1 = await baseline_throughput(base_path, 1, 1000)
     seed_100 = await baseline_throughput(base_path, 100, 20)
     pg = await postgres_figures(args.postgres, r, n) if args.postgres else None
+    load.stop()
 
     def cells(values: list[str], pg_value: str) -> list[str]:
         return values + [pg_value] if pg else values
 
-    mean_ratio = statistics.mean(seed_lat) / statistics.mean(ours_lat)
-    print(f"Quanda core fan-out: {r} readers, {n} tokens paced at {RATE}/s (baseline: {min(n, 500)} tokens), "
-          f"SQLite WAL{', and the PostgreSQL store' if pg else ''}, {os.cpu_count()} cores\n")
-    print(row("", cells(["Quanda", "seed baseline", "ratio"], "PostgreSQL")))
-    print("|" + "-" * 30 + ("|" + "-" * 14) * (4 if pg else 3) + "|")
-    print(row("in-process p50 (ms)", cells([f"{pct(ours_lat, 50):.3f}", f"{pct(seed_lat, 50):.1f}",
-                                            f"{pct(seed_lat, 50) / pct(ours_lat, 50):.0f}x"],
-                                           pg and f"{pct(pg['lat'], 50):.3f}")))
-    print(row("in-process p99 (ms)", cells([f"{pct(ours_lat, 99):.3f}", f"{pct(seed_lat, 99):.1f}",
-                                            f"{pct(seed_lat, 99) / pct(ours_lat, 99):.0f}x"],
-                                           pg and f"{pct(pg['lat'], 99):.3f}")))
-    print(row("in-process mean (ms)", cells([f"{statistics.mean(ours_lat):.3f}", f"{statistics.mean(seed_lat):.1f}",
-                                             f"{mean_ratio:.0f}x"], pg and f"{statistics.mean(pg['lat']):.3f}")))
-    print(row("cross-process p50 (ms)", cells([f"{pct(ours_x, 50):.3f}", f"{pct(seed_lat, 50):.1f}",
-                                               f"{pct(seed_lat, 50) / pct(ours_x, 50):.0f}x"],
-                                              pg and f"{pct(pg['x'], 50):.3f}")))
-    print(row("cross-process p99 (ms)", cells([f"{pct(ours_x, 99):.3f}", f"{pct(seed_lat, 99):.1f}",
-                                               f"{pct(seed_lat, 99) / pct(ours_x, 99):.0f}x"],
-                                              pg and f"{pct(pg['x'], 99):.3f}")))
-    print(row("1 writer, awaited (tok/s)", cells([f"{ours_1:,.0f}", f"{seed_1:,.0f}", f"{ours_1 / seed_1:.0f}x"],
+    def lat(values: list[float], p: float | None) -> float:
+        return statistics.mean(values) if p is None else pct(values, p)
+
+    print(f"Quanda core fan-out: {r} readers, {n} tokens paced at {RATE}/s (seed baseline: {min(n, 500)} tokens), "
+          f"SQLite WAL{', and the PostgreSQL store' if pg else ''}; throughput: medians of {args.repeat} interleaved "
+          f"runs.\nMachine: {load.describe()}.\n")
+    print(row("", cells(["Quanda", "before issue 10", "seed baseline", "ours / before", "seed / ours"], "PostgreSQL")))
+    print("|" + "-" * 34 + ("|" + "-" * 17) * (6 if pg else 5) + "|")
+    for name, p in (("p50", 50), ("p99", 99), ("mean", None)):
+        o, b, sd = lat(ours_lat, p), lat(before_lat, p), lat(seed_lat, p)
+        print(row(f"in-process {name} (ms)", cells([f"{o:.3f}", f"{b:.3f}", f"{sd:.1f}", f"{o / b:.2f}x",
+                                                    f"{sd / o:.0f}x"], pg and f"{lat(pg['lat'], p):.3f}")))
+    for name, p in (("p50", 50), ("p99", 99)):
+        o, sd = pct(ours_x, p), pct(seed_lat, p)
+        print(row(f"cross-process {name} (ms)", cells([f"{o:.3f}", "", f"{sd:.1f}", "", f"{sd / o:.0f}x"],
+                                                      pg and f"{pct(pg['x'], p):.3f}")))
+    print(row("raw SQLite single-row commit/s", cells([f"{med['raw']:,.0f}", "", "", "", ""], "")))
+    print(row("1 writer, awaited (tok/s)", cells([f"{med['w1']:,.0f}", f"{med['w1_before']:,.0f}", f"{seed_1:,.0f}",
+                                                  f"{med['w1'] / med['w1_before']:.2f}x", f"{med['w1'] / seed_1:.0f}x"],
                                                  pg and f"{pg['w1']:,.0f}")))
-    print(row("100 writers, total (tok/s)", cells([f"{ours_100:,.0f}", f"{seed_100:,.0f}",
-                                                   f"{ours_100 / seed_100:.0f}x"], pg and f"{pg['w100']:,.0f}")))
+    print(row("  as % of raw commit/s", cells([f"{100 * share:.0f} %", f"{100 * share_before:.0f} %",
+                                               f"{100 * seed_1 / med['raw']:.0f} %", "", ""], "")))
+    print(row("100 writers, total (tok/s)", cells([f"{med['w100']:,.0f}", f"{med['w100_before']:,.0f}",
+                                                   f"{seed_100:,.0f}", f"{gain:.2f}x",
+                                                   f"{med['w100'] / seed_100:.0f}x"], pg and f"{pg['w100']:,.0f}")))
+    print("\nruns (tok/s or commit/s): " + "; ".join(f"{k} " + " / ".join(f"{x:,.0f}" for x in v)
+                                                   for k, v in runs.items()))
     if pg:
-        print("\n(ratio: SQLite store vs seed baseline; PostgreSQL: the same runs on the PostgreSQL store, "
-              "synchronous_commit as the server has it)")
-    print(f"\ntokens seen: in-process {len(ours_lat)} / cross-process {len(ours_x)} / baseline {len(seed_lat)} "
-          + (f"/ PostgreSQL {len(pg['lat'])} + {len(pg['x'])} " if pg else "") + "(each = readers x tokens)")
+        print("(PostgreSQL: the same runs on the PostgreSQL store, synchronous_commit as the server has it)")
+    print(f"tokens seen: in-process {len(ours_lat)} / before {len(before_lat)} / cross-process {len(ours_x)} / "
+          f"seed {len(seed_lat)} " + (f"/ PostgreSQL {len(pg['lat'])} + {len(pg['x'])} " if pg else "")
+          + "(each = readers x tokens)\n")
+    checks = [
+        (pct(ours_lat, 50) <= 1.0 and pct(ours_lat, 99) <= 5.0,
+         f"in-process p50 <= 1 ms and p99 <= 5 ms with {r} readers: {pct(ours_lat, 50):.3f} / {pct(ours_lat, 99):.3f} ms"),
+        (statistics.mean(seed_lat) / statistics.mean(ours_lat) >= 50,
+         f"in-process mean >= 50x lower than the seed's: {statistics.mean(seed_lat) / statistics.mean(ours_lat):.0f}x"),
+        (pct(ours_x, 99) <= 50.0, f"cross-process p99 <= 50 ms: {pct(ours_x, 99):.3f} ms"),
+        (med["w1"] >= 5000, f"1 awaited writer >= 5,000 tokens/s: {med['w1']:,.0f}"),
+        (share >= 0.4, f"1 awaited writer >= 40 % of the raw single-row commit rate: {100 * share:.0f} % (median of "
+         f"each round's ratio; rounds: {' / '.join(f'{100 * w / r:.0f}' for w, r in zip(runs['w1'], runs['raw']))}; "
+         f"before issue 10: {100 * share_before:.0f} %)"),
+        (med["w100"] >= 20000, f"100 writers >= 20,000 tokens/s: {med['w100']:,.0f}"),
+        (gain >= 2, f"100 writers >= 2x the store before issue 10: {gain:.2f}x (median of each round's ratio; "
+         f"rounds: {' / '.join(f'{w / b:.2f}' for w, b in zip(runs['w100'], runs['w100_before']))})"),
+    ]
+    for passed, text in checks:
+        print(verdict(passed, text))
+    return 0 if all(p for p, _ in checks) else 1
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -30,7 +30,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -161,8 +160,6 @@ async def per_token_in_process(tokens: list[str], rate: float) -> dict:
         await app.until(lambda: widget_ready(app), 30, "the widgets")
         md, state = answer_widget(app), app.conv.last_answer().message
         queue: asyncio.Queue = asyncio.Queue()  # the seed's queue to the UI thread, one item per token
-        drawn = [0]
-
         async def ui() -> None:
             while True:
                 text = await queue.get()

@@ -3,7 +3,6 @@ at the end — however the answer was chunked and framed; overrides replace; byt
 
 from __future__ import annotations
 
-import html
 import re
 from contextlib import contextmanager
 from unittest import mock
@@ -19,123 +18,41 @@ from app.components.chat import ChatView, MessageBody
 from app.components.stream import StreamMarker
 from app.quanda import QuandaToken
 from app.render import append_plan, render_blocks
+from bench.page import El, normalize, parse
+from bench.page import Page as HtmxPage
 from bench.render_bench import code_answer, mixed_answer, paragraph_answer
 from tests.test_render import FRAGMENTS, assert_safe
 
 MID = "0123456789abcdef01234567"
 BODY, TAIL, EST = ids.msg_body_id(MID), ids.msg_tail_id(MID), ids.msg_estimate_id(MID)
 
-# --------------------------------------------------------------------------- a small htmx, for OOB frames
-
-_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
-_ATTR = re.compile(r'([^\s=/>]+)(?:="([^"]*)")?')
-_VOID = {"br", "hr", "img", "input", "meta", "link", "wbr", "col", "area", "source", "track", "embed"}
+# --------------------------------------------------------------------------- htmx, for OOB frames (bench/page.py)
 
 
-class El:
-    def __init__(self, tag: str, start: str, attrs: dict[str, str]):
-        self.tag, self.start, self.attrs, self.children = tag, start, attrs, []
-
-    def inner(self) -> str:
-        return "".join(c if isinstance(c, str) else c.outer() for c in self.children)
-
-    def outer(self) -> str:
-        return self.start + self.inner() + ("" if self.tag in _VOID else f"</{self.tag}>")
-
-    def elements(self):
-        for c in self.children:
-            if isinstance(c, El):
-                yield c
-                yield from c.elements()
+def _safe_markup(node: El) -> None:
+    """Everything a frame puts in the message must be safe markup."""
+    if node.attrs.get("id") in (BODY, TAIL, EST) or "beforeend" in node.attrs.get("hx-swap-oob", ""):
+        assert_safe(re.sub(r'<div class="md-piece">|</div>', "", node.inner()))
 
 
-def parse(markup: str) -> list:
-    """Well-formed HTML (what the server sends) to nodes; raw text and start tags are kept as they were sent."""
-    root = El("#root", "", {})
-    stack, pos = [root], 0
-    for m in _TAG.finditer(markup):
-        if m.start() > pos:
-            stack[-1].children.append(markup[pos:m.start()])
-        pos = m.end()
-        tag = m.group(2).lower()
-        if m.group(1):
-            assert stack[-1].tag == tag, f"</{tag}> closes <{stack[-1].tag}> in {markup!r}"
-            stack.pop()
-            continue
-        el = El(tag, m.group(0), {k: html.unescape(v or "") for k, v in _ATTR.findall(m.group(3))})
-        stack[-1].children.append(el)
-        if tag not in _VOID and not m.group(0).endswith("/>"):
-            stack.append(el)
-    if pos < len(markup):
-        stack[-1].children.append(markup[pos:])
-    assert len(stack) == 1, f"unclosed <{stack[-1].tag}> in {markup!r}"
-    return root.children
-
-
-class Page:
-    """One message's part of the page, and what htmx 2 + its ws extension do with a frame: each top-level
-    element is swapped out of band (`hx-swap-oob` or "true"); "true"/"outerHTML" replace the target by the
-    element (the attribute removed); "beforeend" appends the element's *children* to the target; a selector
-    is `#id` then `>:last-child` steps (querySelectorAll: every match would be swapped; there must be one)."""
+class Page(HtmxPage):
+    """One message's part of the page, swapped as htmx 2 and its ws extension do (bench/page.py)."""
 
     def __init__(self, content: str = "", estimate: str | None = None, seq: int = 0):
         first = [*MessageBody(MID, content, estimate, False), Div("", id=ids.msg_warning_id(MID)),
                  StreamMarker(MID, seq, follow=True)]
-        self.root = El("#root", "", {})
-        self.root.children = parse("".join(to_xml(f, indent=False) for f in first))
-        self.bytes = 0
+        super().__init__("".join(to_xml(f, indent=False) for f in first))
 
-    def by_id(self, id_: str) -> El:
-        found = [e for e in self.root.elements() if e.attrs.get("id") == id_]
-        assert len(found) == 1, f"{len(found)} elements with id {id_!r}"
-        return found[0]
-
-    def select(self, selector: str) -> El:
-        m = re.fullmatch(r"#([\w-]+)((?:>:last-child)*)", selector)
-        assert m, f"unexpected selector {selector!r}"
-        el = self.by_id(m.group(1))
-        for _ in range(m.group(2).count(">")):
-            kids = [c for c in el.children if isinstance(c, El)]
-            assert kids, f"{selector!r}: no element child in {el.outer()!r}"
-            el = kids[-1]
-        return el
-
-    def parent_of(self, target: El) -> El:
-        for el in [self.root, *self.root.elements()]:
-            if any(c is target for c in el.children):
-                return el
-        raise AssertionError("target not in the page")
-
-    def apply(self, fragments: list) -> str:
-        """Swap a frame in; returns the frame. Everything it puts in the message must be safe markup."""
-        frame = "".join(to_xml(f, indent=False) for f in fragments)  # what app.ws sends
-        self.bytes += len(frame.encode())
-        for node in parse(frame):
-            if not isinstance(node, str) and node.attrs.get("id") in (BODY, TAIL, EST) or "beforeend" in node.start:
-                assert_safe(re.sub(r'<div class="md-piece">|</div>', "", node.inner()))
-            if isinstance(node, str):
-                assert not node.strip(), f"text outside elements is dropped: {node!r}"
-                continue
-            oob = node.attrs.get("hx-swap-oob", "true")
-            assert node.attrs.get("id") or ":" in oob, f"a top-level element needs an id or a selector: {node.start}"
-            style, selector = ("outerHTML", "#" + node.attrs["id"]) if oob == "true" else oob.split(":", 1)
-            target = self.select(selector)
-            if style == "outerHTML":
-                node.start = re.sub(r'\s+hx-swap-oob="[^"]*"', "", node.start)
-                siblings = self.parent_of(target).children
-                siblings[next(i for i, c in enumerate(siblings) if c is target)] = node
-            elif style == "beforeend":
-                # the wrapper is parsed in a <template>: its children parse as the target's only if the tags agree
-                assert node.tag == target.tag, f"<{node.tag}> wrapper appended to <{target.tag}>"
-                if target.tag == "pre" and node.children and isinstance(node.children[0], str):
-                    assert not node.children[0].startswith("\n"), "a parser drops a newline after <pre>"
-                target.children.extend(node.children)
-            else:
-                raise AssertionError(f"unexpected swap style {style!r}")
+    def apply(self, fragments: list) -> str:  # type: ignore[override]
+        """Swap a frame in; returns the frame (as app.ws sends it). No element may miss its target."""
+        frame = "".join(to_xml(f, indent=False) for f in fragments)
+        super().apply(frame, check=_safe_markup)
+        assert not self.dropped, f"text outside elements is dropped: {self.dropped}"
+        assert not self.missing, f"no target for {self.missing}"
         return frame
 
     def shows(self) -> tuple[str, str, str]:
-        return self.by_id(BODY).inner(), self.by_id(TAIL).inner(), self.by_id(EST).inner()
+        return self.inner(BODY), self.inner(TAIL), self.inner(EST)
 
 
 def reload(content: str, estimate: str | None = None, immutable: bool = False) -> tuple[str, str, str]:
@@ -170,7 +87,7 @@ def stream(chunks, flush_every=1, estimates=None, check=True, cap: int | None = 
                     assert page.shows() == reload(content, estimate), f"after {content!r}"
         view.feed(QuandaToken("immutable", "", None, seq + 1))
         page.apply(view.flush())
-        assert page.shows() == (render_blocks(content), "", "")
+        assert page.shows() == (normalize(render_blocks(content)), "", "")
         assert page.shows() == reload(content, None, immutable=True)
         return page, content
 
@@ -191,7 +108,7 @@ def test_a_streaming_code_block_is_plain_until_it_is_finished():
     feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "```py\nx = 1\n", None, 1)])
     assert page.shows()[1] == '<div class="md-piece"><pre><code class="language-py">x = 1\n</code></pre>\n</div>'
     feed_all(view, page, [QuandaToken("chunk", "```\n\nDone.", None, 2)])
-    assert page.shows()[0] == render_blocks("```py\nx = 1\n```\n\n") and 'class="md-code"' in page.shows()[0]
+    assert page.shows()[0] == normalize(render_blocks("```py\nx = 1\n```\n\n")) and 'class="md-code"' in page.shows()[0]
 
 
 def test_a_long_paragraph_and_code_grow_by_appends():
@@ -282,7 +199,7 @@ def test_an_override_replaces_the_message():
         assert re.search(rf'<div hx-swap-oob="true" id="{id_}"', frame), (id_, frame)
     assert "beforeend" not in frame
     feed_all(view, page, [QuandaToken("chunk", " Again", None, 4), QuandaToken("immutable", "", None, 5)])
-    assert page.shows() == (render_blocks("Bye. Again"), "", "")
+    assert page.shows() == (normalize(render_blocks("Bye. Again")), "", "")
 
 
 def test_an_override_with_the_same_text_still_replaces():
@@ -338,7 +255,7 @@ def framed_bytes(tokens: list[str], every: int) -> float:
     view.feed(QuandaToken("immutable", "", None, len(tokens) + 1))
     page.apply(view.flush())
     final = render_blocks("".join(tokens))
-    assert page.shows()[0] == final
+    assert page.shows()[0] == normalize(final)
     return page.bytes / len(final.encode())
 
 

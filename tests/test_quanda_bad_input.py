@@ -117,13 +117,14 @@ async def test_sqlite_write_failure_leaves_nothing_half_written(tmp_path):
     try:
         msg = await QuandaMessage.create(store, role="assistant")
         await QuandaWriter(msg).chunk("kept")
-        # a trigger stands in for a disk failure after the token row is written, before the message row
+        # a trigger stands in for a disk failure after the token row is written, before the message row (a
+        # warning writes both; a chunk writes the message row only now and then, see test_quanda_sqlite_writes)
         await store._write(lambda conn: conn.execute(
             "CREATE TRIGGER fail BEFORE UPDATE ON quanda_messages WHEN NEW.last_seq = 2 "
             "AND EXISTS (SELECT 1 FROM quanda_tokens WHERE text = 'boom') "
             "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"))
         with pytest.raises(QuandaStoreError, match="disk on fire") as info:
-            await QuandaWriter(msg).chunk("boom")
+            await QuandaWriter(msg).warning("boom")
         assert isinstance(info.value.__cause__, sqlite3.Error)
         await msg.refresh()
         assert (msg.content, msg.last_seq) == ("kept", 1)

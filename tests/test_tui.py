@@ -243,7 +243,7 @@ async def test_refusals_are_shown(server, llm):
         assert "Type a question first" in said and "No answer is being written" in said
         await type_text(pilot, "first")
         await pilot.press("ctrl+s")
-        await app.until(lambda: (a := app.conv.answering()) is not None, WAIT_S, "the answer")
+        await app.until(lambda: app.conv.answering() is not None, WAIT_S, "the answer")
         await type_text(pilot, "second")
         await pilot.press("ctrl+s")
         await app.until(lambda: any("still being written" in n for n in notices), WAIT_S,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from bson import ObjectId
 
-from ..errors import QuandaError, QuandaLimitError, QuandaNotFoundError, QuandaStoreError
+from ..errors import QuandaError, QuandaLimitError, QuandaStoreError
 from ..token import IMMUTABLE, KINDS, OVERRIDE, QuandaToken
 from ..validation import check_data, check_id, check_key, check_record_kind, check_seq, check_text, encode_record
 from .subscription import Subscription

@@ -18,7 +18,7 @@ MAX_PENDING = 256
 
 
 class Subscription:
-    __slots__ = ("message_id", "cursor", "stale", "_pending", "_waiter", "_loop", "_on_close")
+    __slots__ = ("message_id", "cursor", "stale", "_pending", "_waiter", "_loop", "_on_close", "_deadline", "_timer")
 
     def __init__(self, message_id: str, on_close: Callable[["Subscription"], None]):
         self.message_id = message_id
@@ -28,6 +28,8 @@ class Subscription:
         self._waiter: asyncio.Future | None = None
         self._loop = asyncio.get_running_loop()
         self._on_close = on_close
+        self._deadline = 0.0  # when the wait in progress turns stale
+        self._timer: asyncio.TimerHandle | None = None  # one timer, moved along lazily, not one per wait
 
     @property
     def known_seq(self) -> int:
@@ -64,20 +66,29 @@ class Subscription:
         return batch
 
     async def wait(self, timeout: float) -> None:
-        """Until something is pushed or marked stale; after `timeout` turn stale (a safety net, not a poll)."""
+        """Until something is pushed or marked stale; after `timeout` turn stale (a safety net, not a poll).
+
+        A reader at thousands of tokens a second waits thousands of times a second: the timer is not made
+        and cancelled for each wait; one timer runs, and when it fires early (the wait in progress began
+        later) it is set again for that wait's deadline."""
         if self._pending or self.stale:
             return
-        waiter = self._loop.create_future()
+        loop = self._loop
+        waiter = loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_later(timeout, self._expire, waiter)
+        self._deadline = loop.time() + timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._expire)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
 
     def close(self) -> None:
         self._pending.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._on_close(self)
 
     def _wake(self) -> None:
@@ -85,7 +96,13 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _expire(self, waiter: asyncio.Future) -> None:
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait sets a timer of its own
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+            return
         self.stale = True
-        if not waiter.done():
-            waiter.set_result(None)
+        waiter.set_result(None)

@@ -1,0 +1,95 @@
+"""Sum a py-spy sample of the server (collapsed stacks, `py-spy record --format raw`) by function and by area.
+
+    python bench/stacks.py /tmp/chat.txt [--top 30]
+
+"self" is the share of samples whose innermost frame is the function; "incl." the share whose stack holds it
+anywhere. Areas (by the innermost frame whose file matches, first match wins) say where the CPU goes: the
+LLM driver's HTTP read, the store's write path, the follower and its view, rendering, the WebSocket send…
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import table  # noqa: E402
+
+FRAME_RE = re.compile(r"^(.*) \((.*?):(\d+)\)$")
+AREAS = [  # (area, pattern on "function (file)"), innermost matching frame decides
+    ("render: markdown (mistune)", r"/mistune/"),
+    ("render: highlighting (pygments)", r"/pygments/"),
+    ("render: app/render.py", r"app/render\.py"),
+    ("view: ChatView", r"app/components/chat\.py"),
+    ("FT -> HTML (fastcore to_xml)", r"/fastcore/|/fasthtml/"),
+    ("store: SQLite (sqlite.py, writer thread)", r"app/quanda/store/sqlite\.py"),
+    ("store: shared (base.py, subscription.py)", r"app/quanda/store/(base|subscription)\.py"),
+    ("core: reader, writer, validation", r"app/quanda/"),
+    ("follower (app/follow.py)", r"app/follow\.py"),
+    ("LLM driver (app/llm)", r"app/llm/"),
+    ("HTTP client (httpx, httpcore, h11, anyio)", r"/(httpx|httpcore|h11|anyio|sniffio)/"),
+    ("WebSocket send (uvicorn, websockets, zlib)", r"/(uvicorn|websockets|wsproto)/"),
+    ("app: ws, plugins, jobs", r"app/"),
+    ("asyncio event loop", r"/asyncio/"),
+    ("threading / queue", r"/(threading|queue)\.py"),
+]
+
+
+def parse(path: str):
+    for line in Path(path).read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if FRAME_RE.match(f)]
+        yield frames, int(count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("path")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    own, incl, areas = Counter(), Counter(), Counter()
+    total = 0
+    compiled = [(name, re.compile(p)) for name, p in AREAS]
+    for frames, count in parse(args.path):
+        total += count
+        if not frames:
+            areas["(native / idle)"] += count
+            continue
+        own[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+        for frame in reversed(frames):
+            name = next((n for n, p in compiled if p.search(frame)), None)
+            if name is not None:
+                areas[name] += count
+                break
+        else:
+            areas["other"] += count
+    if not total:
+        sys.exit("no samples")
+    print(f"{total:,} samples\n")
+    print(table(["area (innermost matching frame)", "share"],
+                [[a, f"{100 * c / total:.1f} %"] for a, c in areas.most_common()]))
+    print()
+
+    def short(frame: str) -> str:
+        m = FRAME_RE.match(frame)
+        path = m.group(2)
+        for marker in ("site-packages/", "/lib/python3", "/work/wt/perf/", "/work/main/"):
+            if marker in path:
+                path = path.split(marker, 1)[1]
+        return f"{m.group(1)} ({path}:{m.group(3)})"[:110]
+
+    print(table(["function (self)", "self", "incl."],
+                [[short(f), f"{100 * c / total:.1f} %", f"{100 * incl[f] / total:.1f} %"]
+                 for f, c in own.most_common(args.top)]))
+
+
+if __name__ == "__main__":
+    main()
