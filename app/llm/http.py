@@ -9,16 +9,19 @@ driver's state and hints, and are read together."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from .base import LLMDriver, LLMUnavailable
 from .events import RUN_CREATED, TOOLS_REJECTED, LLMEvent, error_event
+from .stream import post_stream
 from .tools import tool_names
 from .wire import LineSplitter, WireDecoder, error_message
 
@@ -77,6 +80,13 @@ class HTTPDriver(LLMDriver):
 
     def _headers(self) -> dict[str, str]:
         return {}
+
+    def _open_stream(self, url: str, body: dict) -> Any:
+        """The chat request's streaming response: read lean (app/llm/stream.py), unless an httpx client
+        was handed in or a proxy is configured, which only httpx knows how to use."""
+        if self._owns_client and not _proxied(url):
+            return post_stream(url, body, self._headers(), connect_s=min(self.stall_s, 10.0), stall_s=self.stall_s)
+        return self._client.stream("POST", url, json=body, headers=self._headers(), timeout=self._timeout)
 
     async def supports_tools(self, model: str) -> bool | None:
         """What the server's answers taught: False once it refused ``tools`` for ``model`` (and
@@ -156,9 +166,7 @@ class HTTPDriver(LLMDriver):
         decoder = self._decoder(offered)
         answered = False
         try:
-            async with self._client.stream(
-                "POST", url, json=body, headers=self._headers(), timeout=self._timeout
-            ) as resp:
+            async with self._open_stream(url, body) as resp:
                 answered = True
                 if resp.status_code >= 300:
                     raw = await _read_capped(resp)
@@ -288,6 +296,11 @@ def _may_refuse_tools(status: int, detail: str) -> bool:
     if 400 <= status < 500 or status == 501:
         return True
     return status >= 500 and _mentions_tools(detail)
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment asks for a proxy for `url` (httpx honours it; the lean reader does not)."""
+    return bool(urllib.request.getproxies()) and not urllib.request.proxy_bypass(urlsplit(url).hostname or "")
 
 
 async def _read_capped(resp: httpx.Response) -> bytes:
