@@ -7,7 +7,7 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.render import (
@@ -471,3 +471,32 @@ def test_highlighting_keeps_code_text_and_safety(language: str, code: str) -> No
     assert_safe(out)
     expected = code_text(render_markdown(f"````\n{code}````\n"))  # what mistune makes of the text (NUL, CR, ...)
     assert code_text(out) == expected
+
+
+@settings(max_examples=1500, deadline=None)
+@example(words=["with ", "**", "text ", "with ", "moves"], cap=400)
+@example(words=["settle", "` ", "code ", "answer"], cap=400)
+@given(words=st.lists(st.one_of(st.sampled_from(["a", "bc", "Déjà", "x1", "-", ",", ".", ":", "?", "!", " ", "  ",
+                                                  "**", "`", "~~", "_", "\n", "\n\n", "- ", "1. ", "# ", "|", "> ",
+                                                  "[", "](", ")", "<", "&", "\\", "    "]),
+                                 st.text(alphabet="ab .,-", max_size=6)), max_size=60),
+       cap=st.sampled_from([8, 24, 400]))
+def test_the_plain_words_fast_path_renders_exactly_what_parsing_would(words, cap):
+    """A piece that grew by plain words takes a fast path (no parsing): its HTML must be the parser's."""
+    import app.render.piece as piece
+    from app.render.stream import MarkdownStream
+
+    def tails(fast):
+        original = piece._Piece._grown_html
+        if not fast:
+            piece._Piece._grown_html = lambda self, text, closing: None
+        try:
+            stream, out = MarkdownStream(piece_cap=cap), []
+            for word in words:
+                stream.append(word)
+                stream.update()
+                out.append((stream.take_finished(), stream.tail_html()))
+            return out
+        finally:
+            piece._Piece._grown_html = original
+    assert tails(True) == tails(False)
