@@ -4,7 +4,7 @@ A job runs on one server and outlives the request and the tab that started it. I
 "job", keyed by the message id) names the server and when it expires; the server renews its leases every
 `lease_s / 4` seconds. A lease that expired belongs to a server that died: whichever live server sees it
 first claims it and hands the job to the plugin that runs its kind (`Plugin.recover`), which marks the
-message interrupted. At start-up, mutable messages of those kinds with no lease at all (left by a version
+message interrupted (a claim whose server died before it was done is open again `lease_s` later). At start-up, mutable messages of those kinds with no lease at all (left by a version
 without leases, or by a crash before the lease was written) are recovered the same way. Stop reaches a job
 on any server: the fact `job.stop` is published and the server holding it cancels it.
 """
@@ -128,11 +128,28 @@ class Jobs:
         for message_id, lease in await self.store.list_records(LEASE_KIND):
             if lease["expires"] >= now or message_id in self.tasks:
                 continue
-            claim = f"{message_id}:{lease['expires']}"
-            if await self.store.insert_record(REAP_KIND, claim, {"by": self.store.origin, "at": now}):
+            if await self._claim(message_id, lease, now):
                 log.warning("job %s of server %s expired: recovering it", message_id, lease["server"])
                 await self._recover(Job(lease["kind"], message_id, lease["owner"]))
-                await self.store.delete_record(LEASE_KIND, message_id)
+                if await self.store.get_record(LEASE_KIND, message_id) == lease:  # not a new job's (a Retry)
+                    await self.store.delete_record(LEASE_KIND, message_id)
+
+    async def _claim(self, message_id: str, lease: dict, now: float) -> bool:
+        """Whether this server recovers the job of this expired lease: once across servers, unless the server
+        that claimed it died before it was done (the lease still there `lease_s` after the claim), when the
+        next claim (one attempt later) is open to all."""
+        base = f"{message_id}:{lease['expires']}"
+        claims = [data for key, data in await self.store.list_records(REAP_KIND, prefix=base)
+                  if key == base or key.startswith(base + ":")]
+        attempt = 0
+        if claims:
+            last = max(claims, key=lambda c: c.get("attempt", 0))
+            if last["at"] > now - self.lease_s:
+                return False  # being recovered right now
+            attempt = last.get("attempt", 0) + 1
+        key = base if attempt == 0 else f"{base}:{attempt}"
+        return await self.store.insert_record(REAP_KIND, key, {"by": self.store.origin, "at": now,
+                                                               "attempt": attempt})
 
     async def recover_orphans(self) -> None:
         """Mutable messages of a job kind with no lease: written before leases existed, or a crash before
