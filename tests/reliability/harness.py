@@ -9,15 +9,18 @@ Short variants run in the default `python -m pytest`; `QUANDA_RELIABILITY_LONG=1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import httpx
+import websockets
 
 from app.quanda import open_store, replay
 
@@ -76,6 +79,55 @@ async def browser_cookie(url: str) -> str:
     async with httpx.AsyncClient(base_url=url, timeout=20) as client:
         await client.get("/")
         return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+
+
+class Tab:
+    """A browser tab's WebSocket (local mode: the machine's workspace) collecting every frame it gets."""
+
+    def __init__(self, url: str, cookie: str, page: str | None = "simulator"):
+        self.url, self.cookie, self.page = url, cookie, page
+        self.frames: list[str] = []
+        self.arrived = asyncio.Event()
+
+    async def __aenter__(self) -> "Tab":
+        self.ws = await websockets.connect(self.url.replace("http", "ws") + "/ws",
+                                           additional_headers={"Cookie": self.cookie}, max_size=None)
+        await self.send("view", page=self.page, streams={}, fresh=[])
+        self.task = asyncio.create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 2)
+
+    async def _collect(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed, OSError):
+            async for frame in self.ws:
+                self.frames.append(frame)
+                self.arrived.set()
+
+    async def send(self, action: str, **data) -> None:
+        await self.ws.send(json.dumps({"action": action, **data}))
+
+    def notices(self) -> list[str]:
+        return [re.sub(r"<[^>]+>", "", f) for f in self.frames if 'id="ws-notice"' in f]
+
+    async def wait_frame(self, pattern: str, timeout: float, what: str) -> re.Match:
+        start = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(start, len(self.frames)):
+                if m := re.search(pattern, self.frames[i]):
+                    return m
+            start = len(self.frames)
+            self.arrived.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{what}: no frame within {timeout:g} s; notices: {self.notices()[-3:]}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), remaining)
 
 
 # -- readers that record what they were given -------------------------------------------------------------------

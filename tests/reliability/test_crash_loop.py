@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
 import signal
 import time
 
 import httpx
 import pytest
-import websockets
 
 from tests.llm_server import LLMTestServer, Reply
-from tests.reliability.harness import (LONG, TOKEN, Ack, Acks, SSEReader, api_client, browser_cookie, check_store,
-                                       integrity, seeded, short, wait_token)
+from tests.reliability.harness import (LONG, TOKEN, Ack, Acks, SSEReader, Tab, api_client, browser_cookie,
+                                       check_store, integrity, seeded, short, wait_token)
 from tests.servers import AppServer
 
 pytestmark = pytest.mark.reliability
@@ -41,55 +38,6 @@ REPLY_TEXT = "".join(REPLY)
 SIM_CHUNKS = 250
 MARK_TIMEOUT = 30
 DONE_TIMEOUT = 60
-
-
-class Tab:
-    """A browser tab's WebSocket (local mode: the machine's workspace) collecting every frame it gets."""
-
-    def __init__(self, url: str, cookie: str):
-        self.url, self.cookie = url, cookie
-        self.frames: list[str] = []
-        self.arrived = asyncio.Event()
-
-    async def __aenter__(self) -> "Tab":
-        self.ws = await websockets.connect(self.url.replace("http", "ws") + "/ws",
-                                           additional_headers={"Cookie": self.cookie}, max_size=None)
-        await self.send("view", page="simulator", streams={}, fresh=[])
-        self.task = asyncio.create_task(self._collect())
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 2)
-
-    async def _collect(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed, OSError):
-            async for frame in self.ws:
-                self.frames.append(frame)
-                self.arrived.set()
-
-    async def send(self, action: str, **data) -> None:
-        await self.ws.send(json.dumps({"action": action, **data}))
-
-    def notices(self) -> list[str]:
-        return [re.sub(r"<[^>]+>", "", f) for f in self.frames if 'id="ws-notice"' in f]
-
-    async def wait_frame(self, pattern: str, timeout: float, what: str) -> re.Match:
-        start = 0
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(start, len(self.frames)):
-                if m := re.search(pattern, self.frames[i]):
-                    return m
-            start = len(self.frames)
-            self.arrived.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{what}: no frame within {timeout:g} s; notices: {self.notices()[-3:]}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), remaining)
 
 
 class World:
