@@ -12,6 +12,9 @@
   meets it — FastHTML parses every body it routes, so these limits must hold before it does.
 - Every response carries a Content-Security-Policy without inline script, `X-Content-Type-Options`
   and `Referrer-Policy: no-referrer`.
+- A body FastHTML cannot parse (400), a route that does not exist (404), a method a route does not take
+  (405, with `Allow`): answered in JSON under /api/ (the API answers in JSON, errors included), in plain text
+  elsewhere (`http_error`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,23 @@ async def send_json(send: Callable, status: int, payload: dict[str, Any]) -> Non
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *SECURITY_HEADERS]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def http_error(request: Any, exc: Any) -> Any:
+    """400 (a body FastHTML could not parse), 404 and 405 (raised by the router): JSON for the HTTP API, plain
+    text for pages."""
+    from starlette.responses import JSONResponse, PlainTextResponse
+
+    status, headers = exc.status_code, getattr(exc, "headers", None) or {}
+    if status == 405:
+        message = f"{request.method} is not allowed here; allowed: {headers.get('Allow', 'none')}"
+    elif status == 400:
+        message = f"the body is not acceptable: {str(getattr(exc, 'detail', ''))[:200]}"
+    else:
+        message = "no such route" if status == 404 else "the request was refused"
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return PlainTextResponse(f"{status} {message}", status_code=status, headers=headers)
 
 
 def host_name(host: str) -> str:

@@ -27,7 +27,7 @@ from app.components.chat import ChatSidebar
 from app.components.layout import Menu, Notice, Page, PageContent
 from app.config import Settings
 from app.context import AppContext, Handle
-from app.door import Door
+from app.door import Door, http_error
 from app.migrate import migrate
 from app.jobs import Job, Jobs
 from app.llm import make_driver
@@ -171,6 +171,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
                    title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
+                   exception_handlers={400: http_error, 404: http_error, 405: http_error},
                    middleware=[Middleware(Door, host_names=settings.host_names)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]

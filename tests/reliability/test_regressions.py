@@ -48,3 +48,33 @@ async def test_a_server_killed_while_it_recovers_a_dead_servers_job_leaves_it_to
     assert await alive.get_record(LEASE_KIND, message_id) is None
     for store in (dead, dying, alive):
         await store.close()
+
+
+@pytest.fixture
+async def api(tmp_path):
+    """The app in process, the HTTP API with a bearer token."""
+    import httpx
+
+    from app.config import Settings
+    from app.server import create_app
+
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path}/quanda.db", api_token="t", secret="s" * 40))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
+                                     headers={"Authorization": "Bearer t"}) as client:
+            yield client
+
+
+async def test_the_api_answers_a_wrong_method_an_unknown_route_and_an_unparsable_body_in_json(api):
+    """Protocol abuse: FastHTML's router and body parser answered these in plain text ("Method Not Allowed",
+    an empty 404, "Invalid JSON body"), where an API client expects the JSON error of every other refusal."""
+    r = await api.delete("/api/messages")
+    assert (r.status_code, r.headers["allow"], r.json()) == (405, "POST", {
+        "error": "DELETE is not allowed here; allowed: POST"})
+    r = await api.get("/api/no-such-route")
+    assert (r.status_code, r.json()) == (404, {"error": "no such route"})
+    r = await api.post("/api/messages", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (400, {"error": "the body is not acceptable: Invalid JSON body"})
+    r = await api.put("/")  # pages keep plain text
+    assert r.status_code == 405 and r.headers["content-type"].startswith("text/plain")
+
