@@ -78,3 +78,9 @@ async def test_the_api_answers_a_wrong_method_an_unknown_route_and_an_unparsable
     r = await api.put("/")  # pages keep plain text
     assert r.status_code == 405 and r.headers["content-type"].startswith("text/plain")
 
+
+async def test_an_error_about_an_id_never_echoes_a_long_one(api):
+    """Protocol abuse: GET /api/messages/<5,000 characters> answered with all 5,000 in its error."""
+    r = await api.get("/api/messages/" + "a" * 5000)
+    assert r.status_code == 404 and len(r.content) < 200, r.text[:300]
+    assert r.json()["error"].startswith("no message with id 'aaaaaaaaa") and "…" in r.json()["error"]
