@@ -4,9 +4,10 @@ A job runs on one server and outlives the request and the tab that started it. I
 "job", keyed by the message id) names the server and when it expires; the server renews its leases every
 `lease_s / 4` seconds. A lease that expired belongs to a server that died: whichever live server sees it
 first claims it and hands the job to the plugin that runs its kind (`Plugin.recover`), which marks the
-message interrupted (a claim whose server died before it was done is open again `lease_s` later). At start-up, mutable messages of those kinds with no lease at all (left by a version
-without leases, or by a crash before the lease was written) are recovered the same way. Stop reaches a job
-on any server: the fact `job.stop` is published and the server holding it cancels it.
+message interrupted (a claim whose server died before it was done is open again `lease_s` later). At
+start-up, mutable messages of those kinds with no lease at all (left by a version without leases, or by a
+crash before the lease was written) are recovered the same way. Stop reaches a job on any server: the fact
+`job.stop` is published and the server holding it cancels it.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ CHECK_DOM = """
       if (!allowedTags.includes(el.tagName)) { problems.push('element in text: ' + show(el)); continue; }
       if (el.tagName === 'BUTTON' && !el.classList.contains('md-copy')) problems.push('button in text: ' + show(el));
       for (const a of el.attributes)
-        if (!allowedAttrs.includes(a.name.toLowerCase())) problems.push('attribute in text: ' + a.name + ': ' + show(el));
+        if (!allowedAttrs.includes(a.name.toLowerCase()))
+          problems.push('attribute in text: ' + a.name + ': ' + show(el));
     }
   }
   const id = document.querySelectorAll('#msg-list').length;
@@ -206,7 +207,8 @@ async def test_vectors_as_drafts_questions_and_streamed_answers(server, watched,
     w = watched
     for k, group in enumerate(batches(numbered(), BATCH), start=1):
         text = "\n\n".join(marked(i, v) for i, v in group)
-        answer = await ask(w, script, k, f"Q{k}\n\n{text}", Reply(chunks=pieces(f"A{k}\n\n{text}"), delay=0.001))
+        answer = await ask(w, script, k, f"Q{k}\n\n{text}",
+                           Reply(chunks=pieces(f"A{k}\n\n{text}"), delay=0.001))
         for marker in markers(i for i, _v in group):
             await expect(answer).to_contain_text(marker)
             await expect(w.page.locator("#msg-list li.msg.q").last).to_contain_text(marker)
