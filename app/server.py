@@ -26,12 +26,13 @@ from app.components.auth import AccountBar, LoginPage
 from app.components.chat import ChatSidebar
 from app.components.layout import Menu, Notice, Page, PageContent
 from app.config import Settings
-from app.context import AppContext, Handle
+from app.context import AppContext, ClientError, Handle
 from app.door import Door, http_error
 from app.migrate import migrate
 from app.jobs import Job, Jobs
 from app.llm import make_driver
 from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
+from app.ratelimit import Limits
 from app.quanda import open_store
 from app.ws import FrameGuard, Hub
 
@@ -141,6 +142,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                "QUANDA_AUTH=accounts (users log in) — local mode is for loopback only")
         log.warning("binding to %s: anyone who can reach this address can try to log in", settings.host)
     throttle = LoginThrottle()
+    limits = Limits(settings.ws_frames_per_s, settings.ws_owner_frames_per_s, settings.ws_max_per_owner,
+                    settings.ws_max_per_address)
 
     async def lifespan(app):
         own_store = store is None
@@ -153,7 +156,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         await migrate(the_store, settings.accounts)
         ctx.jobs = Jobs(the_store, settings.job_lease_s, host.recoverers(ctx))
         hub = Hub(the_store, {a: h for p in plugins for a, h in p.ws_handlers.items()},
-                  {role: v for p in plugins for role, v in p.stream_views.items()}, host.render_fact, ctx.handle)
+                  {role: v for p in plugins for role, v in p.stream_views.items()}, host.render_fact, ctx.handle,
+                  limits)
         app.state.ctx, app.state.hub = ctx, hub
         for plugin in plugins:
             if plugin.startup is not None:
@@ -172,7 +176,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
                    title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
                    exception_handlers={400: http_error, 404: http_error, 405: http_error},
-                   middleware=[Middleware(Door, host_names=settings.host_names)])
+                   middleware=[Middleware(Door, host_names=settings.host_names,
+                                          handshakes_per_s=settings.ws_handshakes_per_s)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]
     by_name = {p.name: p for p in plugins}
@@ -273,12 +278,17 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
             await ws.send_text(to_xml(Notice("signed out: reload the page to sign in"), indent=False))
             await ws.close(code=1008)
             return
-        ws.app.state.hub.connect(ws, owner, session.get(LOGIN_KEY) if isinstance(session, dict) else None)
+        try:
+            ws.app.state.hub.connect(ws, owner, session.get(LOGIN_KEY) if isinstance(session, dict) else None,
+                                     ws.client.host if ws.client else "")
+        except ClientError as exc:  # too many open: the tab's ws extension retries later (1013)
+            await ws.send_text(to_xml(Notice(str(exc)), indent=False))
+            await ws.close(code=1013)
 
     async def on_disconnect(ws):
         ws.app.state.hub.disconnect(ws)
 
-    @app.ws("/ws", conn=on_connect, disconn=on_disconnect, middleware=[Middleware(FrameGuard)])
+    @app.ws("/ws", conn=on_connect, disconn=on_disconnect, middleware=[Middleware(FrameGuard, limits=limits)])
     async def ws_receive(ws, data: dict):
         await ws.app.state.hub.receive(ws, data)
 
