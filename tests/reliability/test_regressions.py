@@ -84,3 +84,37 @@ async def test_an_error_about_an_id_never_echoes_a_long_one(api):
     r = await api.get("/api/messages/" + "a" * 5000)
     assert r.status_code == 404 and len(r.content) < 200, r.text[:300]
     assert r.json()["error"].startswith("no message with id 'aaaaaaaaa") and "…" in r.json()["error"]
+
+
+async def test_a_postgresql_connection_left_mid_operation_is_a_store_error_and_is_dropped():
+    """A dead database: after PostgreSQL stopped mid-answer, a pooled connection raised asyncpg's
+    InternalClientError ("cannot switch to state 11; another operation (2) is in progress"), which was not
+    translated: it killed the watcher that polls for other servers' writes ("Task exception was never
+    retrieved"), and the broken connection went back to the pool."""
+    asyncpg = pytest.importorskip("asyncpg")
+    import contextlib
+
+    from app.quanda import QuandaStoreError
+    from app.quanda.store.postgres import PostgresStore
+
+    class StuckConnection:
+        terminated = False
+
+        async def fetch(self, *args):
+            raise asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is in progress")
+
+        def terminate(self):
+            self.terminated = True
+
+    conn = StuckConnection()
+
+    class Pool:
+        @contextlib.asynccontextmanager
+        async def acquire(self):
+            yield conn
+
+    store = PostgresStore("postgresql://nobody@127.0.0.1:1/none")
+    store._pool = Pool()
+    with pytest.raises(QuandaStoreError, match="InternalClientError"):
+        await store._poll_last_seqs(["0123456789abcdef01234567"])
+    assert conn.terminated
