@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
 from app.ownership import owner_of
-from app.quanda import QuandaError, QuandaStore
+from app.quanda import QuandaError, QuandaStore, QuandaStoreError
 
 log = logging.getLogger("quanda.jobs")
 
@@ -39,8 +39,8 @@ Recover = Callable[[Job], Awaitable[None]]
 
 
 class Jobs:
-    def __init__(self, store: QuandaStore, lease_s: float, recoverers: Mapping[str, Recover]):
-        self.store, self.lease_s, self.recoverers = store, lease_s, dict(recoverers)
+    def __init__(self, store: QuandaStore, lease_s: float, recoverers: Mapping[str, Recover], health: Any = None):
+        self.store, self.lease_s, self.recoverers, self.health = store, lease_s, dict(recoverers), health
         self.tasks: dict[str, asyncio.Task] = {}
         self._jobs: dict[str, Job] = {}
         self._loop_task: asyncio.Task | None = None
@@ -65,6 +65,11 @@ class Jobs:
     async def _run(self, job: Job, work: Coroutine[Any, Any, Any]) -> None:
         try:
             await work
+        except QuandaError as exc:  # a failure the job could not even record (the store gone): its lease,
+            log.error("job %s ended early: %s", job.message_id, exc)  # left behind, has it marked later
+            self._store_failed(exc)
+        except Exception:  # noqa: BLE001 - a plugin's bug: logged here, since no one awaits a job
+            log.exception("job %s failed", job.message_id)
         finally:
             self.tasks.pop(job.message_id, None)
             self._jobs.pop(job.message_id, None)
@@ -122,6 +127,11 @@ class Jobs:
                 await self.reap()
             except QuandaError as exc:
                 log.warning("job leases: %s", exc)
+                self._store_failed(exc)
+
+    def _store_failed(self, exc: QuandaError) -> None:
+        if isinstance(exc, QuandaStoreError) and self.health is not None:
+            self.health.failed(exc)
 
     async def reap(self) -> None:
         """Recover every job whose lease expired (its server died), once across all servers."""

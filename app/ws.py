@@ -86,9 +86,12 @@ class Hub:
     """Every open connection of this server, grouped by owner."""
 
     def __init__(self, store: Any, handlers: dict[str, Handler], views: dict[str, ViewFactory],
-                 render_fact: FactRenderer, handle: HandleFactory, limits: Limits | None = None):
+                 render_fact: FactRenderer, handle: HandleFactory, limits: Limits | None = None,
+                 health: Any = None):
         self.store, self.views, self.render_fact, self.handle = store, views, render_fact, handle
-        self.limits = limits
+        self.limits, self.health = limits, health
+        if health is not None:
+            health.listen(self.on_store_health)
         self.handlers: dict[str, Handler] = {"follow": self._on_follow, "view": self._on_view, **handlers}
         self.owners: dict[str, set[Connection]] = {}
         self.connections: dict[Any, Connection] = {}
@@ -174,6 +177,12 @@ class Hub:
                     text = "".join(to_xml(f, indent=False) for f in fragments)
                     await asyncio.gather(*(tab.send_text(text) for tab in tabs))
 
+    async def on_store_health(self, ok: bool) -> None:
+        """Every tab here hears when the database goes away and when it is back."""
+        notice = Notice(STORE_BACK, kind="info") if ok else Notice(STORE_DOWN)
+        text = to_xml(notice, indent=False)
+        await asyncio.gather(*(conn.send_text(text) for conn in list(self.connections.values())))
+
     # -- incoming frames ------------------------------------------------------------------------------------
 
     async def receive(self, ws: Any, data: dict) -> None:
@@ -195,6 +204,8 @@ class Hub:
             await conn.send(Notice(str(exc)))
         except QuandaError as exc:
             log.warning("action %s failed: %s", action, exc)
+            if isinstance(exc, QuandaStoreError) and self.health is not None:
+                self.health.failed(exc)
             await conn.send(Notice(user_text(exc)))
 
     async def _on_view(self, conn: Connection, data: dict) -> None:
@@ -252,6 +263,11 @@ class Hub:
         self._joinable[key] = follower
         follower.task.add_done_callback(lambda _t: self._joinable.get(key) is follower and self._joinable.pop(key))
         return follower
+
+
+STORE_DOWN = ("The database is unavailable: nothing new can be saved, and an answer being written has stopped. "
+              "Quanda keeps trying and says so here when it is back.")
+STORE_BACK = "The database is back. An answer that was cut short can be retried."
 
 
 def user_text(exc: QuandaError) -> str:

@@ -118,3 +118,74 @@ async def test_a_postgresql_connection_left_mid_operation_is_a_store_error_and_i
     with pytest.raises(QuandaStoreError, match="InternalClientError"):
         await store._poll_last_seqs(["0123456789abcdef01234567"])
     assert conn.terminated
+
+
+async def test_a_job_ending_on_a_store_failure_marks_the_store_down_and_raises_nothing_unretrieved(tmp_path):
+    """A dead database: an answer whose store failed under it ended with the exception escaping its task ("Task
+    exception was never retrieved", a traceback in the log), and no one was told."""
+    from app.quanda import QuandaStoreError
+
+    class Health:
+        problems: list = []
+
+        def failed(self, problem):
+            self.problems.append(str(problem))
+
+    store = await open_store(f"sqlite:///{tmp_path}/quanda.db")
+    jobs = Jobs(store, 5.0, {}, health=Health())
+
+    async def dies():
+        raise QuandaStoreError("SQLite write failed: OperationalError: disk I/O error")
+
+    task = await jobs.start("assistant", "0123456789abcdef01234567", "owner", dies())
+    await asyncio.wait_for(task, 5)
+    assert task.exception() is None and Health.problems == ["SQLite write failed: OperationalError: disk I/O error"]
+    await store.close()
+
+
+async def test_every_tab_is_told_when_the_database_goes_away_and_when_it_is_back(monkeypatch):
+    """A dead database: a tab watching an answer saw it stop, with no word of why, and nothing when the
+    database was back."""
+    import app.health
+    from app.health import StoreHealth
+    from app.ws import STORE_BACK, STORE_DOWN, Hub
+
+    monkeypatch.setattr(app.health, "PROBE_EVERY_S", 0.01)
+
+    class Store:
+        origin, records, dead = "me", {}, True
+
+        async def put_record(self, kind, key, data):
+            if self.dead:
+                raise OSError("disk I/O error")
+            self.records[key] = data
+
+        async def get_record(self, kind, key):
+            return self.records.get(key)
+
+    class Socket:
+        def __init__(self):
+            self.scope, self.sent, self.got = {}, [], asyncio.Event()
+
+        async def send_text(self, text):
+            self.sent.append(text)
+            self.got.set()
+
+    store = Store()
+    health = StoreHealth(store)
+    hub = Hub(store, {}, {}, None, None, health=health)
+    tabs = [Socket(), Socket()]
+    for i, tab in enumerate(tabs):
+        hub.connect(tab, f"owner{i}")
+    assert await health.check() == "the database does not accept writes"
+    for tab in tabs:
+        await asyncio.wait_for(tab.got.wait(), 5)
+        tab.got.clear()
+        assert STORE_DOWN in tab.sent[-1]
+    health.failed("again")  # already down: nobody is told twice
+    store.dead = False
+    for tab in tabs:
+        await asyncio.wait_for(tab.got.wait(), 5)
+        assert len(tab.sent) == 2 and STORE_BACK in tab.sent[-1] and 'class="notice info"' in tab.sent[-1]
+    assert health.ok
+    await health.close()
