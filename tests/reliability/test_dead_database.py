@@ -1,7 +1,8 @@
-"""A dead database under a running server, mid-answer: the SQLite file's directory made read-only, the disk
-full, PostgreSQL stopped. The user must see a clear message, `/-/health` must say 503 while the database is
-gone, nothing acknowledged may be lost, and the app must recover by itself once the database is back: health
-200 again, the cut answer marked so that Retry completes it, new actions working.
+"""A dead or slow database under a running server, mid-answer: the SQLite file's directory made read-only, the
+disk full, PostgreSQL stopped, the disk frozen. The user must see a clear message, `/-/health` must say 503
+while the database is gone, nothing acknowledged may be lost, and the app must recover by itself once the
+database is back: health 200 again, the cut answer marked so that Retry completes it, new actions working
+(a frozen disk only delays: the answer goes on where it paused).
 
 How each is made (this machine's tests run as root, where plain permissions stop nothing):
 - read-only: the database's directory, file and WAL on a loop-mounted ext4 image get the immutable attribute
@@ -9,7 +10,8 @@ How each is made (this machine's tests run as root, where plain permissions stop
   alone: SQLite maps it, and a mapped page that cannot be written kills the process with SIGBUS);
 - disk full: a small loop-mounted ext4 image (no blocks reserved for root) filled to its last block;
 - PostgreSQL: a private cluster (`pg_createcluster` on a free port; the shared server on 5432 is never
-  touched), stopped with `pg_ctlcluster … stop -m fast` and started again.
+  touched), stopped with `pg_ctlcluster … stop -m fast` and started again;
+- slow: the loop-mounted filesystem frozen (`fsfreeze`): every write waits until it is thawed.
 MongoDB cannot run on this machine (no server package, downloads blocked): that case is not tested here.
 Each skips, saying why, where the machine does not allow it (not root, no loop device, no PostgreSQL)."""
 
@@ -67,6 +69,7 @@ class LoopDisk:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.thaw()  # first: a frozen filesystem cannot be unmounted, and its writers wait for ever
         self.writable()
         run("umount", str(self.path), check=False).returncode == 0 or run("umount", "-l", str(self.path))
         self.image.unlink(missing_ok=True)
@@ -94,6 +97,15 @@ class LoopDisk:
         if self.frozen:
             run("chattr", "-i", *map(str, self.frozen))
             self.frozen = []
+
+    def freeze(self) -> None:
+        self.freezing = True
+        run("fsfreeze", "-f", str(self.path))
+
+    def thaw(self) -> None:
+        if getattr(self, "freezing", False):
+            run("fsfreeze", "-u", str(self.path))
+            self.freezing = False
 
 
 class PrivateCluster:
@@ -205,3 +217,46 @@ async def test_postgresql_stopped_mid_answer(tmp_path, llm):
     with PrivateCluster() as pg:
         seen = await outage(tmp_path, llm, pg.url, pg.stop, pg.start)
     print(f"\n[dead database] PostgreSQL stopped: {seen}")
+
+
+async def test_sqlite_on_a_frozen_disk_mid_answer(tmp_path, llm):
+    """Slow, not dead: every write waits. The server keeps serving what needs no write, `/-/health` says 503
+    once its round trip has waited 5 s, the page is told; thawed, the answer goes on where it paused."""
+    if shutil.which("fsfreeze") is None:
+        pytest.skip("fsfreeze is not installed")
+    with LoopDisk(tmp_path) as disk:
+        db_url = f"sqlite:///{disk.path}/quanda.db"
+        workdir = tmp_path / "work"
+        workdir.mkdir()
+        server = AppServer(workdir, QUANDA_DB_URL=db_url, QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
+                           OLLAMA_MODEL="quanda-test", QUANDA_JOB_LEASE_S="2").start()
+        acks = Acks()
+        try:
+            async with api_client(server.url) as client, \
+                    Tab(server.url, await browser_cookie(server.url), page="todo") as tab:
+                q = (await client.post("/api/messages", json={"role": "q", "content": "count"})).json()["id"]
+                answer = (await client.post(f"/api/messages/{q}/answer", json={})).json()["answer_id"]
+                reader = SSEReader(client, answer, acks)
+                assert await acks.wait_count(30, TIMEOUT), f"only {acks.count} tokens"
+                await asyncio.to_thread(disk.freeze)
+                try:
+                    paused_at = acks.count
+                    await eventually(lambda: _is(health(client), 503), TIMEOUT, "/-/health says 503")
+                    await tab.wait_frame(r"database is unavailable", TIMEOUT, "the page told")
+                    async with asyncio.timeout(2):  # what needs no write is still served at once
+                        assert (await client.get("/-/plugins")).status_code == 200
+                        assert (await client.get(f"/api/messages/{answer}")).status_code == 200
+                    await asyncio.sleep(OUTAGE_S)  # the outage itself, not a wait for anything
+                    assert acks.count - paused_at < 5, "writes went on on a frozen disk"
+                finally:
+                    await asyncio.to_thread(disk.thaw)
+                await eventually(lambda: _is(health(client), 200), TIMEOUT, "/-/health back to 200 by itself")
+                await tab.wait_frame(r"database is back", TIMEOUT, "the page told it is back")
+                await reader.wait(TIMEOUT, "the answer, going on where it paused")
+                state = (await client.get(f"/api/messages/{answer}")).json()
+                assert state["immutable"] and state["content"] == "".join(REPLY), short(state)
+        finally:
+            server.stop()
+        assert not (found := tracebacks(server.log_text())), found[0][:4000]
+        await check_store(db_url, acks)
+    print(f"\n[dead database] SQLite frozen disk: {acks.count} tokens acknowledged, the answer complete")
