@@ -119,6 +119,19 @@ class Watched:
         problems += [f"popup {p}" for p in self.popups]
         assert not problems, f"{where}: {len(problems)} problem(s):\n" + "\n".join(problems[:30])
 
+    async def shown(self, texts: list[str], *selectors: str) -> None:
+        """Until each text is in one element of each selector (as text, wherever it came from)."""
+        try:
+            await self.page.wait_for_function(
+                "([texts, selectors]) => selectors.every(sel => { const shown = [...document.querySelectorAll(sel)]"
+                ".map(e => e.textContent); return texts.every(t => shown.some(s => s.includes(t))); })",
+                arg=[texts, list(selectors)], timeout=EXPECT_MS)
+        except Exception:
+            missing = await self.page.evaluate(
+                "([texts, selectors]) => selectors.flatMap(sel => texts.filter(t => ![...document.querySelectorAll("
+                "sel)].some(e => e.textContent.includes(t))).map(t => sel + ' ' + t))", [texts, list(selectors)])
+            raise AssertionError(f"not shown within {EXPECT_MS} ms: {missing[:10]}") from None
+
     async def reload_and_check(self, where: str) -> None:
         await self.page.reload()
         await expect(self.page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
@@ -209,9 +222,7 @@ async def test_vectors_as_drafts_questions_and_streamed_answers(server, watched,
         text = "\n\n".join(marked(i, v) for i, v in group)
         answer = await ask(w, script, k, f"Q{k}\n\n{text}",
                            Reply(chunks=pieces(f"A{k}\n\n{text}"), delay=0.001))
-        for marker in markers(i for i, _v in group):
-            await expect(answer).to_contain_text(marker)
-            await expect(w.page.locator("#msg-list li.msg.q").last).to_contain_text(marker)
+        await w.shown(markers(i for i, _v in group), "#msg-list li.msg.assistant", "#msg-list li.msg.q")
         await w.check(f"question and answer {k}")
     for j, split in enumerate(SPLIT, start=1000):  # the dangerous part arrives in a later token
         answer = await ask(w, script, j, f"Q{j} split", Reply(chunks=[f"S{j} ", *split], delay=0.03))
@@ -230,11 +241,7 @@ async def test_vectors_as_todo_names_and_the_event_lines_echoing_them(server, wa
         for group in batches(names, BATCH):
             for _i, name in group:
                 await tab.send("todo.add", name=name)
-            for marker in markers(i for i, _n in group):
-                await expect(w.page.locator("#todo-list .todo-name").filter(has_text=marker)).to_have_count(
-                    1, timeout=EXPECT_MS)
-                await expect(w.page.locator("#msg-list .event-line").filter(has_text=marker)).to_have_count(
-                    1, timeout=EXPECT_MS)
+            await w.shown(markers(i for i, _n in group), "#todo-list .todo-name", "#msg-list .event-line")
             await w.check("todo names and event lines")
     await w.reload_and_check("todo names and event lines")
     # the names come back into the edit boxes as values, never as markup (as HTML parses text: a text input
@@ -258,9 +265,7 @@ async def test_vectors_as_command_arguments_and_their_result_lines(server, watch
     for k, group in enumerate(batches(commands, min(BATCH, 20)), start=2000):
         text = "\n\n".join("```json\n" + json.dumps(c) + "\n```" for _i, c in group)
         await ask(w, script, k, f"Q{k} commands", Reply(chunks=pieces(text, 16)))
-        for marker in markers(i for i, _c in group):
-            await expect(w.page.locator("#msg-list .event-line").filter(has_text=marker).first).to_be_attached(
-                timeout=EXPECT_MS)
+        await w.shown(markers(i for i, _c in group), "#msg-list .event-line")
         await w.check(f"command result lines {k}")
     await w.reload_and_check("command result lines")
 
