@@ -87,13 +87,17 @@ class Socket:
         probe = f"probe-{next(self.probes)}"
         await self.ws.send(frame)
         await self.ws.send(json.dumps({"action": probe}))
-        got = []
-        async with asyncio.timeout(ANSWER_TIMEOUT):
-            while True:
-                answer = await self.ws.recv()
-                if f"unknown action '{probe}'" in answer:
-                    return got
-                got.append(answer)
+        got: list[str] = []
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                while True:
+                    answer = await self.ws.recv()
+                    if f"unknown action '{probe}'" in answer:
+                        return got
+                    got.append(answer)
+        except TimeoutError:
+            raise AssertionError(f"no answer to the probe after {str(frame)[:80]!r} within {ANSWER_TIMEOUT} s; "
+                                 f"got {[a[:100] for a in got]}") from None
 
 
 def notices(answers: list[str]) -> list[str]:
@@ -262,9 +266,12 @@ class Others:
                 probe = f"rt-{k}-{n}"
                 asked, sent = time.monotonic(), time.perf_counter()
                 await ws.send(json.dumps({"action": probe}))
-                async with asyncio.timeout(ANSWER_TIMEOUT):
-                    while probe not in await ws.recv():
-                        pass
+                try:
+                    async with asyncio.timeout(ANSWER_TIMEOUT):
+                        while probe not in await ws.recv():
+                            pass
+                except TimeoutError:
+                    raise AssertionError(f"another user's probe unanswered within {ANSWER_TIMEOUT} s") from None
                 samples.append((asked, time.perf_counter() - sent))
                 n += 1
                 await asyncio.sleep(max(0.0, start + n / self.rate - time.monotonic()))  # pacing the probes
