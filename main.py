@@ -6,6 +6,12 @@ import uvicorn
 
 from app.config import Settings
 from app.server import create_app
+from app.ws import MAX_CLIENT_FRAME_BYTES
+
+# uvicorn reads a whole frame before the app sees it (by default up to 16 MiB): a frame over the app's own
+# limit (MAX_CLIENT_FRAME_BYTES) is answered with a notice up to WS_MAX_SIZE, beyond which the socket is
+# closed (1009, message too big)
+WS_MAX_SIZE = 16 * MAX_CLIENT_FRAME_BYTES
 
 # On shutdown, requests in flight get this long to finish; then open streams (SSE followers, which never end by
 # themselves) are cut, their clients reconnect to the next server, and the jobs are stopped and marked.
@@ -16,7 +22,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=WS_MAX_SIZE)
 
 
 if __name__ == "__main__":

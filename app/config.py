@@ -63,6 +63,20 @@ class Settings:
     job_lease_s: float = field(default=10.0, metadata={"env": "QUANDA_JOB_LEASE_S",
                                "doc": "Seconds a running answer or simulator run is held without a heartbeat "
                                       "before another server marks it interrupted"})
+    ws_frames_per_s: float = field(default=20.0, metadata={"env": "QUANDA_WS_FRAMES_PER_S",
+                                   "doc": "WebSocket messages one tab may send per second (bursts of twice as many); "
+                                          "more wait their turn, and a tab kept over the rate for 10 s is closed"})
+    ws_owner_frames_per_s: float = field(default=50.0, metadata={"env": "QUANDA_WS_OWNER_FRAMES_PER_S",
+                                         "doc": "WebSocket messages one workspace may send per second over all "
+                                                "its tabs on one server (bursts of twice as many)"})
+    ws_max_per_owner: int = field(default=100, metadata={"env": "QUANDA_WS_MAX_PER_OWNER",
+                                  "doc": "WebSocket connections (tabs) one workspace may have open on one server; "
+                                         "one more is refused (close code 1013: the tab retries later)"})
+    ws_max_per_address: int = field(default=200, metadata={"env": "QUANDA_WS_MAX_PER_ADDRESS",
+                                    "doc": "WebSocket connections one client address may have open on one server"})
+    ws_handshakes_per_s: float = field(default=20.0, metadata={"env": "QUANDA_WS_HANDSHAKES_PER_S",
+                                       "doc": "WebSocket handshakes one client address may make per second (bursts "
+                                              "of three times as many); one more is answered 429"})
     test_crash_at: str = field(default="", metadata={"env": "QUANDA_TEST_CRASH_AT",
                                "doc": "Test only: kill the process at a named point of running a command "
                                       "(after_claim, after_effect, before_result_line); inert when unset"})

@@ -5,22 +5,29 @@
 - A WebSocket handshake whose `Origin` is not the app's own (scheme, host and port) is refused; so is a
   state-changing HTTP request (POST, PUT, PATCH, DELETE) from another origin (`Sec-Fetch-Site` other than
   same-origin, or a foreign `Origin`), or one that carries the session cookie without saying where it
-  comes from. A page on another port of 127.0.0.1 is the same *site*
-  (SameSite cookies go with it), so this check is what stops it. Bearer-token calls need no Origin.
+  comes from. A page on another port of 127.0.0.1 is the same *site* (SameSite cookies go with it), so
+  this check is what stops it. Bearer-token calls need no Origin.
+- A WebSocket handshake over its client address's rate (QUANDA_WS_HANDSHAKES_PER_S, app/ratelimit.py) is
+  answered 429 before a session is read.
 - The HTTP API's bodies must be `application/json` (415 otherwise); every body is read once, up to
   MAX_BODY_BYTES (413 beyond), and JSON nested deeper than the limit is refused (400) before any parser
   meets it — FastHTML parses every body it routes, so these limits must hold before it does.
 - Every response carries a Content-Security-Policy without inline script, `X-Content-Type-Options`
   and `Referrer-Policy: no-referrer`.
+- A body FastHTML cannot parse (400), a route that does not exist (404), a method a route does not take
+  (405, with `Allow`): answered in JSON under /api/ (the API answers in JSON, errors included), in plain text
+  elsewhere (`http_error`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Callable
 
 from app.client_json import MAX_DEPTH, nesting_depth
+from app.ratelimit import Handshakes
 
 log = logging.getLogger("quanda.door")
 
@@ -41,6 +48,23 @@ async def send_json(send: Callable, status: int, payload: dict[str, Any]) -> Non
     await send({"type": "http.response.body", "body": body})
 
 
+async def http_error(request: Any, exc: Any) -> Any:
+    """400 (a body FastHTML could not parse), 404 and 405 (raised by the router): JSON for the HTTP API, plain
+    text for pages."""
+    from starlette.responses import JSONResponse, PlainTextResponse
+
+    status, headers = exc.status_code, getattr(exc, "headers", None) or {}
+    if status == 405:
+        message = f"{request.method} is not allowed here; allowed: {headers.get('Allow', 'none')}"
+    elif status == 400:
+        message = f"the body is not acceptable: {str(getattr(exc, 'detail', ''))[:200]}"
+    else:
+        message = "no such route" if status == 404 else "the request was refused"
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return PlainTextResponse(f"{status} {message}", status_code=status, headers=headers)
+
+
 def host_name(host: str) -> str:
     """The name part of a Host header ("[::1]:5001" -> "[::1]", "Example.COM:80" -> "example.com")."""
     host = host.strip().lower()
@@ -50,8 +74,11 @@ def host_name(host: str) -> str:
 
 
 class Door:
-    def __init__(self, app: Any, host_names: set[str], max_bytes: int = MAX_BODY_BYTES):
+    def __init__(self, app: Any, host_names: set[str], max_bytes: int = MAX_BODY_BYTES,
+                 handshakes_per_s: float = 20.0):
         self.app, self.host_names, self.max_bytes = app, host_names, max_bytes
+        self.handshakes = Handshakes(handshakes_per_s)
+        self._refused_at = 0.0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -67,6 +94,14 @@ class Door:
             if origin and origin != own_origin:
                 log.warning("refused a WebSocket from origin %r", origin[:80])
                 return await self.refuse(scope, send, 403, "")
+            address = (scope.get("client") or ("", 0))[0]
+            now = time.monotonic()
+            if not self.handshakes.allow(address, now):
+                if now - self._refused_at > 5:  # once in a while, not once per refused handshake
+                    self._refused_at = now
+                    log.warning("refusing WebSocket handshakes from %s: over %g a second", address,
+                                self.handshakes.rate)
+                return await self.too_many(scope, send, self.handshakes.rate)
             return await self.app(scope, receive, send)
         if scope["method"] in STATE_CHANGING and not headers.get(b"authorization", b"").startswith(b"Bearer "):
             if not self.same_origin(headers, origin, own_origin):
@@ -92,6 +127,18 @@ class Door:
             await send({"type": "websocket.close", "code": 1008})
         else:
             await send_json(send, status, {"error": message})
+
+    @staticmethod
+    async def too_many(scope: dict, send: Callable, rate: float) -> None:
+        """429 to a WebSocket handshake (where the server can answer one with a body; else a bare refusal)."""
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            return await send({"type": "websocket.close", "code": 1013})
+        body = json.dumps({"error": f"too many connections at once (over {rate:g} a second): "
+                                    "try again in a moment"}).encode()
+        await send({"type": "websocket.http.response.start", "status": 429,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                (b"content-length", str(len(body)).encode()), *SECURITY_HEADERS]})
+        await send({"type": "websocket.http.response.body", "body": body})
 
     @staticmethod
     def secured(send: Callable) -> Callable:

@@ -4,9 +4,10 @@ A job runs on one server and outlives the request and the tab that started it. I
 "job", keyed by the message id) names the server and when it expires; the server renews its leases every
 `lease_s / 4` seconds. A lease that expired belongs to a server that died: whichever live server sees it
 first claims it and hands the job to the plugin that runs its kind (`Plugin.recover`), which marks the
-message interrupted. At start-up, mutable messages of those kinds with no lease at all (left by a version
-without leases, or by a crash before the lease was written) are recovered the same way. Stop reaches a job
-on any server: the fact `job.stop` is published and the server holding it cancels it.
+message interrupted (a claim whose server died before it was done is open again `lease_s` later). At
+start-up, mutable messages of those kinds with no lease at all (left by a version without leases, or by a
+crash before the lease was written) are recovered the same way. Stop reaches a job on any server: the fact
+`job.stop` is published and the server holding it cancels it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
 from app.ownership import owner_of
-from app.quanda import QuandaError, QuandaStore
+from app.quanda import QuandaError, QuandaStore, QuandaStoreError
 
 log = logging.getLogger("quanda.jobs")
 
@@ -38,8 +39,8 @@ Recover = Callable[[Job], Awaitable[None]]
 
 
 class Jobs:
-    def __init__(self, store: QuandaStore, lease_s: float, recoverers: Mapping[str, Recover]):
-        self.store, self.lease_s, self.recoverers = store, lease_s, dict(recoverers)
+    def __init__(self, store: QuandaStore, lease_s: float, recoverers: Mapping[str, Recover], health: Any = None):
+        self.store, self.lease_s, self.recoverers, self.health = store, lease_s, dict(recoverers), health
         self.tasks: dict[str, asyncio.Task] = {}
         self._jobs: dict[str, Job] = {}
         self._loop_task: asyncio.Task | None = None
@@ -64,6 +65,11 @@ class Jobs:
     async def _run(self, job: Job, work: Coroutine[Any, Any, Any]) -> None:
         try:
             await work
+        except QuandaError as exc:  # a failure the job could not even record (the store gone): its lease,
+            log.error("job %s ended early: %s", job.message_id, exc)  # left behind, has it marked later
+            self._store_failed(exc)
+        except Exception:  # noqa: BLE001 - a plugin's bug: logged here, since no one awaits a job
+            log.exception("job %s failed", job.message_id)
         finally:
             self.tasks.pop(job.message_id, None)
             self._jobs.pop(job.message_id, None)
@@ -121,6 +127,11 @@ class Jobs:
                 await self.reap()
             except QuandaError as exc:
                 log.warning("job leases: %s", exc)
+                self._store_failed(exc)
+
+    def _store_failed(self, exc: QuandaError) -> None:
+        if isinstance(exc, QuandaStoreError) and self.health is not None:
+            self.health.failed(exc)
 
     async def reap(self) -> None:
         """Recover every job whose lease expired (its server died), once across all servers."""
@@ -128,11 +139,28 @@ class Jobs:
         for message_id, lease in await self.store.list_records(LEASE_KIND):
             if lease["expires"] >= now or message_id in self.tasks:
                 continue
-            claim = f"{message_id}:{lease['expires']}"
-            if await self.store.insert_record(REAP_KIND, claim, {"by": self.store.origin, "at": now}):
+            if await self._claim(message_id, lease, now):
                 log.warning("job %s of server %s expired: recovering it", message_id, lease["server"])
                 await self._recover(Job(lease["kind"], message_id, lease["owner"]))
-                await self.store.delete_record(LEASE_KIND, message_id)
+                if await self.store.get_record(LEASE_KIND, message_id) == lease:  # not a new job's (a Retry)
+                    await self.store.delete_record(LEASE_KIND, message_id)
+
+    async def _claim(self, message_id: str, lease: dict, now: float) -> bool:
+        """Whether this server recovers the job of this expired lease: once across servers, unless the server
+        that claimed it died before it was done (the lease still there `lease_s` after the claim), when the
+        next claim (one attempt later) is open to all."""
+        base = f"{message_id}:{lease['expires']}"
+        claims = [data for key, data in await self.store.list_records(REAP_KIND, prefix=base)
+                  if key == base or key.startswith(base + ":")]
+        attempt = 0
+        if claims:
+            last = max(claims, key=lambda c: c.get("attempt", 0))
+            if last["at"] > now - self.lease_s:
+                return False  # being recovered right now
+            attempt = last.get("attempt", 0) + 1
+        key = base if attempt == 0 else f"{base}:{attempt}"
+        return await self.store.insert_record(REAP_KIND, key, {"by": self.store.origin, "at": now,
+                                                               "attempt": attempt})
 
     async def recover_orphans(self) -> None:
         """Mutable messages of a job kind with no lease: written before leases existed, or a crash before

@@ -7,12 +7,10 @@ knows nothing of what any plugin does. Only files under static/ are served as st
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,12 +24,14 @@ from app.components.auth import AccountBar, LoginPage
 from app.components.chat import ChatSidebar
 from app.components.layout import Menu, Notice, Page, PageContent
 from app.config import Settings
-from app.context import AppContext, Handle
-from app.door import Door
+from app.context import AppContext, ClientError, Handle
+from app.door import Door, http_error
+from app.health import StoreHealth
 from app.migrate import migrate
 from app.jobs import Job, Jobs
 from app.llm import make_driver
 from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
+from app.ratelimit import Limits
 from app.quanda import open_store
 from app.ws import FrameGuard, Hub
 
@@ -39,7 +39,6 @@ log = logging.getLogger("quanda.server")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-HEALTH_TIMEOUT_S = 5.0
 HEADERS = (
     Meta(name="viewport", content="width=device-width, initial-scale=1"),
     # the page runs under a CSP without inline script or style: htmx must not eval nor inject styles
@@ -79,22 +78,6 @@ def as_list(fragments: Any) -> list:
     if fragments is None:
         return []
     return [f for f in fragments if f is not None] if isinstance(fragments, (list, tuple)) else [fragments]
-
-
-async def store_round_trip(store: Any) -> str | None:
-    """None when a record written to the store reads back the same, else what went wrong (details logged)."""
-    probe = {"at": time.time(), "nonce": secrets.token_hex(8)}
-    try:
-        await asyncio.wait_for(store.put_record("health", store.origin, probe), HEALTH_TIMEOUT_S)
-        if await asyncio.wait_for(store.get_record("health", store.origin), HEALTH_TIMEOUT_S) != probe:
-            return "the database did not return what was written to it"
-    except asyncio.TimeoutError:
-        log.error("health: the store took over %s s to answer", HEALTH_TIMEOUT_S)
-        return f"the database did not answer within {HEALTH_TIMEOUT_S:g} s"
-    except Exception as exc:  # noqa: BLE001 - any failure makes the app unhealthy; the detail goes to the log
-        log.error("health: store round trip failed: %r", exc)
-        return "the database does not accept writes"
-    return None
 
 
 class PluginHost:
@@ -142,6 +125,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                "QUANDA_AUTH=accounts (users log in) — local mode is for loopback only")
         log.warning("binding to %s: anyone who can reach this address can try to log in", settings.host)
     throttle = LoginThrottle()
+    limits = Limits(settings.ws_frames_per_s, settings.ws_owner_frames_per_s, settings.ws_max_per_owner,
+                    settings.ws_max_per_address)
 
     async def lifespan(app):
         own_store = store is None
@@ -152,10 +137,12 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                           settings.llm_stall_s)
         ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store))
         await migrate(the_store, settings.accounts)
-        ctx.jobs = Jobs(the_store, settings.job_lease_s, host.recoverers(ctx))
+        health = StoreHealth(the_store)
+        ctx.jobs = Jobs(the_store, settings.job_lease_s, host.recoverers(ctx), health)
         hub = Hub(the_store, {a: h for p in plugins for a, h in p.ws_handlers.items()},
-                  {role: v for p in plugins for role, v in p.stream_views.items()}, host.render_fact, ctx.handle)
-        app.state.ctx, app.state.hub = ctx, hub
+                  {role: v for p in plugins for role, v in p.stream_views.items()}, host.render_fact, ctx.handle,
+                  limits, health)
+        app.state.ctx, app.state.hub, app.state.health = ctx, hub, health
         for plugin in plugins:
             if plugin.startup is not None:
                 await plugin.startup(ctx)
@@ -166,13 +153,16 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         yield
         await ctx.jobs.close()  # each job marks its message before the store closes
         await hub.close()
+        await health.close()
         await llm.aclose()
         if own_store:
             await the_store.close()
 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
                    title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
-                   middleware=[Middleware(Door, host_names=settings.host_names)])
+                   exception_handlers={400: http_error, 404: http_error, 405: http_error},
+                   middleware=[Middleware(Door, host_names=settings.host_names,
+                                          handshakes_per_s=settings.ws_handshakes_per_s)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]
     by_name = {p.name: p for p in plugins}
@@ -262,7 +252,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     @app.get("/-/health")
     async def health(request):
         """200 only when a write round trip through the store succeeds; 503 with the reason otherwise."""
-        problem = await store_round_trip(request.app.state.ctx.store)
+        problem = await request.app.state.health.check()
         if problem:
             return JSONResponse({"ok": False, "reason": problem}, status_code=503)
         return JSONResponse({"ok": True})
@@ -274,12 +264,17 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
             await ws.send_text(to_xml(Notice("signed out: reload the page to sign in"), indent=False))
             await ws.close(code=1008)
             return
-        ws.app.state.hub.connect(ws, owner, session.get(LOGIN_KEY) if isinstance(session, dict) else None)
+        try:
+            ws.app.state.hub.connect(ws, owner, session.get(LOGIN_KEY) if isinstance(session, dict) else None,
+                                     ws.client.host if ws.client else "")
+        except ClientError as exc:  # too many open: the tab's ws extension retries later (1013)
+            await ws.send_text(to_xml(Notice(str(exc)), indent=False))
+            await ws.close(code=1013)
 
     async def on_disconnect(ws):
         ws.app.state.hub.disconnect(ws)
 
-    @app.ws("/ws", conn=on_connect, disconn=on_disconnect, middleware=[Middleware(FrameGuard)])
+    @app.ws("/ws", conn=on_connect, disconn=on_disconnect, middleware=[Middleware(FrameGuard, limits=limits)])
     async def ws_receive(ws, data: dict):
         await ws.app.state.hub.receive(ws, data)
 

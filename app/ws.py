@@ -6,6 +6,8 @@ and which streams are on it (`view`), and when new streams appear (`follow`); ea
 the seq the page holds, rendered by a `StreamView` chosen by the message's role, and sent as out-of-band FT
 fragments (app/follow.py). Facts published through
 the store (by any server) are rendered here for this server's tabs of their owner, by the plugins' fact views.
+What one client may ask — frames per second per connection and per owner, connections per owner and per
+address — is limited here, with the numbers and rules of app/ratelimit.py.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from app.ownership import owner_of
 from app.follow import Follower, StreamView
 from app.quanda import QuandaError, QuandaStoreError
 from app.quanda.validation import check_seq
+from app.ratelimit import NOTICE_EVERY_S, STRAINED_S, Limits
 
 log = logging.getLogger("quanda.ws")
 
 MAX_CLIENT_FRAME_BYTES = 64 * 1024
 MAX_FOLLOWED_STREAMS = 64
+OWNER_SCOPE = "quanda.owner"  # set in the socket's ASGI scope once its owner is known: FrameGuard paces by it
 
 
 ViewFactory = Callable[[str], StreamView]
@@ -37,8 +41,8 @@ HandleFactory = Callable[..., Handle]
 
 
 class Connection:
-    def __init__(self, hub: "Hub", ws: Any, owner: str, login: str | None = None):
-        self.hub, self.ws, self.owner, self.login = hub, ws, owner, login
+    def __init__(self, hub: "Hub", ws: Any, owner: str, login: str | None = None, address: str = ""):
+        self.hub, self.ws, self.owner, self.login, self.address = hub, ws, owner, login, address
         self.page: str | None = None
         self.followers: dict[str, Follower] = {}
         self.ended: set[str] = set()  # streams of the page followed to their end
@@ -90,8 +94,12 @@ class Hub:
     """Every open connection of this server, grouped by owner."""
 
     def __init__(self, store: Any, handlers: dict[str, Handler], views: dict[str, ViewFactory],
-                 render_fact: FactRenderer, handle: HandleFactory):
+                 render_fact: FactRenderer, handle: HandleFactory, limits: Limits | None = None,
+                 health: Any = None):
         self.store, self.views, self.render_fact, self.handle = store, views, render_fact, handle
+        self.limits, self.health = limits, health
+        if health is not None:
+            health.listen(self.on_store_health)
         self.handlers: dict[str, Handler] = {"follow": self._on_follow, "view": self._on_view, **handlers}
         self.owners: dict[str, set[Connection]] = {}
         self.connections: dict[Any, Connection] = {}
@@ -104,8 +112,15 @@ class Hub:
         self._stop_listening = await self.store.listen(self._on_fact)
         self._fact_task = asyncio.create_task(self._render_facts(), name="hub-facts")
 
-    def connect(self, ws: Any, owner: str, login: str | None = None) -> Connection:
-        conn = Connection(self, ws, owner, login)
+    def connect(self, ws: Any, owner: str, login: str | None = None, address: str = "") -> Connection:
+        """Register a tab; ClientError (saying why) when its owner or address has too many open already."""
+        if self.limits is not None:
+            refused = self.limits.admit(owner, address)
+            if refused is not None:
+                log.info("refused a WebSocket of %s from %s: %s", owner[:8], address, refused)
+                raise ClientError(refused)
+            ws.scope[OWNER_SCOPE] = owner
+        conn = Connection(self, ws, owner, login, address)
         self.connections[ws] = conn
         self.owners.setdefault(owner, set()).add(conn)
         log.debug("owner %s: %d connection(s)", owner[:8], len(self.owners[owner]))
@@ -116,6 +131,8 @@ class Hub:
         if conn is None:
             return
         conn.close()
+        if self.limits is not None:
+            self.limits.release(conn.owner, conn.address)
         conns = self.owners.get(conn.owner)
         if conns is not None:
             conns.discard(conn)
@@ -168,6 +185,12 @@ class Hub:
                     text = "".join(to_xml(f, indent=False) for f in fragments)
                     await asyncio.gather(*(tab.send_text(text) for tab in tabs))
 
+    async def on_store_health(self, ok: bool) -> None:
+        """Every tab here hears when the database goes away and when it is back."""
+        notice = Notice(STORE_BACK, kind="info") if ok else Notice(STORE_DOWN)
+        text = to_xml(notice, indent=False)
+        await asyncio.gather(*(conn.send_text(text) for conn in list(self.connections.values())))
+
     # -- incoming frames ------------------------------------------------------------------------------------
 
     async def receive(self, ws: Any, data: dict) -> None:
@@ -189,6 +212,8 @@ class Hub:
             await conn.send(Notice(str(exc)))
         except QuandaError as exc:
             log.warning("action %s failed: %s", action, exc)
+            if isinstance(exc, QuandaStoreError) and self.health is not None:
+                self.health.failed(exc)
             await conn.send(Notice(user_text(exc)))
 
     async def _on_view(self, conn: Connection, data: dict) -> None:
@@ -249,6 +274,11 @@ class Hub:
         return follower
 
 
+STORE_DOWN = ("The database is unavailable: nothing new can be saved, and an answer being written has stopped. "
+              "Quanda keeps trying and says so here when it is back.")
+STORE_BACK = "The database is back. An answer that was cut short can be retried."
+
+
 def user_text(exc: QuandaError) -> str:
     """What a user is told of a failure of the core: its message, except for the database's own."""
     if isinstance(exc, QuandaStoreError):
@@ -259,25 +289,52 @@ def user_text(exc: QuandaError) -> str:
 class FrameGuard:
     """ASGI middleware on the WebSocket route: frames that are not JSON objects, too large or too deeply
     nested are answered with a visible error and never reach FastHTML (which would answer with bare text or
-    drop the socket); the socket stays up."""
+    drop the socket); the socket stays up. With `limits`, every frame — good or bad — first waits for its
+    connection's and its owner's pace (app/ratelimit.py)."""
 
-    def __init__(self, app: Any, max_bytes: int = MAX_CLIENT_FRAME_BYTES):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int = MAX_CLIENT_FRAME_BYTES, limits: Limits | None = None):
+        self.app, self.max_bytes, self.limits = app, max_bytes, limits
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "websocket":
             return await self.app(scope, receive, send)
+        limits = self.limits
+        pace = limits.connection_pace() if limits is not None else None
+        loop = asyncio.get_running_loop()
+        told = strained_since = None
+
+        async def notice(text: str) -> None:
+            await send({"type": "websocket.send", "text": to_xml(Notice(text))})
 
         async def guarded_receive() -> dict:
+            nonlocal told, strained_since
             while True:
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     return message
+                if limits is not None and pace is not None:
+                    now = loop.time()
+                    wait = limits.frame_wait_s(pace, scope.get(OWNER_SCOPE), now)
+                    if wait <= 0:
+                        strained_since = None
+                    else:
+                        strained_since = now if strained_since is None else strained_since
+                        if now - strained_since > STRAINED_S:
+                            log.warning("closed a WebSocket of %s over its rate for %g s",
+                                        str(scope.get(OWNER_SCOPE))[:8], STRAINED_S)
+                            await notice(limits.strained())
+                            await send({"type": "websocket.close", "code": 1008})
+                            return {"type": "websocket.disconnect", "code": 1008}
+                        if told is None or now - told >= NOTICE_EVERY_S:
+                            told = now
+                            log.info("slowing down a WebSocket of %s", str(scope.get(OWNER_SCOPE))[:8])
+                            await notice(limits.slow_down())
+                        await asyncio.sleep(wait)  # the socket is not read meanwhile: TCP holds the sender back
                 problem = self.check(message)
                 if problem is None:
                     return message
                 log.info("refused WebSocket frame: %s", problem)
-                await send({"type": "websocket.send", "text": to_xml(Notice(problem))})
+                await notice(problem)
 
         return await self.app(scope, guarded_receive, send)
 

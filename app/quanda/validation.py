@@ -51,7 +51,9 @@ def encode_record(data: dict[str, Any]) -> str:
 def check_id(message_id: object) -> str:
     """The canonical form of an id, or QuandaNotFoundError for anything that is not one."""
     if not isinstance(message_id, str) or not _ID_RE.fullmatch(message_id):
-        raise QuandaNotFoundError(f"no message with id {message_id!r} (ids are 24 hex characters)")
+        shown = repr(message_id)
+        shown = shown if len(shown) <= 42 else shown[:40] + "…"  # a client's error never echoes a long input
+        raise QuandaNotFoundError(f"no message with id {shown} (ids are 24 hex characters)")
     return message_id.lower()
 
 

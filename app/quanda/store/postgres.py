@@ -130,7 +130,11 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
             raise QuandaStoreError("the store is closed")
         with _translated(what):
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.InternalClientError:
+                    conn.terminate()  # stuck mid-operation: the pool must not hand it out again
+                    raise
 
     # -- messages -------------------------------------------------------------------------------------
 

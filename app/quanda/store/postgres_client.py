@@ -62,6 +62,13 @@ class _NoResetConnection(asyncpg.Connection if asyncpg is not None else object):
         return ""
 
 
+# what asyncpg raises when the database is unreachable or goes away; InternalClientError ("cannot switch to
+# state …; another operation is in progress") comes from a connection left mid-operation when the server
+# went away under it, and is none of the others
+DRIVER_ERRORS = ((asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+                  asyncio.TimeoutError) if asyncpg is not None else (OSError, asyncio.TimeoutError))
+
+
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Driver errors become QuandaStoreError, raised from the original."""
@@ -69,5 +76,5 @@ def _translated(what: str) -> Iterator[None]:
         yield
     except QuandaError:
         raise
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
+    except DRIVER_ERRORS as exc:
         raise QuandaStoreError(f"PostgreSQL {what} failed: {type(exc).__name__}: {exc}") from exc

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import QuandaError
 from .base import QuandaStore
-from .postgres_client import CONNECT_TIMEOUT_S, asyncpg
+from .postgres_client import CONNECT_TIMEOUT_S, DRIVER_ERRORS, asyncpg
 
 log = logging.getLogger("quanda.store.postgres")
 
@@ -81,7 +81,7 @@ class PostgresListener(QuandaStore):
                         await conn.execute("SELECT 1", timeout=HEARTBEAT_S)
                 if not self._closed:
                     log.warning("PostgreSQL listener connection lost: polling until it is back")
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
+            except DRIVER_ERRORS as exc:
                 if not self._closed:
                     log.warning("PostgreSQL listener: %s: %s (polling; reconnecting in %.2fs)",
                                 type(exc).__name__, exc, delay)

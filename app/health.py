@@ -1,0 +1,94 @@
+"""Is the store working? One answer per server, kept up to date.
+
+A failure of the store that anyone here meets — a job writing an answer, a tab's action, a lease renewal,
+`/-/health` — marks it down (`failed`), and every listener hears it once: the hub tells every tab on this
+server that the database is unavailable. From then on a probe writes a record and reads it back every
+PROBE_EVERY_S until that works again; the listeners then hear that it is back (the tabs are told so), and
+the jobs cut short meanwhile are marked by the usual lease expiry (app/jobs.py), so Retry is offered.
+Nothing polls the store while it works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("quanda.health")
+
+HEALTH_TIMEOUT_S = 5.0
+PROBE_EVERY_S = 1.0
+Listener = Callable[[bool], "Awaitable[None] | None"]
+
+
+async def store_round_trip(store: Any) -> str | None:
+    """None when a record written to the store reads back the same, else what went wrong (details logged)."""
+    probe = {"at": time.time(), "nonce": secrets.token_hex(8)}
+    try:
+        await asyncio.wait_for(store.put_record("health", store.origin, probe), HEALTH_TIMEOUT_S)
+        if await asyncio.wait_for(store.get_record("health", store.origin), HEALTH_TIMEOUT_S) != probe:
+            return "the database did not return what was written to it"
+    except asyncio.TimeoutError:
+        log.error("health: the store took over %s s to answer", HEALTH_TIMEOUT_S)
+        return f"the database did not answer within {HEALTH_TIMEOUT_S:g} s"
+    except Exception as exc:  # noqa: BLE001 - any failure makes the app unhealthy; the detail goes to the log
+        log.error("health: store round trip failed: %r", exc)
+        return "the database does not accept writes"
+    return None
+
+
+class StoreHealth:
+    def __init__(self, store: Any):
+        self.store = store
+        self.ok = True
+        self._listeners: list[Listener] = []
+        self._probe: asyncio.Task | None = None
+        self._telling: set[asyncio.Future] = set()
+
+    def listen(self, listener: Listener) -> None:
+        """`listener(ok)` is called when the store goes down and when it comes back."""
+        self._listeners.append(listener)
+
+    def failed(self, problem: object) -> None:
+        """The store just failed someone: if it was thought to work, it is down until a probe succeeds."""
+        if not self.ok:
+            return
+        self.ok = False
+        log.error("the database is unavailable (%s): probing it every %g s", problem, PROBE_EVERY_S)
+        self._tell(False)
+        self._probe = asyncio.get_running_loop().create_task(self._watch(), name="store-health")
+
+    async def check(self) -> str | None:
+        """A round trip now (for `/-/health`): None when it works, else what is wrong (and the store is down)."""
+        problem = await store_round_trip(self.store)
+        if problem is not None:
+            self.failed(problem)
+        return problem
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_EVERY_S)  # probing a dead store: there is nothing to wait on but time
+            if await store_round_trip(self.store) is None:
+                self.ok = True
+                log.warning("the database is back")
+                self._tell(True)
+                return
+
+    def _tell(self, ok: bool) -> None:
+        for listener in self._listeners:
+            try:
+                result = listener(ok)
+                if inspect.isawaitable(result):
+                    telling = asyncio.ensure_future(result)
+                    self._telling.add(telling)
+                    telling.add_done_callback(self._telling.discard)
+            except Exception:  # noqa: BLE001 - a listener's bug must not hide the news from the others
+                log.exception("a store-health listener failed")
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
