@@ -24,6 +24,8 @@ import websockets
 
 from app.quanda import open_store, replay
 
+FIELD_NOTICE = re.compile(r'<div[^>]*class="field-notice"[^>]*>(.*?)</div>', re.S)
+
 LONG = os.environ.get("QUANDA_RELIABILITY_LONG", "") not in ("", "0")
 TOKEN = "reliability-api-token"
 
@@ -112,7 +114,10 @@ class Tab:
         await self.ws.send(json.dumps({"action": action, **data}))
 
     def notices(self) -> list[str]:
-        return [re.sub(r"<[^>]+>", "", f) for f in self.frames if 'id="ws-notice"' in f]
+        """What the frames said: the page's notice, and the notices shown by the form that was sent."""
+        said = [re.sub(r"<[^>]+>", "", f) for f in self.frames if 'id="ws-notice"' in f]
+        said += [re.sub(r"<[^>]+>", "", m) for f in self.frames for m in FIELD_NOTICE.findall(f)]
+        return [s.strip() for s in said if s.strip()]
 
     async def wait_frame(self, pattern: str, timeout: float, what: str) -> re.Match:
         start = 0

@@ -70,7 +70,7 @@ CHECK_DOM = """
     if (!el.src || !el.src.startsWith(origin + '/static/')) problems.push('script: ' + show(el));
   for (const el of document.querySelectorAll('img, [srcset]'))
     if (el.hasAttribute('srcset') || offOrigin(el.getAttribute('src') || '')) problems.push('image: ' + show(el));
-  const shown = '.md, .todo-name, .event-line, .stream-content, #ws-notice, .msg-warning, #sim-error';
+  const shown = '.md, .todo-name, .event-line, .stream-content, #ws-notice .notice-text, .msg-warning, .field-notice';
   for (const root of document.querySelectorAll(shown)) {
     for (const el of root.querySelectorAll('*')) {
       if (!allowedTags.includes(el.tagName)) { problems.push('element in text: ' + show(el)); continue; }
@@ -239,8 +239,8 @@ async def test_vectors_as_drafts_questions_and_streamed_answers(server, watched,
 
 async def test_vectors_as_todo_names_and_the_event_lines_echoing_them(server, watched):
     """The names are added from another tab while this one shows the chat page (each event line arrives
-    live), then shown by the todo page's first render, then all redrawn live by one more change (a change
-    redraws the whole list: every name goes through the live path too)."""
+    live), then shown by the todo page's first render, then all redrawn live by "mark all as done" (which
+    sends every row again: every name goes through the live path too), then one more added live."""
     w = watched
     await w.page.click("#menu a[href='/p/chat']")
     await expect(w.page.locator("#page")).to_have_attribute("data-page", "chat", timeout=EXPECT_MS)
@@ -254,15 +254,20 @@ async def test_vectors_as_todo_names_and_the_event_lines_echoing_them(server, wa
         await w.page.click("#menu a[href='/p/todo']")
         await w.shown(markers(i for i, _n in names), "#todo-list .todo-name")
         await w.check("todo names, first render")
-        await w.page.evaluate("() => document.getElementById('todo-list').setAttribute('data-old', '1')")
-        await tab.send("todo.add", name="one more")
-        await expect(w.page.locator("#todo-list")).not_to_have_attribute("data-old", "1", timeout=EXPECT_MS)
+        rows = w.page.locator("#todo-list li.todo")
+        await rows.evaluate_all("els => els.forEach(e => e.setAttribute('data-old', '1'))")
+        await tab.send("todo.toggle_all")
+        await expect(w.page.locator("#todo-list li.todo[data-old]")).to_have_count(0, timeout=EXPECT_MS)
+        await expect(w.page.locator("#todo-list li.todo[data-done='0']")).to_have_count(0, timeout=EXPECT_MS)
         await w.shown(markers(i for i, _n in names), "#todo-list .todo-name")
         await w.check("todo names, redrawn live")
+        await tab.send("todo.add", name="one more")
+        await expect(rows).to_have_count(len(names) + 1, timeout=EXPECT_MS)
+        await w.check("todo names, one added live")
     await w.reload_and_check("todo names and event lines")
     # the names come back into the edit boxes as values, never as markup (as HTML parses text: a text input
     # drops line breaks, NUL reads as U+FFFD)
-    values = await w.page.locator("#todo-list input.todo-edit").evaluate_all("els => els.map(e => e.value)")
+    values = await w.page.locator("#todo-list input.edit").evaluate_all("els => els.map(e => e.value)")
     expected = [re.sub(r"[\r\n]", "", name).replace("\x00", "\ufffd") for _i, name in names] + ["one more"]
     assert sorted(values) == sorted(expected)
 
@@ -307,9 +312,9 @@ async def test_vectors_as_simulator_input_and_unknown_actions(server, watched):
             await page.evaluate("([sel, value]) => { const el = document.querySelector(sel); el.type = 'text'; "
                                 "el.removeAttribute('min'); el.removeAttribute('max'); el.value = value; }",
                                 [field, payload])
-            await page.click("#sim-start")
-            await expect(page.locator("#ws-notice")).to_contain_text("whole numbers", timeout=EXPECT_MS)
-            await page.evaluate("() => { document.getElementById('ws-notice').textContent = ''; }")
+            await page.click("#sim-start")  # the simulator's refusals show by its form
+            await expect(page.locator("#sim-error")).to_contain_text("whole numbers", timeout=EXPECT_MS)
+            await page.evaluate("() => { document.getElementById('sim-error').textContent = ''; }")
         await page.evaluate("([value]) => { document.querySelector('#sim-start-form input[name=action]').value = "
                             "value; }", [payload])
         await page.click("#sim-start")

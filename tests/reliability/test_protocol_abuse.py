@@ -101,7 +101,13 @@ class Socket:
 
 
 def notices(answers: list[str]) -> list[str]:
-    return [re.sub(r"<[^>]+>", "", a) for a in answers if 'id="ws-notice"' in a]
+    """What the frames said: the page's notice, and the notices plugins show by the form that was sent."""
+    said = [re.sub(r"<[^>]+>", "", a) for a in answers if 'id="ws-notice"' in a]
+    said += [re.sub(r"<[^>]+>", "", m) for a in answers for m in FIELD_NOTICE.findall(a)]
+    return [s.strip() for s in said if s.strip()]
+
+
+FIELD_NOTICE = re.compile(r'<div[^>]*class="field-notice"[^>]*>(.*?)</div>', re.S)
 
 
 # -- bad frames -------------------------------------------------------------------------------------------------
