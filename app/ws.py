@@ -8,6 +8,9 @@ fragments (app/follow.py). Facts published through
 the store (by any server) are rendered here for this server's tabs of their owner, by the plugins' fact views.
 What one client may ask — frames per second per connection and per owner, connections per owner and per
 address — is limited here, with the numbers and rules of app/ratelimit.py.
+
+Over 300 lines in one module: the hub's registry of tabs, their follows and the frame guard share the
+connection state and its locking; split, each part would reach into the others'.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The chat's pieces: message bubbles (one element per message, updated in place), the view that streams
 an answer into its bubble as incremental markdown, the input with its live preview and its Send/Stop slot,
-the status badge, and the conversations (the list, a read-only view, previous versions of an edited turn)."""
+the status badge, and the conversations (the list, a read-only view, previous versions of an edited turn).
+
+Over 300 lines: these are the chat's FT components, one concept (the markup of the chat) that the page, the
+stream views and the fact views all draw from; its streaming view is the only part with state."""
 
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ Retry (`resume`). The recorded rounds are not asked again and their calls never 
 rebuilt from the records (text, thinking, and each call's recorded result line), the recorded calls and
 results are replayed to the model as its earlier turns, and generation goes on from the first round that
 was not recorded. A call recorded with no claim (its server died before it ran) is recorded then as not run.
+
+Over 300 lines in one module: the rounds, the exactly-once runs of their calls, Stop and Retry are one
+state machine over the same answer and records; they are read together.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Backends implement the `_`-prefixed verbs; the public verbs validate their input first, so a bad call
 reaches no database. Ids are 24-hex strings (BSON ObjectIds) on every backend.
+
+Close to 400 lines because it is the whole contract of a store in one place (messages, records, counters,
+the fact bus and the wake-ups), each verb with its validation; the backends' parts follow its sections.
 """
 
 from __future__ import annotations

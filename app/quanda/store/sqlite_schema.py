@@ -1,0 +1,155 @@
+"""The SQLite store's schema, its statements, and what reading and appending need of a message's rows
+(see `sqlite.py` for the layout: the message row as of its sync point, the content checkpoint, the token log)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Callable
+
+from ..errors import QuandaNotFoundError
+from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING
+from .base import MessageRecord
+
+BUSY_TIMEOUT_MS = 30_000
+CHECKPOINT_EVERY = 64  # chunks after a content checkpoint before the next one (at least)...
+CHECKPOINT_RATIO = 4  # ...and at least 1/CHECKPOINT_RATIO of the tokens before it...
+CHECKPOINT_MAX = 8192  # ...but never more than this many (a reader rebuilds the content from them)
+SYNC_EVERY_S = 1.0  # a message row is synced with its chunks at least this often while they come
+KNOWN_MAX = 4096  # messages whose last write this process remembers (see `_known`)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS quanda_messages (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    content_bytes INTEGER NOT NULL,
+    content_seq INTEGER NOT NULL DEFAULT 0,
+    estimate TEXT,
+    warning TEXT NOT NULL DEFAULT '',
+    immutable INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quanda_messages_role ON quanda_messages(role, immutable);
+CREATE TABLE IF NOT EXISTS quanda_tokens (
+    message_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT NOT NULL,
+    estimate TEXT,
+    PRIMARY KEY (message_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quanda_content (
+    message_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    content TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quanda_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quanda_facts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+FACTS_KEPT_S = 120  # facts older than this are pruned (a listener more than this behind has lost them anyway)
+PRUNE_EVERY = 256
+
+# The message row is the message's state as of its `last_seq` (its *sync point*); the tokens after it are
+# chunks (every other kind of token syncs the row), replayed on reading. Its content as of `content_seq` is in
+# quanda_content (a row of its own, rewritten only at checkpoints), or, for rows written before that table,
+# in the message row itself.
+_MESSAGE_COLUMNS = ("id, role, coalesce(c.content, m.content), estimate, warning, immutable, last_seq, created_at, "
+                    "updated_at, coalesce(c.seq, m.content_seq)")
+_MESSAGES = "quanda_messages AS m LEFT JOIN quanda_content AS c ON c.message_id = m.id"
+_TAIL = "SELECT text FROM quanda_tokens WHERE message_id = ? AND seq > ? AND kind = 'chunk' ORDER BY seq"
+_REPLAY = "SELECT seq, kind, text, estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? ORDER BY seq"
+_INSERT_TOKEN = "INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)"
+_STATE = "SELECT last_seq, immutable, content_bytes, estimate, updated_at FROM quanda_messages WHERE id = ?"
+_SINCE = ("SELECT seq, length(CAST(text AS BLOB)), estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? "
+          "ORDER BY seq")
+_SYNC = "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = ?4, updated_at = ?5 WHERE id = ?1"
+_SYNC_BY_KIND = {
+    OVERRIDE: "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = NULL, updated_at = ?5, "
+              "content = '', content_seq = ?2 WHERE id = ?1",
+    WARNING: "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = ?4, updated_at = ?5, "
+             "warning = ?6 WHERE id = ?1",
+    IMMUTABLE: "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = NULL, updated_at = ?5, "
+               "immutable = 1, warning = '' WHERE id = ?1",
+}
+_SET_CONTENT = "INSERT OR REPLACE INTO quanda_content VALUES (?1, ?2, ?3)"
+_CONTENT_SEQ = ("SELECT coalesce((SELECT seq FROM quanda_content WHERE message_id = ?1), "
+                "(SELECT content_seq FROM quanda_messages WHERE id = ?1))")
+_CHECKPOINT = ("INSERT OR REPLACE INTO quanda_content VALUES (?1, ?2, coalesce((SELECT content FROM quanda_content "
+               "WHERE message_id = ?1), (SELECT content FROM quanda_messages WHERE id = ?1)) || ?3)")
+_CHECKPOINTED = "UPDATE quanda_messages SET content = '', content_seq = ?2 WHERE id = ?1"
+_LAST_SEQS = ("SELECT j.value, (SELECT seq FROM quanda_tokens WHERE message_id = j.value ORDER BY seq DESC LIMIT 1) "
+              "FROM json_each(?) AS j")
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def _tail(conn: sqlite3.Connection, message_id: str, after_seq: int) -> str:
+    """The chunks logged after the content checkpoint."""
+    return "".join(text for (text,) in conn.execute(_TAIL, (message_id, after_seq)))
+
+
+def _checkpoint_due(seq: int) -> bool:
+    """Whether the content is checkpointed at `seq`: every multiple of the largest power of two up to a quarter
+    of `seq`, at least CHECKPOINT_EVERY and at most CHECKPOINT_MAX apart. A function of the seq alone, so an
+    append needs to read nothing to know; at most that many chunks follow a checkpoint, and the content is
+    copied O(1) times per chunk, amortised."""
+    gap = min(max(CHECKPOINT_EVERY, 1 << max(0, (seq // CHECKPOINT_RATIO).bit_length() - 1)), CHECKPOINT_MAX)
+    return seq % gap == 0
+
+
+class _State:
+    """A mutable message's state as an append sees it: its last seq, content bytes and estimate, and when its
+    row was last synced."""
+
+    __slots__ = ("last_seq", "content_bytes", "estimate", "synced_at")
+
+    def __init__(self, last_seq: int, content_bytes: int, estimate: str | None, synced_at: float):
+        self.last_seq, self.content_bytes, self.estimate, self.synced_at = last_seq, content_bytes, estimate, synced_at
+
+
+def _state(conn: sqlite3.Connection, message_id: str) -> tuple[_State, bool]:
+    """The message's state read from its row and the chunks after the row's sync point, and whether it is
+    immutable; QuandaNotFoundError when there is no such message."""
+    row = conn.execute(_STATE, (message_id,)).fetchone()
+    if row is None:
+        raise QuandaNotFoundError(f"no message with id {message_id!r}")
+    last_seq, immutable, content_bytes, estimate, synced_at = row
+    for last_seq, size, estimate in conn.execute(_SINCE, (message_id, last_seq)):
+        content_bytes += size
+    return _State(last_seq, content_bytes, estimate, synced_at), bool(immutable)
+
+
+def _checkpoint(conn: sqlite3.Connection, message_id: str, seq: int) -> None:
+    """Copy the content as of `seq` into its own row: the old checkpoint and the chunks after it."""
+    content_seq = conn.execute(_CONTENT_SEQ, (message_id,)).fetchone()[0]
+    conn.execute(_CHECKPOINT, (message_id, seq, _tail(conn, message_id, content_seq)))
+    conn.execute(_CHECKPOINTED, (message_id, seq))
+
+
+def _record(conn: sqlite3.Connection, row: tuple) -> MessageRecord:
+    """A message from its row and the tokens after its content checkpoint: their chunks extend the content,
+    and those after the row's sync point (all chunks) carry the last seq and the estimate."""
+    mid, role, content, estimate, warning, immutable, synced_seq, created, updated, content_seq = row
+    last_seq, parts = synced_seq, [content]
+    for seq, kind, text, chunk_estimate in conn.execute(_REPLAY, (mid, content_seq)):
+        if kind == CHUNK:
+            parts.append(text)
+        if seq > synced_seq:
+            last_seq, estimate = seq, chunk_estimate
+    return MessageRecord(mid, role, "".join(parts), estimate, warning, bool(immutable), last_seq, created, updated)
