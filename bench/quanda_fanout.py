@@ -111,7 +111,7 @@ async def paced(tokens: int, write) -> None:
 def start_readers(msg: QuandaMessage, readers: int, latencies: list[float]) -> list[asyncio.Task]:
     """Readers that record, for every chunk, now minus the stamp the chunk carries."""
     async def read() -> None:
-        async for token in QuandaReader(msg):
+        async for token in QuandaReader(msg, after_seq=0):  # every token, however late the reader starts
             if token.kind == "chunk":
                 latencies.append((time.monotonic_ns() - int(token.text)) / 1e6)
     return [asyncio.create_task(read()) for _ in range(readers)]
@@ -345,6 +345,16 @@ async def main() -> int:
         (gain >= 2, f"100 writers >= 2x the store before issue 10: {gain:.2f}x (median of each round's ratio; "
          f"rounds: {' / '.join(f'{w / b:.2f}' for w, b in zip(runs['w100'], runs['w100_before']))})"),
     ]
+    seen = {"in-process": len(ours_lat), "before": len(before_lat), "cross-process": len(ours_x)}
+    if pg:
+        seen.update({"PostgreSQL in-process": len(pg["lat"]), "PostgreSQL cross-process": len(pg["x"])})
+        checks += [
+            (pct(pg["x"], 99) <= 20.0, f"PostgreSQL cross-process p99 <= 20 ms: {pct(pg['x'], 99):.3f} ms"),
+            (pg["w100"] >= 10000, f"PostgreSQL 100 writers >= 10,000 tokens/s: {pg['w100']:,.0f}"),
+        ]
+    checks.append((all(count == r * n for count in seen.values()),
+                   f"every reader saw every token ({r} x {n} each): "
+                   + ", ".join(f"{name} {count}" for name, count in seen.items())))
     for passed, text in checks:
         print(verdict(passed, text))
     return 0 if all(p for p, _ in checks) else 1
