@@ -234,17 +234,23 @@ async def test_a_question_is_not_an_answer_to_stop(api, llm):
     await wait_status(api, ids["answer_id"], "done")
 
 
-async def test_limits_and_new_conversation(api):
+async def test_limits_and_new_conversation(api, llm):
     for bad in ("0", "201", "x", "-1"):
         response = await api.get(f"/api/chat/conversation?limit={bad}")
         assert response.status_code == 400 and "limit" in response.json()["error"]
     assert len((await api.get("/api/chat/conversation?limit=1")).json()["entries"]) <= 1
-    from app.plugins.chat import actions
-    new = await api.post("/api/chat/new", json={})
-    if not hasattr(actions, "switch"):  # one conversation per workspace: the client is told so
-        assert new.status_code == 501 and "one conversation per workspace" in new.json()["error"]
-    else:
-        assert new.status_code == 200 and (await api.get("/api/chat/conversation")).json()["entries"] == []
+    llm.script = Reply(chunks=["ok"])
+    ids = (await api.post("/api/chat/ask", json={"text": "quick"})).json()
+    await wait_status(api, ids["answer_id"], "done")
+    first = (await api.post("/api/chat/new", json={})).json()["conversation"]
+    assert (await api.get("/api/chat/conversation")).json()["entries"] == []
+    new = await api.post("/api/chat/new", json={})  # the current one is empty: it stays current
+    assert new.status_code == 200 and new.json()["conversation"] == first
+    llm.script = Reply(chunks=["still writing"], end="stall")
+    asked = await api.post("/api/chat/ask", json={"text": "again"})
+    assert asked.status_code == 201
+    assert (await api.post("/api/chat/new", json={})).status_code == 409  # while an answer is being written
+    assert (await api.post(f"/api/chat/answers/{asked.json()['answer_id']}/stop", json={})).status_code == 202
 
 
 async def test_access_like_the_rest_of_the_api(server):

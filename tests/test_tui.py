@@ -101,6 +101,27 @@ async def test_type_send_stream_stop_retry_quit(server, llm):
     assert our_tasks() == [] and app.client.http.is_closed
 
 
+async def test_ctrl_n_starts_a_new_conversation_and_the_screen_follows(server, llm):
+    llm.script = Reply(chunks=["Before ", "the new one."])
+    app = QuandaTUI(server.url, TOKEN)
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(app)
+        await type_text(pilot, "First")
+        await pilot.press("ctrl+s")
+        await app.until(lambda: (a := app.conv.last_answer()) is not None and a.status == "done", WAIT_S,
+                        "the first answer")
+        await pilot.press("ctrl+n")
+        await app.until(lambda: app.conv.entries == [], WAIT_S, "the screen to show the new, empty conversation")
+        llm.script = Reply(chunks=["In ", "the new one."])
+        await type_text(pilot, "Second")
+        await pilot.press("ctrl+s")
+        await app.until(lambda: (a := app.conv.last_answer()) is not None and a.status == "done", WAIT_S,
+                        "the answer in the new conversation")
+        assert [e.message.content for e in app.conv.entries] == ["Second", "In the new one."]
+        await pilot.press("ctrl+q")
+    assert our_tasks() == []
+
+
 async def test_history_then_live_without_a_token(server, llm):
     """No token: the client takes local mode's workspace as a browser tab does."""
     llm.script = Reply(chunks=["Earlier ", "answer."])

@@ -12,7 +12,8 @@ page's session, or `Authorization: Bearer <token>`; 400 invalid, 401 no access, 
                                           does (409 while an answer is being written)
     POST /api/chat/answers/{id}/stop      → 202: the LLM stops generating; 409 if it is not being written
     POST /api/chat/answers/{id}/retry     → 202: regenerated in place; 409 if it is being written or final
-    POST /api/chat/new                    a new conversation; 501 where the chat keeps one per workspace
+    POST /api/chat/new                    → 200 {"conversation"}: a new, empty conversation becomes the current
+                                          one (in every tab too); 409 while an answer is being written
     GET  /api/chat/status                 {"ok", "text", "model", "models", "answering"}: the LLM status
 
 Following (`/api/chat/events`): without `Last-Event-ID` the first event is `chat.snapshot` (what
@@ -168,39 +169,35 @@ async def ask(request):
     return JSONResponse({"question_id": question.id, "answer_id": answer_id}, status_code=201)
 
 
-@router.post("/api/chat/answers/{message_id}/stop")
-@guarded
-async def stop(request, message_id: str):
+async def act_on_answer(request, message_id: str, act, status: str):
+    """Stop or Retry an answer of the caller's: 202 with the answer's new status, 409 when its state refuses."""
     h = await handle_of(request)
     record = await h.owned(message_id, roles=(answers.ROLE,))
     try:
-        await answers.stop(h, record.id)
+        await act(h, record.id)
     except ClientError as exc:
         return error(409, str(exc))
-    return JSONResponse({"answer_id": record.id, "status": "stopping"}, status_code=202)
+    return JSONResponse({"answer_id": record.id, "status": status}, status_code=202)
+
+
+@router.post("/api/chat/answers/{message_id}/stop")
+@guarded
+async def stop(request, message_id: str):
+    return await act_on_answer(request, message_id, answers.stop, "stopping")
 
 
 @router.post("/api/chat/answers/{message_id}/retry")
 @guarded
 async def retry(request, message_id: str):
-    h = await handle_of(request)
-    record = await h.owned(message_id, roles=(answers.ROLE,))
-    try:
-        await answers.retry(h, record.id)
-    except ClientError as exc:
-        return error(409, str(exc))
-    return JSONResponse({"answer_id": record.id, "status": "generating"}, status_code=202)
+    return await act_on_answer(request, message_id, answers.retry, "generating")
 
 
 @router.post("/api/chat/new")
 @guarded
 async def new_conversation(request):
     h = await handle_of(request)
-    switch = getattr(actions, "switch", None)  # present where the chat keeps several conversations
-    if switch is None:
-        return error(501, "this server keeps one conversation per workspace: there is no new one to start")
     try:
-        await switch(h, None)
+        await actions.switch(h, None)
     except ClientError as exc:
         return error(409, str(exc))
     return JSONResponse({"conversation": timeline.conversation_tag(await timeline.current_conversation(h))})

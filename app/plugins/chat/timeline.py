@@ -113,10 +113,8 @@ def conversation_tag(cid: str) -> str:
 
 
 async def current_conversation(h: Handle) -> str:
-    """The id of the owner's current conversation. The chat keeps one conversation per workspace; where its
-    `conversation` module names a current one of several, that one."""
-    current = getattr(conversation, "current", None)
-    return await current(h.store, h.owner) if current is not None else h.owner
+    """The id of the owner's current conversation (of the several a workspace keeps)."""
+    return await conversation.current(h.store, h.owner)
 
 
 def key_ns(key: str) -> int:
