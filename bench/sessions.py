@@ -171,8 +171,11 @@ class ChatSession(Session):
         if self.answer_id is None:
             if b'class="msg assistant"' not in raw:
                 return
-            m = ANSWER_RE.search(raw)
-            self.answer_id = m.group(1).decode()
+            following = {m.group(1) for m in MARKER_RE.finditer(raw)}  # a new answer; not an old one redrawn
+            found = [m.group(1) for m in ANSWER_RE.finditer(raw) if m.group(1) in following]
+            if not found:
+                return
+            self.answer_id = found[-1].decode()
             self.first_frame = len(self.frames) - 1
             self._tag = f"msg-{self.answer_id}".encode()
             self._empty_tail = re.compile(rb'<div[^>]*id="msg-%s-tail"[^>]*></div>' % self._tag[4:])
