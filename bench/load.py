@@ -3,7 +3,7 @@
     python bench/load.py [--mode api] [--answers 50] [--chunks 530] [--rate 200] [--variants ours,before]
                          [--py-spy PATH]
     python bench/load.py --mode ws [--sessions 50] [--rate 200] [--seconds 30] [--todo-sessions 5]
-                         [--todo-rate 2] [--no-rebuild]
+                         [--todo-rate 2] [--no-rebuild] [--window 3]
 
 Exit status 1 when a target is missed.
 
@@ -205,6 +205,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--todo-rate", type=float, default=2.0, help="ws: todo actions/s of each todo session")
     parser.add_argument("--no-rebuild", action="store_true",
                         help="ws: skip rebuilding each page from its frames after the run")
+    parser.add_argument("--window", type=float, default=3.0,
+                        help="ws: seconds of the server's before and after windows (CPU, RSS)")
     parser.add_argument("--variants", default="ours,before", help="ours (this tree), before (commit e1594fc)")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the ours server with py-spy into PATH")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "DB_URL", "LLM_URL"), help=argparse.SUPPRESS)

@@ -36,7 +36,6 @@ from bench.common import MachineLoad, answer_chunks, cpu_seconds, new_owners, pc
 from bench.sessions import LIMITS_NOTE, ChatSession, Servers, TodoSession, rss_mb
 
 P99_TARGET_MS = 100.0
-QUIET_S = 3.0  # the before and after windows
 
 
 async def server_window(pid: int, seconds: float) -> dict:
@@ -90,7 +89,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
                     await asyncio.sleep(0.05)  # another process's progress: no event to wait on
             await asyncio.wait_for(asyncio.gather(*(c.followed.wait() for c in chats)), 60)
             await asyncio.gather(*(c.ping() for c in chats))  # each view (the follow) is done
-            before = await server_window(pid, QUIET_S)
+            before = await server_window(pid, args.window)
             load.start()
             prober = asyncio.create_task(probe())
             sampler = asyncio.create_task(sample_rss())
@@ -113,7 +112,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
         finally:
             for session in [*chats, *todos]:
                 await session.close()
-        after = await server_window(pid, QUIET_S)
+        after = await server_window(pid, args.window)
     failures = [f"session {k}: {r}" for k, r in enumerate(answered) if isinstance(r, BaseException)]
     return report(args, tokens, chats, todos, first_pages, stamps, stored, failures, before, during, after, lags, load)
 

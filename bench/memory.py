@@ -267,7 +267,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each phase: does the script work")
     args = parser.parse_args()
     if args.smoke:
-        args.minutes, args.every, args.sessions, args.stream_seconds, args.workers, args.settle = 0.2, 2, 3, 1, 3, 1
+        args.minutes, args.every, args.sessions, args.stream_seconds, args.workers, args.settle = 0.1, 1, 3, 1, 3, 0.5
     return args
 
 
