@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from bench.common import MachineLoad, answer_chunks, cpu_seconds, new_owners, pc
 from bench.sessions import LIMITS_NOTE, ChatSession, Servers, TodoSession, rss_mb
 
 P99_TARGET_MS = 100.0
+nan = float("nan")
 
 
 async def server_window(pid: int, seconds: float) -> dict:
@@ -96,9 +98,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
             stop = asyncio.Event()
             todo_tasks = [asyncio.create_task(t.run(args.todo_rate, stop)) for t in todos]
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+            others0 = cpu_seconds(os.getpid()), cpu_seconds(s.llm.pid)
             await s.go(tokens, args.rate, args.sessions)
             answered = await asyncio.gather(*(c.answer(120 + 3 * args.seconds) for c in chats), return_exceptions=True)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+            ours = [(cpu_seconds(p) - c) / wall for p, c in zip((os.getpid(), s.llm.pid), others0)]
             stop.set()
             await asyncio.wait_for(asyncio.gather(*todo_tasks), 30)
             prober.cancel()
@@ -114,6 +118,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
                 await session.close()
         after = await server_window(pid, args.window)
     failures = [f"session {k}: {r}" for k, r in enumerate(answered) if isinstance(r, BaseException)]
+    during["others"] = ours
     return report(args, tokens, chats, todos, first_pages, stamps, stored, failures, before, during, after, lags, load)
 
 
@@ -157,15 +162,19 @@ def report(args, tokens, chats, todos, first_pages, stamps, stored, failures, be
     print(table(["sessions", "tokens delivered", "tokens/s delivered", "p50 ms", "p99 ms", "max ms", "first p50 ms",
                  "whole: stored / seen / page", "errors"],
                 [[f"{n} answering", f"{delivered:,} of {n * tokens:,}", f"{delivered / during['wall']:,.0f}",
-                  f"{pct(latencies, 50):.1f}", f"{pct(latencies, 99):.1f}", f"{max(latencies, default=float('nan')):.1f}",
-                  f"{pct(firsts, 50):.1f}", f"{whole_stored} / {whole_seen} / {'-' if rebuilt is None else rebuilt} of {n}",
+                  f"{pct(latencies, 50):.1f}", f"{pct(latencies, 99):.1f}", f"{max(latencies, default=nan):.1f}",
+                  f"{pct(firsts, 50):.1f}", f"{whole_stored} / {whole_seen} / {'-' if rebuilt is None else rebuilt} "
+                                            f"of {n}",
                   str(sum(len(c.errors) for c in chats) + len(failures))],
-                 [f"{len(todos)} on todos", f"{len(todo_ms):,} actions", f"{len(todo_ms) / during['wall']:.1f} actions/s",
-                  f"{pct(todo_ms, 50):.1f}", f"{pct(todo_ms, 99):.1f}", f"{max(todo_ms, default=float('nan')):.1f}",
+                 [f"{len(todos)} on todos", f"{len(todo_ms):,} actions",
+                  f"{len(todo_ms) / during['wall']:.1f} actions/s",
+                  f"{pct(todo_ms, 50):.1f}", f"{pct(todo_ms, 99):.1f}", f"{max(todo_ms, default=nan):.1f}",
                   "", "(round trip: action -> its result's frame)", str(sum(len(t.errors) for t in todos))]]))
     print(f"\nwhere the time goes: LLM send lag p99 {pct(send_lag, 99):.1f} ms (the pacer's own lateness); client loop "
           f"lag p99 {pct(lags, 99):.1f} ms (how late this bench's event loop ran); wall from /go to the last answer's "
-          f"end {during['wall']:.1f} s (pacing {args.seconds:g} s)"
+          f"end {during['wall']:.1f} s (pacing {args.seconds:g} s); meanwhile this bench's client used "
+          f"{during['others'][0]:.2f} cores and the LLM server {during['others'][1]:.2f}; server CPU "
+          f"{during['cpu'] * 1e6 / max(delivered, 1):.0f} µs per token delivered"
           + (f"; pages rebuilt in {rebuild_s:.1f} s after the run" if rebuilt is not None else "") + ".\n")
     print(table(["server", "window s", "CPU s", "cores", "RSS MB", "peak RSS MB"],
                 [[name, f"{w['wall']:.1f}", f"{w['cpu']:.2f}", f"{w['cpu'] / w['wall']:.2f}", f"{w['rss']:.0f}",
@@ -180,10 +189,10 @@ def report(args, tokens, chats, todos, first_pages, stamps, stored, failures, be
     checks = [(p99 <= P99_TARGET_MS, f"p99 token->frame <= {P99_TARGET_MS:.0f} ms with {n} sessions at "
                                      f"{args.rate:,.0f} tokens/s: {p99:.1f} ms"),
               (not errors, f"zero errors: {len(errors)}"),
-              (lost == 0, f"zero lost or duplicated tokens: {whole_stored} stored answers equal the script, {whole_seen} "
-                          f"sessions saw every token" + (f", {rebuilt} rebuilt pages show exactly the final HTML"
-                                                         if rebuilt is not None else " (pages not rebuilt)")
-               + f", of {n}")]
+              (lost == 0, f"zero lost or duplicated tokens: {whole_stored} stored answers equal the script, "
+                          f"{whole_seen} sessions saw every token"
+               + (f", {rebuilt} rebuilt pages show exactly the final HTML" if rebuilt is not None
+                  else " (pages not rebuilt)") + f", of {n}")]
     for passed, text in checks:
         print(verdict(passed, text))
     print(f"info  todo round trip p50 / p99: {pct(todo_ms, 50):.1f} / {pct(todo_ms, 99):.1f} ms over "

@@ -8,15 +8,17 @@ the paced LLM server and the app as shipped (uvicorn, every built-in plugin, SQL
 per-address WebSocket limits raised: every session comes from 127.0.0.1). RSS is VmRSS of the app's process.
 
 1. idle: RSS once the server answers /-/health and has been left alone for a few seconds.
-2. `--sessions` sessions connected and streaming: that many browser-like sessions (bench/sessions.py), each its
-   own owner (a user logged in through POST /login), each streaming an answer at `--rate` tokens/s for
-   `--stream-seconds`; RSS sampled every 0.25 s, the peak reported.
-3. soak, `--minutes` long: `--workers` people (each a user of their own) use the app without a pause, each in
+2. soak, `--minutes` long: `--workers` people (each a user of their own) use the app without a pause, each in
    turn: opens a tab, asks a question whose answer (400 tokens at 200 tokens/s, ~2 s) streams into it while a
    second tab of theirs opens and closes; opens a tab on the stream simulator and runs it (60 chunks, 10-40 ms
    apart) to its end; opens a tab on the todos and adds, toggles, renames and deletes for ~3 s; each tab closes
    when its task is done. RSS sampled every `--every` s; the growth is from the sample at minute 2 (the nearest)
    to the last one.
+3. `--sessions` sessions connected and streaming: that many browser-like sessions (bench/sessions.py), each its
+   own owner (a user logged in through POST /login), each streaming an answer at `--rate` tokens/s for
+   `--stream-seconds`; RSS sampled every 0.25 s, the peak reported. This phase comes after the soak: run first,
+   the memory its peak takes and frees would stay in the process for reuse (CPython and malloc keep it) and a
+   soak that fits in it would hide a slow leak (the first runs, in that order, showed a flat line at the peak).
 
 `--tracemalloc` runs the server with tracemalloc on (`bench.sessions.TRACEMALLOC_ENV`: it writes a snapshot on
 SIGUSR1): the bench takes one at minute 2 and one at the end and prints the allocations that grew most between
@@ -179,7 +181,6 @@ async def main(args: argparse.Namespace) -> int:
             await asyncio.sleep(args.settle)  # the server left alone: what idle means
             idle = rss_mb(pid)
             owners = await new_owners(s.base, args.sessions + args.workers, s.db_url)
-            connected, peak, streamed = await streaming_peak(s, owners[:args.sessions], args)
             soak = Soak(s, owners[args.sessions:], time.monotonic() + args.minutes * 60)
             samples: list[tuple[float, float]] = []
             t0 = time.monotonic()
@@ -197,6 +198,9 @@ async def main(args: argparse.Namespace) -> int:
             samples.append((time.monotonic() - t0, rss_mb(pid)))
             if trace_dir:
                 snapshots.append(await snapshot(s, trace_dir, 2))
+            # after the soak: at its start, the heap these sessions grow would hide a slow leak (freed
+            # memory Python keeps for reuse), and the soak must show one
+            connected, peak, streamed = await streaming_peak(s, owners[:args.sessions], args)
             load.stop()
             report_top(snapshots)
     except BaseException:
@@ -228,11 +232,11 @@ def report(args, idle, connected, peak, streamed, samples, mark, soak, load) -> 
                                                            if args.tracemalloc else "") + ".\n")
     print(table(["phase", "RSS MB", "target"],
                 [["idle after start", f"{idle:.1f}", f"< {IDLE_TARGET_MB:.0f}"],
-                 [f"{args.sessions} sessions connected (answers not started)", f"{connected:.1f}", ""],
-                 [f"{args.sessions} sessions streaming ({args.rate:,.0f} tokens/s for {args.stream_seconds:g} s each), "
-                  "peak", f"{peak:.1f}", f"< {SESSIONS_TARGET_MB:.0f}"],
                  [f"soak at {at_mark[0] / 60:.1f} min", f"{at_mark[1]:.1f}", ""],
-                 [f"soak at {end[0] / 60:.1f} min (end)", f"{end[1]:.1f}", f"growth < {GROWTH_TARGET:.0%}"]]))
+                 [f"soak at {end[0] / 60:.1f} min (end)", f"{end[1]:.1f}", f"growth < {GROWTH_TARGET:.0%}"],
+                 [f"then {args.sessions} sessions connected (answers not started)", f"{connected:.1f}", ""],
+                 [f"{args.sessions} sessions streaming ({args.rate:,.0f} tokens/s for {args.stream_seconds:g} s each), "
+                  "peak", f"{peak:.1f}", f"< {SESSIONS_TARGET_MB:.0f}"]]))
     per_row = max(1, min(6, round(60 / args.every)))
     print(f"\nsoak ({args.workers} people, each its own user; {args.minutes:g} min): RSS MB every {args.every:g} s, "
           f"six a row")
@@ -240,7 +244,7 @@ def report(args, idle, connected, peak, streamed, samples, mark, soak, load) -> 
     print(table(["from", *[f"+{k * args.every:g} s" for k in range(per_row)]],
                 [[f"{r[0][0] / 60:.1f} min", *[f"{x[1]:.1f}" for x in r], *[""] * (per_row - len(r))] for r in rows]))
     print("\nwhat the soak did: " + ", ".join(f"{v:,} {k}" for k, v in soak.counts.items())
-          + f"; {streamed:,} tokens streamed to the {args.sessions} sessions before it")
+          + f"; then {streamed:,} tokens streamed to the {args.sessions} sessions")
     for e in soak.errors[:10]:
         print(f"error  {e}")
     checks = [(idle < IDLE_TARGET_MB, f"idle RSS < {IDLE_TARGET_MB:.0f} MB: {idle:.1f} MB"),

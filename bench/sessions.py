@@ -269,13 +269,14 @@ class TodoSession(Session):
                                                           + name.encode() + b"<", re.S),
                                    f"{self.label}: todo.add", rate, stop, timeout, name=name)
                 tid = m.group(1).decode()
-                await self.act("todo.toggle", re.compile(rb'<li(?=[^>]*\bid="todo-%s")(?=[^>]*data-done="1")' % tid.encode()),
+                row = rb'<li(?=[^>]*\bid="todo-%s")' % tid.encode()
+                await self.act("todo.toggle", re.compile(row + rb'(?=[^>]*data-done="1")'),
                                f"{self.label}: todo.toggle {tid}", rate, stop, timeout, id=tid)
                 renamed = f"{name} renamed"
                 await self.act("todo.edit", re.compile(rb'<li[^>]*\bid="todo-%s"[^>]*>(?:(?!</li>).)*?%s<'
                                                        % (tid.encode(), renamed.encode()), re.S),
                                f"{self.label}: todo.edit {tid}", rate, stop, timeout, id=tid, name=renamed)
-                await self.act("todo.delete", re.compile(rb'<li(?=[^>]*\bid="todo-%s")(?=[^>]*hx-swap-oob="delete")' % tid.encode()),
+                await self.act("todo.delete", re.compile(row + rb'(?=[^>]*hx-swap-oob="delete")'),
                                f"{self.label}: todo.delete {tid}", rate, stop, timeout, id=tid)
             except TimeoutError as exc:
                 self.errors.append(str(exc))
