@@ -21,9 +21,9 @@ per-address WebSocket limits raised: every session comes from 127.0.0.1). RSS is
    soak that fits in it would hide a slow leak (the first runs, in that order, showed a flat line at the peak).
 
 `--tracemalloc` runs the server with tracemalloc on (`bench.sessions.TRACEMALLOC_ENV`: it writes a snapshot on
-SIGUSR1): the bench takes one at minute 2 and one at the end and prints the allocations that grew most between
-them (tracemalloc costs CPU and memory: its RSS figures are not the target's). `--smoke`: a few seconds of each
-phase, to check the script works.
+SIGUSR1): the bench takes one at minute 2 and one at the end and prints the allocation sites that changed most
+between them, and the total traced at each (tracemalloc costs CPU and memory: its RSS figures are not the
+target's). `--smoke`: a few seconds of each phase, to check the script works.
 """
 
 from __future__ import annotations
@@ -217,7 +217,9 @@ def report_top(snapshots: list[Path], top: int = 15) -> None:
     import tracemalloc
 
     first, last = (tracemalloc.Snapshot.load(str(p)) for p in snapshots)
-    print(f"tracemalloc: the {top} allocation sites that grew most from the first snapshot to the last")
+    totals = [sum(stat.size for stat in snap.statistics("filename")) / 1e6 for snap in (first, last)]
+    print(f"tracemalloc: Python allocations {totals[0]:.2f} MB at the first snapshot, {totals[1]:.2f} MB at the last; "
+          f"the {top} allocation sites that changed most between them")
     for stat in last.compare_to(first, "lineno")[:top]:
         print(f"  {stat.size_diff / 1e3:+10.1f} kB {stat.count_diff:+8d} blocks  {stat.traceback[0]}")
     print()
