@@ -17,7 +17,10 @@ Nothing is mocked between the LLM's socket and the client's socket; three proces
   OLLAMA_HOST pointing at the LLM server) plus a bench plugin with two ws actions: `bench.ping` (a round trip,
   so the bench knows its follow was processed) and `bench.follow_full`, the baseline.
 - this process: the tabs (WebSocket clients, the `websockets` library, permessage-deflate negotiated as
-  browsers do). Owners come from `bench.common.new_owner` (today a fresh browser session each). Tab 0 of
+  browsers do). Owners come from `bench.common.new_owners`: the server runs with QUANDA_AUTH=accounts and each
+  owner is a user of its own, logged in through POST /login (in local mode every browser shares the one
+  workspace, so the row of 50 answers at once would be one owner's; "before" predates accounts: there an owner
+  is a fresh browser session, which then had a workspace of its own). Tab 0 of
   each owner sends `{"action": "chat.send", ...}` like the page's form; every tab learns the answer's id
   from its bubble (the `data-stream` marker) and follows it, then the bench says /go.
 
@@ -75,7 +78,7 @@ if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the
     sys.path.insert(0, os.environ["QUANDA_BENCH_APP_DIR"])
 
 from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, checkout_before,  # noqa: E402
-                          cpu_seconds, free_port, llm_serve, new_owner, pct, stop_process, table, verdict,
+                          cpu_seconds, free_port, llm_serve, new_owners, pct, stop_process, table, verdict,
                           wait_http)
 
 P99_TARGET_MS = 33.0
@@ -126,15 +129,18 @@ def bench_plugin():
 def serve(port: int, db_url: str, llm_url: str, frame_interval: float | None, profile: str | None) -> None:
     import logging
 
+    from dataclasses import fields
+
     import app.follow
     from app.config import Settings
     from app.server import create_app
-    from bench.common import serve_app
+    from bench.common import ACCOUNTS, serve_app
 
     logging.basicConfig(level=logging.WARNING)
     if frame_interval is not None:  # an experiment knob; by default the app as shipped
         app.follow.FRAME_INTERVAL_S = frame_interval
-    settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL)
+    accounts = ACCOUNTS if "auth" in {f.name for f in fields(Settings)} else {}  # "before" has no accounts
+    settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, **accounts)
     the_app = create_app(settings, entry_point_group=None, extra_plugins=[bench_plugin()])
     serve_app(the_app, port, profile)
 
@@ -236,7 +242,8 @@ def rebuild(first_page: str, tab: Tab) -> "object":
     return page
 
 
-async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pid: int, run_no: int) -> dict:
+async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pid: int, run_no: int,
+                  db_url: str | None) -> dict:
     import httpx
     import websockets
 
@@ -247,7 +254,7 @@ async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pi
 
     full = spec.variant == "baseline"
     action = "bench.follow_full" if full else "follow"
-    owners = [await new_owner(base) for _ in range(spec.owners)]
+    owners = await new_owners(base, spec.owners, db_url)  # db_url: the server's store, in accounts mode
     tags = [f"r{run_no}-o{k}" for k in range(spec.owners)]
     extra = {} if deflate else {"compression": None}
     url = base.replace("http", "ws") + "/ws"
@@ -427,6 +434,7 @@ async def main(args: argparse.Namespace) -> int:
     server = subprocess.Popen([sys.executable, me, "--serve", str(app_port), f"sqlite:///{tmp}/bench.db", llm_base,
                                *knobs], cwd=tmp, stdout=app_log, stderr=subprocess.STDOUT, env=env)
     servers = {"ours": (base, server), "baseline": (base, server)}
+    owner_dbs = {"ours": f"sqlite:///{tmp}/bench.db", "baseline": f"sqlite:///{tmp}/bench.db", "before": None}
     if args.before:  # the app as it was before issue 10, on a port of its own
         before_dir = checkout_before(tmp / "before")
         if before_dir is None:
@@ -447,11 +455,12 @@ async def main(args: argparse.Namespace) -> int:
     try:
         await wait_http(llm_base + "/api/tags", llm, tmp / "llm.log")
         await wait_http(base + "/-/plugins", server, tmp / "server.log")
-        await one_run(base, llm_base, Spec("ours", "warm-up", 1, 1, 200, TARGET_RATE), deflate, server.pid, run_no)
+        await one_run(base, llm_base, Spec("ours", "warm-up", 1, 1, 200, TARGET_RATE), deflate, server.pid, run_no,
+                      owner_dbs["ours"])
         if "before" in servers:
             await wait_http(servers["before"][0] + "/-/plugins", servers["before"][1], tmp / "before-server.log")
             await one_run(servers["before"][0], llm_base, Spec("before", "warm-up", 1, 1, 200, TARGET_RATE), deflate,
-                          servers["before"][1].pid, run_no)
+                          servers["before"][1].pid, run_no, None)
         if args.py_spy:
             sampler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking",
                                         "-o", str(Path(args.py_spy).resolve()), "--pid", str(server.pid)],
@@ -462,7 +471,7 @@ async def main(args: argparse.Namespace) -> int:
             for _ in range(spec.runs):
                 run_no += 1
                 url, proc = servers[spec.variant]
-                runs.append(await one_run(url, llm_base, spec, deflate, proc.pid, run_no))
+                runs.append(await one_run(url, llm_base, spec, deflate, proc.pid, run_no, owner_dbs[spec.variant]))
             results.append(combine(spec, runs))
         load.stop()
     except BaseException:

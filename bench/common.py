@@ -234,19 +234,55 @@ def llm_serve(port: int) -> None:
 
 # == owners ================================================================================================
 
-async def new_owner(base: str) -> dict[str, str]:
-    """Headers that make HTTP requests and WebSockets act for a new owner, independent of every other.
+BENCH_PASSWORD = "bench-password-not-secret"
+# what a bench server that needs independent owners runs with (besides its store and LLM): accounts mode (one
+# workspace per user; local mode has one workspace for the machine) and a signing key of its own
+ACCOUNTS = {"auth": "accounts", "secret": "bench-" + "0" * 40}
 
-    Today an owner is a browser session: a GET of "/" sets a fresh session cookie. This is the one place to
-    change when owners become workspaces (SPEC §6): in accounts mode, create a user and log in here (each
-    user has a workspace of their own); in local mode every browser shares the machine's one workspace, so
-    N independent owners exist only in accounts mode."""
+
+async def new_owners(base: str, count: int, db_url: str | None = None) -> list[dict[str, str]]:
+    """Headers (Cookie and Origin) that make HTTP requests and WebSockets act for `count` owners, each
+    independent of every other and of any owner made before.
+
+    With `db_url`, the server runs with QUANDA_AUTH=accounts (`ACCOUNTS`) on that store: each owner is a new user,
+    created directly in the store (`app.accounts.Accounts.add`, what `python -m app users add` does) and logged in
+    through the real `POST /login` form, so it has a workspace of its own. Without it (local mode) each owner is a
+    fresh browser session of the machine's one workspace "local": N independent owners exist only in accounts
+    mode. Logging in costs the server one scrypt hash (~50 ms of CPU) per owner: do it before measuring."""
+    import secrets
+
     import httpx
 
-    async with httpx.AsyncClient(timeout=30) as http:
-        (await http.get(base + "/")).raise_for_status()
-        cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
-    return {"Cookie": cookie, "Origin": base}
+    if db_url is None:
+        owners = []
+        async with httpx.AsyncClient(timeout=30) as http:
+            for _ in range(count):
+                http.cookies.clear()
+                (await http.get(base + "/")).raise_for_status()
+                owners.append({"Cookie": "; ".join(f"{k}={v}" for k, v in http.cookies.items()), "Origin": base})
+        return owners
+    from app.accounts import Accounts
+    from app.quanda import open_store
+
+    names = [f"bench-{secrets.token_hex(6)}" for _ in range(count)]
+    async with await open_store(db_url) as store:
+        accounts = Accounts(store)
+        for name in names:
+            await accounts.add(name, BENCH_PASSWORD)
+    owners = []
+    for name in names:
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(base + "/login", data={"username": name, "password": BENCH_PASSWORD},
+                                headers={"Origin": base})
+            if r.status_code != 303 or r.headers.get("location") != "/":
+                raise RuntimeError(f"logging in {name} failed: {r.status_code} {r.text[:200]!r}")
+            owners.append({"Cookie": "; ".join(f"{k}={v}" for k, v in http.cookies.items()), "Origin": base})
+    return owners
+
+
+async def new_owner(base: str, db_url: str | None = None) -> dict[str, str]:
+    """Headers for one new owner: see `new_owners` (this is the one place that decides what an owner is)."""
+    return (await new_owners(base, 1, db_url))[0]
 
 
 # == the seed's design, as a ws action =======================================================================

@@ -1,8 +1,17 @@
-"""Load: many answers at once through the HTTP API, followed over SSE, against the app before issue 10.
+"""Load: many answers at once through the HTTP API (issue 10), or many browser sessions at once (issue 15).
 
-    python bench/load.py [--answers 50] [--chunks 530] [--rate 200] [--variants ours,before] [--py-spy PATH]
+    python bench/load.py [--mode api] [--answers 50] [--chunks 530] [--rate 200] [--variants ours,before]
+                         [--py-spy PATH]
+    python bench/load.py --mode ws [--sessions 50] [--rate 200] [--seconds 30] [--todo-sessions 5]
+                         [--todo-rate 2] [--no-rebuild] [--window 3]
 
-Exit status 1 when a target is missed. Per variant three processes run on 127.0.0.1: the paced Ollama-wire LLM
+Exit status 1 when a target is missed.
+
+`--mode ws` (bench/load_ws.py): `--sessions` browser-like WebSocket sessions (bench/sessions.py), each its own
+owner (a user of their own, the server in accounts mode), each streaming an answer of `--rate` x `--seconds`
+tokens from the paced LLM server, while `--todo-sessions` more sessions use the todo app; see that module.
+
+`--mode api` (the default). Per variant three processes run on 127.0.0.1: the paced Ollama-wire LLM
 server (`bench.common.llm_serve`), the app (uvicorn, `create_app` with the shipped plugins, a temporary SQLite
 file, `QUANDA_API_TOKEN` set) and this client. "ours" is this tree; "before" is the same app as of commit
 e1594fc (extracted from git history by `bench.common.checkout_before`), the code issue 10 started from.
@@ -184,9 +193,20 @@ async def one_variant(name: str, args: argparse.Namespace, tmp: Path, py_spy: st
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("api", "ws"), default="api",
+                        help="api: answers through the HTTP API over SSE (issue 10); ws: browser-like WebSocket "
+                             "sessions (issue 15, bench/load_ws.py)")
     parser.add_argument("--answers", type=int, default=50)
     parser.add_argument("--chunks", type=int, default=530, help="chunks per answer")
-    parser.add_argument("--rate", type=float, default=200.0, help="chunks/s of each answer")
+    parser.add_argument("--rate", type=float, default=200.0, help="chunks (tokens)/s of each answer")
+    parser.add_argument("--sessions", type=int, default=50, help="ws: sessions streaming an answer each")
+    parser.add_argument("--seconds", type=float, default=30.0, help="ws: seconds each answer streams")
+    parser.add_argument("--todo-sessions", type=int, default=5, help="ws: more sessions using the todo app")
+    parser.add_argument("--todo-rate", type=float, default=2.0, help="ws: todo actions/s of each todo session")
+    parser.add_argument("--no-rebuild", action="store_true",
+                        help="ws: skip rebuilding each page from its frames after the run")
+    parser.add_argument("--window", type=float, default=3.0,
+                        help="ws: seconds of the server's before and after windows (CPU, RSS)")
     parser.add_argument("--variants", default="ours,before", help="ours (this tree), before (commit e1594fc)")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the ours server with py-spy into PATH")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "DB_URL", "LLM_URL"), help=argparse.SUPPRESS)
@@ -196,6 +216,16 @@ def parse_args() -> argparse.Namespace:
 
 async def main(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="quanda-loadbench-"))
+    if args.mode == "ws":
+        from bench.load_ws import run
+
+        try:
+            status = await run(args, tmp)
+        except BaseException:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return status
     load = MachineLoad((os.getpid(),))
     results = []
     try:

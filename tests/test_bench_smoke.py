@@ -1,0 +1,37 @@
+"""The issue-15 benchmarks in their smallest form, so they cannot rot: `bench/load.py --mode ws` and
+`bench/memory.py --smoke` run end to end (their own LLM server and app, real sockets) and say their verdicts.
+Latency and memory targets are the full runs' business (a busy machine may miss them here); what must hold even
+here is that nothing was lost, duplicated or refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args: str, timeout: float = 120) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode in (0, 1), f"{args[0]} crashed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_load_ws_smallest_run_loses_nothing():
+    out = run_bench("bench/load.py", "--mode", "ws", "--sessions", "2", "--seconds", "1", "--todo-sessions", "1",
+                    "--window", "0.2")
+    assert "PASS  zero errors: 0" in out, out
+    assert "PASS  zero lost or duplicated tokens: 2 stored answers equal the script, 2 sessions saw every token, " \
+           "2 rebuilt pages show exactly the final HTML, of 2" in out, out
+    assert "p99 token->frame <= 100 ms" in out, out
+
+
+def test_memory_smoke_runs_every_phase():
+    out = run_bench("bench/memory.py", "--smoke")
+    for target in ("idle RSS < 150 MB", "sessions connected and streaming < 300 MB", "soak growth from",
+                   "PASS  the soak went without errors: 0"):
+        assert target in out, out
+    assert " 0 answers" not in out and " 0 simulator runs" not in out and " 0 todo actions" not in out, out
