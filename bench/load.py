@@ -162,7 +162,7 @@ async def one_variant(name: str, args: argparse.Namespace, tmp: Path, py_spy: st
                 await asyncio.sleep(0.05)  # another process's progress: no event to wait on
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 60)  # every snapshot is in
             if py_spy:
-                sampler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking",
+                sampler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--native",
                                             "-o", py_spy, "--pid", str(server.pid)],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()

@@ -5,6 +5,11 @@
 "self" is the share of samples whose innermost frame is the function; "incl." the share whose stack holds it
 anywhere. Areas (by the innermost frame whose file matches, first match wins) say where the CPU goes: the
 LLM driver's HTTP read, the store's write path, the follower and its view, rendering, the WebSocket send…
+
+Shares are of the *busy* samples: a stack whose innermost frame is a wait (the event loop in `epoll_pwait`,
+a thread blocked on a lock or a queue) is idle and only counted apart. py-spy tells those apart only with
+`--native` (which the benchmarks' `--py-spy` use): without it, a thread asleep in uvloop's C code shows as
+its last Python frame (`Runner.run`), indistinguishable from work.
 """
 
 from __future__ import annotations
@@ -20,23 +25,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import table  # noqa: E402
 
 FRAME_RE = re.compile(r"^(.*) \((.*?):(\d+)\)$")
+NATIVE_RE = re.compile(r"^(.*) \((.*?)\)$")  # a C frame (`--native`): "function (library)"
+WAITS = re.compile(r"^(epoll_pwait|epoll_wait|poll|select|pthread_cond_(timed)?wait|sem_(timed)?wait|__futex|futex)\b")
 AREAS = [  # (area, pattern on "function (file)"), innermost matching frame decides
-    ("render: markdown (mistune)", r"/mistune/"),
-    ("render: highlighting (pygments)", r"/pygments/"),
-    ("render: app/render.py", r"app/render\.py"),
+    ("render: markdown (mistune)", r"[(/]mistune/"),
+    ("render: highlighting (pygments)", r"[(/]pygments/"),
+    ("render: app/render/", r"app/render/"),
     ("view: ChatView", r"app/components/chat\.py"),
-    ("FT -> HTML (fastcore to_xml)", r"/fastcore/|/fasthtml/"),
-    ("store: SQLite (sqlite.py, writer thread)", r"app/quanda/store/sqlite\.py"),
+    ("FT -> HTML (fastcore to_xml)", r"[(/](fastcore|fasthtml)/"),
+    ("store: SQLite (sqlite*.py, writer thread)", r"app/quanda/store/sqlite"),
+    ("store: SQLite's C code (sqlite3, WAL writes)", r"^(_pysqlite|pysqlite|sqlite3|pwrite|fdatasync|pread)"),
     ("store: shared (base.py, subscription.py)", r"app/quanda/store/(base|subscription)\.py"),
     ("core: reader, writer, validation", r"app/quanda/"),
     ("follower (app/follow.py)", r"app/follow\.py"),
     ("LLM driver (app/llm)", r"app/llm/"),
-    ("HTTP client (httpx, httpcore, h11, anyio)", r"/(httpx|httpcore|h11|anyio|sniffio)/"),
-    ("WebSocket send (uvicorn, websockets, zlib)", r"/(uvicorn|websockets|wsproto)/"),
+    ("HTTP client (httpx, httpcore, h11, anyio)", r"[(/](httpx|httpcore|h11|anyio|sniffio)/"),
+    ("WebSocket send (uvicorn, websockets, zlib)", r"[(/](uvicorn|websockets|wsproto)/|zlib"),
     ("app: ws, plugins, jobs", r"app/"),
-    ("asyncio event loop", r"/asyncio/"),
-    ("threading / queue", r"/(threading|queue)\.py"),
+    ("accounts: password hashing (scrypt, at login)", r"libcrypto"),
+    ("sockets (read, write, send, recv)", r"^(read|write|send|recv|sendmsg|recvmsg|writev)\b"),
+    ("asyncio event loop", r"[(/]asyncio/|_asynciomodule|uvloop|loop\.c"),
+    ("threading / queue", r"[(/](threading|queue)\.py"),
 ]
+
+
+def idle(frames: list[str]) -> bool:
+    """A thread asleep: in a wait call, or in the unnamed libc frames under a lock's acquire."""
+    inner = frames[-1]
+    if WAITS.match(inner):
+        return True
+    return inner.startswith("0x") and any("acquire_lock" in f or "SimpleQueue_get" in f for f in frames[-4:])
 
 
 def parse(path: str):
@@ -44,7 +62,7 @@ def parse(path: str):
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = [f for f in stack.split(";") if FRAME_RE.match(f)]
+        frames = [f for f in stack.split(";") if FRAME_RE.match(f) or NATIVE_RE.match(f)]
         yield frames, int(count)
 
 
@@ -54,13 +72,13 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
     own, incl, areas = Counter(), Counter(), Counter()
-    total = 0
+    total = asleep = 0
     compiled = [(name, re.compile(p)) for name, p in AREAS]
     for frames, count in parse(args.path):
-        total += count
-        if not frames:
-            areas["(native / idle)"] += count
+        if not frames or idle(frames):
+            asleep += count
             continue
+        total += count
         own[frames[-1]] += count
         for f in set(frames):
             incl[f] += count
@@ -73,13 +91,15 @@ def main() -> None:
             areas["other"] += count
     if not total:
         sys.exit("no samples")
-    print(f"{total:,} samples\n")
+    print(f"{total:,} busy samples (and {asleep:,} of threads asleep: not counted below)\n")
     print(table(["area (innermost matching frame)", "share"],
                 [[a, f"{100 * c / total:.1f} %"] for a, c in areas.most_common()]))
     print()
 
     def short(frame: str) -> str:
         m = FRAME_RE.match(frame)
+        if m is None:  # a C frame
+            return frame[:110]
         path = m.group(2)
         for marker in ("site-packages/", "/lib/python3", "/work/wt/perf/", "/work/main/"):
             if marker in path:
