@@ -196,7 +196,7 @@ class ChatView:
         if self.warning is not None:
             fragments.append(Div(self.warning, id=ids.msg_warning_id(mid), cls="msg-warning", hx_swap_oob="true"))
         if self.immutable or self.warning is not None:
-            fragments.append(StreamMarker(mid, self.seq, oob=True))
+            fragments.append(StreamMarker(mid, self.seq, oob=True, ended=self.immutable))
         self._shown(self.estimate)
         self.replace, self.warning, self.dirty = False, None, False
         return fragments

@@ -88,7 +88,7 @@ def SimRun(record=None, run: dict | None = None, oob: bool = False):
             SimStatus(record.id, run_status(record, run)),
             cls="sim-progress"),
         Pre(record.content, id=ids.sim_content_id(record.id), cls="stream-content follow-scroll"),
-        StreamMarker(record.id, record.last_seq, follow=not record.immutable),
+        StreamMarker(record.id, record.last_seq, follow=not record.immutable, ended=record.immutable),
         id="sim-run", data_message=record.id, hx_swap_oob="true" if oob else None,
     )
 
@@ -146,6 +146,6 @@ class SimulatorView:
         if self.immutable:
             fragments.append(SimStopForm(None, oob=True))
         if fragments or self.seq:
-            fragments.append(StreamMarker(mid, self.seq, oob=True))
+            fragments.append(StreamMarker(mid, self.seq, oob=True, ended=self.immutable))
         self.appended, self.replaced, self.status_dirty, self.progress_dirty = [], None, False, False
         return fragments

@@ -141,3 +141,31 @@ async def test_llm_server_down_gives_a_clear_message_and_the_app_keeps_serving(t
         await page.close()  # before the server goes, or its reconnect attempts fail in the console
     finally:
         server.stop()
+
+
+async def test_a_tab_open_for_many_answers_keeps_streaming_new_ones(app_server, llm, browser):
+    """Found by the long hostile-text run: a sealed answer's marker still named its stream, so a tab that stayed
+    open through 64 answers declared 64 streams and the next `view` was refused (at most 64): the 65th answer
+    stayed empty. A sealed stream's marker now keeps only its seq."""
+    llm.script = Reply(chunks=["ok"])
+    page = await open_chat(browser, app_server.url)
+    asked = await page.evaluate("""async n => {
+        const json = {method: "POST", headers: {"Content-Type": "application/json"}};
+        for (let i = 0; i < n; i++) {
+          const r = await fetch("/api/chat/ask", {...json, body: JSON.stringify({text: "q" + i})});
+          if (r.status !== 201) return "ask " + i + ": " + r.status;
+          for (let t = 0; t < 200; t++) {  // until the answer is written (at most 10 s)
+            const s = await (await fetch("/api/chat/status")).json();
+            if (!s.answering) break;
+            await new Promise(ok => setTimeout(ok, 50));
+          }
+        }
+        return "ok";
+    }""", 70)
+    assert asked == "ok"
+    await expect(page.locator("#msg-list li.msg.q").last).to_contain_text("q69", timeout=EXPECT_MS)
+    await expect(answers(page).last).to_contain_text("ok", timeout=EXPECT_MS)  # the 70th streamed into this tab
+    assert await page.locator("#msg-list [data-stream]").count() == 0  # nothing sealed is declared any more
+    llm.script = Reply(chunks=["the ", "last ", "one"], delay=0.02)
+    await ask(page, "and now?")
+    await expect(answers(page).last).to_contain_text("the last one", timeout=EXPECT_MS)

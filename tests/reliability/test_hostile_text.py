@@ -131,7 +131,11 @@ class Watched:
             missing = await self.page.evaluate(
                 "([texts, selectors]) => selectors.flatMap(sel => texts.filter(t => ![...document.querySelectorAll("
                 "sel)].some(e => e.textContent.includes(t))).map(t => sel + ' ' + t))", [texts, list(selectors)])
-            raise AssertionError(f"not shown within {EXPECT_MS} ms: {missing[:10]}") from None
+            last = await self.page.evaluate(
+                "selectors => selectors.map(sel => { const all = document.querySelectorAll(sel); "
+                "return sel + ': ' + (all.length ? all[all.length - 1].textContent.slice(0, 300) : '(none)'); })",
+                list(selectors))
+            raise AssertionError(f"not shown within {EXPECT_MS} ms: {missing[:10]}; the last of each: {last}") from None
 
     async def reload_and_check(self, where: str) -> None:
         await self.page.reload()
