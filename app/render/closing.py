@@ -78,6 +78,15 @@ def closing_suffix(text: str) -> str:
     last_start = text.rfind("\n") + 1
     last = text[last_start:]
     fence, after_fence = _fence_at(text, last_start)
+    closer = _line_closer(last, fence)
+    if closer is not None:
+        return closer
+    return _close_inline(text[max(after_fence, text.rfind("\n\n") + 1):])
+
+
+def _line_closer(last: str, fence) -> str | None:
+    """What closes an open fence, or a line that opens one; "" for a blank last line (closers at the start of a
+    line could read as a fence or a list marker); None when only the inline spans are left to close."""
     if fence is not None:
         m = _PARTIAL_CLOSER_RE.fullmatch(last)
         if m and m.group(1)[0] == fence.char:
@@ -87,8 +96,8 @@ def closing_suffix(text: str) -> str:
     if opening is not None:
         return "\n" + opening.indent + opening.char * opening.length
     if not last.strip():
-        return ""  # closers at the start of a line could read as a fence or a list marker
-    return _close_inline(text[max(after_fence, text.rfind("\n\n") + 1):])
+        return ""
+    return None
 
 
 _INLINE_SPECIAL_RE = re.compile(r"[\\`*~]")
@@ -205,16 +214,5 @@ class _Closer:
     def closing(self) -> str:
         if self.inline_only:
             return self.inline.closers()
-        last = "".join(self.line)
-        fence = self.fence
-        if fence is not None:
-            m = _PARTIAL_CLOSER_RE.fullmatch(last)
-            if m and m.group(1)[0] == fence.char:
-                return fence.char * max(0, fence.length - len(m.group(1)))
-            return ("\n" if last else "") + fence.indent + fence.char * fence.length
-        opening = _opens(last)
-        if opening is not None:
-            return "\n" + opening.indent + opening.char * opening.length
-        if not last.strip():
-            return ""
-        return self.inline.closers()
+        closer = _line_closer("".join(self.line), self.fence)
+        return closer if closer is not None else self.inline.closers()
