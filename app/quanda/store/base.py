@@ -286,6 +286,18 @@ class QuandaStore(ABC):
                     woke = True
         return woke
 
+    async def _poll_once(self) -> bool:
+        """One poll for other processes' writes to the messages followed here, and for their facts; whether
+        anything new was handed on."""
+        changed = await self._poll_last_seqs(list(self._subscriptions)) if self._subscriptions else None
+        woke = bool(changed) and self._remote_progress(changed)
+        if self._fact_listeners:
+            facts = await self._poll_facts()
+            if facts:
+                self._remote_facts(facts)
+                woke = True
+        return woke
+
     async def _watch(self) -> None:
         """Adaptive polling for commits by other processes, while anyone subscribes or listens."""
         delay = self.poll_min
@@ -295,13 +307,7 @@ class QuandaStore(ABC):
                 return
             woke = False
             try:
-                changed = await self._poll_last_seqs(list(self._subscriptions)) if self._subscriptions else None
-                woke = bool(changed) and self._remote_progress(changed)
-                if self._fact_listeners:
-                    facts = await self._poll_facts()
-                    if facts:
-                        self._remote_facts(facts)
-                        woke = True
+                woke = await self._poll_once()
             except QuandaError as exc:
                 log.warning("watcher: %s", exc)
                 delay = self.poll_max

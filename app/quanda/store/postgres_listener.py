@@ -135,14 +135,7 @@ class PostgresListener(QuandaStore):
             generation = self._listener_gen if self._listening else None
             woke = False
             try:
-                if self._subscriptions:
-                    changed = await self._poll_last_seqs(list(self._subscriptions))
-                    woke = self._remote_progress(changed) if changed else False
-                if self._fact_listeners:
-                    facts = await self._poll_facts()
-                    if facts:
-                        self._remote_facts(facts)
-                        woke = True
+                woke = await self._poll_once()
             except QuandaError as exc:
                 log.warning("watcher: %s", exc)
                 delay = self.poll_max
