@@ -245,8 +245,24 @@ def rebuild(first_page: str, tab: Tab) -> "object":
     return page
 
 
+#: `--py-spy`: where each measured window's samples go (one file per run, joined at the end)
+SAMPLES: list[Path] = []
+
+
+def start_sampler(pid: int, path: Path) -> subprocess.Popen:
+    SAMPLES.append(path)
+    return subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--native", "-o", str(path),
+                             "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_sampler(sampler: subprocess.Popen | None) -> None:
+    if sampler is not None:
+        sampler.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        sampler.wait(30)
+
+
 async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pid: int, run_no: int,
-                  db_url: str | None) -> dict:
+                  db_url: str | None, sample_to: Path | None = None) -> dict:
     import httpx
     import websockets
 
@@ -256,6 +272,7 @@ async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pi
     from bench.page import normalize
 
     full = spec.variant == "baseline"
+    sampler = None
     action = "bench.follow_full" if full else "follow"
     owners = await new_owners(base, spec.owners, db_url)  # db_url: the server's store, in accounts mode
     tags = [f"r{run_no}-o{k}" for k in range(spec.owners)]
@@ -295,15 +312,20 @@ async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pi
                     if r.done():
                         r.result()  # raises the tab's error
                 raise RuntimeError("the tabs did not all follow their answer")
-            await asyncio.sleep(0.1)  # let each follower's reader subscribe
+            if sample_to is not None:
+                sampler = start_sampler(server_pid, sample_to)
+            await asyncio.sleep(0.1)  # let each follower's reader subscribe (and py-spy attach)
             cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
             wire0 = [t.ws.wire for t in tabs]
             (await http.get(llm_base + f"/go?tokens={spec.tokens}&rate={spec.rate}&kind={spec.kind}"
                                        f"&streams={spec.owners}")).raise_for_status()
             await asyncio.wait_for(asyncio.gather(*runners), timeout=120 + 3 * spec.tokens / spec.rate)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(server_pid) - cpu0
+            stop_sampler(sampler)
+            sampler = None
             wire = sum(t.ws.wire - w for t, w in zip(tabs, wire0)) / len(tabs)
         finally:
+            stop_sampler(sampler)
             prober.cancel()
             for r in runners:
                 r.cancel()
@@ -385,7 +407,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--frame-interval", type=float, default=None,
                         help="experiment: override app.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
     parser.add_argument("--profile", metavar="PATH", help="experiment: cProfile the app server into PATH")
-    parser.add_argument("--py-spy", metavar="PATH", help="sample the app server (all threads) with py-spy into PATH "
+    parser.add_argument("--py-spy", metavar="PATH", help="sample the app server (all threads) with py-spy into PATH, from /go to the last tab's end of each run of ours "
                                                          "(collapsed stacks; `pip install py-spy`)")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "DB_URL", "LLM_URL"), help=argparse.SUPPRESS)
     parser.add_argument("--llm-serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -454,7 +476,6 @@ async def main(args: argparse.Namespace) -> int:
     results: list[dict] = []
     load = MachineLoad(tuple({p.pid for _, p in servers.values()} | {llm.pid, os.getpid()}))
     run_no = 0
-    sampler = None
     try:
         await wait_http(llm_base + "/api/tags", llm, tmp / "llm.log")
         await wait_http(base + "/-/plugins", server, tmp / "server.log")
@@ -464,26 +485,26 @@ async def main(args: argparse.Namespace) -> int:
             await wait_http(servers["before"][0] + "/-/plugins", servers["before"][1], tmp / "before-server.log")
             await one_run(servers["before"][0], llm_base, Spec("before", "warm-up", 1, 1, WARM_UP_TOKENS, TARGET_RATE), deflate,
                           servers["before"][1].pid, run_no, None)
-        if args.py_spy:
-            sampler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--native",
-                                        "-o", str(Path(args.py_spy).resolve()), "--pid", str(server.pid)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         load.start()
         for spec in plan_rows(args):
             runs = []
             for _ in range(spec.runs):
                 run_no += 1
                 url, proc = servers[spec.variant]
-                runs.append(await one_run(url, llm_base, spec, deflate, proc.pid, run_no, owner_dbs[spec.variant]))
+                sample_to = (Path(args.py_spy).resolve().with_suffix(f".run{run_no}")
+                             if args.py_spy and spec.variant == "ours" else None)
+                runs.append(await one_run(url, llm_base, spec, deflate, proc.pid, run_no, owner_dbs[spec.variant],
+                                          sample_to))
             results.append(combine(spec, runs))
         load.stop()
     except BaseException:
         print(f"logs kept in {tmp}", file=sys.stderr)
         raise
     finally:
-        if sampler is not None:
-            sampler.send_signal(2)  # SIGINT: py-spy writes its file and exits
-            sampler.wait(30)
+        if args.py_spy:  # the measured windows' samples, in one file
+            Path(args.py_spy).write_text("".join(p.read_text() for p in SAMPLES if p.exists()))
+            for p in SAMPLES:
+                p.unlink(missing_ok=True)
         for _, proc in servers.values():
             stop_process(proc)
         stop_process(llm)

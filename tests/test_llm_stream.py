@@ -107,3 +107,43 @@ async def test_leaving_early_closes_the_connection():
             async for _data in response.aiter_bytes():
                 break  # the client leaves: the socket closes, so the server stops generating
         await asyncio.wait_for(closed.wait(), 10)
+
+
+async def paced_reads(gap_s: float, lines: int) -> tuple[list[bytes], bytes]:
+    """The reads a client makes of `lines` chunks written `gap_s` apart (each its own write)."""
+    body = [b'{"n": %d}\n' % i for i in range(lines)]
+
+    async def handler(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for line in body:
+            writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+            await writer.drain()
+            await asyncio.sleep(gap_s)  # the LLM's pace, not a synchronisation
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve(handler)
+    async with server:
+        async with post_stream(url, {}, {}, connect_s=2, stall_s=5) as response:
+            reads = await asyncio.wait_for(_all(response.aiter_bytes()), 20)
+    return reads, b"".join(body)
+
+
+async def _all(items):
+    return [item async for item in items]
+
+
+async def test_a_fast_stream_is_read_in_batches_and_whole():
+    """At ~2,000 lines/s the socket rests READ_INTERVAL_S after each read: far fewer reads (and event-loop
+    wake-ups) than lines, nothing lost or reordered."""
+    reads, body = await paced_reads(0.0005, 400)
+    assert b"".join(reads) == body
+    assert len(reads) < 400 / 3, f"{len(reads)} reads for 400 lines: the socket was read for each line"
+
+
+async def test_a_slow_stream_is_read_as_each_line_comes():
+    """Lines further apart than 2 * READ_INTERVAL_S are each read as they come (no rest delays them)."""
+    reads, body = await paced_reads(0.025, 6)
+    assert b"".join(reads) == body
+    assert len(reads) == 6, f"{len(reads)} reads for 6 lines 25 ms apart"

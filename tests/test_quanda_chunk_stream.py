@@ -56,3 +56,39 @@ async def test_a_cancelled_producer_still_gets_its_text_written(store):
         await task
     await asyncio.wait_for(stream.flush(), 10)
     assert (await msg.refresh()).content == "".join(f"{i}," for i in range(100))
+
+
+async def test_at_a_fast_steady_rate_a_chunk_goes_at_most_every_min_interval(store):
+    """Pieces each in a loop turn of their own (an LLM at ~2,000 tokens/s): chunks go at most every
+    MIN_INTERVAL_S, so commits and reader wake-ups do not follow the token rate."""
+    msg = await QuandaMessage.create(store, role="assistant")
+    stream = ChunkStream(QuandaWriter(msg))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(100):
+        stream.add(f"f{i} ")
+        await asyncio.sleep(0.0005)  # the producer's pace
+    await asyncio.wait_for(stream.flush(), 10)
+    elapsed = loop.time() - start
+    tokens = await store.select_tokens(msg.id, limit=1000)
+    assert "".join(t.text for t in tokens) == "".join(f"f{i} " for i in range(100))
+    assert len(tokens) <= elapsed / ChunkStream.MIN_INTERVAL_S + 2, f"{len(tokens)} chunks in {elapsed:.3f} s"
+
+
+async def test_a_piece_waits_for_the_interval_only_after_a_recent_chunk(store):
+    msg = await QuandaMessage.create(store, role="assistant")
+    stream = ChunkStream(QuandaWriter(msg))
+    stream.MIN_INTERVAL_S = 0.3  # long enough to tell a wait from a write
+    loop = asyncio.get_running_loop()
+
+    async def written_in(text: str) -> float:
+        start = loop.time()
+        stream.add(text)
+        await asyncio.wait_for(stream.flush(), 10)
+        return loop.time() - start
+
+    assert await written_in("first ") < 0.25, "the first piece waited"
+    assert await written_in("soon after ") >= 0.25, "a piece right after a chunk did not wait for the interval"
+    await asyncio.sleep(0.3)  # the producer pauses
+    assert await written_in("after a pause ") < 0.25, "a piece after a pause waited"
+    assert (await msg.refresh()).content == "first soon after after a pause "

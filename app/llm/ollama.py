@@ -134,7 +134,7 @@ class NDJSONDecoder:
         self._calls = ToolCallChecker(offered)
 
     def feed(self, line: str) -> list[LLMEvent]:
-        if not line.strip():
+        if not line or line.isspace():
             return []
         try:
             obj = json.loads(line)

@@ -5,7 +5,12 @@ httpx is kept for everything else (model lists, capabilities). For the stream it
 layers — and an LLM at 2,000 tokens/s makes one read per token. Here a read is one `StreamReader.read`,
 the body's framing (chunked, Content-Length or until close) is parsed from a buffer, and the stall timeout
 is one moving deadline: each read only notes the time; one timer checks it and, when the server has been
-silent for `stall_s`, aborts the connection. Closing the response (or cancelling its reader) closes the
+silent for `stall_s`, aborts the connection. When reads come less than `2 * READ_INTERVAL_S` apart (a fast
+LLM), the socket is left unread for `READ_INTERVAL_S` after each one: what arrives meanwhile waits in the
+kernel and comes in one read. On this machine a wake-up of the event loop for a token costs ~60 µs of CPU
+(half of it in the kernel), as much as everything else the app does for that token; at 2,000 tokens/s this
+turns 2,000 wake-ups a second into ~250, for at most 4 ms more before a token is stored. A slow LLM (tokens
+further apart) is read as each token comes. Closing the response (or cancelling its reader) closes the
 socket, which is how a client stops an LLM's generation.
 
 Failures are raised as httpx's exception classes, so callers handle one family: ConnectError /
@@ -27,6 +32,8 @@ import httpx
 
 MAX_HEAD_BYTES = 64 * 1024
 READ_BYTES = 64 * 1024
+#: how long a fast stream's socket is left unread after a read (seconds)
+READ_INTERVAL_S = 0.004
 
 
 class StreamResponse:
@@ -36,15 +43,19 @@ class StreamResponse:
                  buffered: bytes, watchdog: "_Watchdog"):
         self.status_code, self.headers = status_code, headers
         self._reader, self._buffer, self._watchdog = reader, bytearray(buffered), watchdog
+        self._last_read = float("-inf")
 
     async def _read(self) -> bytes:
         try:
             data = await self._reader.read(READ_BYTES)
         except (ConnectionError, OSError) as exc:
             raise self._watchdog.error(f"the connection broke: {exc}") from exc
-        self._watchdog.touch()
+        last, now = self._last_read, self._watchdog.touch()
         if not data and self._watchdog.stalled:
             raise self._watchdog.error("")
+        self._last_read = now
+        if data and now - last < 2 * READ_INTERVAL_S:
+            self._watchdog.rest(READ_INTERVAL_S)
         return data
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
@@ -113,9 +124,22 @@ class _Watchdog:
         self.last = self.loop.time()
         self.stalled = False
         self.timer = self.loop.call_at(self.last + stall_s, self._check)
+        self.resting: asyncio.TimerHandle | None = None
 
-    def touch(self) -> None:
+    def touch(self) -> float:
         self.last = self.loop.time()
+        return self.last
+
+    def rest(self, seconds: float) -> None:
+        """Leave the socket unread for `seconds` (what comes meanwhile waits in the kernel)."""
+        if self.resting is None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self.resting = self.loop.call_later(seconds, self._wake)
+
+    def _wake(self) -> None:
+        self.resting = None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _check(self) -> None:
         due = self.last + self.stall_s
@@ -132,6 +156,8 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self.timer.cancel()
+        if self.resting is not None:
+            self.resting.cancel()
 
 
 @asynccontextmanager

@@ -27,6 +27,8 @@ class ThinkSplitter:
 
     def feed(self, text: str) -> list[LLMEvent]:
         """Events for ``text``; part of a possible tag at its end is kept for the next call."""
+        if not self._pending and "<" not in text:  # the common case: no tag and no part of one
+            return [LLMEvent(REASONING if self._thinking else DELTA, text)] if text else []
         out: list[LLMEvent] = []
         buf = self._pending + text
         while True:
@@ -77,6 +79,8 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         """Complete lines found so far (without their line ends)."""
+        if not self._buf and not self._lone_cr and data.endswith(b"\n"):  # whole lines: the common case
+            return [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in data[:-1].split(b"\n")]
         self._buf += data
         lines: list[str] = []
         start = 0
