@@ -77,6 +77,10 @@ class Settings:
     ws_handshakes_per_s: float = field(default=20.0, metadata={"env": "QUANDA_WS_HANDSHAKES_PER_S",
                                        "doc": "WebSocket handshakes one client address may make per second (bursts "
                                               "of three times as many); one more is answered 429"})
+    ws_deflate: int = field(default=0, metadata={"env": "QUANDA_WS_DEFLATE",
+                            "doc": "1: compress WebSocket frames (permessage-deflate) for clients that offer it; "
+                                   "0 (default): send them as they are, saving the CPU of compressing every "
+                                   "frame for every tab (the fragments are small; useful only on a slow link)"})
     test_crash_at: str = field(default="", metadata={"env": "QUANDA_TEST_CRASH_AT",
                                "doc": "Test only: kill the process at a named point of running a command "
                                       "(after_claim, after_effect, before_result_line); inert when unset"})

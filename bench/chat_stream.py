@@ -145,7 +145,7 @@ def serve(port: int, db_url: str, llm_url: str, frame_interval: float | None, pr
     accounts = ACCOUNTS if "auth" in {f.name for f in fields(Settings)} else {}  # "before" has no accounts
     settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, **accounts)
     the_app = create_app(settings, entry_point_group=None, extra_plugins=[bench_plugin()])
-    serve_app(the_app, port, profile)
+    serve_app(the_app, port, profile, settings)
 
 
 # == the client side ======================================================================================

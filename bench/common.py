@@ -341,12 +341,21 @@ def checkout_before(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
     return dest
 
 
-def serve_app(the_app: Any, port: int, profile: str | None = None) -> None:
-    """Run the app under uvicorn on loopback; with `profile`, write cProfile stats there on SIGTERM."""
+def serve_app(the_app: Any, port: int, profile: str | None = None, settings: Any = None) -> None:
+    """Run the app under uvicorn on loopback with main.py's options (uvicorn's defaults for a tree whose main.py
+    has none: the app before issue 10); with `profile`, write cProfile stats there on SIGTERM."""
     import uvicorn
 
+    try:
+        from main import server_options
+    except ImportError:
+        options = {}
+    else:
+        from app.config import Settings
+
+        options = server_options(settings or Settings.from_env())
     if not profile:
-        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning", **options)
         return
     import cProfile
     import signal
@@ -355,7 +364,7 @@ def serve_app(the_app: Any, port: int, profile: str | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     profiler.enable()
     try:
-        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning", **options)
     finally:
         profiler.disable()
         profiler.dump_stats(profile)

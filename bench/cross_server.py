@@ -87,7 +87,7 @@ def serve(port: int, db_url: str) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(db_url=db_url, port=port, secret="b" * 40)
-    serve_app(create_app(settings, entry_point_group=None, extra_plugins=[bench_plugin()]), port)
+    serve_app(create_app(settings, entry_point_group=None, extra_plugins=[bench_plugin()]), port, settings=settings)
 
 
 def start_server(db_url: str, workdir: Path) -> tuple[subprocess.Popen, str]:

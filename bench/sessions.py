@@ -342,7 +342,7 @@ def serve(port: int, db_url: str, llm_url: str) -> None:
 
         signal.signal(signal.SIGUSR1, dump)
     settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, **ACCOUNTS, **WS_LIMITS)
-    serve_app(create_app(settings, entry_point_group=None, extra_plugins=[ping_plugin()]), port)
+    serve_app(create_app(settings, entry_point_group=None, extra_plugins=[ping_plugin()]), port, settings=settings)
 
 
 class Servers:

@@ -156,3 +156,16 @@ async def test_a_stream_followed_to_its_end_is_not_followed_again_while_the_page
                                   "fresh": [message_id]}))  # rendered anew: followed again from its seq
         frames = await frames_until(ws, r'data-seq="4"')
         assert appended_text(frames, message_id) == lines(1, 3, 3)
+
+
+async def test_frames_go_uncompressed_unless_deflate_is_turned_on(server, tmp_path):
+    """A browser offers permessage-deflate; the shipped server declines it (QUANDA_WS_DEFLATE=0: no CPU spent
+    compressing every frame for every tab), and accepts it with QUANDA_WS_DEFLATE=1."""
+    async with open_tab(server, await session_cookie(server)) as ws:  # websockets offers deflate, as browsers do
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+    deflating = AppServer(tmp_path, **ACCOUNTS, QUANDA_WS_DEFLATE="1").start()
+    try:
+        async with open_tab(deflating, await session_cookie(deflating)) as ws:
+            assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+    finally:
+        deflating.stop()
