@@ -44,12 +44,13 @@ k). It includes the driver, the store commit, the reader wake-up, the view, coal
 socket, permessage-deflate and this client's own event loop. "first" is the first token's latency.
 
 Bytes are payload bytes (UTF-8 text, before permessage-deflate) of the frames about the answer (`msg-<id>`
-in them), per tab; "wire" is what the tab's socket read (compressed frames with their headers) from /go to
-its end. The final HTML is what the page's answer holds at the end (ours: `render_blocks(content)`, the
-baseline: `render_markdown(content)`). After each run every tab's page is rebuilt from all its frames by
-`bench.page` (htmx 2's out-of-band swaps, from the page GET / served) and its answer must equal the final
-HTML. Server CPU is utime+stime of the app process (all threads, 10 ms ticks) from /go to the last tab's end,
-divided by the answer's tokens (all answers' tokens in the concurrent row).
+in them, or the alias a compact append defined for its tail: `bench.page.MessageFrames`), per tab; "wire" is
+what the tab's socket read (compressed frames with their headers) from /go to its end. The final HTML is what
+the page's answer holds at the end (ours: `render_blocks(content)`, the baseline: `render_markdown(content)`).
+After each run every tab's page is rebuilt from all its frames by `bench.page` (htmx 2's out-of-band swaps,
+from the page GET / served) and its answer must equal the final HTML. Server CPU is utime+stime of the app
+process (all threads, 10 ms ticks) from /go to the last tab's end, divided by the answer's tokens (all answers'
+tokens in the concurrent row).
 
 Profile: `python bench/chat_stream.py --only-ours --rates 2000 --repeat 1 --profile /tmp/chat.prof` then
 `python -c "import pstats; pstats.Stats('/tmp/chat.prof').sort_stats('cumtime').print_stats(40)"`; or
@@ -80,6 +81,7 @@ if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the
 from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, checkout_before,  # noqa: E402
                           cpu_seconds, free_port, llm_serve, new_owners, pct, stop_process, table, verdict,
                           wait_http)
+from bench.page import MessageFrames  # noqa: E402
 
 P99_TARGET_MS = 33.0
 CONCURRENT_P99_TARGET_MS = 50.0
@@ -194,7 +196,7 @@ class Tab:
     async def run(self, answer_id: asyncio.Future, follow_action: str) -> None:
         ws = self.ws
         tail_done = actions_done = False
-        tag = empty_tail = empty_actions = None
+        about = empty_tail = empty_actions = None
         while not (tail_done and actions_done):
             raw = await ws.recv(decode=False)
             now = time.monotonic_ns()
@@ -208,7 +210,7 @@ class Tab:
                 seq = int(re.search(rb'data-stream="[0-9a-f]+" data-seq="(\d+)"', raw).group(1))
                 if not answer_id.done():
                     answer_id.set_result(self.mid)
-                tag = f"msg-{self.mid}".encode()
+                about = MessageFrames(self.mid)
                 empty_tail = re.compile(rb'<div[^>]*id="msg-%s-tail"[^>]*></div>' % self.mid.encode())
                 empty_actions = re.compile(rb'<div[^>]*id="msg-%s-actions"[^>]*></div>' % self.mid.encode())
                 self.answer_frames += 1
@@ -219,7 +221,7 @@ class Tab:
             if b'id="bench-pong"' in raw:
                 self.ready.set()
                 continue
-            if tag not in raw:
+            if not about(raw):
                 continue
             self.answer_frames += 1
             self.answer_bytes += len(raw)

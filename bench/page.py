@@ -8,6 +8,10 @@ querySelectorAll and every match is swapped; no match: htmx ignores the element 
 recorded here in `missing`. "true"/"outerHTML" put the element itself (without its hx-swap-oob) in place of
 the target; every other style uses the element's *children*: innerHTML, beforeend, afterbegin, beforebegin,
 afterend, delete, none. An HTML parser drops a newline right after `<pre>`, `<textarea>` or `<listing>`.
+Before that, the page's "quanda" extension (static/quanda.js) expands each top-level element in the compact form
+(app/components/compact.py): `q="<alias>.<n>"`, with `q-def="<id>"` defining the alias, becomes
+`hx-swap-oob="beforeend:#<id>"` followed by n `>:last-child` steps; an alias used before its definition
+fails the check (the browser would drop the element with a warning).
 
 What is not (and is refused with `Unmodelled`, so a check never passes by accident): selectors other than
 `#id` followed by `>:last-child` steps; nested `hx-swap-oob` attributes; a children-swap whose wrapper tag
@@ -27,6 +31,9 @@ _VOID = frozenset("area base br col embed hr img input link meta source track wb
 _DROPS_LEADING_NEWLINE = frozenset({"pre", "textarea", "listing"})
 _SELECTOR = re.compile(r"\s*#([\w-]+)((?:\s*>\s*:last-child)*)\s*")
 _OOB_ATTR = re.compile(r'\s+(?:data-)?hx-swap-oob="[^"]*"')
+_COMPACT = re.compile(r"([0-9a-z]+)\.(\d+)")
+_COMPACT_ATTRS = re.compile(r'\s+q(?:-def)?="[^"]*"')
+_DEFINITION = re.compile(rb' q="([0-9a-z]+)\.\d+" q-def="([^"]*)"')
 CHILDREN_STYLES = ("innerHTML", "beforeend", "afterbegin", "beforebegin", "afterend", "delete", "none")
 
 
@@ -117,6 +124,7 @@ class Page:
         self.frames = 0
         self.missing: list[str] = []  # selectors that matched nothing (htmx ignores those elements)
         self.dropped: list[str] = []  # text outside elements (the extension drops it)
+        self.aliases: dict[str, str] = {}  # compact form: alias -> element id, as the page's extension holds them
 
     # -- lookup ------------------------------------------------------------------------------------------
 
@@ -160,11 +168,27 @@ class Page:
                 if node.strip():
                     self.dropped.append(node)  # text outside elements: the extension swaps elements only
                 continue
+            if "q" in node.attrs:
+                self._expand(node)
             if check is not None:
                 check(node)
             if any("hx-swap-oob" in e.attrs or "data-hx-swap-oob" in e.attrs for e in node.elements()):
                 raise Unmodelled(f"nested hx-swap-oob in {node.start!r}")
             self._oob_swap(node.attrs.get("hx-swap-oob") or node.attrs.get("data-hx-swap-oob") or "true", node)
+
+    def _expand(self, node: El) -> None:
+        """A compact append into htmx's markup, as static/quanda.js's `expandCompact` does."""
+        value, define = node.attrs.pop("q"), node.attrs.pop("q-def", None)
+        m = _COMPACT.fullmatch(value)
+        if m is None:
+            raise Unmodelled(f"compact form {value!r}")
+        alias, steps = m.group(1), int(m.group(2))
+        if define is not None:
+            self.aliases[alias] = define
+        if alias not in self.aliases:
+            raise AssertionError(f"alias {alias!r} used before its definition: {node.start!r}")
+        node.attrs["hx-swap-oob"] = f"beforeend:#{self.aliases[alias]}" + ">:last-child" * steps
+        node.start = _COMPACT_ATTRS.sub("", node.start)
 
     def _oob_swap(self, oob: str, node: El) -> None:
         selector, style = "#" + node.attrs.get("id", ""), "outerHTML"
@@ -215,6 +239,20 @@ def _clone(el: El) -> El:
     copy = El(el.tag, el.start, dict(el.attrs))
     copy.children = copy.adopt([c if isinstance(c, str) else _clone(c) for c in el.children])
     return copy
+
+
+class MessageFrames:
+    """Tells which frames are about one message, by what they carry: its DOM ids (`msg-<id>`), or the alias a
+    compact definition in an earlier frame gave its tail. For benchmarks that count an answer's frames and bytes."""
+
+    def __init__(self, message_id: str):
+        self.tail = f"msg-{message_id}-tail".encode()
+        self.marks = [f"msg-{message_id}".encode()]
+
+    def __call__(self, raw: bytes) -> bool:
+        if b' q-def="' in raw:
+            self.marks += [b' q="%s.' % m.group(1) for m in _DEFINITION.finditer(raw) if m.group(2) == self.tail]
+        return any(mark in raw for mark in self.marks)
 
 
 def body_of(document: str) -> str:

@@ -17,11 +17,11 @@ on a window of the last `--window` tokens after the rest was loaded in one go (t
 that length); at 20,000 tokens a full run would take minutes.
 
 PASS/FAIL: for each kind and N, ours at 20,000 tokens costs at most 1.5x ours at 2,000 (O(1) per
-token), and bytes <= 3x the final HTML. Exit status 1 when one fails. At one or four ~5-character
-tokens per frame the bytes target is out of reach of any htmx OOB frame: an append needs ~60-110
-bytes of wrapper (`<p hx-swap-oob="beforeend:#msg-<24 hex>-tail&gt;:last-child…">…</p>`) around a
-token worth ~6 bytes of final HTML; the payload is still linear in the answer (a bounded overhead
-per frame), and permessage-deflate takes the wire bytes under 1.6x at every rate.
+token), and bytes <= 3x the final HTML. Exit status 1 when one fails. Appends go in the compact form
+(app/components/compact.py: `<p q="a3.2">…</p>`, ~15 bytes of wrapper where htmx's own OOB markup needs
+~60-110). At one ~5-character token per frame a single long paragraph still costs over 3x: each token, worth
+~6 bytes of final HTML, is an append with a wrapper of its own (a bounded overhead per frame, so the payload
+stays linear in the answer); permessage-deflate shrinks the wire bytes further.
 Profile: `python bench/render_bench.py --profile` (cProfile of ours, mixed 20,000 tokens, N=1).
 """
 

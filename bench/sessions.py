@@ -29,6 +29,8 @@ import re
 import time
 from typing import Any
 
+from bench.page import MessageFrames
+
 # (FT writes an element's attributes in no order to rely on: every pattern looks ahead for each one)
 MARKER_RE = re.compile(rb'<span(?=[^>]*data-follow)(?=[^>]*data-stream="([0-9a-f]+)")(?=[^>]*data-seq="(\d+)")')
 ERROR_NOTICE_RE = re.compile(rb'<div(?=[^>]*id="ws-notice")(?=[^>]*class="notice error")[^>]*><span[^>]*>(.*?)</span>',
@@ -177,11 +179,12 @@ class ChatSession(Session):
                 return
             self.answer_id = found[-1].decode()
             self.first_frame = len(self.frames) - 1
-            self._tag = f"msg-{self.answer_id}".encode()
-            self._empty_tail = re.compile(rb'<div[^>]*id="msg-%s-tail"[^>]*></div>' % self._tag[4:])
-            self._empty_actions = re.compile(rb'<div[^>]*id="msg-%s-actions"[^>]*></div>' % self._tag[4:])
+            self._about = MessageFrames(self.answer_id)
+            mid = self.answer_id.encode()
+            self._empty_tail = re.compile(rb'<div[^>]*id="msg-%s-tail"[^>]*></div>' % mid)
+            self._empty_actions = re.compile(rb'<div[^>]*id="msg-%s-actions"[^>]*></div>' % mid)
             return
-        if self.done.is_set() or self._tag not in raw:
+        if self.done.is_set() or not self._about(raw):
             return
         found = TOKEN_RE.findall(raw, max(0, len(raw) - 2048)) or TOKEN_RE.findall(raw)
         if found:

@@ -2,8 +2,9 @@
 // - Streams: tells the server which page the tab shows and which streams are on it, from which seq, whenever
 //   that changes, so every stream is followed (or resumed after a reconnect) with no gap and no duplicate,
 //   and a stream that leaves the page is no longer followed.
-// - Frames: the "quanda" htmx extension drops what a WebSocket frame holds for elements that already left the
-//   page (frames in flight when the tab navigated), rows a tab already has, and deletions already done.
+// - Frames: the "quanda" htmx extension expands a stream's compact appends into htmx's own markup, then drops
+//   what a WebSocket frame holds for elements that already left the page (frames in flight when the tab
+//   navigated), rows a tab already has, and deletions already done.
 // - Scroll boxes that follow what streams into them (class "follow-scroll"), with a jump-to-latest button.
 // - Notices: a form's notice empties as soon as its form is edited; the page notice has a close button and
 //   goes when the tab navigates. Focus survives the swap of the element holding it.
@@ -12,6 +13,7 @@
   var socket = null;
   var toldPage = null, told = {};  // the page and streams the server was last told about
   var gone = new Set();  // ids of elements that left the page with a navigation or a redraw
+  var aliases = new Map();  // compact form: alias -> element id, for this socket's views
 
   // Back/forward reload the page from the server rather than restoring an old snapshot of it (with a live
   // socket and streams, a snapshot is stale at once; and nothing of the chat is kept in localStorage).
@@ -70,11 +72,44 @@
     return {style: oob.slice(0, colon), id: match ? match[1] : null};
   }
 
+  // A compact append (app/components/compact.py), `q="<alias>.<n>"` with `q-def="<id>"` where the alias is
+  // defined, into `hx-swap-oob="beforeend:#<id>"` and n `>:last-child` steps; false if it cannot be expanded.
+  // An alias cannot be used before its definition: a view's frames reach every tab that follows it, in order,
+  // from its first frame, and its first compact element defines its alias (aliases are per socket: a tab that
+  // reconnects follows its streams again, with new views that define their aliases again).
+  function expandCompact(el) {
+    var m = /^([0-9a-z]+)\.(\d+)$/.exec(el.getAttribute("q")), id = el.getAttribute("q-def");
+    if (m && id) aliases.set(m[1], id);
+    id = m && aliases.get(m[1]);
+    if (!id) {
+      console.warn("quanda: a compact append with an unknown alias was dropped", el.outerHTML.slice(0, 200));
+      return false;
+    }
+    el.removeAttribute("q");
+    el.removeAttribute("q-def");
+    el.setAttribute("hx-swap-oob", "beforeend:#" + id + ">:last-child".repeat(parseInt(m[2], 10)));
+    return true;
+  }
+
+  // The frame as text again. A serializer writes the newline right after <pre> once where a parser drops one:
+  // such a newline is doubled first, so that the frame htmx parses again holds what this one held.
+  function serialize(template) {
+    template.content.querySelectorAll("pre, textarea, listing").forEach(function (el) {
+      var first = el.firstChild;
+      if (first && first.nodeType === Node.TEXT_NODE && first.data.charAt(0) === "\n") first.data = "\n" + first.data;
+    });
+    return template.innerHTML;
+  }
+
   function filterFrame(text) {
     var template = document.createElement("template");
     template.innerHTML = text;
     var changed = false;
     Array.prototype.slice.call(template.content.children).forEach(function (el) {
+      if (el.hasAttribute("q")) {
+        changed = true;
+        if (!expandCompact(el)) { el.remove(); return; }
+      }
       var target = oobTarget(el);
       if (!target.id) return;
       if (!document.getElementById(target.id)) {
@@ -94,7 +129,7 @@
         if (had && !el.children.length && !el.textContent.trim()) el.remove();
       }
     });
-    return changed ? template.innerHTML : text;
+    return changed ? serialize(template) : text;
   }
 
   htmx.defineExtension("quanda", {
@@ -223,6 +258,7 @@
   var openedBefore = false;
   document.addEventListener("htmx:wsOpen", function (e) {
     socket = e.detail.socketWrapper;
+    aliases.clear();
     setState("open");
     var redraw = openedBefore && document.getElementById("page");
     if (redraw) {

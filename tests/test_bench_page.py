@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.page import Page, Unmodelled, body_of, normalize
+from bench.page import MessageFrames, Page, Unmodelled, body_of, normalize
 
 START = '<div id="app"><ul id="list"><li id="a">A</li></ul><div id="box" class="x"><p>one</p><p>two</p></div></div>'
 
@@ -53,6 +53,27 @@ def test_a_newline_after_pre_is_dropped_as_a_browser_parses_it():
     page.apply('<pre hx-swap-oob="beforeend:#p">\ny</pre>')
     assert page.inner("p") == "xy"
     assert normalize("<pre>\na</pre>") == "<pre>a</pre>"
+
+
+def test_compact_appends_expand_as_the_pages_extension_does():
+    """app/components/compact.py, as static/quanda.js expands it: `q="<alias>.<n>"` appends to the aliased element
+    n last-child steps down; `q-def` defines the alias; one page holds several."""
+    page = Page('<div id="t1"><div><p>a</p></div></div><div id="t2"></div>')
+    page.apply('<div q="k.0" q-def="t2"><p>x</p></div><p q="j.2" q-def="t1">b</p>')
+    page.apply('<p q="j.2"> c</p><div q="j.0"><p>d</p></div><p q="k.1">y</p>')
+    assert page.inner("t1") == "<div><p>ab c</p></div><p>d</p>" and page.inner("t2") == "<p>xy</p>"
+    with pytest.raises(AssertionError, match="before its definition"):
+        page.apply('<p q="z.1">lost</p>')  # the browser would drop it (with a warning): never right
+    with pytest.raises(Unmodelled):
+        page.apply('<p q="k">no depth</p>')
+
+
+def test_a_messages_frames_are_known_by_its_ids_or_its_alias():
+    about = MessageFrames("ab12")
+    assert about(b'<div id="msg-ab12-body" hx-swap-oob="true"></div>') and not about(b'<p q="7.1">x</p>')
+    assert about(b'<p q="7.1" q-def="msg-ab12-tail">x</p>') and about(b'<p q="7.1">x</p>')
+    assert not about(b'<p q="7a.1">x</p><p q="8.1" q-def="msg-cd34-tail">y</p>')
+    assert not about(b'<p q="8.1">y</p>')
 
 
 def test_what_is_not_modelled_is_refused():

@@ -3,6 +3,7 @@ at the end — however the answer was chunked and framed; overrides replace; byt
 
 from __future__ import annotations
 
+import random
 import re
 from contextlib import contextmanager
 from unittest import mock
@@ -30,17 +31,19 @@ BODY, TAIL, EST = ids.msg_body_id(MID), ids.msg_tail_id(MID), ids.msg_estimate_i
 
 
 def _safe_markup(node: El) -> None:
-    """Everything a frame puts in the message must be safe markup."""
-    if node.attrs.get("id") in (BODY, TAIL, EST) or "beforeend" in node.attrs.get("hx-swap-oob", ""):
+    """Everything a frame puts in a message must be safe markup (compact appends are checked expanded)."""
+    if node.attrs.get("id", "").endswith(("-body", "-tail", "-tail-est")) or \
+            "beforeend" in node.attrs.get("hx-swap-oob", ""):
         assert_safe(re.sub(r'<div class="md-piece">|</div>', "", node.inner()))
 
 
 class Page(HtmxPage):
-    """One message's part of the page, swapped as htmx 2 and its ws extension do (bench/page.py)."""
+    """The messages' part of the page (one message unless told), swapped as htmx 2 and its ws extension do,
+    compact appends expanded as the page's extension does (bench/page.py)."""
 
-    def __init__(self, content: str = "", estimate: str | None = None, seq: int = 0):
-        first = [*MessageBody(MID, content, estimate, False), Div("", id=ids.msg_warning_id(MID)),
-                 StreamMarker(MID, seq, follow=True)]
+    def __init__(self, content: str = "", estimate: str | None = None, seq: int = 0, mids: tuple = (MID,)):
+        first = [f for mid in mids for f in (*MessageBody(mid, content, estimate, False),
+                                             Div("", id=ids.msg_warning_id(mid)), StreamMarker(mid, seq, follow=True))]
         super().__init__("".join(to_xml(f, indent=False) for f in first))
 
     def apply(self, fragments: list) -> str:  # type: ignore[override]
@@ -51,13 +54,14 @@ class Page(HtmxPage):
         assert not self.missing, f"no target for {self.missing}"
         return frame
 
-    def shows(self) -> tuple[str, str, str]:
-        return self.inner(BODY), self.inner(TAIL), self.inner(EST)
+    def shows(self, mid: str = MID) -> tuple[str, str, str]:
+        return self.inner(ids.msg_body_id(mid)), self.inner(ids.msg_tail_id(mid)), self.inner(ids.msg_estimate_id(mid))
 
 
-def reload(content: str, estimate: str | None = None, immutable: bool = False) -> tuple[str, str, str]:
+def reload(content: str, estimate: str | None = None, immutable: bool = False,
+           mid: str = MID) -> tuple[str, str, str]:
     """What a page rendered from scratch shows for this content."""
-    return tuple(parse(to_xml(part, indent=False))[0].inner() for part in MessageBody(MID, content, estimate, immutable))
+    return tuple(parse(to_xml(part, indent=False))[0].inner() for part in MessageBody(mid, content, estimate, immutable))
 
 
 @contextmanager
@@ -111,6 +115,10 @@ def test_a_streaming_code_block_is_plain_until_it_is_finished():
     assert page.shows()[0] == normalize(render_blocks("```py\nx = 1\n```\n\n")) and 'class="md-code"' in page.shows()[0]
 
 
+#: A frame of compact appends only (app/components/compact.py): `<p q="a3.2"> word</p>`…
+COMPACT = re.compile(r'(?:<(\w+) q="[0-9a-z]+\.\d+"(?: q-def="[^"]*")?>.*?</\1>)+', re.S)
+
+
 def test_a_long_paragraph_and_code_grow_by_appends():
     """One token per frame: after the first frames of a block, frames only append (no replace)."""
     words = [" word" + str(i) for i in range(300)]
@@ -121,9 +129,40 @@ def test_a_long_paragraph_and_code_grow_by_appends():
         for seq, w in enumerate(words, 1):
             view.feed(QuandaToken("chunk", w, None, seq))
             frames.append(page.apply(view.flush()))
-    appends = [f for f in frames if 'hx-swap-oob="beforeend:' in f and "outerHTML" not in f and 'id="' not in f]
+    appends = [f for f in frames if COMPACT.fullmatch(f)]
     assert len(appends) >= len(frames) - 3, [f for f in frames if f not in appends][:3]
-    assert all(len(f) < 150 for f in frames[5:] if 'class="md-piece"' not in f), max(frames, key=len)
+    assert all(len(f) < 40 for f in frames[5:] if 'class="md-piece"' not in f), max(frames, key=len)
+
+
+def test_a_views_alias_is_defined_in_its_first_compact_append_and_only_there():
+    view, page = ChatView(MID), Page()
+    frames = feed_all(view, page, [QuandaToken("override", "", None, 0)] +
+                      [QuandaToken("chunk", w, None, i) for i, w in enumerate(["Hello", " **wor", "ld**", "\n\n- a",
+                                                                               "\n- b", " c"], 1)])
+    uses = [(i, m) for i, f in enumerate(frames) for m in re.finditer(r' q="([0-9a-z]+)\.\d+"( q-def="[^"]*")?', f)]
+    assert len(uses) >= 4 and {m.group(1) for _, m in uses} == {view._tail.name}
+    assert [m.group(2) for _, m in uses] == [f' q-def="{TAIL}"'] + [None] * (len(uses) - 1)
+    assert page.shows() == reload("Hello **world**\n\n- a\n- b c")
+
+
+def test_two_views_streaming_into_one_page_never_mix_up():
+    """An answer and its thinking stream at once: their frames interleave on one socket, each view's compact
+    appends go to its own tail, and the page equals a reload of both after every frame."""
+    other, rng = "fedcba9876543210fedcba98", random.Random(7)
+    for tokens in ({MID: mixed_answer(300, 3), other: paragraph_answer(200, 4)},
+                   {MID: paragraph_answer(150, 5), other: mixed_answer(250, 6)}):
+        page, views, sent = Page(mids=(MID, other)), {m: ChatView(m) for m in tokens}, dict.fromkeys(tokens, 0)
+        for view in views.values():
+            view.feed(QuandaToken("override", "", None, 0))
+        while any(sent[m] < len(tokens[m]) for m in tokens):
+            mid = rng.choice([m for m in tokens if sent[m] < len(tokens[m])])
+            for token in tokens[mid][sent[mid]:sent[mid] + rng.randint(1, 4)]:
+                sent[mid] += 1
+                views[mid].feed(QuandaToken("chunk", token, None, sent[mid]))
+            page.apply(views[mid].flush())
+            for m in tokens:
+                assert page.shows(m) == reload("".join(tokens[m][:sent[m]]), mid=m), m
+        assert views[MID]._tail.name != views[other]._tail.name
 
 
 BLOCKS = st.sampled_from(["Some words here. ", "More text.\n", "\n\n", "- item\n", "  - nested\n", "1. first\n",
@@ -259,16 +298,18 @@ def framed_bytes(tokens: list[str], every: int) -> float:
     return page.bytes / len(final.encode())
 
 
-#: Payload bytes htmx needs around one append, whatever it carries: `<p hx-swap-oob="beforeend:#msg-<id>-tail
-#: &gt;:last-child&gt;:last-child"></p>` and the like.
-FRAME_OVERHEAD = 110
+#: Payload bytes around one compact append, whatever it carries: `<p q="a3.2"></p>` and the like.
+FRAME_OVERHEAD = 20
 
 
 def test_bytes_stay_linear_at_every_rate():
-    """A realistic 2,000-token answer: ≤ 3x its final HTML at ~30 tokens per frame (2,000 tokens/s); at 1 and 4
-    tokens per frame each frame costs at most a fixed framing overhead on top of that (see the report in
-    bench/render_bench.py: one ~5-character token per frame cannot fit 3x inside htmx's OOB framing)."""
+    """A realistic 2,000-token answer: ≤ 3x its final HTML at 1, 4 and ~30 tokens per frame (50, 500 and 2,000
+    tokens/s), thanks to the compact appends. One long paragraph: ≤ 3x at ~30 tokens per frame; at one ~6-byte
+    word per frame each frame costs at most a fixed overhead on top of that (bench/render_bench.py)."""
     tokens = mixed_answer(2000)
+    for every in (1, 4, 30):
+        assert framed_bytes(tokens, every) <= 3, every
+    tokens = paragraph_answer(2000)
     final = len(render_blocks("".join(tokens)).encode())
     assert framed_bytes(tokens, 30) <= 3
     for every in (1, 4):

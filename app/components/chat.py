@@ -19,6 +19,7 @@ from app.render import MarkdownStream, append_plan, render_markdown
 
 from . import ids
 from .buttons import ws_button
+from .compact import Alias
 from .notice import FieldNotice
 from .stream import StreamMarker
 
@@ -137,9 +138,8 @@ class ChatView:
         self.started = False
         # what the page shows: the open block's index, how many of its pieces, the last one's HTML, the estimate
         self.page_block, self.page_pieces, self.page_last, self.page_estimate = 0, 0, "", ""
-        tail = "#" + ids.msg_tail_id(message_id)
-        self._append_root = f"beforeend:{tail}"
-        self._last_piece = f"{tail}>:last-child"
+        self._tail = Alias(ids.msg_tail_id(message_id))
+        self._last_piece = f"#{ids.msg_tail_id(message_id)}>:last-child"
 
     def feed(self, token: QuandaToken) -> None:
         self.seq = max(self.seq, token.seq)
@@ -203,8 +203,9 @@ class ChatView:
 
     def _tail_changes(self) -> list:
         """The open block is the one on the page: send what its pieces grew by. These go out once per frame:
-        built as text (FT objects and ft_hx cost several times more), the selectors unescaped (`>` is plain text inside a
-        quoted attribute), so an append costs its content and a few dozen bytes of wrapper."""
+        built as text (FT objects and ft_hx cost several times more), appends in the compact form
+        (app/components/compact.py: a few bytes of wrapper instead of ~90), the last piece's replace as htmx
+        markup (`>` is plain text inside a quoted attribute)."""
         pieces, fragments = self.stream.pieces, []
         if self.page_pieces:
             new = pieces[self.page_pieces - 1].html()
@@ -212,13 +213,11 @@ class ChatView:
             if plan is None:
                 fragments.append(Safe(f'<div class="md-piece" hx-swap-oob="outerHTML:{self._last_piece}">{new}</div>'))
             else:
-                for step in plan:
-                    tag = step.tag or "div"
-                    target = self._last_piece + ">:last-child" * step.depth
-                    fragments.append(Safe(f'<{tag} hx-swap-oob="beforeend:{target}">{step.html}</{tag}>'))
+                fragments.extend(Safe(self._tail.append(step.tag or "div", step.depth + 1, step.html))
+                                 for step in plan)
         if len(pieces) > self.page_pieces:
             added = "".join(PIECE.format(piece.html()) for piece in pieces[self.page_pieces:])
-            fragments.append(Safe(f'<div hx-swap-oob="{self._append_root}">{added}</div>'))
+            fragments.append(Safe(self._tail.append("div", 0, added)))
         return fragments
 
 

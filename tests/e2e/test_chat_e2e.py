@@ -1,11 +1,12 @@
 """The chat in a real browser against a scripted LLM server speaking the Ollama wire protocol."""
 
 import re
+from itertools import zip_longest
 
 import pytest
 from playwright.async_api import expect
 
-from tests.llm_server import Reply
+from tests.llm_server import Chunk, Reply
 from tests.servers import AppServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -106,6 +107,41 @@ async def test_two_tabs_stay_in_sync(app_server, llm, browser):
     for tab in tabs:
         await expect(answers(tab)).to_contain_text("Shared answer.", timeout=EXPECT_MS)
         await expect(tab.locator("#msg-list li.msg.q")).to_contain_text("Hi both")
+
+
+async def test_an_answer_and_its_thinking_streamed_at_once_show_what_a_reload_shows(app_server, llm, browser):
+    """Two views on one socket, each with its compact appends (app/components/compact.py) under an alias of its
+    own, expanded by static/quanda.js: mid-stream (while the LLM pauses inside an open block of each) and at the
+    end, the streamed page holds exactly the markup a freshly loaded page renders."""
+    thinking = [f" step{i}" if i % 9 else f"\n\n**Step {i}**" for i in range(52)]
+    answer = ["Intro", " with `code`", " and **bold", "** text.\n\n", "- one\n", "- two\n\n", "```python\n",
+              "x = '<b>'\n", "y = 2\n", "```\n\n", *[f" w{i}" for i in range(40)], " *open", " em"]
+    llm.script = Reply(chunks=[*(Chunk(thinking=t, content=a) for t, a in zip(thinking, answer)),
+                               Chunk(thinking=" done.", content="* closed.\n\nThe end.", delay=4)], delay=0.02)
+    page = await browser.new_page()
+    frames, warnings = [], []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
+    page.on("console", lambda m: m.type == "warning" and warnings.append(m.text))
+    await page.goto(app_server.url + "/")
+    await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+    await ask(page, "Think, then answer")
+    bubble = answers(page)
+    shown = "li => Array.from(li.querySelectorAll('.md, .md-estimate'), el => el.id + ' ' + el.innerHTML)"
+    await expect(bubble).to_contain_text("step51", timeout=EXPECT_MS)
+    await expect(bubble).to_contain_text("open em", timeout=EXPECT_MS)  # the LLM pauses here, for 4 s
+    other = await page.context.new_page()
+    await other.goto(app_server.url + "/")
+    assert await bubble.evaluate(shown) == await answers(other).evaluate(shown)
+    await other.close()
+    await expect(bubble.locator(".stream-marker[data-ended]")).to_have_count(2, timeout=EXPECT_MS)  # both sealed
+    streamed = await bubble.evaluate(shown)
+    defined = re.findall(r' q="[0-9a-z]+\.\d+" q-def="msg-([0-9a-f]+)-tail"', "".join(map(str, frames)))
+    assert len(defined) == 2 and len(set(defined)) == 2, defined  # one alias for each view
+    assert not warnings, warnings
+    await page.reload()
+    await expect(answers(page)).to_have_count(1, timeout=EXPECT_MS)
+    assert await answers(page).evaluate(shown) == streamed
+    assert "The end." in "".join(streamed) and "step51 done." in "".join(streamed) and "&lt;b&gt;" in "".join(streamed)
 
 
 async def test_hostile_markdown_never_executes(app_server, llm, browser):
