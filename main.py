@@ -1,5 +1,6 @@
 """Run Quanda: `python main.py` serves http://127.0.0.1:5001 on the embedded SQLite store."""
 
+import gc
 import logging
 
 import uvicorn
@@ -18,8 +19,6 @@ WS_MAX_SIZE = 16 * MAX_CLIENT_FRAME_BYTES
 SHUTDOWN_GRACE_S = 3.0
 
 
-
-
 def server_options(settings: Settings) -> dict:
     """uvicorn's options for the app (the benchmarks serve it with the same). permessage-deflate is off unless
     QUANDA_WS_DEFLATE=1: each tab's socket compresses every frame on its own (zlib was 13 % of the server's
@@ -29,11 +28,20 @@ def server_options(settings: Settings) -> dict:
             "ws_per_message_deflate": bool(settings.ws_deflate)}
 
 
+def freeze_startup() -> None:
+    """What importing and building the app made lives as long as the process: out of the collector's sight, a
+    full collection (streaming triggers one now and then) walks only what came since, instead of stalling
+    every stream for 10-15 ms."""
+    gc.collect()
+    gc.freeze()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                **server_options(settings))
+    the_app = create_app(settings)
+    freeze_startup()
+    uvicorn.run(the_app, host=settings.host, port=settings.port, log_level="info", **server_options(settings))
 
 
 if __name__ == "__main__":

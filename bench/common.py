@@ -347,13 +347,14 @@ def serve_app(the_app: Any, port: int, profile: str | None = None, settings: Any
     import uvicorn
 
     try:
-        from main import server_options
+        from main import freeze_startup, server_options
     except ImportError:
         options = {}
     else:
         from app.config import Settings
 
         options = server_options(settings or Settings.from_env())
+        freeze_startup()
     if not profile:
         uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning", **options)
         return
