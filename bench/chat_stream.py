@@ -211,7 +211,10 @@ class Tab:
                 if not answer_id.done():
                     answer_id.set_result(self.mid)
                 about = MessageFrames(self.mid)
-                empty_tail = re.compile(rb'<div[^>]*id="msg-%s-tail"[^>]*></div>' % self.mid.encode())
+                # the tail emptied: replaced, or settled into the body (app/components/compact.py) with the marker
+                # that seals the message in the same frame
+                empty_tail = re.compile(rb'<div[^>]*id="msg-%s-tail"[^>]*></div>|<span[^>]*data-ended[^>]*id="seq-%s"'
+                                        % (self.mid.encode(), self.mid.encode()))
                 empty_actions = re.compile(rb'<div[^>]*id="msg-%s-actions"[^>]*></div>' % self.mid.encode())
                 self.answer_frames += 1
                 self.answer_bytes += len(raw)

@@ -10,7 +10,10 @@ the target; every other style uses the element's *children*: innerHTML, beforeen
 afterend, delete, none. An HTML parser drops a newline right after `<pre>`, `<textarea>` or `<listing>`.
 Before that, the page's "quanda" extension (static/quanda.js) expands each top-level element in the compact form
 (app/components/compact.py): `q="<alias>.<n>"`, with `q-def="<id>"` defining the alias, becomes
-`hx-swap-oob="beforeend:#<id>"` followed by n `>:last-child` steps; an alias used before its definition
+`hx-swap-oob="beforeend:#<id>"` followed by n `>:last-child` steps, and `q="<alias>.s"` becomes
+`hx-swap-oob="settle:#<id>"`, the extension's own swap style: the tail's pieces merged by the rule of
+app/render/settle.py (written again here, on the model's nodes, as static/quanda.js writes it on the page's)
+and moved to the end of the body (`msg-<id>-tail` -> `msg-<id>-body`); an alias used before its definition
 fails the check (the browser would drop the element with a warning).
 
 What is not (and is refused with `Unmodelled`, so a check never passes by accident): selectors other than
@@ -31,10 +34,12 @@ _VOID = frozenset("area base br col embed hr img input link meta source track wb
 _DROPS_LEADING_NEWLINE = frozenset({"pre", "textarea", "listing"})
 _SELECTOR = re.compile(r"\s*#([\w-]+)((?:\s*>\s*:last-child)*)\s*")
 _OOB_ATTR = re.compile(r'\s+(?:data-)?hx-swap-oob="[^"]*"')
-_COMPACT = re.compile(r"([0-9a-z]+)\.(\d+)")
+_COMPACT = re.compile(r"([0-9a-z]+)\.(\d+|s)")
 _COMPACT_ATTRS = re.compile(r'\s+q(?:-def)?="[^"]*"')
 _DEFINITION = re.compile(rb' q="([0-9a-z]+)\.\d+" q-def="([^"]*)"')
 CHILDREN_STYLES = ("innerHTML", "beforeend", "afterbegin", "beforebegin", "afterend", "delete", "none")
+_WS = " \t\n\r\f"
+_DESCEND = frozenset(("p", "li", "ul", "ol", "blockquote"))
 
 
 class Unmodelled(AssertionError):
@@ -182,12 +187,13 @@ class Page:
         m = _COMPACT.fullmatch(value)
         if m is None:
             raise Unmodelled(f"compact form {value!r}")
-        alias, steps = m.group(1), int(m.group(2))
+        alias, op = m.group(1), m.group(2)
         if define is not None:
             self.aliases[alias] = define
         if alias not in self.aliases:
             raise AssertionError(f"alias {alias!r} used before its definition: {node.start!r}")
-        node.attrs["hx-swap-oob"] = f"beforeend:#{self.aliases[alias]}" + ">:last-child" * steps
+        target = self.aliases[alias]
+        node.attrs["hx-swap-oob"] = f"settle:#{target}" if op == "s" else f"beforeend:#{target}" + ">:last-child" * int(op)
         node.start = _COMPACT_ATTRS.sub("", node.start)
 
     def _oob_swap(self, oob: str, node: El) -> None:
@@ -204,6 +210,9 @@ class Page:
         if not targets:
             self.missing.append(selector)
             return
+        if style == "settle":
+            self._settle(targets[0])
+            return
         if style not in ("outerHTML", *CHILDREN_STYLES):
             raise Unmodelled(f"swap style {style!r}")
         for target in targets:
@@ -211,6 +220,35 @@ class Page:
                 raise Unmodelled(f"<{node.tag}> wrapper for a {style} into <{target.tag}>: its children "
                                  "would be parsed in another context")
             self._swap(style, target, node)
+
+    def _settle(self, tail: El) -> None:
+        """The extension's settle swap (static/quanda.js `settle`; the rule: app/render/settle.py)."""
+        body = self.by_id(re.sub(r"-tail\Z", "-body", tail.attrs.get("id", "")))
+        out = El("#fragment", "", {})
+        for piece in tail.element_children():
+            kids = piece.children
+            first, last, into = kids[0] if kids and isinstance(kids[0], El) else None, _last_node(out), None
+            if first is not None and isinstance(last, El):
+                if first.tag == "p" and first.attrs.get("class") == "md-inline":  # inline join
+                    into = last
+                    if first.children and isinstance(first.children[-1], str) and first.children[-1].endswith("\n"):
+                        first.children[-1] = first.children[-1].rstrip(_WS)
+                    while isinstance(n := _last_node(into), El) and n.tag in _DESCEND:
+                        into = n
+                    if html.unescape(_text_content(into))[-1:] not in tuple(_WS):
+                        into.children.append(" ")
+                elif first.tag in ("ul", "ol") and first.tag == last.tag:  # list join
+                    into = last
+                    if first.children and isinstance(first.children[0], str) and not first.children[0].strip(_WS):
+                        del first.children[0]
+            if into is not None:
+                while out.children[-1] is not last:
+                    out.children.pop()
+                into.children.extend(into.adopt(first.children))
+                kids = kids[1:]
+            out.children.extend(out.adopt(kids))
+        tail.children = []
+        body.children.extend(body.adopt(out.children))
 
     @staticmethod
     def _swap(style: str, target: El, node: El) -> None:
@@ -233,6 +271,16 @@ class Page:
         elif style == "delete":
             del parent.children[at]
         # "none": nothing
+
+
+def _last_node(parent: El) -> El | str | None:
+    """Its last child that is not whitespace-only text."""
+    return next((c for c in reversed(parent.children) if not isinstance(c, str) or c.strip(_WS)), None)
+
+
+def _text_content(el: El) -> str:
+    """Its text as sent (character references not yet read)."""
+    return "".join(c if isinstance(c, str) else _text_content(c) for c in el.children)
 
 
 def _clone(el: El) -> El:

@@ -2,7 +2,8 @@
 // - Streams: tells the server which page the tab shows and which streams are on it, from which seq, whenever
 //   that changes, so every stream is followed (or resumed after a reconnect) with no gap and no duplicate,
 //   and a stream that leaves the page is no longer followed.
-// - Frames: the "quanda" htmx extension expands a stream's compact appends into htmx's own markup, then drops
+// - Frames: the "quanda" htmx extension expands a stream's compact appends into htmx's own markup (and settles a
+//   finished block from the pieces a tail shows, as a swap style of its own), then drops
 //   what a WebSocket frame holds for elements that already left the page (frames in flight when the tab
 //   navigated), rows a tab already has, and deletions already done.
 // - Scroll boxes that follow what streams into them (class "follow-scroll"), with a jump-to-latest button.
@@ -77,8 +78,9 @@
   // An alias cannot be used before its definition: a view's frames reach every tab that follows it, in order,
   // from its first frame, and its first compact element defines its alias (aliases are per socket: a tab that
   // reconnects follows its streams again, with new views that define their aliases again).
+  // `q="<alias>.s"` becomes `hx-swap-oob="settle:#<id>"`: see `settle` below.
   function expandCompact(el) {
-    var m = /^([0-9a-z]+)\.(\d+)$/.exec(el.getAttribute("q")), id = el.getAttribute("q-def");
+    var m = /^([0-9a-z]+)\.(\d+|s)$/.exec(el.getAttribute("q")), id = el.getAttribute("q-def");
     if (m && id) aliases.set(m[1], id);
     id = m && aliases.get(m[1]);
     if (!id) {
@@ -87,8 +89,55 @@
     }
     el.removeAttribute("q");
     el.removeAttribute("q-def");
-    el.setAttribute("hx-swap-oob", "beforeend:#" + id + ">:last-child".repeat(parseInt(m[2], 10)));
+    el.setAttribute("hx-swap-oob", m[2] === "s" ? "settle:#" + id
+                                                : "beforeend:#" + id + ">:last-child".repeat(parseInt(m[2], 10)));
     return true;
+  }
+
+  // The "settle" swap (htmx runs it through this extension's handleSwap, in the frame's order): the pieces in a
+  // message's tail, merged by the rule defined in app/render/settle.py (implemented there on the server's
+  // strings, here on the page's nodes, in bench/page.py on the page model's), moved to the end of the message's
+  // body (`msg-<id>-tail` -> `msg-<id>-body`); the tail is left empty. The server sends it only when that merge
+  // gives exactly the finished block's HTML, so the block itself is not sent again.
+  var WS_ONLY = /^[ \t\n\r\f]*$/, ENDS_WS = /[ \t\n\r\f]$/, TRAILING_WS = /[ \t\n\r\f]+$/, DESCEND = {P: 1, LI: 1, UL: 1, OL: 1, BLOCKQUOTE: 1};
+
+  function lastNode(parent) {  // its last child that is not whitespace-only text
+    for (var n = parent.lastChild; n; n = n.previousSibling) {
+      if (n.nodeType !== Node.TEXT_NODE || !WS_ONLY.test(n.data)) return n;
+    }
+    return null;
+  }
+
+  function settle(tail) {
+    var body = document.getElementById(tail.id.replace(/-tail$/, "-body"));
+    if (!body) return;
+    var out = document.createDocumentFragment();
+    Array.prototype.slice.call(tail.children).forEach(function (piece) {
+      var first = piece.firstChild, last = lastNode(out), into = null;
+      if (first && first.nodeType === Node.ELEMENT_NODE && last && last.nodeType === Node.ELEMENT_NODE) {
+        if (first.tagName === "P" && first.getAttribute("class") === "md-inline") {  // inline join
+          into = last;
+          for (var n = lastNode(into); n && n.nodeType === Node.ELEMENT_NODE && DESCEND[n.tagName]; n = lastNode(n)) {
+            into = n;
+          }
+          var end = first.lastChild;
+          if (end && end.nodeType === Node.TEXT_NODE && /\n$/.test(end.data)) end.data = end.data.replace(TRAILING_WS, "");
+          if (!ENDS_WS.test(into.textContent)) into.appendChild(document.createTextNode(" "));
+        } else if ((first.tagName === "UL" || first.tagName === "OL") && first.tagName === last.tagName) {  // list join
+          into = last;
+          var lead = first.firstChild;
+          if (lead && lead.nodeType === Node.TEXT_NODE && WS_ONLY.test(lead.data)) first.removeChild(lead);
+        }
+      }
+      if (into) {
+        while (out.lastChild !== last) out.removeChild(out.lastChild);
+        while (first.firstChild) into.appendChild(first.firstChild);
+        piece.removeChild(first);
+      }
+      while (piece.firstChild) out.appendChild(piece.firstChild);
+    });
+    tail.textContent = "";
+    body.appendChild(out);
   }
 
   // The frame as text again. A serializer writes the newline right after <pre> once where a parser drops one:
@@ -135,6 +184,11 @@
   htmx.defineExtension("quanda", {
     transformResponse: function (text, xhr) {
       return xhr ? text : filterFrame(text);  // WebSocket frames only (HTTP responses come with no xhr here)
+    },
+    handleSwap: function (style, target) {
+      if (style !== "settle") return false;
+      settle(target);
+      return true;
     }
   });
 

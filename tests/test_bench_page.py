@@ -93,3 +93,19 @@ def test_a_whole_page_starts_from_its_body():
                         'ws-connect="/ws"><textarea id="t" hidden></textarea><input id="i" value=x></div></body></html>'))
     assert page.by_id("app").attrs == {"id": "app", "hx-ext": "ws", "ws-connect": "/ws"}
     assert page.by_id("i").attrs["value"] == "x" and page.by_id("t").attrs["hidden"] == ""
+
+
+def test_settle_merges_the_tails_pieces_into_the_body():
+    """`q="<alias>.s"`: the page extension's settle swap (static/quanda.js), the rule of app/render/settle.py."""
+    page = Page('<div id="msg-x-body"><p>before</p>\n</div><div id="msg-x-tail">'
+                '<div class="md-piece"><blockquote>\n<p>a <em>b</em></p>\n</blockquote>\n</div>'
+                '<div class="md-piece"><p class="md-inline">c </p>\n</div>'
+                '<div class="md-piece"><p class="md-inline">d &amp;\n</p>\n</div></div>')
+    page.apply('<div q="k.s" q-def="msg-x-tail"></div>')
+    assert page.inner("msg-x-tail") == ""
+    assert page.inner("msg-x-body") == "<p>before</p>\n<blockquote>\n<p>a <em>b</em> c d &amp;</p>\n</blockquote>\n"
+    page = Page('<div id="msg-y-body"></div><div id="msg-y-tail"><div class="md-piece"><ol>\n<li>a</li>\n</ol>\n'
+                '</div><div class="md-piece"><ol start="2">\n<li>b</li>\n</ol>\n<p>c</p>\n</div>'
+                '<div class="md-piece"><ul>\n<li>d</li>\n</ul>\n</div></div>')
+    page.apply('<div q="m.s" q-def="msg-y-tail"></div>')
+    assert page.inner("msg-y-body") == "<ol>\n<li>a</li>\n<li>b</li>\n</ol>\n<p>c</p>\n<ul>\n<li>d</li>\n</ul>\n"

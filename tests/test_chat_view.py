@@ -19,6 +19,7 @@ from app.components.chat import ChatView, MessageBody
 from app.components.stream import StreamMarker
 from app.quanda import QuandaToken
 from app.render import append_plan, render_blocks
+from app.render.settle import merge
 from bench.page import El, normalize, parse
 from bench.page import Page as HtmxPage
 from bench.render_bench import code_answer, mixed_answer, paragraph_answer
@@ -143,6 +144,51 @@ def test_a_views_alias_is_defined_in_its_first_compact_append_and_only_there():
     assert len(uses) >= 4 and {m.group(1) for _, m in uses} == {view._tail.name}
     assert [m.group(2) for _, m in uses] == [f' q-def="{TAIL}"'] + [None] * (len(uses) - 1)
     assert page.shows() == reload("Hello **world**\n\n- a\n- b c")
+
+
+def words_of(text: str, size: int = 6) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def test_a_finished_paragraph_or_list_settles_from_its_pieces_and_code_is_resent():
+    """A plain paragraph cut into pieces mid-line, and a list cut into pieces that are lists of their own: when
+    each finishes, the page settles the pieces it shows into the body (app/render/settle.py) and nothing of the
+    block is sent again. A code block is highlighted when it finishes: its pieces never merge into it, so it is
+    sent whole, as before."""
+    paragraph = " ".join(f"word{i}" for i in range(400))
+    items = "".join(f"- item {i} of a plain list\n" for i in range(60))
+    code = "```python\n" + "x = '<1>'\n" * 120 + "```\n"
+    for text, settles in ((paragraph + "\n\n> Quoted.", True), (items + "\nAfter.", True), (code, False)):
+        view, page = ChatView(MID), Page()
+        tokens = [QuandaToken("chunk", w, None, i) for i, w in enumerate(words_of(text), 1)]
+        frames = feed_all(view, page, [QuandaToken("override", "", None, 0), *tokens[:-8]])
+        assert page.inner(TAIL).count('class="md-piece"') >= 3, "the block streams in several pieces"
+        frames += feed_all(view, page, [*tokens[-8:], QuandaToken("immutable", "", None, len(tokens) + 1)])
+        assert page.shows() == reload(text, immutable=True) == (normalize(render_blocks(text)), "", "")
+        if settles:  # each block is sent once, as its pieces: no frame holds more than a few words
+            assert BODY not in "".join(frames) and f'<div q="{view._tail.name}.s"></div>' in frames[-1]
+            assert max(map(len, frames[1:])) < 200, max(frames, key=len)
+        else:
+            assert f'q="{view._tail.name}.s"' not in "".join(frames)
+            assert BODY in frames[-1] and 'class="md-code"' in frames[-1] and len(frames[-1]) > len(text)
+
+
+def test_the_settle_rule_merges_pieces_as_their_block_renders():
+    """The rule on the server's strings (the check): a paragraph's piece drops the space it was cut after, a
+    mid-line piece keeps it; a continued list joins the previous one; a character reference is read as the page
+    reads it."""
+    assert merge(['<p>a b</p>\n', '<p class="md-inline">c </p>\n', '<p class="md-inline">d</p>\n']) == \
+        "<p>a b c d</p>\n"
+    assert merge(['<blockquote>\n<ul>\n<li><strong>a</strong></li>\n</ul>\n</blockquote>\n',
+                  '<p class="md-inline"><em>b</em></p>\n']) == \
+        "<blockquote>\n<ul>\n<li><strong>a</strong> <em>b</em></li>\n</ul>\n</blockquote>\n"
+    assert merge(['<ol>\n<li>a</li>\n</ol>\n', '<ol start="2">\n<li>b</li>\n</ol>\n']) == \
+        "<ol>\n<li>a</li>\n</ol>\n".replace("</ol>", "<li>b</li>\n</ol>")
+    assert merge(['<ul>\n<li>a</li>\n</ul>\n', '<ol>\n<li>b</li>\n</ol>\n']) == \
+        '<ul>\n<li>a</li>\n</ul>\n<ol>\n<li>b</li>\n</ol>\n'
+    assert merge(['<p>a&#32;</p>\n', '<p class="md-inline">b</p>\n']) == "<p>a&#32;b</p>\n"
+    assert merge(['<p>a &amp;</p>\n', '<p class="md-inline">b</p>\n']) == "<p>a &amp; b</p>\n"
+    assert merge(['<p><em></em></p>\n', '<p class="md-inline">b</p>\n']) is None  # no text to tell by
 
 
 def test_two_views_streaming_into_one_page_never_mix_up():
@@ -271,7 +317,11 @@ def test_warning_and_end_send_the_marker_last():
     assert ids.stream_marker_id(MID) not in frames[1]
     assert frames[2].endswith(to_xml(StreamMarker(MID, 2, oob=True), indent=False))
     [end] = feed_all(view, page, [QuandaToken("immutable", "", None, 3)])
-    assert end.index(TAIL) < end.index(BODY) < end.index(ids.stream_marker_id(MID))
+    assert end.index(f'q="{view._tail.name}.s"') < end.index(ids.stream_marker_id(MID))  # "a" settled from its tail
+    view, page = ChatView(MID), Page()
+    feed_all(view, page, [QuandaToken("override", "", None, 0), QuandaToken("chunk", "```\na", None, 1)])
+    [end] = feed_all(view, page, [QuandaToken("immutable", "", None, 2)])
+    assert end.index(TAIL) < end.index(BODY) < end.index(ids.stream_marker_id(MID))  # code is sent whole
 
 
 def test_closing_only_estimates_are_not_shown():

@@ -16,6 +16,7 @@ from fastcore.xml import Safe
 
 from app.quanda import QuandaToken
 from app.render import MarkdownStream, append_plan, render_markdown
+from app.render.settle import merge
 
 from . import ids
 from .buttons import ws_button
@@ -116,8 +117,9 @@ class ChatView:
     `feed` only queues a token's text; `flush` (once per frame) reads what was queued, renders what
     changed and returns the OOB fragments, in this order: the tail (replaced when a block finished,
     else only what its last piece grew by, appended to the element that grew; the last piece is
-    replaced only when its earlier markup changed), then the body (finished blocks appended, each
-    once), the estimate, the warning, and the seq marker when the message ends or gets a warning.
+    replaced only when its earlier markup changed; a finished block whose pieces the page shows is
+    settled from them into the body when it can be, `_settle`), then the body (finished blocks
+    appended, each once), the estimate, the warning, and the seq marker when the message ends or gets a warning.
     The view starts from a snapshot: a page whose marker already holds the snapshot's seq gets
     nothing for it; anything else (a reconnect after changes, an override such as Retry) gets the
     body and tail replaced, never appended to. It holds the open block's text and the HTML of its
@@ -180,13 +182,18 @@ class ChatView:
             stream.finish()
         else:
             stream.update()
-        finished = stream.take_finished()
+        blocks = stream.take_blocks()
+        settled = self._settle(blocks[0]) if blocks and not self.replace and self.page_pieces else []
+        if settled:
+            fragments.extend(settled)
+            del blocks[0]
+        finished = "".join(block for block, _ in blocks)
         # the tail first: text moving from the tail to the body is never on the page twice, even for a moment
-        if self.replace or stream.blocks != self.page_block:
+        if self.replace or (stream.blocks != self.page_block and not settled):
             fragments.append(Div(NotStr(stream.tail_html(PIECE)), id=ids.msg_tail_id(mid), cls="md tail",
                                  hx_swap_oob="true"))
         else:
-            fragments.extend(self._tail_changes())
+            fragments.extend(self._tail_changes(stream.pieces))
         if self.replace:
             fragments.append(Div(NotStr(finished), id=ids.msg_body_id(mid), cls="md", hx_swap_oob="true"))
         elif finished:
@@ -201,12 +208,25 @@ class ChatView:
         self.replace, self.warning, self.dirty = False, None, False
         return fragments
 
-    def _tail_changes(self) -> list:
-        """The open block is the one on the page: send what its pieces grew by. These go out once per frame:
-        built as text (FT objects and ft_hx cost several times more), appends in the compact form
-        (app/components/compact.py: a few bytes of wrapper instead of ~90), the last piece's replace as htmx
-        markup (`>` is plain text inside a quoted attribute)."""
-        pieces, fragments = self.stream.pieces, []
+    def _settle(self, block: tuple[str, list]) -> list:
+        """The first block finished since the last frame is the one the page shows pieces of: if merging its
+        final pieces by the settle rule (app/render/settle.py) gives exactly its HTML, bring the tail up to
+        those pieces (usually nothing, or a few appends) and tell the page to settle them into the body
+        instead of sending the block again. Nothing (the block is sent whole) if the rule does not fit."""
+        html, pieces = block
+        if merge([piece.html() for piece in pieces]) != html:
+            return []
+        fragments = self._tail_changes(pieces)
+        fragments.append(Safe(self._tail.settle()))
+        self.page_pieces, self.page_last = 0, ""
+        return fragments
+
+    def _tail_changes(self, pieces: list) -> list:
+        """The tail on the page shows (the first) pieces of `pieces`: send what they grew by. These go out
+        once per frame: built as text (FT objects and ft_hx cost several times more), appends in the compact
+        form (app/components/compact.py: a few bytes of wrapper instead of ~90), the last piece's replace as
+        htmx markup (`>` is plain text inside a quoted attribute)."""
+        fragments = []
         if self.page_pieces:
             new = pieces[self.page_pieces - 1].html()
             plan = append_plan(self.page_last, new)

@@ -7,6 +7,7 @@
     stream.py     MarkdownStream: a growing message cut into finished blocks and the open block's pieces
     piece.py      one piece of the open block, rendered on its own
     append.py     append_plan: how new HTML extends old HTML by appends only
+    settle.py     merge: how a finished block's pieces merge into its HTML (the page can settle it itself)
 
 The public names are re-exported here: ``from app.render import MarkdownStream, render_markdown``.
 """

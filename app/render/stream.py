@@ -15,6 +15,7 @@ The open (last) block is shown in the tail as *pieces* (`piece`) of at most abou
 characters (cut at line starts, and inside a long line after a space), each rendered on its own with the
 open structures closed (`closing`), a piece that continues a code block or a table reopened with its
 fence line or header. Pieces are transient: when the block finishes, its whole render goes to the body
+(or, when merging the pieces a page shows gives exactly that render, the page merges them: `settle`)
 and the tail starts again. Code in a piece is plain (no highlighting, label or button) so that it grows
 by appends; it is highlighted once, when its block finishes. Only the last piece changes as text
 arrives, so the work per token is bounded by `PIECE_CAP` whatever the length of the answer or of the
@@ -62,6 +63,7 @@ class MarkdownStream:
         self.ended = False
         self._queue: list[str] = []
         self._done: list[str] = []  # sources of finished blocks not taken yet
+        self._done_pieces: list[list[_Piece]] = []  # and their pieces
         # the block scanner's state at the start of the current line
         self._fence: _Fence | None = None
         self._after_block = False
@@ -113,10 +115,16 @@ class MarkdownStream:
 
     def take_finished(self) -> str:
         """The HTML of the blocks finished since the last call, each rendered now, once."""
+        return "".join(block for block, _ in self.take_blocks())
+
+    def take_blocks(self) -> list[tuple[str, list[_Piece]]]:
+        """The blocks finished since the last call: each one's HTML (rendered now, once) and the pieces it was
+        shown in while it was open (a view checks whether the page can settle them into it: `settle`)."""
         if not self._done:
-            return ""
-        out = "".join(render_markdown(source) for source in self._done)
+            return []
+        out = [(render_markdown(source), pieces) for source, pieces in zip(self._done, self._done_pieces)]
         self._done.clear()
+        self._done_pieces.clear()
         return out
 
     def tail_html(self, wrap: str = '<div class="md-piece">{}</div>') -> str:
@@ -204,6 +212,7 @@ class MarkdownStream:
     def _cut(self) -> None:
         """The open block ends at the start of the current line."""
         self._done.append("".join(piece.text() for piece in self.pieces))
+        self._done_pieces.append(self.pieces)
         self.blocks += 1
         self.pieces = []
         self._block_size = 0

@@ -135,13 +135,39 @@ async def test_an_answer_and_its_thinking_streamed_at_once_show_what_a_reload_sh
     await other.close()
     await expect(bubble.locator(".stream-marker[data-ended]")).to_have_count(2, timeout=EXPECT_MS)  # both sealed
     streamed = await bubble.evaluate(shown)
-    defined = re.findall(r' q="[0-9a-z]+\.\d+" q-def="msg-([0-9a-f]+)-tail"', "".join(map(str, frames)))
+    defined = re.findall(r' q="[0-9a-z]+\.(?:\d+|s)" q-def="msg-([0-9a-f]+)-tail"', "".join(map(str, frames)))
     assert len(defined) == 2 and len(set(defined)) == 2, defined  # one alias for each view
     assert not warnings, warnings
     await page.reload()
     await expect(answers(page)).to_have_count(1, timeout=EXPECT_MS)
     assert await answers(page).evaluate(shown) == streamed
     assert "The end." in "".join(streamed) and "step51 done." in "".join(streamed) and "&lt;b&gt;" in "".join(streamed)
+
+
+async def test_finished_blocks_settle_from_their_pieces_as_a_reload_shows_them(app_server, llm, browser):
+    """A paragraph and a list long enough to stream in several pieces each (cut mid-line, and lists of their
+    own): when each finishes, the page merges its pieces into the body itself (static/quanda.js `settle`, the rule
+    of app/render/settle.py) instead of receiving the block again, and ends with exactly what a reload shows."""
+    words = [" ".join(f"word{i + j}" for j in range(10)) + " " for i in range(0, 300, 10)]
+    items = [f"- item {i} of a *plain* list\n" for i in range(40)]
+    llm.script = Reply(chunks=["**Start** ", *words, "\n\n", *items, "\nThe end."], delay=0.01)
+    page = await browser.new_page()
+    frames = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
+    await page.goto(app_server.url + "/")
+    await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+    await ask(page, "Long blocks")
+    bubble = answers(page)
+    await expect(bubble.locator(".stream-marker[data-ended]")).to_have_count(1, timeout=EXPECT_MS)
+    shown = "li => Array.from(li.querySelectorAll('.md, .md-estimate'), el => el.id + ' ' + el.innerHTML)"
+    streamed = await bubble.evaluate(shown)
+    answer_id = (await bubble.get_attribute("id"))[len("msg-"):]
+    sent = "".join(frames)
+    assert len(re.findall(r'<div q="[0-9a-z]+\.s"', sent)) == 3 and f"beforeend:#msg-{answer_id}-body" not in sent
+    assert "word299</p>" in "".join(streamed) and "<li>item 39 of a <em>plain</em> list</li>" in "".join(streamed)
+    await page.reload()
+    await expect(answers(page)).to_have_count(1, timeout=EXPECT_MS)
+    assert await answers(page).evaluate(shown) == streamed
 
 
 async def test_hostile_markdown_never_executes(app_server, llm, browser):
