@@ -251,6 +251,14 @@ HOSTILE_SPLITS = [
 ]
 
 
+def test_a_link_reference_definition_streamed_a_character_at_a_time_shows_as_on_reload():
+    """Found by the property test above: the renderer's fast path for plain words appended "x" to the line
+    "[r]: javascript:" as paragraph text, where a reload renders a link reference definition (nothing)."""
+    for cap in (None, 8):
+        stream(list("[r]: javascript:x"), cap=cap)
+        stream(list("Intro.\n\n[ref]: https://example.org title"), cap=cap)
+
+
 def test_hostile_text_split_across_tokens_stays_inert():
     for chunks in HOSTILE_SPLITS:
         for cap in (None, 4):

@@ -476,6 +476,8 @@ def test_highlighting_keeps_code_text_and_safety(language: str, code: str) -> No
 @settings(max_examples=1500, deadline=None)
 @example(words=["with ", "**", "text ", "with ", "moves"], cap=400)
 @example(words=["settle", "` ", "code ", "answer"], cap=400)
+@example(words=["# ", "a", "# ", "# ", "a"], cap=8)
+@example(words=["[r]", ": ", "java", "script", ":", "x"], cap=400)
 @given(words=st.lists(st.one_of(st.sampled_from(["a", "bc", "Déjà", "x1", "-", ",", ".", ":", "?", "!", " ", "  ",
                                                   "**", "`", "~~", "_", "\n", "\n\n", "- ", "1. ", "# ", "|", "> ",
                                                   "[", "](", ")", "<", "&", "\\", "    "]),

@@ -77,8 +77,10 @@ class _Piece:
             return None  # an open span or emphasis: what follows can change how Markdown reads it
         old = text[:size]
         line = old[old.rfind("\n") + 1:]
-        if len(line) < 4 or line[0] in " \t" or "|" in line or not any(c.isalpha() for c in line[:4]):
-            return None  # a line still short enough to become a list item, a heading, a table row…
+        if len(line) < 4 or line[0] in " \t[#" or "|" in line or not any(c.isalpha() for c in line[:4]):
+            return None  # a line still short enough to become a list item or a table row; a heading (its
+            # closing "#"s are dropped only at the end: "# a #" + "b"); a link reference definition ("[r]: url"
+            # renders nothing, whatever follows)
         if not _PLAIN_RE.fullmatch(line[line.rfind(" ") + 1:]):
             return None  # the word being continued holds Markdown ("\", "&amp", "<http"…)
         if self.kind == _INLINE:
