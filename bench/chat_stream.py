@@ -79,8 +79,8 @@ if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the
     sys.path.insert(0, os.environ["QUANDA_BENCH_APP_DIR"])
 
 from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, checkout_before,  # noqa: E402
-                          cpu_seconds, free_port, llm_serve, new_owners, pct, stop_process, table, verdict,
-                          wait_http)
+                          cpu_seconds, free_port, llm_serve, new_owners, pct, stop_process, table, token_ids,
+                          verdict, wait_http)
 from bench.page import MessageFrames  # noqa: E402
 
 P99_TARGET_MS = 33.0
@@ -92,7 +92,6 @@ LONG_OVER_SHORT = 1.5
 # so that one-time costs (Pygments compiling its lexer's regexes: ~0.1 s) fall outside the measured runs
 WARM_UP_TOKENS = 400
 TARGET_RATE = 2000.0
-ID_RE = re.compile(rb"Q([0-9A-Z]+)")
 
 
 # == the app server (runs in its own subprocess) =========================================================
@@ -228,7 +227,7 @@ class Tab:
                 continue
             self.answer_frames += 1
             self.answer_bytes += len(raw)
-            found = ID_RE.findall(raw, max(0, len(raw) - 2048)) or ID_RE.findall(raw)
+            found = token_ids(raw)
             if found:
                 top = max(int(x, 36) for x in found)
                 if top > self.top:
@@ -439,7 +438,7 @@ def plan_rows(args: argparse.Namespace) -> list[Spec]:
         both(Spec("ours", "mixed", 1, args.fanout, args.tokens, TARGET_RATE, "mixed", args.repeat),
              args.fanout_baseline_tokens)
     for words in [int(x) for x in args.paragraph_words.split(",") if x]:
-        both(Spec("ours", f"paragraph {words:,} words", 1, 1, words, TARGET_RATE, "paragraph", 1),
+        both(Spec("ours", f"paragraph {words:,} words", 1, 1, words, TARGET_RATE, "paragraph", args.repeat),
              words if words <= args.paragraph_baseline_words else 0)
     if args.concurrent:
         both(Spec("ours", f"{args.concurrent} answers at once", args.concurrent, 1, args.concurrent_tokens,
@@ -530,9 +529,11 @@ def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shi
     print(f"Chat: LLM chunk -> WebSocket frame. Paced Ollama-wire LLM server -> app (uvicorn, chat plugin, SQLite) "
           f"-> tabs, all on 127.0.0.1.\nAnswers: 'mixed' markdown (headings, paragraphs, lists, fenced code), "
           f"~5 chars/token; 'paragraph': one line of N words. Latency = first frame holding the token - the LLM "
-          f"server's send stamp.\nFrames and bytes per tab: payload (UTF-8, before permessage-deflate, which is "
-          f"{'on' if not args.no_deflate else 'off'}); wire = what the socket read.\nOurs at "
-          f"{TARGET_RATE:,.0f} tokens/s (mixed): {args.repeat} run(s) per row, latencies pooled; other rows 1 run. "
+          f"server's send stamp.\nFrames and bytes per tab: payload (UTF-8, before permessage-deflate, which the "
+          f"client {'offers' if not args.no_deflate else 'does not offer'}: ours declines it as shipped, "
+          f"QUANDA_WS_DEFLATE=0, the app before issue 10 accepts it); wire = what the socket read.\nOurs at "
+          f"{TARGET_RATE:,.0f} tokens/s (mixed, paragraphs): {args.repeat} run(s) per row, latencies pooled, CPU "
+          f"summed (a 400-word answer takes 0.2 s, a few of the kernel's 10-ms CPU ticks); other rows 1 run. "
           f"Frame interval {interval * 1000:.1f} ms{knobs_text}.\nMachine: {load.describe()}.\n")
     header = ["view", "answer", "answers x tabs", "tokens/s", "tokens", "p50 ms", "p99 ms", "first ms",
               "frames", "bytes sent", "final HTML", "bytes/final", "wire/final", "CPU µs/token"]

@@ -100,6 +100,19 @@ def answer_chunks(n: int, kind: str = "mixed") -> list[str]:
 
 # == the paced LLM server (run it in a subprocess: `llm_serve(port)`) ======================================
 
+TOKEN_ID_RE = re.compile(rb"Q([0-9A-Z]+)")  # a scripted token's index in base 36 (answer_chunks)
+
+
+def token_ids(raw: bytes) -> list[bytes]:
+    """The indexes of the scripted tokens a frame holds. The whole frame is read: a frame may carry the newest
+    text first and a finished block's HTML (older text) after it (reading only its end credited the newest
+    tokens to the next frame, 16 ms late). A frame over 16 kB (the seed's full re-render, newest text last)
+    is read from its last 2 kB only, so that this client keeps pace with it."""
+    if len(raw) <= 16384:
+        return TOKEN_ID_RE.findall(raw)
+    return TOKEN_ID_RE.findall(raw, len(raw) - 2048) or TOKEN_ID_RE.findall(raw)
+
+
 def llm_serve(port: int) -> None:
     """An Ollama-wire LLM server on 127.0.0.1:`port` (threaded `http.server`): `GET /api/tags` lists MODEL;
     `POST /api/chat` gets its headers at once, then waits for a plan from `GET /go?tokens&rate&kind&streams`

@@ -29,6 +29,7 @@ import re
 import time
 from typing import Any
 
+from bench.common import token_ids
 from bench.page import MessageFrames
 
 # (FT writes an element's attributes in no order to rely on: every pattern looks ahead for each one)
@@ -37,7 +38,6 @@ ERROR_NOTICE_RE = re.compile(rb'<div(?=[^>]*id="ws-notice")(?=[^>]*class="notice
                              re.S)
 ANSWER_RE = re.compile(rb'<li(?=[^>]*class="msg assistant")(?=[^>]*id="msg-([0-9a-f]+)")')
 FIELD_NOTICE_RE = re.compile(rb'<div[^>]*class="field-notice"[^>]*>([^<]+)</div>')
-TOKEN_RE = re.compile(rb"Q([0-9A-Z]+)")
 PONG = b'id="bench-pong"'
 
 
@@ -186,7 +186,7 @@ class ChatSession(Session):
             return
         if self.done.is_set() or not self._about(raw):
             return
-        found = TOKEN_RE.findall(raw, max(0, len(raw) - 2048)) or TOKEN_RE.findall(raw)
+        found = token_ids(raw)
         if found:
             top = max(int(x, 36) for x in found)
             if top > self.top:

@@ -114,8 +114,8 @@ PIECE = '<div class="md-piece">{}</div>'
 class ChatView:
     """Streams one message into its bubble (see `MessageBody` for the DOM it keeps).
 
-    `feed` only queues a token's text; `flush` (once per frame) reads what was queued, renders what
-    changed and returns the OOB fragments, in this order: the tail (replaced when a block finished,
+    `feed` reads a token's text (and renders a block its text finished); `flush` (once per frame) renders
+    the open block's pieces that changed and returns the OOB fragments, in this order: the tail (replaced when a block finished,
     else only what its last piece grew by, appended to the element that grew; the last piece is
     replaced only when its earlier markup changed; a finished block whose pieces the page shows is
     settled from them into the body when it can be, `_settle`), then the body (finished blocks
@@ -123,7 +123,7 @@ class ChatView:
     The view starts from a snapshot: a page whose marker already holds the snapshot's seq gets
     nothing for it; anything else (a reconnect after changes, an override such as Retry) gets the
     body and tail replaced, never appended to. It holds the open block's text and the HTML of its
-    last piece, nothing of the finished blocks."""
+    last piece, and a finished block's HTML only until the next frame."""
 
     snapshot = True
 
@@ -140,6 +140,7 @@ class ChatView:
         self.started = False
         # what the page shows: the open block's index, how many of its pieces, the last one's HTML, the estimate
         self.page_block, self.page_pieces, self.page_last, self.page_estimate = 0, 0, "", ""
+        self._finished: list = []  # blocks finished (and rendered) since the last frame
         self._tail = Alias(ids.msg_tail_id(message_id))
         self._last_piece = f"#{ids.msg_tail_id(message_id)}>:last-child"
 
@@ -147,7 +148,7 @@ class ChatView:
         self.seq = max(self.seq, token.seq)
         if token.kind == "override":
             first, self.started = not self.started, True
-            self.stream = MarkdownStream()
+            self.stream, self._finished = MarkdownStream(), []
             self.stream.append(token.text)
             self.estimate = token.estimate
             if first and token.seq == self.page_seq:  # the page already shows exactly this snapshot
@@ -160,6 +161,10 @@ class ChatView:
             self.started = True
             self.stream.append(token.text)
             self.estimate = token.estimate
+            # a block is rendered as soon as its text is complete, between frames: highlighting a code block
+            # (~3 ms) does not hold back the frame that carries it
+            self.stream.update()
+            self._finished += self.stream.take_blocks()
         elif token.kind == "warning":
             self.warning = token.text
         elif token.kind == "immutable":
@@ -182,7 +187,7 @@ class ChatView:
             stream.finish()
         else:
             stream.update()
-        blocks = stream.take_blocks()
+        blocks, self._finished = self._finished + stream.take_blocks(), []
         settled = self._settle(blocks[0]) if blocks and not self.replace and self.page_pieces else []
         if settled:
             fragments.extend(settled)
