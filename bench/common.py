@@ -113,6 +113,13 @@ def token_ids(raw: bytes) -> list[bytes]:
     return TOKEN_ID_RE.findall(raw, len(raw) - 2048) or TOKEN_ID_RE.findall(raw)
 
 
+def answer_end_re(message_id: str) -> "re.Pattern[bytes]":
+    """A frame that ends a streamed answer's tail: the tail replaced by an empty one, or settled into the body
+    (app/components/compact.py) with, in the same frame, the marker that seals the message."""
+    mid = message_id.encode()
+    return re.compile(rb'<div[^>]*id="msg-%s-tail"[^>]*></div>|<span[^>]*data-ended[^>]*id="seq-%s"' % (mid, mid))
+
+
 def llm_serve(port: int) -> None:
     """An Ollama-wire LLM server on 127.0.0.1:`port` (threaded `http.server`): `GET /api/tags` lists MODEL;
     `POST /api/chat` gets its headers at once, then waits for a plan from `GET /go?tokens&rate&kind&streams`
@@ -355,19 +362,20 @@ def checkout_before(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
 
 
 def serve_app(the_app: Any, port: int, profile: str | None = None, settings: Any = None) -> None:
-    """Run the app under uvicorn on loopback with main.py's options (uvicorn's defaults for a tree whose main.py
-    has none: the app before issue 10); with `profile`, write cProfile stats there on SIGTERM."""
+    """Run the app under uvicorn on loopback with its tree's main.py options (uvicorn's defaults for the app before
+    issue 10, served from its own tree, which had none); with `profile`, write cProfile stats there on SIGTERM."""
     import uvicorn
 
-    try:
-        from main import freeze_startup, server_options
-    except ImportError:
-        options = {}
-    else:
+    import app
+    import main
+
+    options = {}
+    if (Path(main.__file__).resolve().parent == Path(app.__file__).resolve().parent.parent
+            and hasattr(main, "server_options")):  # this tree's app (not the app before issue 10)
         from app.config import Settings
 
-        options = server_options(settings or Settings.from_env())
-        freeze_startup()
+        options = main.server_options(settings or Settings.from_env())
+        main.freeze_startup()
     if not profile:
         uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning", **options)
         return
