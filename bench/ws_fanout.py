@@ -431,7 +431,8 @@ async def main(args: argparse.Namespace) -> int:
           f"{args.baseline_tokens:,} tokens, 1 run (full resend per token is quadratic: {args.tokens:,} tokens x 20 "
           f"tabs would not fit the time budget).\nWriter paced at {args.rate:,.0f} tokens/s on a schedule; latency = "
           f"client arrival - token's due time. SQLite WAL in {tmp.parent}; permessage-deflate "
-          f"{'off' if args.no_deflate else 'on'}; frame interval {interval * 1000:.1f} ms{knobs_text}.\n"
+          f"{'not offered' if args.no_deflate else 'offered'} by the client (the app declines it as shipped, "
+          f"QUANDA_WS_DEFLATE=0); frame interval {interval * 1000:.1f} ms{knobs_text}.\n"
           f"Machine: {load.describe()}.\n")
     header = ["view", "clients", "tokens", "p50 ms", "p99 ms", "max ms", "p99 per run", "frames/client",
               "bytes/client", "final content B", "bytes/final", "writer tok/s", "server CPU s"]
