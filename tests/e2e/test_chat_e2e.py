@@ -150,7 +150,10 @@ async def test_finished_blocks_settle_from_their_pieces_as_a_reload_shows_them(a
     of app/render/settle.py) instead of receiving the block again, and ends with exactly what a reload shows."""
     words = [" ".join(f"word{i + j}" for j in range(10)) + " " for i in range(0, 300, 10)]
     items = [f"- item {i} of a *plain* list\n" for i in range(40)]
-    llm.script = Reply(chunks=["**Start** ", *words, "\n\n", *items, "\nThe end."], delay=0.01)
+    # the LLM pauses before its final line, so the last block is on the page as a piece before the answer is
+    # sealed (else it comes with the seal, never shown in pieces, and is sent whole: right, but not a settle)
+    llm.script = Reply(chunks=["**Start** ", *words, "\n\n", *items, "\nThe end.", Chunk(content="", delay=0.5)],
+                       delay=0.01)
     page = await browser.new_page()
     frames = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
