@@ -147,3 +147,16 @@ async def test_a_slow_stream_is_read_as_each_line_comes():
     reads, body = await paced_reads(0.025, 6)
     assert b"".join(reads) == body
     assert len(reads) == 6, f"{len(reads)} reads for 6 lines 25 ms apart"
+
+
+async def test_a_stream_slower_than_the_rest_stops_resting(monkeypatch):
+    """Lines 5 ms apart (200 tokens/s): a rest of READ_INTERVAL_S finds nothing waiting, so the reader stops
+    resting (each rest costs a pause, a timer and a resume for no batching)."""
+    from app.llm import stream
+
+    rests = []
+    real_rest = stream._Watchdog.rest
+    monkeypatch.setattr(stream._Watchdog, "rest", lambda self, s: (rests.append(s), real_rest(self, s)))
+    reads, body = await paced_reads(0.005, 40)
+    assert b"".join(reads) == body
+    assert len(rests) <= 8, f"{len(rests)} rests for 40 lines 5 ms apart (one per line would be 40)"
