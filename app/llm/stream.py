@@ -10,8 +10,7 @@ LLM), the socket is left unread for `READ_INTERVAL_S` after each one: what arriv
 kernel and comes in one read; once a rest finds nothing waiting (the LLM is slower than that), reads follow
 the data again. On this machine a wake-up of the event loop for a token costs ~60 µs of CPU
 (half of it in the kernel), as much as everything else the app does for that token; at 2,000 tokens/s this
-turns 2,000 wake-ups a second into ~250, for at most 4 ms more before a token is stored. A slow LLM (tokens
-further apart) is read as each token comes. Closing the response (or cancelling its reader) closes the
+turns 2,000 wake-ups a second into ~250, for at most 4 ms more before a token is stored. Closing the response (or cancelling its reader) closes the
 socket, which is how a client stops an LLM's generation.
 
 Failures are raised as httpx's exception classes, so callers handle one family: ConnectError /
