@@ -127,6 +127,16 @@ async def test_the_status_is_green_once_the_model_answers_and_red_when_unreachab
     assert not (await status.check(fresh=True)).ok  # answered before it went away: no longer proof
 
 
+async def test_a_model_is_chosen_from_a_server_that_came_up_since_the_last_check():
+    """Found by hand: Ollama started after the page had loaded; the next question went out with model '' (the
+    cached status still said "not reachable") and failed with "model '' not found"."""
+    llm = FakeLLM(LLMUnavailable("the LLM server is not reachable"))
+    status = LLMStatus(llm, "", check_s=60)  # a status that stays cached for 30 s
+    assert not (await status.check()).ok
+    llm.models = ["only-model"]
+    assert await status.choose() == ("only-model", ["only-model"])
+
+
 async def test_export_has_every_message_with_role_timestamps_and_tokens(store):
     ctx = context(store)
     h = ctx.handle(OWNER)

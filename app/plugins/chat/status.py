@@ -62,8 +62,12 @@ class LLMStatus:
             self._answered.add(model)
 
     async def choose(self, wanted: object = None) -> tuple[str, list[str]]:
-        """(the model to use, the models to offer): `wanted` if the server has it, else the default."""
+        """(the model to use, the models to offer): `wanted` if the server has it, else the default. A status
+        without a usable model is checked again first: the LLM server may have come up since (else a question
+        sent right after starting Ollama went out with no model and failed)."""
         status = await self.check()
+        if not status.ok or not status.model:
+            status = await self.check(fresh=True)
         if isinstance(wanted, str) and wanted in status.models:
             return wanted, status.models
         return status.model, status.models or ([status.model] if status.model else [])
