@@ -1,10 +1,12 @@
-"""The app's command line, on the store QUANDA_DB_URL names:
+"""The command line (`quanda …`, or `python -m quanda …`), on the store QUANDA_DB_URL names:
 
-    python -m app show ID | tail ID [--after SEQ]          a message (the core's CLI)
-    python -m app users add|passwd NAME [--password-stdin]  accounts (QUANDA_AUTH=accounts)
-    python -m app users remove NAME | list
-    python -m app users adopt NAME (--all | --session SID …) data of browser sessions from before accounts
-    python -m app tokens create NAME [--label L] | list NAME | revoke NAME TOKEN_ID
+    quanda serve [--host H] [--port P]                  the app (what `python main.py` does in a checkout)
+    quanda tui [--url URL] [--token T]                  the terminal client (the `tui` extra)
+    quanda show ID | tail ID [--after SEQ]              a message (the core's CLI)
+    quanda users add|passwd NAME [--password-stdin]     accounts (QUANDA_AUTH=accounts)
+    quanda users remove NAME | list
+    quanda users adopt NAME (--all | --session SID …)   data of browser sessions from before accounts
+    quanda tokens create NAME [--label L] | list NAME | revoke NAME TOKEN_ID
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import getpass
 import sys
 import time
 
-from app.accounts import AccountError, Accounts
-from app.config import Settings
-from app.quanda import QuandaError, open_store
-from app.quanda.__main__ import main as core_main
+from quanda.accounts import AccountError, Accounts
+from quanda.config import Settings
+from quanda.core import QuandaError, open_store
+from quanda.core.__main__ import main as core_main
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -31,7 +33,7 @@ def read_password(args: argparse.Namespace) -> str:
 
 
 async def users(args: argparse.Namespace, settings: Settings) -> None:
-    from app.migrate import adopt, legacy_sessions
+    from quanda.migrate import adopt, legacy_sessions
     async with await open_store(settings.db_url, mongo_driver=settings.mongo_driver) as store:
         accounts = Accounts(store)
         if args.action == "add":
@@ -73,10 +75,20 @@ async def tokens(args: argparse.Namespace, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    if argv[:1] == ["serve"]:
+        from quanda.serve import main as serve
+        serve(argv[1:])
+        return 0
+    if argv[:1] == ["tui"]:
+        from quanda.tui.__main__ import main as tui
+        return tui(argv[1:], prog="quanda tui")
     settings = Settings.from_env()
     if argv[:1] not in (["users"], ["tokens"]):
-        return core_main(argv, default_db=settings.db_url, prog="python -m app")
-    parser = argparse.ArgumentParser(prog="python -m app", description="Accounts and API tokens.")
+        return core_main(argv, default_db=settings.db_url, prog="python -m quanda")
+    parser = argparse.ArgumentParser(prog="python -m quanda", description="Accounts and API tokens.")
     groups = parser.add_subparsers(dest="group", required=True)
     user_cmds = groups.add_parser("users").add_subparsers(dest="action", required=True)
     for action in ("add", "passwd"):

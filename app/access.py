@@ -14,7 +14,7 @@ import hmac
 import secrets
 from typing import Any
 
-from app.accounts import LOCAL_WORKSPACE, Accounts
+from quanda.accounts import LOCAL_WORKSPACE, Accounts
 
 LOGIN_KEY = "login"  # the session cookie's field naming the login session (accounts mode)
 

@@ -17,7 +17,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from app.quanda import QuandaError, QuandaStore
+from quanda.core import QuandaError, QuandaStore
 
 USER_KIND = "user"
 LOGIN_KIND = "login"

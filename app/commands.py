@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from app.llm import tool_definition
+from quanda.llm import tool_definition
 
 log = logging.getLogger("quanda.commands")
 

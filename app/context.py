@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Iterable
 
-from app import ownership
-from app.config import Settings
-from app.jobs import Jobs
-from app.quanda import QuandaStore
-from app.quanda.store.base import MessageRecord
+from quanda import ownership
+from quanda.config import Settings
+from quanda.jobs import Jobs
+from quanda.core import QuandaStore
+from quanda.core.store.base import MessageRecord
 
 Send = Callable[..., Awaitable[None]]
 

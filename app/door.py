@@ -26,8 +26,8 @@ import logging
 import time
 from typing import Any, Callable
 
-from app.client_json import MAX_DEPTH, nesting_depth
-from app.ratelimit import Handshakes
+from quanda.client_json import MAX_DEPTH, nesting_depth
+from quanda.ratelimit import Handshakes
 
 log = logging.getLogger("quanda.door")
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from fasthtml.common import to_xml
 
-from app.components.layout import Notice
-from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaToken
+from quanda.components.layout import Notice
+from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaToken
 
 log = logging.getLogger("quanda.follow")
 

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
-from app.ownership import owner_of
-from app.quanda import QuandaError, QuandaStore, QuandaStoreError
+from quanda.ownership import owner_of
+from quanda.core import QuandaError, QuandaStore, QuandaStoreError
 
 log = logging.getLogger("quanda.jobs")
 

@@ -1,6 +1,6 @@
 """Databases written before workspaces: their data belonged to browser sessions (a 32-hex id in the key or
 the record). In local mode it is all folded, once, into the one local workspace; in accounts mode it waits
-for an admin (`python -m app users adopt NAME`) to give it to a user. Nothing is dropped: todos keep their
+for an admin (`python -m quanda users adopt NAME`) to give it to a user. Nothing is dropped: todos keep their
 names and states (renumbered after the workspace's own), conversations merge in time order, each message
 stays with its new owner.
 """
@@ -11,8 +11,8 @@ import logging
 import re
 import time
 
-from app.accounts import LOCAL_WORKSPACE
-from app.quanda import QuandaError, QuandaStore
+from quanda.accounts import LOCAL_WORKSPACE
+from quanda.core import QuandaError, QuandaStore
 
 log = logging.getLogger("quanda.migrate")
 
@@ -46,7 +46,7 @@ async def migrate(store: QuandaStore, accounts_mode: bool) -> None:
         sessions = await legacy_sessions(store)
         if sessions:
             log.warning("%d browser session(s) from before accounts own data: give it to a user with "
-                        "`python -m app users adopt NAME --all`", len(sessions))
+                        "`python -m quanda users adopt NAME --all`", len(sessions))
         return
     now = time.time()
     claim = await store.get_record("migration", "workspaces-running")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from app.quanda import QuandaNotFoundError, QuandaStore
-from app.quanda.store.base import MessageRecord
+from quanda.core import QuandaNotFoundError, QuandaStore
+from quanda.core.store.base import MessageRecord
 
 KIND = "owner"
 

@@ -18,26 +18,27 @@ from fasthtml.common import H2, FastHTML, JSONResponse, Link, Meta, P, RedirectR
 from starlette.middleware import Middleware
 from starlette.staticfiles import StaticFiles
 
-from app.access import LOGIN_KEY, ensure_session, session_owner
-from app.accounts import Accounts, LoginThrottle
-from app.components.auth import AccountBar, LoginPage
-from app.components.chat import ChatSidebar
-from app.components.layout import Menu, Notice, Page, PageContent
-from app.config import Settings
-from app.context import AppContext, ClientError, Handle
-from app.door import Door, http_error
-from app.health import StoreHealth
-from app.migrate import migrate
-from app.jobs import Job, Jobs
-from app.llm import make_driver
-from app.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
-from app.ratelimit import Limits
-from app.quanda import open_store
-from app.ws import FrameGuard, Hub
+from quanda.access import LOGIN_KEY, ensure_session, session_owner
+from quanda.accounts import Accounts, LoginThrottle
+from quanda.components.auth import AccountBar, LoginPage
+from quanda.components.chat import ChatSidebar
+from quanda.components.layout import Menu, Notice, Page, PageContent
+from quanda.config import Settings
+from quanda.context import AppContext, ClientError, Handle
+from quanda.door import Door, http_error
+from quanda.health import StoreHealth
+from quanda.migrate import migrate
+from quanda.jobs import Job, Jobs
+from quanda.llm import make_driver
+from quanda.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
+from quanda.ratelimit import Limits
+from quanda.core import open_store
+import quanda.static as static_assets
+from quanda.ws import FrameGuard, Hub
 
 log = logging.getLogger("quanda.server")
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(static_assets.__file__).resolve().parent  # static/, installed as the package quanda.static
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 HEADERS = (
     Meta(name="viewport", content="width=device-width, initial-scale=1"),

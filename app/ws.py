@@ -21,14 +21,14 @@ from typing import Any, Awaitable, Callable
 
 from fasthtml.common import to_xml
 
-from app.client_json import ClientJSONError, parse_client_json
-from app.components.layout import Notice
-from app.context import ClientError, Handle
-from app.ownership import owner_of
-from app.follow import Follower, StreamView
-from app.quanda import QuandaError, QuandaStoreError
-from app.quanda.validation import check_seq
-from app.ratelimit import NOTICE_EVERY_S, STRAINED_S, Limits
+from quanda.client_json import ClientJSONError, parse_client_json
+from quanda.components.layout import Notice
+from quanda.context import ClientError, Handle
+from quanda.ownership import owner_of
+from quanda.follow import Follower, StreamView
+from quanda.core import QuandaError, QuandaStoreError
+from quanda.core.validation import check_seq
+from quanda.ratelimit import NOTICE_EVERY_S, STRAINED_S, Limits
 
 log = logging.getLogger("quanda.ws")
 

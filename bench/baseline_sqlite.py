@@ -1,5 +1,5 @@
 """The SQLite store as it was before issue 10 (commit e1594fc), frozen: the baseline column of
-bench/quanda_fanout.py. Not used by the app. Only the imports were changed (absolute, from app.quanda).
+bench/quanda_fanout.py. Not used by the app. Only the imports were changed (absolute, from quanda.core).
 
 SQLite backend: the embedded default.
 
@@ -27,10 +27,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from app.quanda.errors import QuandaError, QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
-from app.quanda.token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
-from app.quanda.validation import encode_record
-from app.quanda.store.base import MessageRecord, QuandaStore, new_id, utf8_len
+from quanda.core.errors import QuandaError, QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
+from quanda.core.token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
+from quanda.core.validation import encode_record
+from quanda.core.store.base import MessageRecord, QuandaStore, new_id, utf8_len
 
 log = logging.getLogger("quanda.bench.baseline_sqlite")
 

@@ -99,12 +99,11 @@ TARGET_RATE = 2000.0
 def bench_plugin():
     from fasthtml.common import Div, NotStr
 
-    from app.components import ids
-    from app.components.layout import Notice
-    from app.plugins import Plugin
-    from app.quanda import QuandaError, QuandaMessage, QuandaReader
-    from app.render import render_markdown
-    from bench.common import follow_full_handler
+    from bench.common import follow_full_handler, served
+
+    ids, Notice, Plugin = served("components.ids"), served("components.layout").Notice, served("plugins").Plugin
+    core, render_markdown = served("core"), served("render").render_markdown
+    QuandaError, QuandaMessage, QuandaReader = core.QuandaError, core.QuandaMessage, core.QuandaReader
 
     async def on_ping(h, data: dict) -> None:
         await h.send(Div(id="bench-pong"))
@@ -135,14 +134,12 @@ def serve(port: int, db_url: str, llm_url: str, frame_interval: float | None, pr
 
     from dataclasses import fields
 
-    import app.follow
-    from app.config import Settings
-    from app.server import create_app
-    from bench.common import ACCOUNTS, serve_app
+    from bench.common import ACCOUNTS, serve_app, served
 
+    Settings, create_app = served("config").Settings, served("server").create_app
     logging.basicConfig(level=logging.WARNING)
     if frame_interval is not None:  # an experiment knob; by default the app as shipped
-        app.follow.FRAME_INTERVAL_S = frame_interval
+        served("follow").FRAME_INTERVAL_S = frame_interval
     accounts = ACCOUNTS if "auth" in {f.name for f in fields(Settings)} else {}  # "before" has no accounts
     settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, **accounts)
     the_app = create_app(settings, entry_point_group=None, extra_plugins=[bench_plugin()])
@@ -268,8 +265,8 @@ async def one_run(base: str, llm_base: str, spec: Spec, deflate: bool, server_pi
     import websockets
 
     CountingConnection = _counting_connection()
-    from app.components import ids
-    from app.render import render_blocks, render_markdown
+    from quanda.components import ids
+    from quanda.render import render_blocks, render_markdown
     from bench.page import normalize
 
     full = spec.variant == "baseline"
@@ -406,7 +403,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--before", action="store_true",
                         help="add rows for the app before issue 10 (commit e1594fc, from git history), as ours")
     parser.add_argument("--frame-interval", type=float, default=None,
-                        help="experiment: override app.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
+                        help="experiment: override quanda.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
     parser.add_argument("--profile", metavar="PATH", help="experiment: cProfile the app server into PATH")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the app server (all threads) with py-spy into PATH, from /go to the last tab's end of each run of ours "
                                                          "(collapsed stacks; `pip install py-spy`)")
@@ -444,7 +441,7 @@ def plan_rows(args: argparse.Namespace) -> list[Spec]:
 
 
 async def main(args: argparse.Namespace) -> int:
-    import app.follow
+    import quanda.follow
 
     tmp = Path(tempfile.mkdtemp(prefix="quanda-chatbench-"))
     app_port, llm_port = free_port(), free_port()
@@ -512,7 +509,7 @@ async def main(args: argparse.Namespace) -> int:
         llm_log.close()
         app_log.close()
     shutil.rmtree(tmp, ignore_errors=True)  # reached only when the run worked; a failure keeps the logs
-    return report(args, results, load, app.follow.FRAME_INTERVAL_S, time.perf_counter() - started)
+    return report(args, results, load, quanda.follow.FRAME_INTERVAL_S, time.perf_counter() - started)
 
 
 def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shipped_interval: float,

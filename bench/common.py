@@ -265,7 +265,7 @@ async def new_owners(base: str, count: int, db_url: str | None = None) -> list[d
     independent of every other and of any owner made before.
 
     With `db_url`, the server runs with QUANDA_AUTH=accounts (`ACCOUNTS`) on that store: each owner is a new user,
-    created directly in the store (`app.accounts.Accounts.add`, what `python -m app users add` does) and logged in
+    created directly in the store (`app.accounts.Accounts.add`, what `python -m quanda users add` does) and logged in
     through the real `POST /login` form, so it has a workspace of its own. Without it (local mode) each owner is a
     fresh browser session of the machine's one workspace "local": N independent owners exist only in accounts
     mode. Logging in costs the server one scrypt hash (~50 ms of CPU) per owner: do it before measuring."""
@@ -281,8 +281,8 @@ async def new_owners(base: str, count: int, db_url: str | None = None) -> list[d
                 (await http.get(base + "/")).raise_for_status()
                 owners.append({"Cookie": "; ".join(f"{k}={v}" for k, v in http.cookies.items()), "Origin": base})
         return owners
-    from app.accounts import Accounts
-    from app.quanda import open_store
+    from quanda.accounts import Accounts
+    from quanda.core import open_store
 
     names = [f"bench-{secrets.token_hex(6)}" for _ in range(count)]
     async with await open_store(db_url) as store:
@@ -314,8 +314,8 @@ def follow_full_handler(role: str, full_resend: FullResend):
     """A plugin ws action `{"action": ..., "tab": n, "streams": {id: seq}}` that streams each message of
     `role` the owner holds through `full_resend(h, message_id, seq)` (one frame per token, no coalescing),
     outside the hub's followers; the same ownership check as the hub's `follow`."""
-    from app.plugins import ClientError
-    from app.quanda import QuandaError
+    from quanda.plugins import ClientError
+    from quanda.core import QuandaError
 
     tasks: dict[tuple[str, object, str], asyncio.Task] = {}
 
@@ -343,6 +343,17 @@ def follow_full_handler(role: str, full_resend: FullResend):
 BEFORE_COMMIT = "e1594fc"  # the app before issue 10: the baseline server of the load benchmark
 
 
+def served(name: str) -> Any:
+    """The module `name` (e.g. "config", "core", "server") of the app a bench server runs: `quanda.<name>`, or in
+    a server of an older tree (QUANDA_BENCH_APP_DIR, from before the package was installed as `quanda`) the same
+    module under that tree's names (`app.<name>`, its core being `quanda.core`)."""
+    import importlib
+
+    if os.environ.get("QUANDA_BENCH_APP_DIR"):
+        return importlib.import_module("app." + re.sub(r"^core\b", "quanda", name))
+    return importlib.import_module("quanda." + name)
+
+
 def checkout_before(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
     """The app (`app/`, `static/`) as of `commit`, extracted from this repository's git history into `dest`
     (a bench script's server process loads it when QUANDA_BENCH_APP_DIR names it); None without git."""
@@ -366,16 +377,11 @@ def serve_app(the_app: Any, port: int, profile: str | None = None, settings: Any
     issue 10, served from its own tree, which had none); with `profile`, write cProfile stats there on SIGTERM."""
     import uvicorn
 
-    import app
-    import main
-
     options = {}
-    if (Path(main.__file__).resolve().parent == Path(app.__file__).resolve().parent.parent
-            and hasattr(main, "server_options")):  # this tree's app (not the app before issue 10)
-        from app.config import Settings
-
-        options = main.server_options(settings or Settings.from_env())
-        main.freeze_startup()
+    if not os.environ.get("QUANDA_BENCH_APP_DIR"):  # this tree's app (not the app before issue 10)
+        serve_module, config = served("serve"), served("config")
+        options = serve_module.server_options(settings or config.Settings.from_env())
+        serve_module.freeze_startup()
     if not profile:
         uvicorn.run(the_app, host="127.0.0.1", port=port, log_level="warning", **options)
         return

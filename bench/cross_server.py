@@ -45,8 +45,8 @@ TARGET_MS = 50.0
 def bench_plugin():
     from fasthtml.common import Div
 
-    from app.plugins import ClientError, Handle, Plugin
-    from app.quanda import ChunkStream, QuandaMessage, QuandaWriter
+    from quanda.plugins import ClientError, Handle, Plugin
+    from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
     async def write(h: Handle, message: QuandaMessage, tokens: int, rate: float) -> None:
         """As the chat writes an LLM's tokens: each handed to a ChunkStream on arrival, never awaited one by
@@ -81,8 +81,8 @@ def bench_plugin():
 def serve(port: int, db_url: str) -> None:
     import logging
 
-    from app.config import Settings
-    from app.server import create_app
+    from quanda.config import Settings
+    from quanda.server import create_app
     from bench.common import serve_app
 
     logging.basicConfig(level=logging.WARNING)

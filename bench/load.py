@@ -50,7 +50,7 @@ if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the
     sys.path.insert(0, os.environ["QUANDA_BENCH_APP_DIR"])
 
 from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, checkout_before,  # noqa: E402
-                          cpu_seconds, free_port, llm_serve, pct, serve_app, stop_process, table, verdict,
+                          cpu_seconds, free_port, llm_serve, pct, serve_app, served, stop_process, table, verdict,
                           wait_http)
 
 TOKEN = "bench-load-token"
@@ -60,12 +60,9 @@ KEEP_PACE = 1.5  # wall time at most this times the LLM's own pacing
 def serve(port: int, db_url: str, llm_url: str) -> None:
     import logging
 
-    import app
-    from app.config import Settings
-    from app.server import create_app
-
+    Settings, create_app = served("config").Settings, served("server").create_app
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("quanda.bench").warning("serving the app from %s", Path(app.__file__).parent)
+    logging.getLogger("quanda.bench").warning("serving the app from %s", Path(served("server").__file__).parent)
     settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, api_token=TOKEN)
     serve_app(create_app(settings, entry_point_group=None), port)
 

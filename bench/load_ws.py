@@ -124,7 +124,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
 
 def report(args, tokens, chats, todos, first_pages, stamps, stored, failures, before, during, after, lags,
            load) -> int:
-    from app.render import render_blocks
+    from quanda.render import render_blocks
     from bench.page import normalize
 
     script = "".join(answer_chunks(tokens))

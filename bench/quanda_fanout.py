@@ -3,7 +3,7 @@ SQLite store as it was before issue 10, with the machine's raw SQLite commit rat
 
     python bench/quanda_fanout.py [--tokens 2000] [--readers 10] [--repeat 5] [--db-dir DIR] [--postgres URL]
 
-Ours: the SQLite store (app/quanda/store/sqlite.py: group commit on the event loop when the write lock is free,
+Ours: the SQLite store (app/core/store/sqlite.py: group commit on the event loop when the write lock is free,
 on the writer thread when it is not; an append is one insert until the message row's next sync; readers woken
 directly in-process, `PRAGMA data_version` polling across processes). "Before": the same store as of commit
 e1594fc (bench/baseline_sqlite.py: every write handed to the writer thread, three statements and two pages per
@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from app.quanda import QuandaMessage, QuandaReader, QuandaWriter, open_store  # noqa: E402
+from quanda.core import QuandaMessage, QuandaReader, QuandaWriter, open_store  # noqa: E402
 from bench.common import MachineLoad, pct, verdict  # noqa: E402
 
 RATE = 1000  # tokens/s the writer is paced at in latency runs (a fast LLM)
@@ -140,7 +140,7 @@ async def ours_in_process(url: str, readers: int, tokens: int, opener=open_store
 WRITER_PROCESS = """
 import asyncio, sys, time
 sys.path.insert(0, sys.argv[4])
-from app.quanda import QuandaWriter, open_store
+from quanda.core import QuandaWriter, open_store
 async def main(url, mid, tokens):
     async with await open_store(url) as store:
         w = await QuandaWriter.from_id(store, mid)

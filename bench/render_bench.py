@@ -101,9 +101,9 @@ class Run(NamedTuple):
 def run_ours(tokens: list[str], every: int) -> Run:
     from fasthtml.common import to_xml
 
-    from app.components.chat import ChatView
-    from app.quanda import QuandaToken
-    from app.render import render_blocks
+    from quanda.components.chat import ChatView
+    from quanda.core import QuandaToken
+    from quanda.render import render_blocks
 
     mid = "0123456789abcdef01234567"
     view = ChatView(mid)
@@ -259,7 +259,7 @@ def old_closing_suffix(text):
 
 
 def _render_source(source, continued):
-    from app.render import render_markdown
+    from quanda.render import render_markdown
 
     out = render_markdown(source)
     if continued and out.startswith("<pre>"):

@@ -45,7 +45,7 @@ def ping_plugin():
     """A plugin with one ws action, `bench.ping`: answers `<div id="bench-pong">`."""
     from fasthtml.common import Div
 
-    from app.plugins import Plugin
+    from quanda.plugins import Plugin
 
     async def on_ping(h, data: dict) -> None:
         await h.send(Div(id="bench-pong"))
@@ -219,7 +219,7 @@ class ChatSession(Session):
 
     def rebuilt_answer(self, first_page: str) -> tuple[str, str]:
         """(body, tail) of the answer's bubble on the page after every frame, as htmx would swap them."""
-        from app.components import ids
+        from quanda.components import ids
         from bench.page import Page, body_of
 
         page = Page(body_of(first_page))
@@ -325,8 +325,8 @@ def serve(port: int, db_url: str, llm_url: str) -> None:
     import os
     import signal
 
-    from app.config import Settings
-    from app.server import create_app
+    from quanda.config import Settings
+    from quanda.server import create_app
     from bench.common import ACCOUNTS, MODEL, serve_app
 
     logging.basicConfig(level=logging.WARNING)

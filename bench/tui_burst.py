@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from app.tui.app import QuandaTUI  # noqa: E402
-from app.tui.sse import SSEParser  # noqa: E402
-from app.tui.widgets import MessageMarkdown  # noqa: E402
+from quanda.tui.app import QuandaTUI  # noqa: E402
+from quanda.tui.sse import SSEParser  # noqa: E402
+from quanda.tui.widgets import MessageMarkdown  # noqa: E402
 from bench.common import pct  # noqa: E402
 
 SIZE = (120, 50)

@@ -4,7 +4,7 @@
                               [--repeat 3] [--no-deflate] [--coalesced-baseline] [--only-ours] [--db-dir DIR]
 
 Exit status 1 when a target is missed. Experiment knobs (the table header says when one is used; by default
-the app runs as shipped): --frame-interval S overrides app.follow.FRAME_INTERVAL_S in the server process,
+the app runs as shipped): --frame-interval S overrides quanda.follow.FRAME_INTERVAL_S in the server process,
 --switch-interval S sets sys.setswitchinterval there, --profile PATH writes a cProfile of the server,
 --db-dir /dev/shm puts the SQLite file in memory (takes the disk's fsyncs out of the picture).
 
@@ -70,11 +70,11 @@ BYTES_TARGET = 3.0
 def bench_plugin():
     from fasthtml.common import Div, Pre
 
-    from app.components import ids
-    from app.components.layout import Notice
-    from app.components.simulator import SimStatus, SimulatorView
-    from app.plugins import ClientError, Plugin
-    from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
+    from quanda.components import ids
+    from quanda.components.layout import Notice
+    from quanda.components.simulator import SimStatus, SimulatorView
+    from quanda.plugins import ClientError, Plugin
+    from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
     from bench.common import follow_full_handler, pct
 
     go: dict[str, asyncio.Event] = {}  # message id -> set by `bench.go` once every tab follows
@@ -189,17 +189,17 @@ def serve(port: int, db_url: str, frame_interval: float | None, profile: str | N
           switch_interval: float | None) -> None:
     import logging
 
-    import app.follow
-    from app.config import Settings
-    from app.server import create_app
+    import quanda.follow
+    from quanda.config import Settings
+    from quanda.server import create_app
     from bench.common import serve_app
 
     logging.basicConfig(level=logging.WARNING)
     if switch_interval is not None:  # an experiment knob (--switch-interval): the GIL hand-over period
         sys.setswitchinterval(switch_interval)
     if frame_interval is not None:  # an experiment knob (--frame-interval); by default the app as shipped
-        app.follow.FRAME_INTERVAL_S = frame_interval
-    the_app = create_app(Settings(db_url=db_url, port=port), builtin=("app.plugins.simulator",),
+        quanda.follow.FRAME_INTERVAL_S = frame_interval
+    the_app = create_app(Settings(db_url=db_url, port=port), builtin=("quanda.plugins.simulator",),
                          entry_point_group=None, extra_plugins=[bench_plugin()])
     serve_app(the_app, port, profile)
 
@@ -351,7 +351,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--db-dir", default=None,
                         help="where the SQLite file goes (default: a new directory under the system temp dir)")
     parser.add_argument("--frame-interval", type=float, default=None,
-                        help="experiment: override app.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
+                        help="experiment: override quanda.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="experiment: sys.setswitchinterval() in the server (default: Python's 0.005 s)")
     parser.add_argument("--profile", metavar="PATH", help="experiment: cProfile the server into PATH")
@@ -417,11 +417,11 @@ async def main(args: argparse.Namespace) -> int:
     shutil.rmtree(tmp, ignore_errors=True)  # reached only when the run worked; a failure keeps server.log
     total = time.perf_counter() - started
 
-    import app.follow
+    import quanda.follow
 
     names = {"ours": "ours (SimulatorView, coalesced)", "baseline": "baseline (full resend per token)",
              "coalesced": "full resend, coalesced"}
-    interval = args.frame_interval if args.frame_interval is not None else app.follow.FRAME_INTERVAL_S
+    interval = args.frame_interval if args.frame_interval is not None else quanda.follow.FRAME_INTERVAL_S
     knobs_text = "".join([
         f"; EXPERIMENT: FRAME_INTERVAL_S={args.frame_interval}" if args.frame_interval is not None else "",
         f"; EXPERIMENT: switch interval {args.switch_interval}" if args.switch_interval is not None else "",

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from app.quanda import QuandaStore, open_store
+from quanda.core import QuandaStore, open_store
 
 REAL_MONGO_URL = os.environ.get("QUANDA_TEST_MONGO_URL", "")
 POSTGRES_URL = os.environ.get("QUANDA_TEST_POSTGRES_URL", "")

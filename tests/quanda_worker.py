@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from app.quanda import QuandaImmutableError, QuandaWriter, open_store
+from quanda.core import QuandaImmutableError, QuandaWriter, open_store
 
 
 async def main(url: str, message_id: str, tag: str, count: int, until_immutable: bool) -> None:

@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from app.config import Settings
-from app.llm import LLMUnavailable
-from app.plugins import AppContext, load_plugins
-from app.plugins.chat import conversation, drafts, export
-from app.plugins.chat.status import LLMStatus
-from app.quanda import QuandaMessage, QuandaWriter
+from quanda.config import Settings
+from quanda.llm import LLMUnavailable
+from quanda.plugins import AppContext, load_plugins
+from quanda.plugins.chat import conversation, drafts, export
+from quanda.plugins.chat.status import LLMStatus
+from quanda.core import QuandaMessage, QuandaWriter
 
 OWNER = "a" * 32
 
@@ -170,8 +170,8 @@ def test_titles_come_from_the_first_line(text, title):
 async def test_a_tab_following_a_sealed_answer_again_gets_nothing(store):
     """A tab that navigates tells the server every stream it shows, finished ones included: following a sealed
     answer again from the seq the page holds must not append its last block a second time."""
-    from app.components.chat import ChatView
-    from app.quanda import QuandaReader
+    from quanda.components.chat import ChatView
+    from quanda.core import QuandaReader
 
     answer = await QuandaMessage.create(store, role="assistant")
     writer = QuandaWriter(answer)

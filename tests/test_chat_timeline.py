@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from app.config import Settings
-from app.context import AppContext
-from app.plugins.chat import conversation, timeline
-from app.quanda import QuandaMessage, QuandaWriter
+from quanda.config import Settings
+from quanda.context import AppContext
+from quanda.plugins.chat import conversation, timeline
+from quanda.core import QuandaMessage, QuandaWriter
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import re
 import httpx
 import pytest
 
-from app.quanda import open_store
+from quanda.core import open_store
 from tests.llm_server import SSE, Chunk, LLMTestServer, Reply, Rounds, ToolCall
 from tests.servers import AppServer, open_tab
 

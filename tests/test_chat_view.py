@@ -12,14 +12,14 @@ from fasthtml.common import Div, to_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import app.render.piece as render_piece
-import app.render.stream as render_stream
-from app.components import ids
-from app.components.chat import ChatView, MessageBody
-from app.components.stream import StreamMarker
-from app.quanda import QuandaToken
-from app.render import append_plan, render_blocks
-from app.render.settle import merge
+import quanda.render.piece as render_piece
+import quanda.render.stream as render_stream
+from quanda.components import ids
+from quanda.components.chat import ChatView, MessageBody
+from quanda.components.stream import StreamMarker
+from quanda.core import QuandaToken
+from quanda.render import append_plan, render_blocks
+from quanda.render.settle import merge
 from bench.page import El, normalize, parse
 from bench.page import Page as HtmxPage
 from bench.render_bench import code_answer, mixed_answer, paragraph_answer
@@ -399,7 +399,7 @@ def count_work(tokens: list[str], every: int) -> float:
         work[0] += len(old) + len(new)
         return real_plan(old, new)
 
-    import app.components.chat as chat
+    import quanda.components.chat as chat
 
     with mock.patch.object(render_stream, "render_markdown", md), \
             mock.patch.object(render_piece, "_render_plain", plain), \

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.commands import MAX_COMMANDS, apply_change, extract, run_answer_commands, validate
-from app.config import Settings
-from app.context import AppContext
-from app.plugins import load_plugins
-from app.plugins.todo import COMMANDS, plan_add, todos
+from quanda.commands import MAX_COMMANDS, apply_change, extract, run_answer_commands, validate
+from quanda.config import Settings
+from quanda.context import AppContext
+from quanda.plugins import load_plugins
+from quanda.plugins.todo import COMMANDS, plan_add, todos
 from tests.backends import make_store, store_target
 
 SPECS = {(s.target, s.action): s for s in COMMANDS}
@@ -181,7 +181,7 @@ async def test_at_most_twenty_commands_per_answer(store):
 
 
 async def test_system_prompt_is_layered_and_replaceable(store, tmp_path):
-    from app.plugins.chat.prompt import system_prompt
+    from quanda.plugins.chat.prompt import system_prompt
 
     ctx = context(store)
     h = ctx.handle("s3")

@@ -8,12 +8,12 @@ import re
 import httpx
 import pytest
 
-from app.commands import run_answer_commands
-from app.config import Settings
-from app.context import AppContext
-from app.plugins import load_plugins
-from app.plugins.chat import conversation
-from app.plugins.todo import todos
+from quanda.commands import run_answer_commands
+from quanda.config import Settings
+from quanda.context import AppContext
+from quanda.plugins import load_plugins
+from quanda.plugins.chat import conversation
+from quanda.plugins.todo import todos
 from tests.llm_server import LLMTestServer, Reply
 from tests.servers import AppServer
 
@@ -104,7 +104,7 @@ async def test_without_transactions_a_claim_left_applying_is_finished_once(tmp_p
 
         def die(code):
             raise Crashed()
-        monkeypatch.setattr("app.commands.os._exit", die)
+        monkeypatch.setattr("quanda.commands.os._exit", die)
         h = crashing.handle("local")
         with pytest.raises(Crashed):
             await run_answer_commands(h, "a" * 24, "".join(ANSWER))

@@ -2,10 +2,10 @@
 
 from starlette.testclient import TestClient
 
-from app.config import Settings
-from app.quanda import QuandaStoreError
-from app.quanda.store.sqlite import SQLiteStore
-from app.server import create_app
+from quanda.config import Settings
+from quanda.core import QuandaStoreError
+from quanda.core.store.sqlite import SQLiteStore
+from quanda.server import create_app
 
 
 def test_health_is_503_with_the_reason_when_the_store_cannot_write(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
-from app.quanda.validation import MAX_SEQ
+from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
+from quanda.core.validation import MAX_SEQ
 from tests.servers import AppServer, open_tab
 
 ANSWER_S = 1.0

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.llm import (
+from quanda.llm import (
     COMPLETED,
     DELTA,
     ERROR,
@@ -32,9 +32,9 @@ from app.llm import (
     pick_default_model,
     tool_definition,
 )
-from app.llm.openai import SSEDecoder
-from app.llm.tools import MAX_ARGUMENTS_CHARS
-from app.llm.wire import LineSplitter
+from quanda.llm.openai import SSEDecoder
+from quanda.llm.tools import MAX_ARGUMENTS_CHARS
+from quanda.llm.wire import LineSplitter
 from tests.llm_server import SSE, Chunk, LLMTestServer, Raw, Reply, Rounds, ToolCall, tool_round
 
 MODEL = "quanda-test"

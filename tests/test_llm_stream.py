@@ -5,7 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from app.llm.stream import post_stream
+from quanda.llm.stream import post_stream
 
 
 async def serve(handler):
@@ -152,7 +152,7 @@ async def test_a_slow_stream_is_read_as_each_line_comes():
 async def test_a_stream_slower_than_the_rest_stops_resting(monkeypatch):
     """Lines 5 ms apart (200 tokens/s): a rest of READ_INTERVAL_S finds nothing waiting, so the reader stops
     resting (each rest costs a pause, a timer and a resume for no batching)."""
-    from app.llm import stream
+    from quanda.llm import stream
 
     rests = []
     real_rest = stream._Watchdog.rest

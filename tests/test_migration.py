@@ -5,14 +5,14 @@ folded into the local workspace — or, in accounts mode, waits for `users adopt
 import shutil
 from pathlib import Path
 
-from app.accounts import Accounts
-from app.config import Settings
-from app.context import AppContext
-from app.migrate import adopt, legacy_sessions, migrate
-from app.plugins import load_plugins
-from app.plugins.chat import conversation
-from app.plugins.todo import todos
-from app.quanda import open_store
+from quanda.accounts import Accounts
+from quanda.config import Settings
+from quanda.context import AppContext
+from quanda.migrate import adopt, legacy_sessions, migrate
+from quanda.plugins import load_plugins
+from quanda.plugins.chat import conversation
+from quanda.plugins.todo import todos
+from quanda.core import open_store
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy-85e95de.db"
 ALICE, BOB = "eeee49124034d1dea997e159b475cf44", "7bac3ab0d77a667f9e7d466198f6e8ef"
@@ -65,7 +65,7 @@ async def test_accounts_mode_leaves_it_for_an_admin_to_give_to_a_user(tmp_path):
 async def test_the_legacy_database_serves_through_the_app(tmp_path, monkeypatch):
     from starlette.testclient import TestClient
 
-    from app.server import create_app
+    from quanda.server import create_app
     copy = tmp_path / "legacy.db"
     shutil.copy(LEGACY, copy)
     monkeypatch.chdir(tmp_path)

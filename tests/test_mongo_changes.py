@@ -13,11 +13,11 @@ import pytest
 from bson import ObjectId, Timestamp
 from pymongo.errors import AutoReconnect, OperationFailure
 
-from app.quanda import QuandaMessage, QuandaReader, QuandaWriter
-from app.quanda.store import mongo_facts, mongo_watch
-from app.quanda.store.mongo_facts import FACT_SEQ_KEY
-from app.quanda.store.mongo_watch import change_pipeline, event_last_seq
-from app.quanda.reader import SAFETY_RECHECK_S
+from quanda.core import QuandaMessage, QuandaReader, QuandaWriter
+from quanda.core.store import mongo_facts, mongo_watch
+from quanda.core.store.mongo_facts import FACT_SEQ_KEY
+from quanda.core.store.mongo_watch import change_pipeline, event_last_seq
+from quanda.core.reader import SAFETY_RECHECK_S
 from tests.backends import make_store, store_target
 
 TIMEOUT_S = 5

@@ -9,10 +9,10 @@ from pymongo import ReadPreference
 from pymongo.errors import OperationFailure
 from pymongo.write_concern import WriteConcern
 
-from app.config import Settings
-from app.quanda import QuandaError, QuandaMessage, QuandaNotFoundError, QuandaWriter, open_store
-from app.quanda.store import mongo, mongo_client
-from app.quanda.store.mongo_client import client_options, make_client
+from quanda.config import Settings
+from quanda.core import QuandaError, QuandaMessage, QuandaNotFoundError, QuandaWriter, open_store
+from quanda.core.store import mongo, mongo_client
+from quanda.core.store.mongo_client import client_options, make_client
 from tests.backends import make_store, mongomock_client
 
 

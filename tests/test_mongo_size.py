@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DocumentTooLarge, OperationFailure, WTimeoutError
 
-from app.quanda import QuandaError, QuandaLimitError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, replay
-from app.quanda.store import mongo
-from app.quanda.store.mongo_layout import MAX_DOCUMENT_BYTES, _entry_bson, _needed, _Py, _token_entry, _value_bson
-from app.quanda.token import CHUNK
+from quanda.core import QuandaError, QuandaLimitError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, replay
+from quanda.core.store import mongo
+from quanda.core.store.mongo_layout import MAX_DOCUMENT_BYTES, _entry_bson, _needed, _Py, _token_entry, _value_bson
+from quanda.core.token import CHUNK
 from tests.backends import make_store
 
 texts = st.text(st.characters(codec="utf-8"), max_size=12)  # emoji, NUL, U+FFFF, RTL marks; no lone surrogates

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from app.config import Settings
-from app.plugins import BUILTIN_PLUGINS, Plugin, PluginError, load_plugins, plugin_fields, validate
-from app.server import create_app
+from quanda.config import Settings
+from quanda.plugins import BUILTIN_PLUGINS, Plugin, PluginError, load_plugins, plugin_fields, validate
+from quanda.server import create_app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -40,9 +40,9 @@ def test_malformed_plugins_fail_loudly(bad, message):
 
 def test_module_without_plugin_value_and_duplicate_names_fail():
     with pytest.raises(PluginError, match="declares no `plugin` value"):
-        load_plugins(entry_point_group=None, extra=["app.config"])
+        load_plugins(entry_point_group=None, extra=["quanda.config"])
     with pytest.raises(PluginError, match="cannot import"):
-        load_plugins(entry_point_group=None, extra=["app.no_such_module"])
+        load_plugins(entry_point_group=None, extra=["quanda.no_such_module"])
     with pytest.raises(PluginError, match="two plugins are named 'simulator'"):
         load_plugins(entry_point_group=None, extra=[Plugin(name="simulator", label="again")])
 
@@ -94,11 +94,11 @@ def test_readme_names_every_setting_and_plugin():
 
 
 def test_builtin_list_is_explicit():
-    assert all(name.startswith("app.plugins.") for name in BUILTIN_PLUGINS)
+    assert all(name.startswith("quanda.plugins.") for name in BUILTIN_PLUGINS)
 
 
 def test_entry_point_plugins_are_loaded_and_broken_ones_fail_loudly(monkeypatch):
-    import app.plugins as plugins_module
+    import quanda.plugins as plugins_module
 
     class EntryPoint:
         def __init__(self, name, value, loaded):

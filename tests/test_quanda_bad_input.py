@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from app.quanda.store.base import MessageRecord
-from app.quanda import (QuandaError, QuandaLimitError, QuandaMessage, QuandaNotFoundError, QuandaReader,
+from quanda.core.store.base import MessageRecord
+from quanda.core import (QuandaError, QuandaLimitError, QuandaMessage, QuandaNotFoundError, QuandaReader,
                         QuandaStoreError, QuandaWriter, open_store)
 from tests.backends import make_store
 
@@ -156,7 +156,7 @@ async def test_sqlite_one_operation_that_raises_fails_alone_and_the_writer_goes_
 
 
 async def test_sqlite_a_dead_writer_thread_fails_pending_writes_fast_and_restarts(tmp_path, monkeypatch):
-    from app.quanda.store.sqlite import SQLiteStore
+    from quanda.core.store.sqlite import SQLiteStore
     store = await open_store(f"sqlite:///{tmp_path / 'q.db'}")
     try:
         msg = await QuandaMessage.create(store, role="assistant")
@@ -177,7 +177,7 @@ async def test_sqlite_a_dead_writer_thread_fails_pending_writes_fast_and_restart
 async def test_mongo_driver_errors_become_store_errors_with_the_cause(tmp_path):
     from pymongo.errors import ServerSelectionTimeoutError
 
-    from app.quanda.store.mongo import MongoStore
+    from quanda.core.store.mongo import MongoStore
 
     class DeadCollection:
         def __getattr__(self, name):

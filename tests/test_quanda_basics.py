@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from app.quanda import QuandaImmutableError, QuandaMessage, QuandaToken, QuandaWriter, replay
+from quanda.core import QuandaImmutableError, QuandaMessage, QuandaToken, QuandaWriter, replay
 
 
 async def test_create_and_load_by_id(store):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.quanda import QuandaError, QuandaLimitError
+from quanda.core import QuandaError, QuandaLimitError
 from tests.backends import make_store, store_target, store_url
 
 TIMEOUT_S = 10
@@ -99,7 +99,7 @@ async def test_one_failing_listener_does_not_stop_the_others(store):
 async def test_a_fact_published_by_another_process_arrives(backend, store):
     inbox = Inbox()
     await store.listen(inbox)
-    code = ("import asyncio, sys\nfrom app.quanda import open_store\n"
+    code = ("import asyncio, sys\nfrom quanda.core import open_store\n"
             "async def main():\n    async with await open_store(sys.argv[1]) as s:\n"
             "        for i in range(5):\n            await s.publish('from.child', {'i': i})\n"
             "asyncio.run(main())\n")

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from app.quanda import ChunkStream, QuandaError, QuandaMessage, QuandaWriter
+from quanda.core import ChunkStream, QuandaError, QuandaMessage, QuandaWriter
 
 
 async def test_every_piece_is_written_in_order_and_bursts_share_chunks(store):

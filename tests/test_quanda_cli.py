@@ -5,11 +5,11 @@ import asyncio
 import json
 import sys
 
-from app.quanda import QuandaMessage, QuandaWriter, open_store
+from quanda.core import QuandaMessage, QuandaWriter, open_store
 
 
 async def run_cli(*args):
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.quanda", *args,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "quanda.core", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     return proc
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from app.quanda import QuandaImmutableError, QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
+from quanda.core import QuandaImmutableError, QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
 from tests.backends import REAL_MONGO_URL, make_store, store_url
 
 

@@ -7,10 +7,10 @@ import contextlib
 
 import pytest
 
-from app.quanda import QuandaError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, open_store, replay
-from app.quanda.reader import SAFETY_RECHECK_S
-from app.quanda.store import postgres_listener
-from app.quanda.store.postgres_client import split_url
+from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, open_store, replay
+from quanda.core.reader import SAFETY_RECHECK_S
+from quanda.core.store import postgres_listener
+from quanda.core.store.postgres_client import split_url
 from tests.backends import make_store, store_target
 
 TIMEOUT_S = 10

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from app.quanda import QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
-from app.quanda.store.base import QuandaStore
-from app.quanda.store.subscription import MAX_PENDING, Subscription
+from quanda.core import QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
+from quanda.core.store.base import QuandaStore
+from quanda.core.store.subscription import MAX_PENDING, Subscription
 from tests.backends import make_store, store_target
 
 

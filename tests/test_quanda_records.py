@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from app.quanda import QuandaError
+from quanda.core import QuandaError
 
 
 async def test_a_unit_writes_all_its_ops(store):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.quanda import QuandaImmutableError, QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
-from app.quanda.replay import MessageState, apply
+from quanda.core import QuandaImmutableError, QuandaMessage, QuandaReader, QuandaToken, QuandaWriter, replay
+from quanda.core.replay import MessageState, apply
 from tests.backends import NO_POSTGRES, POSTGRES_URL, make_store
 
 texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)

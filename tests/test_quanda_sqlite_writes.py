@@ -12,11 +12,11 @@ import threading
 
 import pytest
 
-from app.quanda import (QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaReader, QuandaStoreError,
+from quanda.core import (QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaReader, QuandaStoreError,
                         QuandaWriter, open_store, replay)
-from app.quanda.store import sqlite as sqlite_store
-from app.quanda.store.sqlite import SQLiteStore
-from app.quanda.store.sqlite_schema import CHECKPOINT_EVERY, CHECKPOINT_MAX, _checkpoint_due
+from quanda.core.store import sqlite as sqlite_store
+from quanda.core.store.sqlite import SQLiteStore
+from quanda.core.store.sqlite_schema import CHECKPOINT_EVERY, CHECKPOINT_MAX, _checkpoint_due
 
 
 async def two_stores(tmp_path, **limits):

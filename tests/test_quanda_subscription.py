@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from app.quanda import QuandaToken
-from app.quanda.store.subscription import Subscription
+from quanda.core import QuandaToken
+from quanda.core.store.subscription import Subscription
 
 
 async def started(sub: Subscription, timeout: float) -> asyncio.Task:

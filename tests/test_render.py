@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from app.render import (
+from quanda.render import (
     Append,
     MarkdownStream,
     append_plan,
@@ -19,8 +19,8 @@ from app.render import (
     render_markdown,
     split_blocks,
 )
-from app.render.closing import _Closer
-from app.render.markdown import _render_plain
+from quanda.render.closing import _Closer
+from quanda.render.markdown import _render_plain
 
 # --------------------------------------------------------------------------- helpers
 
@@ -485,8 +485,8 @@ def test_highlighting_keeps_code_text_and_safety(language: str, code: str) -> No
        cap=st.sampled_from([8, 24, 400]))
 def test_the_plain_words_fast_path_renders_exactly_what_parsing_would(words, cap):
     """A piece that grew by plain words takes a fast path (no parsing): its HTML must be the parser's."""
-    import app.render.piece as piece
-    from app.render.stream import MarkdownStream
+    import quanda.render.piece as piece
+    from quanda.render.stream import MarkdownStream
 
     def tails(fast):
         original = piece._Piece._grown_html

@@ -1,9 +1,9 @@
 """The simulator's stream view: appended text only, the bar from each chunk's estimate, and an override
 (a snapshot, a rewrite) replaces the content box instead of appending to it."""
 
-from app.components import ids
-from app.components.simulator import SimulatorView, progress_of
-from app.quanda import QuandaToken
+from quanda.components import ids
+from quanda.components.simulator import SimulatorView, progress_of
+from quanda.core import QuandaToken
 
 MID = "ab" * 12
 

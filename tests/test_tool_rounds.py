@@ -9,16 +9,16 @@ import re
 
 import pytest
 
-from app.commands import CommandResult, CommandSpec, Change, tool_definitions, tool_specs
-from app.config import Settings
-from app.context import AppContext
-from app.jobs import Jobs
-from app.llm import OllamaDriver, OpenAIDriver
-from app.plugins import Plugin, load_plugins
-from app.plugins.chat import ChatState, answers, conversation
-from app.plugins.chat.tools import MAX_TOOL_ROUNDS, ROUND_KIND, markdown_line, offered_tools, round_key
-from app.plugins.todo import todos
-from app.render import render_markdown
+from quanda.commands import CommandResult, CommandSpec, Change, tool_definitions, tool_specs
+from quanda.config import Settings
+from quanda.context import AppContext
+from quanda.jobs import Jobs
+from quanda.llm import OllamaDriver, OpenAIDriver
+from quanda.plugins import Plugin, load_plugins
+from quanda.plugins.chat import ChatState, answers, conversation
+from quanda.plugins.chat.tools import MAX_TOOL_ROUNDS, ROUND_KIND, markdown_line, offered_tools, round_key
+from quanda.plugins.todo import todos
+from quanda.render import render_markdown
 from tests.llm_server import Chunk, LLMTestServer, Reply, Rounds, ToolCall
 
 MODEL = "quanda-test"

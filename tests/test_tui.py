@@ -8,8 +8,8 @@ import asyncio
 import httpx
 import pytest
 
-from app.tui.app import TASK_PREFIX, QuandaTUI
-from app.tui.widgets import AnswerView, MessageMarkdown
+from quanda.tui.app import TASK_PREFIX, QuandaTUI
+from quanda.tui.widgets import AnswerView, MessageMarkdown
 from tests.llm_server import Chunk, LLMTestServer, Reply
 from tests.servers import ACCOUNTS, AppServer, CuttableProxy, free_port
 
@@ -284,7 +284,7 @@ async def test_problems_say_what_to_do(tmp_path, case):
     else:
         server = AppServer(tmp_path, **ACCOUNTS).start()
         url = server.url
-        token, says = (None, "python -m app tokens create NAME") if case == "accounts without a token" \
+        token, says = (None, "python -m quanda tokens create NAME") if case == "accounts without a token" \
             else ("qk_wrong", "--token")
     try:
         app = QuandaTUI(url, token)
@@ -308,11 +308,11 @@ def test_the_readme_session_names_what_the_command_line_has():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("### The terminal client", 1)[1].split("\n## ", 1)[0]
-    shown = subprocess.run([sys.executable, "-m", "app.tui", "--help"], capture_output=True, text=True, timeout=60)
+    shown = subprocess.run([sys.executable, "-m", "quanda.tui", "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     for flag in set(re.findall(r"`(--[a-z]+)", section)):
-        assert flag in shown.stdout, f"the README names {flag}; `python -m app.tui --help` does not"
-    assert "pip install -e '.[tui]'" in section and "python -m app.tui" in section and "python main.py" in section
+        assert flag in shown.stdout, f"the README names {flag}; `python -m quanda.tui --help` does not"
+    assert "pip install -e '.[tui]'" in section and "python -m quanda.tui" in section and "python main.py" in section
     for key, action in (("^S", "send"), ("^T", "stop"), ("^R", "retry"), ("^N", "new_conversation"),
                         ("^Q", "quit"), ("^O", "toggle_thinking")):
         assert key in section and any(b.key == "ctrl+" + key[1].lower() and b.action == action

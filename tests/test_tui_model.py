@@ -3,8 +3,8 @@ the size bound) and the model (the core's reducer, nothing applied twice, gaps r
 
 import pytest
 
-from app.tui.model import Conversation, MessageState
-from app.tui.sse import ProtocolError, SSEParser
+from quanda.tui.model import Conversation, MessageState
+from quanda.tui.sse import ProtocolError, SSEParser
 
 
 def feed_all(parser, chunks):

@@ -6,8 +6,8 @@ import json
 import httpx
 import pytest
 
-from app.config import Settings
-from app.server import create_app
+from quanda.config import Settings
+from quanda.server import create_app
 from tests.servers import AppServer
 
 TOKEN = "two-servers-token"

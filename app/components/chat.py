@@ -14,9 +14,9 @@ from fasthtml.common import (A, H3, Aside, Button, Details, Div, Form, H2, Hidde
                              Select, Span, Strong, Summary, Textarea, Ul)
 from fastcore.xml import Safe
 
-from app.quanda import QuandaToken
-from app.render import MarkdownStream, append_plan, render_markdown
-from app.render.settle import merge
+from quanda.core import QuandaToken
+from quanda.render import MarkdownStream, append_plan, render_markdown
+from quanda.render.settle import merge
 
 from . import ids
 from .buttons import ws_button

@@ -6,7 +6,7 @@ import re
 
 from fasthtml.common import H3, Article, Button, Div, Form, Hidden, Input, Label, Pre, Progress, Span
 
-from app.quanda import QuandaToken
+from quanda.core import QuandaToken
 
 from . import ids
 from .notice import FieldNotice

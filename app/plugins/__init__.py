@@ -1,7 +1,7 @@
 """The plugin API: everything a plugin may use, and how plugins are loaded.
 
 A plugin is a module that declares one `Plugin` value named `plugin`. It imports what it needs from here
-(`Plugin`, `Handle`, `ClientError`, `handle_of`, the command types), from `app.quanda` (messages) and from
+(`Plugin`, `Handle`, `ClientError`, `handle_of`, the command types), from `quanda.core` (messages) and from
 `app.components` (FT pieces) — never the transport or the server. Every page, WebSocket action, fact view,
 job recovery and HTTP route gets a `Handle`: the app context seen from one owner (and one tab).
 
@@ -20,17 +20,17 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from fasthtml.common import APIRouter
 
-from app.access import handle_of
-from app.commands import Change, CommandResult, CommandSpec, Field, apply_change
-from app.context import AppContext, ClientError, Handle
-from app.jobs import Job
+from quanda.access import handle_of
+from quanda.commands import Change, CommandResult, CommandSpec, Field, apply_change
+from quanda.context import AppContext, ClientError, Handle
+from quanda.jobs import Job
 
 __all__ = ["AppContext", "BUILTIN_PLUGINS", "Change", "ClientError", "CommandResult", "CommandSpec",
            "ENTRY_POINT_GROUP", "Field", "Handle", "Job", "Plugin", "PluginError", "apply_change", "handle_of",
            "load_plugins"]
 
 ENTRY_POINT_GROUP = "quanda.plugins"
-BUILTIN_PLUGINS = ("app.plugins.todo", "app.plugins.simulator", "app.plugins.chat", "app.plugins.http_api")
+BUILTIN_PLUGINS = ("quanda.plugins.todo", "quanda.plugins.simulator", "quanda.plugins.chat", "quanda.plugins.http_api")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 HOOKS = ("page", "startup", "prompt_context", "sidebar", "on_event", "ask")
 

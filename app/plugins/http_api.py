@@ -18,11 +18,11 @@ from contextlib import aclosing
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from app.client_json import ClientJSONError, parse_client_json
-from app.plugins import ClientError, Plugin, handle_of
-from app.quanda import (QuandaError, QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaNotFoundError,
+from quanda.client_json import ClientJSONError, parse_client_json
+from quanda.plugins import ClientError, Plugin, handle_of
+from quanda.core import (QuandaError, QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaNotFoundError,
                         QuandaReader, QuandaStoreError)
-from app.quanda.validation import MAX_SEQ
+from quanda.core.validation import MAX_SEQ
 
 log = logging.getLogger("quanda.api")
 router = APIRouter()

@@ -11,9 +11,9 @@ import functools
 import logging
 from typing import Awaitable, Callable
 
-from app.components.notice import FieldNotice
-from app.plugins import ClientError, Handle
-from app.quanda import QuandaError, QuandaStoreError
+from quanda.components.notice import FieldNotice
+from quanda.plugins import ClientError, Handle
+from quanda.core import QuandaError, QuandaStoreError
 
 log = logging.getLogger("quanda.plugins")
 

@@ -12,12 +12,12 @@ import asyncio
 import logging
 import random
 
-from app.components.simulator import (SimBar, SimRun, SimStatus, SimStopForm, SimulatorCard, SimulatorView,
+from quanda.components.simulator import (SimBar, SimRun, SimStatus, SimStopForm, SimulatorCard, SimulatorView,
                                       progress_of)
-from app.components import ids
-from app.plugins import ClientError, Handle, Job, Plugin
-from app.plugins.notices import near
-from app.quanda import QuandaError, QuandaMessage, QuandaWriter
+from quanda.components import ids
+from quanda.plugins import ClientError, Handle, Job, Plugin
+from quanda.plugins.notices import near
+from quanda.core import QuandaError, QuandaMessage, QuandaWriter
 
 log = logging.getLogger("quanda.simulator")
 

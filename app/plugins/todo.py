@@ -14,10 +14,10 @@ Refusals show under the add form (`near`).
 
 from __future__ import annotations
 
-from app.components import ids
-from app.components.todo import AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage, TodoSummary
-from app.plugins import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change
-from app.plugins.notices import near
+from quanda.components import ids
+from quanda.components.todo import AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage, TodoSummary
+from quanda.plugins import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change
+from quanda.plugins.notices import near
 
 KIND = "todo"
 MAX_NAME = 200

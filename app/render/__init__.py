@@ -9,7 +9,7 @@
     append.py     append_plan: how new HTML extends old HTML by appends only
     settle.py     merge: how a finished block's pieces merge into its HTML (the page can settle it itself)
 
-The public names are re-exported here: ``from app.render import MarkdownStream, render_markdown``.
+The public names are re-exported here: ``from quanda.render import MarkdownStream, render_markdown``.
 """
 
 from .append import Append, append_plan

@@ -1,4 +1,4 @@
-"""The terminal client: `python -m app.tui`, a peer of the browser over the HTTP API (the `tui` extra).
+"""The terminal client: `python -m quanda.tui`, a peer of the browser over the HTTP API (the `tui` extra).
 
 Modules, one concept each: `sse` (server-sent events, parsed), `client` (the HTTP API: requests, streams that
 reconnect and resume, problems and what to do about them), `model` (what the terminal holds: the

@@ -90,7 +90,7 @@ class QuandaClient:
         if status == 401:
             hint = ("the server does not know this token: in local mode start it with the same "
                     "QUANDA_API_TOKEN, or run without --token" if self.token else
-                    "this server has accounts: create a token with `python -m app tokens create NAME` on the "
+                    "this server has accounts: create a token with `python -m quanda tokens create NAME` on the "
                     "server, then pass --token qk_… or set QUANDA_API_TOKEN")
             return Problem(f"the server refused access ({said})", hint, status=status)
         if status == 403:
@@ -119,7 +119,7 @@ class QuandaClient:
             raise self.transport_problem(exc) from None
         if response.status_code in (302, 303) and "/login" in response.headers.get("location", ""):
             raise Problem("this server has accounts and the client has no token",
-                          "create one with `python -m app tokens create NAME` on the server, then pass --token "
+                          "create one with `python -m quanda tokens create NAME` on the server, then pass --token "
                           "qk_… or set QUANDA_API_TOKEN")
         if response.status_code >= 400:
             raise self.status_problem(response)

@@ -1,7 +1,7 @@
 """What the terminal holds of the conversation: plain objects, changed by the network readers, drawn by the
 app's frame loop (which is the only code that touches widgets).
 
-A message's state follows the core's reducer (app.quanda: chunk appends, override replaces, warning sets,
+A message's state follows the core's reducer (quanda.core: chunk appends, override replaces, warning sets,
 immutable ends) and records what the screen has yet to show: the text appended since the last frame
 (`pending`), or that the whole text must be drawn again (`redraw`, after an override). A token at or below
 the seq the message holds is dropped (nothing is ever shown twice); a token past the next seq is a gap the

@@ -9,7 +9,7 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from app.quanda import open_store
+from quanda.core import open_store
 from tests.llm_server import Reply
 from tests.servers import AppServer
 

@@ -5,7 +5,7 @@ terminal stops an answer asked in the tab."""
 import pytest
 from playwright.async_api import expect
 
-from app.tui.app import QuandaTUI
+from quanda.tui.app import QuandaTUI
 from tests.llm_server import Reply
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 import httpx
 import websockets
 
-from app.quanda import open_store, replay
+from quanda.core import open_store, replay
 
 FIELD_NOTICE = re.compile(r'<div[^>]*class="field-notice"[^>]*>(.*?)</div>', re.S)
 

@@ -31,10 +31,10 @@ import httpx
 import pytest
 import websockets
 
-from main import WS_MAX_SIZE
+from quanda.serve import WS_MAX_SIZE
 from tests.llm_server import LLMTestServer, Reply
-from app.config import Settings
-from app.ratelimit import BURST_S, HANDSHAKE_BURST_S
+from quanda.config import Settings
+from quanda.ratelimit import BURST_S, HANDSHAKE_BURST_S
 from tests.reliability.harness import LONG, percentile, rss_mb
 from tests.servers import ACCOUNTS, ROOT, AppServer, add_user, login
 
@@ -186,7 +186,7 @@ async def test_bad_frames_get_a_clear_bounded_answer_and_the_socket_stays_up(ser
             said = [n for n in notices(await sock.answers_to(frame)) if not n.startswith("slow down")]
             assert len(said) == 1 and re.search(expected, said[0]), f"{what}: {said}"
             assert len(said[0]) < NOTICE_LIMIT, f"{what}: a notice of {len(said[0])} characters"
-        # beyond what the transport reads at all (main.WS_MAX_SIZE), the socket is closed: 1009, message too big
+        # beyond what the transport reads at all (quanda.serve.WS_MAX_SIZE), the socket is closed: 1009, message too big
         await ws.send(json.dumps({"action": "view", "pad": "x" * WS_MAX_SIZE}))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-import app.ws
-from app.context import ClientError
-from app.ratelimit import Handshakes, Limits, Pace
-from app.ws import OWNER_SCOPE, FrameGuard, Hub
+import quanda.ws
+from quanda.context import ClientError
+from quanda.ratelimit import Handshakes, Limits, Pace
+from quanda.ws import OWNER_SCOPE, FrameGuard, Hub
 
 pytestmark = pytest.mark.reliability
 
@@ -105,7 +105,7 @@ async def test_an_owners_rate_holds_whatever_connection_the_frames_come_from():
 
 
 async def test_a_connection_kept_over_its_rate_is_closed_and_told_why(monkeypatch):
-    monkeypatch.setattr(app.ws, "STRAINED_S", 0.3)
+    monkeypatch.setattr(quanda.ws, "STRAINED_S", 0.3)
     frames = [json.dumps({"action": f"a{i}"}) for i in range(200)]
     got, sent, took = await run_guard(Limits(frames_per_s=20, owner_frames_per_s=1000, per_owner=5,
                                              per_address=5), frames)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from app.jobs import LEASE_KIND, Jobs
-from app.quanda import open_store
+from quanda.jobs import LEASE_KIND, Jobs
+from quanda.core import open_store
 from tests.reliability.harness import eventually
 
 pytestmark = pytest.mark.reliability
@@ -55,8 +55,8 @@ async def api(tmp_path):
     """The app in process, the HTTP API with a bearer token."""
     import httpx
 
-    from app.config import Settings
-    from app.server import create_app
+    from quanda.config import Settings
+    from quanda.server import create_app
 
     app = create_app(Settings(db_url=f"sqlite:///{tmp_path}/quanda.db", api_token="t", secret="s" * 40))
     async with app.router.lifespan_context(app):
@@ -94,8 +94,8 @@ async def test_a_postgresql_connection_left_mid_operation_is_a_store_error_and_i
     asyncpg = pytest.importorskip("asyncpg")
     import contextlib
 
-    from app.quanda import QuandaStoreError
-    from app.quanda.store.postgres import PostgresStore
+    from quanda.core import QuandaStoreError
+    from quanda.core.store.postgres import PostgresStore
 
     class StuckConnection:
         terminated = False
@@ -123,7 +123,7 @@ async def test_a_postgresql_connection_left_mid_operation_is_a_store_error_and_i
 async def test_a_job_ending_on_a_store_failure_marks_the_store_down_and_raises_nothing_unretrieved(tmp_path):
     """A dead database: an answer whose store failed under it ended with the exception escaping its task ("Task
     exception was never retrieved", a traceback in the log), and no one was told."""
-    from app.quanda import QuandaStoreError
+    from quanda.core import QuandaStoreError
 
     class Health:
         problems: list = []
@@ -146,11 +146,11 @@ async def test_a_job_ending_on_a_store_failure_marks_the_store_down_and_raises_n
 async def test_every_tab_is_told_when_the_database_goes_away_and_when_it_is_back(monkeypatch):
     """A dead database: a tab watching an answer saw it stop, with no word of why, and nothing when the
     database was back."""
-    import app.health
-    from app.health import StoreHealth
-    from app.ws import STORE_BACK, STORE_DOWN, Hub
+    import quanda.health
+    from quanda.health import StoreHealth
+    from quanda.ws import STORE_BACK, STORE_DOWN, Hub
 
-    monkeypatch.setattr(app.health, "PROBE_EVERY_S", 0.01)
+    monkeypatch.setattr(quanda.health, "PROBE_EVERY_S", 0.01)
 
     class Store:
         origin, records, dead = "me", {}, True

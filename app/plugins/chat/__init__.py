@@ -14,9 +14,9 @@ import logging
 
 from fasthtml.common import H2, APIRouter, Div, P, Section
 
-from app.components.buttons import ws_button
-from app.components.chat import ChatView, ConversationList, ConversationView
-from app.plugins import AppContext, Handle, Plugin
+from quanda.components.buttons import ws_button
+from quanda.components.chat import ChatView, ConversationList, ConversationView
+from quanda.plugins import AppContext, Handle, Plugin
 
 from . import actions, answers, api, conversation, drafts, export, views
 from .status import LLMStatus

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 
-from app.components import ids
-from app.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, ConversationView,
+from quanda.components import ids
+from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, ConversationView,
                                  EventLine, PreviousVersion, StatusBadge)
-from app.plugins import ClientError, Handle
-from app.plugins.notices import near
-from app.quanda import QuandaError, QuandaWriter, QuandaMessage
-from app.render import render_markdown
+from quanda.plugins import ClientError, Handle
+from quanda.plugins.notices import near
+from quanda.core import QuandaError, QuandaWriter, QuandaMessage
+from quanda.render import render_markdown
 
 from . import answers, conversation, drafts
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.commands import run_answer_commands
-from app.plugins import ClientError, Handle, Job
-from app.quanda import QuandaError, QuandaMessage, QuandaWriter
+from quanda.commands import run_answer_commands
+from quanda.plugins import ClientError, Handle, Job
+from quanda.core import QuandaError, QuandaMessage, QuandaWriter
 
 from . import conversation, prompt, tools
 

@@ -1,4 +1,4 @@
-"""The chat over HTTP: what a terminal (`python -m app.tui`) or any client needs to be a peer of the browser
+"""The chat over HTTP: what a terminal (`python -m quanda.tui`) or any client needs to be a peer of the browser
 tabs — the same conversation, live in both, Stop and Retry from either.
 
 JSON in and out; access, errors and limits as for the rest of the HTTP API (app/plugins/http_api.py): the
@@ -35,9 +35,9 @@ from typing import Any
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, StreamingResponse
 
-from app.plugins import ClientError, Handle, handle_of
-from app.plugins.http_api import body_json, error, guarded
-from app.quanda import QuandaError, QuandaMessage
+from quanda.plugins import ClientError, Handle, handle_of
+from quanda.plugins.http_api import body_json, error, guarded
+from quanda.core import QuandaError, QuandaMessage
 
 from . import actions, answers, conversation, timeline
 

@@ -20,7 +20,7 @@ import secrets
 import time
 from typing import Any
 
-from app.quanda import QuandaError, QuandaStore
+from quanda.core import QuandaError, QuandaStore
 
 KIND = "chat"
 CONV_KIND = "chat_conv"

@@ -15,11 +15,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from app.plugins import AppContext, Handle
-from app.quanda import QuandaError, QuandaImmutableError, QuandaMessage, QuandaWriter
+from quanda.plugins import AppContext, Handle
+from quanda.core import QuandaError, QuandaImmutableError, QuandaMessage, QuandaWriter
 
 if TYPE_CHECKING:
-    from app.quanda.store.base import MessageRecord
+    from quanda.core.store.base import MessageRecord
 
 log = logging.getLogger("quanda.chat")
 

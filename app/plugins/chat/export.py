@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response
 
-from app.plugins import handle_of
-from app.quanda import QuandaError
+from quanda.plugins import handle_of
+from quanda.core import QuandaError
 
 from . import conversation
 

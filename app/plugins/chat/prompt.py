@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.commands import describe
-from app.plugins import Handle
-from app.quanda import QuandaError
+from quanda.commands import describe
+from quanda.plugins import Handle
+from quanda.core import QuandaError
 
 from . import conversation
 

@@ -13,7 +13,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from app.llm import LLMUnavailable, pick_default_model
+from quanda.llm import LLMUnavailable, pick_default_model
 
 LIST_TIMEOUT_S = 5.0
 

@@ -30,9 +30,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from app.plugins import Handle
-from app.quanda import QuandaError
-from app.quanda.store.base import MessageRecord
+from quanda.plugins import Handle
+from quanda.core import QuandaError
+from quanda.core.store.base import MessageRecord
 
 from . import answers, conversation
 

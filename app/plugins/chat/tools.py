@@ -39,11 +39,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from app.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
+from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
-from app.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent
-from app.plugins import Handle
-from app.quanda import ChunkStream, QuandaMessage, QuandaWriter
+from quanda.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent
+from quanda.plugins import Handle
+from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
 from . import prompt
 

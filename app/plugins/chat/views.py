@@ -6,13 +6,13 @@ conversation holds it, the list of conversations only to tabs on the Chat page.
 
 from __future__ import annotations
 
-from app.components import ids
-from app.components.chat import (AppendToList, ChatMessage, ConversationList, DraftPreview, EditingBanner,
+from quanda.components import ids
+from quanda.components.chat import (AppendToList, ChatMessage, ConversationList, DraftPreview, EditingBanner,
                                  EventLine, MessageActions, MessageList, SendSlot, ThinkingSection, TurnField)
-from app.components.notice import FieldNotice
-from app.plugins import Handle
-from app.quanda import QuandaError
-from app.render import render_markdown
+from quanda.components.notice import FieldNotice
+from quanda.plugins import Handle
+from quanda.core import QuandaError
+from quanda.render import render_markdown
 
 from . import actions, answers, conversation, drafts
 

@@ -1,6 +1,6 @@
-"""The core without the web app: `python -m app.quanda show ID` prints a message's state and token count;
-`python -m app.quanda tail ID [--after SEQ]` prints its snapshot, then follows it live until it is immutable.
-The store is --db URL (default sqlite:///data/quanda.db); `python -m app show|tail` takes QUANDA_DB_URL."""
+"""The core without the web app: `python -m quanda.core show ID` prints a message's state and token count;
+`python -m quanda.core tail ID [--after SEQ]` prints its snapshot, then follows it live until it is immutable.
+The store is --db URL (default sqlite:///data/quanda.db); `python -m quanda show|tail` takes QUANDA_DB_URL."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def tail(url: str, message_id: str, after: int | None) -> None:
         sys.stdout.write("\n")
 
 
-def main(argv: list[str] | None = None, default_db: str = DEFAULT_URL, prog: str = "python -m app.quanda") -> int:
+def main(argv: list[str] | None = None, default_db: str = DEFAULT_URL, prog: str = "python -m quanda.core") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--db", default=default_db, help=f"store URL (default: {default_db})")
     commands = parser.add_subparsers(dest="command", required=True)
