@@ -34,7 +34,7 @@ def read_password(args: argparse.Namespace) -> str:
 
 async def users(args: argparse.Namespace, settings: Settings) -> None:
     from quanda.migrate import adopt, legacy_sessions
-    async with await open_store(settings.db_url, mongo_driver=settings.mongo_driver) as store:
+    async with await open_store(settings.db_url, **settings.store_options()) as store:
         accounts = Accounts(store)
         if args.action == "add":
             user = await accounts.add(args.name, read_password(args))
@@ -59,7 +59,7 @@ async def users(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def tokens(args: argparse.Namespace, settings: Settings) -> None:
-    async with await open_store(settings.db_url, mongo_driver=settings.mongo_driver) as store:
+    async with await open_store(settings.db_url, **settings.store_options()) as store:
         accounts = Accounts(store)
         if args.action == "create":
             token_id, token = await accounts.create_token(args.name, args.label or "")

@@ -63,20 +63,23 @@ class Jobs:
         return task
 
     async def _run(self, job: Job, work: Coroutine[Any, Any, Any]) -> None:
+        unfinished = False
         try:
             await work
-        except QuandaError as exc:  # a failure the job could not even record (the store gone): its lease,
-            log.error("job %s ended early: %s", job.message_id, exc)  # left behind, has it marked later
+        except QuandaError as exc:  # a failure the job could not even record (the store gone): its lease is
+            unfinished = True       # left to expire, and whichever server then recovers the job finishes it
+            log.error("job %s ended early: %s; it is recovered once its lease expires", job.message_id, exc)
             self._store_failed(exc)
         except Exception:  # noqa: BLE001 - a plugin's bug: logged here, since no one awaits a job
             log.exception("job %s failed", job.message_id)
         finally:
             self.tasks.pop(job.message_id, None)
             self._jobs.pop(job.message_id, None)
-            try:
-                await asyncio.shield(self.store.delete_record(LEASE_KIND, job.message_id))
-            except (QuandaError, asyncio.CancelledError) as exc:
-                log.warning("could not release the lease of %s: %s", job.message_id, exc)
+            if not unfinished:
+                try:
+                    await asyncio.shield(self.store.delete_record(LEASE_KIND, job.message_id))
+                except (QuandaError, asyncio.CancelledError) as exc:
+                    log.warning("could not release the lease of %s: %s", job.message_id, exc)
 
     async def settle(self, message_id: str, timeout: float) -> None:
         """Give a job of this server that is ending (its last writes done) up to `timeout` s to end."""

@@ -131,9 +131,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
 
     async def lifespan(app):
         own_store = store is None
-        the_store = store or await open_store(settings.db_url, mongo_driver=settings.mongo_driver,
-                                              max_token_bytes=settings.max_token_bytes,
-                                              max_message_bytes=settings.max_message_bytes)
+        the_store = store or await open_store(settings.db_url, **settings.store_options())
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
                           settings.llm_stall_s)
         ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store))

@@ -43,19 +43,25 @@ async def test_url_options_win_over_our_defaults(driver):
         assert client.read_concern.level == "majority"
         assert client.options.retry_writes is True
         assert client.options.pool_options.metadata["application"] == {"name": "quanda"}
+        assert client.options.timeout == 5  # the store's deadline, PyMongo's client-side operation timeout
     finally:
         await close(client)
 
 
 def test_url_option_names_are_case_insensitive_and_aliases_count():
     given = client_options("mongodb://h/db?SERVERSELECTIONTIMEOUTMS=1&wtimeout=5&ReadConcernLevel=local")
-    assert given == {"w": "majority", "retryWrites": True, "appName": "quanda", "tz_aware": False}
+    assert given == {"w": "majority", "retryWrites": True, "appName": "quanda", "timeoutMS": 5000, "tz_aware": False}
+
+
+def test_the_stores_deadline_is_the_clients_timeout_unless_the_url_sets_one():
+    assert client_options("mongodb://h/db", timeout_s=2.5)["timeoutMS"] == 2500
+    assert "timeoutMS" not in client_options("mongodb://h/db?timeoutMS=800", timeout_s=2.5)
 
 
 async def test_pymongo_is_the_default_driver_and_motor_stays_selectable(monkeypatch):
     chosen = []
 
-    def spy(url, driver):
+    def spy(url, driver, timeout_s=5.0):
         chosen.append(driver)
         return mongomock_client()
     monkeypatch.setattr(mongo_client, "make_client", spy)

@@ -144,14 +144,14 @@ async def health(client: httpx.AsyncClient) -> int:
     return (await client.get("/-/health", timeout=10)).status_code
 
 
-async def outage(tmp_path, llm, db_url: str, break_it, mend_it) -> dict:
+async def outage(tmp_path, llm, db_url: str, break_it, mend_it, **env: str) -> dict:
     """An answer streams; the database dies under it; then comes back. Returns what was seen, for the
     caller's figures; asserts the user was told, health said 503 then 200, Retry completed the answer, and
     new actions work."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     server = AppServer(workdir, QUANDA_DB_URL=db_url, QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
-                       OLLAMA_MODEL="quanda-test", QUANDA_JOB_LEASE_S="2").start()
+                       OLLAMA_MODEL="quanda-test", QUANDA_JOB_LEASE_S="2", **env).start()
     acks = Acks()
     try:
         cookie = await browser_cookie(server.url)

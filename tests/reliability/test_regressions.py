@@ -110,7 +110,7 @@ async def test_a_postgresql_connection_left_mid_operation_is_a_store_error_and_i
 
     class Pool:
         @contextlib.asynccontextmanager
-        async def acquire(self):
+        async def acquire(self, timeout=None):
             yield conn
 
     store = PostgresStore("postgresql://nobody@127.0.0.1:1/none")
@@ -181,7 +181,7 @@ async def test_every_tab_is_told_when_the_database_goes_away_and_when_it_is_back
     for tab in tabs:
         await asyncio.wait_for(tab.got.wait(), 5)
         tab.got.clear()
-        assert STORE_DOWN in tab.sent[-1]
+        assert STORE_DOWN.format(" (it does not accept writes)") in tab.sent[-1]  # the cause, in our words
     health.failed("again")  # already down: nobody is told twice
     store.dead = False
     for tab in tabs:

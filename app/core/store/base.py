@@ -22,6 +22,7 @@ from bson import ObjectId
 from ..errors import QuandaError, QuandaLimitError, QuandaStoreError
 from ..token import IMMUTABLE, KINDS, OVERRIDE, QuandaToken
 from ..validation import check_data, check_id, check_key, check_record_kind, check_seq, check_text, encode_record
+from .deadline import DEFAULT_TIMEOUT_S
 from .subscription import Subscription
 
 log = logging.getLogger("quanda.store")
@@ -68,9 +69,11 @@ class QuandaStore(ABC):
     atomic_records = True
 
     def __init__(self, *, max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.max_token_bytes = max_token_bytes
         self.max_message_bytes = max_message_bytes
+        self.timeout_s = timeout_s  # every call fails within this when the database does not answer
+        self._trouble_listeners: list[Callable[[str], None]] = []
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._watcher: asyncio.Task | None = None
         self._watcher_exiting = False
@@ -243,6 +246,20 @@ class QuandaStore(ABC):
                 continue
             self._deliver_fact(topic, fact)
 
+    # -- trouble: the database failing under the store's own background work ------------------------------
+
+    def on_trouble(self, callback: Callable[[str], None]) -> None:
+        """`callback(problem)` on the event loop when the store's own background work (its listener, its
+        watcher) finds the database not answering: nobody's call failed, so nobody else would notice."""
+        self._trouble_listeners.append(callback)
+
+    def _trouble(self, problem: str) -> None:
+        for callback in list(self._trouble_listeners):
+            try:
+                callback(problem)
+            except Exception:  # noqa: BLE001 - one listener's bug must not hide the news from the others
+                log.exception("a trouble listener failed")
+
     # -- live delivery ------------------------------------------------------------------------------------
 
     def subscribe(self, message_id: str) -> Subscription:
@@ -310,6 +327,7 @@ class QuandaStore(ABC):
                 woke = await self._poll_once()
             except QuandaError as exc:
                 log.warning("watcher: %s", exc)
+                self._trouble(str(exc))
                 delay = self.poll_max
             delay = self.next_poll_delay(delay, woke=woke)
             await asyncio.sleep(delay)

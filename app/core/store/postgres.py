@@ -26,14 +26,13 @@ from urllib.parse import urlsplit
 from ..errors import QuandaError, QuandaNotFoundError, QuandaStoreError
 from ..token import QuandaToken
 from .base import MessageRecord, new_id
-from .postgres_client import CONNECT_TIMEOUT_S, _channel, _NoResetConnection, _quote, _translated, asyncpg, split_url
+from .postgres_client import (_channel, _NoResetConnection, _quote, _translated, asyncpg, connection_broken, keep_alive,
+                              split_url)
 from .postgres_facts import PostgresFacts
 from .postgres_listener import PostgresListener
 from .postgres_records import PostgresRecords
 from .postgres_schema import _DDL, _MESSAGE_SELECT, SCHEMA_VERSION
 from .postgres_writer import _STOP, PostgresWriter
-
-POOL_MAX = 8
 
 
 def _decode(value: bytes | None) -> str | None:
@@ -50,8 +49,9 @@ def _record(row: Any) -> MessageRecord:
 class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRecords):
     _loop: asyncio.AbstractEventLoop  # the event loop the store was opened on
 
-    def __init__(self, url: str, **limits: int):
+    def __init__(self, url: str, pool_size: int = 8, **limits: Any):
         super().__init__(**limits)
+        self.pool_size = pool_size
         if asyncpg is None:
             raise QuandaError("the PostgreSQL store needs asyncpg: pip install -e '.[postgres]'")
         self.url = url
@@ -68,11 +68,17 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
 
     async def open(self) -> "PostgresStore":
         self._loop = asyncio.get_running_loop()
+        timeout = self.timeout_s
+
+        async def tune(conn: Any) -> None:
+            keep_alive(conn, timeout)
         try:
-            with _translated(f"connecting to {self._safe_url()}"):
-                self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_MAX,
-                                                       timeout=CONNECT_TIMEOUT_S, connection_class=_NoResetConnection)
-                await self._ensure_schema()
+            with _translated(f"connecting to {self._safe_url()}", timeout):
+                async with asyncio.timeout(timeout):
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self.pool_size,
+                                                           timeout=timeout, command_timeout=timeout, init=tune,
+                                                           connection_class=_NoResetConnection)
+            await self._ensure_schema()
         except BaseException:
             if self._pool is not None:
                 self._pool.terminate()
@@ -88,7 +94,7 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
         """Create the tables and functions unless this schema has them at this version; several processes
         opening at once are serialised by an advisory lock."""
         lock_key = int.from_bytes(hashlib.sha1(f"quanda:{self.schema}".encode()).digest()[:8], "big", signed=True)
-        async with self._pool.acquire() as conn:
+        async with self._conn("create the schema") as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
                 exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{self._s}.quanda_meta")
@@ -113,28 +119,40 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
                 with contextlib.suppress(BaseException):
                     await task
         if self._writer_conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer_conn.close(), CONNECT_TIMEOUT_S)
+            try:
+                await asyncio.wait_for(self._writer_conn.close(), self.timeout_s)
+            except (Exception, asyncio.TimeoutError):
+                self._writer_conn.terminate()
             self._writer_conn = None
+        if self._deadlines is not None:
+            self._deadlines.close()
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(self._pool.close(), self.timeout_s)
             except (Exception, asyncio.TimeoutError):
                 self._pool.terminate()
             self._pool = None
 
     @contextlib.asynccontextmanager
     async def _conn(self, what: str) -> AsyncIterator[Any]:
-        """A pooled connection, with driver errors translated."""
-        if self._pool is None or self._closed:
+        """A pooled connection for one store call, with driver errors translated and the store's deadline on
+        the whole call: waiting for a connection (or making one) and every statement. A connection that
+        failed other than by an error the server sent (a timeout, a lost socket, a cancellation) is
+        terminated at once: asyncpg would otherwise wait for the cancellation of its query, which it sends
+        over a new connection that a silent network never lets through."""
+        pool = self._pool
+        if pool is None or self._closed:
             raise QuandaStoreError("the store is closed")
-        with _translated(what):
-            async with self._pool.acquire() as conn:
-                try:
-                    yield conn
-                except asyncpg.InternalClientError:
-                    conn.terminate()  # stuck mid-operation: the pool must not hand it out again
-                    raise
+        timeout = self.timeout_s
+        with _translated(what, timeout):
+            async with asyncio.timeout(timeout):
+                async with pool.acquire(timeout=timeout) as conn:
+                    try:
+                        yield conn
+                    except BaseException as exc:
+                        if connection_broken(exc):
+                            conn.terminate()  # the pool must not hand it out again, nor wait on it
+                        raise
 
     # -- messages -------------------------------------------------------------------------------------
 

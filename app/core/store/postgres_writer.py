@@ -25,7 +25,8 @@ from typing import Any
 from ..errors import QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
 from ..token import IMMUTABLE, QuandaToken
 from .base import QuandaStore
-from .postgres_client import CONNECT_TIMEOUT_S, _translated, asyncpg
+from .deadline import Deadlines, timed_out
+from .postgres_client import _translated, asyncpg, connection_broken, keep_alive
 from .postgres_schema import _IMMUTABLE, _NOT_FOUND, _OK, _OVER_LIMIT, _SEALED
 
 log = logging.getLogger("quanda.store.postgres")
@@ -42,6 +43,11 @@ class _Append:
     text: str
     estimate: str | None
     future: asyncio.Future
+    timeout_s: float
+    sent: bool = False  # handed to the database (a write past its deadline may then still be applied)
+
+    def expired(self) -> BaseException:
+        return timed_out(f"an append to message {self.message_id}", self.timeout_s, self.sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +71,17 @@ class PostgresWriter(QuandaStore):
         self._queue: asyncio.Queue = asyncio.Queue()
         self._writer: asyncio.Task | None = None
         self._writer_conn: Any = None
+        self._deadlines: Deadlines | None = None
 
     async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken:
         if self._closed:
             raise QuandaStoreError("the store is closed")
+        if self._deadlines is None:
+            self._deadlines = Deadlines(self._loop, self.timeout_s)
         future = self._loop.create_future()
-        self._queue.put_nowait(_Append(message_id, kind, text, estimate, future))
+        entry = _Append(message_id, kind, text, estimate, future, self.timeout_s)
+        self._queue.put_nowait(entry)
+        self._deadlines.watch(future, entry.expired)
         if self._writer is None or self._writer.done():
             self._writer = self._loop.create_task(self._write_loop())
         return await future
@@ -89,6 +100,11 @@ class PostgresWriter(QuandaStore):
                     stop = True
                     break
                 batch.append(item)
+            batch = [entry for entry in batch if not entry.future.done()]  # past its deadline: not sent
+            if not batch:
+                if stop:
+                    return
+                continue
             try:
                 outcomes = await self._commit_batch(batch)
             except Exception as exc:  # noqa: BLE001 - whatever broke, no write may wait forever
@@ -103,8 +119,10 @@ class PostgresWriter(QuandaStore):
     async def _writer_connection(self) -> Any:
         conn = self._writer_conn
         if conn is None or conn.is_closed():
-            with _translated(f"connecting to {self._safe_url()}"):
-                conn = self._writer_conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
+            with _translated(f"connecting to {self._safe_url()}", self.timeout_s):
+                conn = await asyncpg.connect(self._dsn, timeout=self.timeout_s, command_timeout=self.timeout_s)
+            keep_alive(conn, self.timeout_s)
+            self._writer_conn = conn
         return conn
 
     async def _commit_batch(self, batch: list[_Append]) -> list[Any]:
@@ -126,19 +144,22 @@ class PostgresWriter(QuandaStore):
     async def _call_append(self, batch: list[_Append]) -> list[Any]:
         order = sorted(range(len(batch)), key=lambda j: batch[j].message_id)  # stable: per message, in order
         entries = [batch[j] for j in order]
-        conn = await self._writer_connection()
-        try:
-            with _translated("append"):
-                statuses, vals = await conn.fetchrow(
-                    self._sql_append, self.channel, self.origin, [e.message_id for e in entries],
-                    [e.kind for e in entries], [e.text.encode() for e in entries],
-                    [None if e.estimate is None else e.estimate.encode() for e in entries],
-                    self.max_message_bytes, CHECKPOINT_EVERY, time.time())
-        except QuandaStoreError as exc:
-            if not isinstance(exc.__cause__, asyncpg.PostgresError):  # the connection may be gone: renew it
-                self._writer_conn = None
-                conn.terminate()
-            raise
+        with _translated("append", self.timeout_s):
+            async with asyncio.timeout(self.timeout_s):  # connecting and the call: one deadline
+                conn = await self._writer_connection()
+                for entry in entries:
+                    entry.sent = True
+                try:
+                    statuses, vals = await conn.fetchrow(
+                        self._sql_append, self.channel, self.origin, [e.message_id for e in entries],
+                        [e.kind for e in entries], [e.text.encode() for e in entries],
+                        [None if e.estimate is None else e.estimate.encode() for e in entries],
+                        self.max_message_bytes, CHECKPOINT_EVERY, time.time())
+                except BaseException as exc:
+                    if connection_broken(exc):  # the connection may be gone, or stuck mid-call: renew it
+                        self._writer_conn = None
+                        conn.terminate()
+                    raise
         outcomes: list[Any] = [None] * len(batch)
         for j, entry, status, value in zip(order, entries, statuses, vals):
             outcomes[j] = _Written(QuandaToken(entry.kind, entry.text, entry.estimate, value)) if status == _OK \

@@ -28,7 +28,8 @@ from . import conversation, prompt, tools
 log = logging.getLogger("quanda.chat")
 
 ROLE = "assistant"
-INTERRUPTED = "interrupted: the server stopped while writing this answer. Press Retry to regenerate it."
+INTERRUPTED = ("interrupted: the server writing this answer stopped, or lost the database, before it was done. "
+               "Press Retry to regenerate it.")
 UNFINISHED = ("stopped", "failed", "interrupted")
 
 
@@ -72,11 +73,9 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
     except QuandaError as exc:
         status = "failed"
         log.error("answer %s could not be written: %s", answer_id, exc)
-        try:
-            await writer.warning("the answer could not be stored; Retry, and check the server's log if it "
-                                 "happens again")
-        except QuandaError:
-            pass
+        # unmarked, the answer is left to its lease: whichever server recovers the job marks it (Retry works)
+        await writer.warning("the answer could not be stored; Retry, and check the server's log if it "
+                             "happens again")
     await finish(h, key, answer_id, writer, status, None)
 
 
@@ -180,8 +179,11 @@ async def recover(h: Handle, job: Job) -> None:
             await h.publish("chat.state", message_id=record.id, state="done")
             await run_commands(h, found[0], record.id)
         return
-    if record.warning:
-        return  # stopped or failed before its server died: nothing was running
+    if record.warning:  # stopped or failed before its server died: nothing was running; say so if it could not
+        if found and found[1].get("status") == "generating":
+            await conversation.update_entry(h.store, found[0], status="failed")
+            await h.publish("chat.state", message_id=record.id, state="failed")
+        return
     await QuandaWriter(QuandaMessage(h.store, record)).warning(INTERRUPTED)
     if found:
         await conversation.update_entry(h.store, found[0], status="interrupted")
