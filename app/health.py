@@ -45,10 +45,23 @@ async def store_round_trip(store: Any) -> str | None:
     return None
 
 
+_CAUSES = (  # what a failure's text says of its cause -> how a user is told (never the driver's own words)
+    (("disk is full", "no space left", "enospc"), "its disk is full"),
+    (("readonly", "read-only", "read only", "disk i/o error", "permission denied"), "it does not accept writes"),
+    (("connection refused", "connect call failed", "connection was closed", "connection reset", "cannotconnectnow",
+      "server closed", "connectiondoesnotexist", "serverselectiontimeout", "cannot reach"),
+     "the connection to it was refused or lost"),
+)
+
+
 def user_reason(problem: object, timeout_s: float) -> str:
     """Why the database is unavailable, as a user may be told (our own words, not the driver's)."""
-    if isinstance(problem, QuandaTimeoutError) or "did not answer" in str(problem):
+    text = str(problem).lower()
+    if isinstance(problem, QuandaTimeoutError) or "did not answer" in text:
         return f"it did not answer within {timeout_s:g} s"
+    for needles, reason in _CAUSES:
+        if any(needle in text for needle in needles):
+            return reason
     if isinstance(problem, str) and problem.startswith("the database "):
         return "it " + problem[len("the database "):]
     return "it failed a request"

@@ -10,7 +10,7 @@ from ..errors import QuandaNotFoundError
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING
 from .base import MessageRecord
 
-BUSY_TIMEOUT_MS = 30_000
+WAL_SIZE_LIMIT = 16 << 20  # bytes the WAL file is cut back to when it restarts after a full checkpoint
 CHECKPOINT_EVERY = 64  # chunks after a content checkpoint before the next one (at least)...
 CHECKPOINT_RATIO = 4  # ...and at least 1/CHECKPOINT_RATIO of the tokens before it...
 CHECKPOINT_MAX = 8192  # ...but never more than this many (a reader rebuilds the content from them)
@@ -91,12 +91,43 @@ _LAST_SEQS = ("SELECT j.value, (SELECT seq FROM quanda_tokens WHERE message_id =
 Op = Callable[[sqlite3.Connection], Any]
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A connection as every thread of the store uses it: WAL, `synchronous=NORMAL`, a lock held elsewhere
+    waited for at most `timeout_s`, the WAL cut back to WAL_SIZE_LIMIT when it restarts."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
+
+
+def writer_busy_s(timeout_s: float) -> float:
+    """How long the writer waits for a write lock held elsewhere: within the writes' deadline, so that they
+    fail saying nothing was written rather than "may still be applied"."""
+    return 0.9 * timeout_s
+
+
+def open_writer(path: str, timeout_s: float) -> sqlite3.Connection:
+    """The writer thread's connection, with the schema in place; checkpoints (which fsync) are left to their
+    own thread, not run inside a commit a writer is waiting on."""
+    conn = _connect(path, writer_busy_s(timeout_s))
+    conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    return conn
+
+
+def prefix_bound(prefix: str) -> str | None:
+    """The smallest string above every string that starts with `prefix` (None: there is none), in code point
+    order — which is SQLite's BINARY order of UTF-8 text, PostgreSQL's order of UTF-8 bytes and MongoDB's
+    order of strings — so `prefix <= key < bound` is a range scan of the key's index on every backend."""
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return None
+    last = ord(stripped[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:  # surrogates are not text: the next code point there is
+        last = 0xE000
+    return stripped[:-1] + chr(last)
 
 
 def _tail(conn: sqlite3.Connection, message_id: str, after_seq: int) -> str:
