@@ -198,7 +198,9 @@ async def test_a_database_written_before_the_content_table_reads_and_grows(tmp_p
     await store.close()
     mid = "0123456789abcdef01234567"
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("DROP TABLE quanda_content")  # as the store wrote it before: content in the message row,
+    for undo in ("DROP TABLE quanda_leases", "ALTER TABLE quanda_messages DROP COLUMN fence",  # no migrations yet
+                 "DROP TABLE quanda_meta", "DROP TABLE quanda_content"):  # as the store wrote it before: content in
+        conn.execute(undo)                                                  # the message row,
     conn.execute("INSERT INTO quanda_messages VALUES (?, 'assistant', 'Hello ', 6, 1, NULL, '', 0, 3, 1.0, 1.0)",
                  (mid,))  # checkpointed at seq 1, every token synced into the row
     conn.executemany("INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)",

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from quanda.jobs import LEASE_KIND, Jobs
+from quanda.jobs import Jobs
 from quanda.core import open_store
 from tests.reliability.harness import eventually
 
@@ -19,8 +19,11 @@ async def test_a_server_killed_while_it_recovers_a_dead_servers_job_leaves_it_to
     url = f"sqlite:///{tmp_path}/quanda.db"
     dead, dying, alive = [await open_store(url) for _ in range(3)]
     message_id = "0123456789abcdef01234567"
-    await dead.put_record(LEASE_KIND, message_id, {"kind": "assistant", "owner": "o", "server": dead.origin,
-                                                   "expires": 0.0})
+    await dead.acquire_lease(message_id, dead.origin, 0.01, {"kind": "assistant", "owner": "o"})
+
+    async def expired():
+        return [lease.key for lease in await alive.expired_leases()] == [message_id]
+    await eventually(expired, 5, "the dead server's lease expired")
     recovering = asyncio.Event()
 
     async def killed_midway(job):
@@ -45,7 +48,7 @@ async def test_a_server_killed_while_it_recovers_a_dead_servers_job_leaves_it_to
         return recovered
 
     assert await eventually(reaped, 5, "the job recovered by the next server") == [message_id]
-    assert await alive.get_record(LEASE_KIND, message_id) is None
+    assert await alive.get_lease(message_id) is None  # given up once recovered
     for store in (dead, dying, alive):
         await store.close()
 

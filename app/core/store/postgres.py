@@ -31,7 +31,9 @@ from .postgres_client import (_channel, _NoResetConnection, _quote, _translated,
 from .postgres_facts import PostgresFacts
 from .postgres_listener import PostgresListener
 from .postgres_records import PostgresRecords
-from .postgres_schema import _DDL, _MESSAGE_SELECT, SCHEMA_VERSION
+from .migrations import SchemaStatus
+from .postgres_migrations import apply_migrations
+from .postgres_schema import _MESSAGE_SELECT
 from .postgres_writer import _STOP, PostgresWriter
 
 
@@ -49,18 +51,20 @@ def _record(row: Any) -> MessageRecord:
 class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRecords):
     _loop: asyncio.AbstractEventLoop  # the event loop the store was opened on
 
-    def __init__(self, url: str, pool_size: int = 8, **limits: Any):
+    def __init__(self, url: str, pool_size: int = 8, migrate: bool = True, **limits: Any):
         super().__init__(**limits)
         self.pool_size = pool_size
+        self.migrate = migrate  # apply pending migrations on opening (else only read where the schema stands)
+        self.schema: SchemaStatus | None = None
         if asyncpg is None:
             raise QuandaError("the PostgreSQL store needs asyncpg: pip install -e '.[postgres]'")
         self.url = url
-        self._dsn, self.schema = split_url(url)
-        self._s = _quote(self.schema)
-        self.channel = _channel(self.schema)
+        self._dsn, self.schema_name = split_url(url)
+        self._s = _quote(self.schema_name)
+        self.channel = _channel(self.schema_name)
         s = self._s
-        self._sql_append = (f"SELECT statuses, vals FROM {s}.quanda_append($1, $2, $3::text[], $4::text[], "
-                            f"$5::bytea[], $6::bytea[], $7, $8, $9)")
+        self._sql_append = (f"SELECT statuses, vals FROM {s}.quanda_append2($1, $2, $3::text[], $4::text[], "
+                            f"$5::bytea[], $6::bytea[], $7::text[], $8::bigint[], $9, $10)")
         self._sql_message = _MESSAGE_SELECT.format(s=s)
         self._pool: Any = None
 
@@ -91,22 +95,10 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
         return f"postgresql://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
     async def _ensure_schema(self) -> None:
-        """Create the tables and functions unless this schema has them at this version; several processes
-        opening at once are serialised by an advisory lock."""
-        lock_key = int.from_bytes(hashlib.sha1(f"quanda:{self.schema}".encode()).digest()[:8], "big", signed=True)
-        async with self._conn("create the schema") as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
-                exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{self._s}.quanda_meta")
-                if exists:
-                    version = await conn.fetchval(f"SELECT value FROM {self._s}.quanda_meta WHERE key = 'version'")
-                    if version == SCHEMA_VERSION:
-                        return
-                if self.schema != "public":
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._s}")
-                await conn.execute(_DDL.format(s=self._s))
-                await conn.execute(f"INSERT INTO {self._s}.quanda_meta VALUES ('version', $1) ON CONFLICT (key) "
-                                   f"DO UPDATE SET value = EXCLUDED.value", SCHEMA_VERSION)
+        """Apply the pending migrations (`postgres_migrations.py`) once, under an advisory lock of the schema."""
+        lock_key = int.from_bytes(hashlib.sha1(f"quanda:{self.schema_name}".encode()).digest()[:8], "big", signed=True)
+        async with self._conn("migrate the schema") as conn:
+            self.schema = await apply_migrations(conn, self._s, lock_key, apply=self.migrate)
 
     async def _close(self) -> None:
         if self._writer is not None and not self._writer.done():

@@ -1,16 +1,16 @@
 """The PostgreSQL store's writes, mixed into `PostgresStore`: one writer task per store, group commit.
 
 Every append of this process goes through one writer task that drains a queue and sends whatever has
-gathered as one call of the `quanda_append` function (`postgres_schema.py`): one round trip, one
+gathered as one call of the `quanda_append2` function (`postgres_migrations.py`): one round trip, one
 transaction, one commit for the batch (group commit: a lone writer pays one commit per token, a hundred
 concurrent writers share one). The function sorts nothing itself: the batch arrives ordered by message
 id, so it row-locks the messages (`SELECT … FOR UPDATE`) in id order and two processes' batches never
 deadlock. Under the lock it assigns seqs `last_seq + 1, …`, checks immutability and the size limit,
-inserts the tokens, updates the row once per message (with a checkpoint of the content every
-CHECKPOINT_EVERY tokens, see `postgres.py`) and calls `pg_notify` once per message with `origin + message
+inserts the tokens, updates the row once per message (with a checkpoint of the content at gaps that grow
+with the message, see `postgres.py`) and calls `pg_notify` once per message with `origin + message
 id + ':' + last seq`: the notification is sent at commit, in commit order, to every process listening on
-the database. Expected refusals (unknown id, immutable, over the limit) are status
-codes, not exceptions, so one bad write never fails the others in its batch.
+the database. Expected refusals (unknown id, immutable, over the limit, fenced out) are status codes, not
+exceptions, so one bad write never fails the others in its batch.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
+from ..errors import QuandaFencedError, QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
 from ..token import IMMUTABLE, QuandaToken
 from .base import QuandaStore
 from .deadline import Deadlines, timed_out
+from .fencing import Fence
 from .postgres_client import _translated, asyncpg, connection_broken, keep_alive
-from .postgres_schema import _IMMUTABLE, _NOT_FOUND, _OK, _OVER_LIMIT, _SEALED
+from .postgres_schema import _FENCED_OUT, _IMMUTABLE, _NOT_FOUND, _OK, _OVER_LIMIT, _SEALED
 
 log = logging.getLogger("quanda.store.postgres")
 
 MAX_BATCH = 512
-CHECKPOINT_EVERY = 64
 _STOP = object()
 
 
@@ -42,6 +42,7 @@ class _Append:
     kind: str
     text: str
     estimate: str | None
+    fence: Fence | None
     future: asyncio.Future
     timeout_s: float
     sent: bool = False  # handed to the database (a write past its deadline may then still be applied)
@@ -73,13 +74,14 @@ class PostgresWriter(QuandaStore):
         self._writer_conn: Any = None
         self._deadlines: Deadlines | None = None
 
-    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken:
+    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None,
+                      fence: Fence | None) -> QuandaToken:
         if self._closed:
             raise QuandaStoreError("the store is closed")
         if self._deadlines is None:
             self._deadlines = Deadlines(self._loop, self.timeout_s)
         future = self._loop.create_future()
-        entry = _Append(message_id, kind, text, estimate, future, self.timeout_s)
+        entry = _Append(message_id, kind, text, estimate, fence, future, self.timeout_s)
         self._queue.put_nowait(entry)
         self._deadlines.watch(future, entry.expired)
         if self._writer is None or self._writer.done():
@@ -154,7 +156,8 @@ class PostgresWriter(QuandaStore):
                         self._sql_append, self.channel, self.origin, [e.message_id for e in entries],
                         [e.kind for e in entries], [e.text.encode() for e in entries],
                         [None if e.estimate is None else e.estimate.encode() for e in entries],
-                        self.max_message_bytes, CHECKPOINT_EVERY, time.time())
+                        [e.fence and e.fence.lease_key for e in entries], [e.fence and e.fence.fence for e in entries],
+                        self.max_message_bytes, time.time())
                 except BaseException as exc:
                     if connection_broken(exc):  # the connection may be gone, or stuck mid-call: renew it
                         self._writer_conn = None
@@ -176,6 +179,9 @@ class PostgresWriter(QuandaStore):
             return QuandaImmutableError(f"message {entry.message_id} is immutable; nothing was written")
         if status == _OVER_LIMIT:
             return self._over_message_limit(entry.message_id, value)
+        if status == _FENCED_OUT:
+            return QuandaFencedError(f"message {entry.message_id}: the job's lease {entry.fence.lease_key} is no longer "
+                                     f"held with fence {entry.fence.fence}; nothing was written")
         return QuandaStoreError(f"PostgreSQL append returned an unknown status {status}")
 
     def _settle(self, batch: list[_Append], outcomes: list[Any]) -> None:

@@ -20,7 +20,8 @@ chunks after it read from the token log; it is checkpointed at every override an
 multiples of a power of two growing with the message (`_checkpoint_due`), so copying it costs O(1) per chunk
 amortised and a reader never has more than CHECKPOINT_MAX chunks to add.
 
-The schema, its statements and the row helpers are in `sqlite_schema.py`; the threads in `sqlite_writer.py`.
+The schema, its statements and the row helpers are in `sqlite_schema.py`, its migrations in
+`sqlite_migrations.py`; the threads in `sqlite_writer.py`; records, counters and leases in `sqlite_records.py`.
 """
 
 from __future__ import annotations
@@ -33,23 +34,25 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
+from ..errors import QuandaFencedError, QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
-from ..validation import encode_record
 from .base import MessageRecord, new_id, utf8_len
+from .fencing import Fence
+from .migrations import SchemaStatus
 from .sqlite_schema import (_INSERT_TOKEN, _LAST_SEQS, _MESSAGE_COLUMNS, _MESSAGES, _SET_CONTENT, _SYNC,
                             _SYNC_BY_KIND, CHECKPOINT_EVERY, FACTS_KEPT_S, KNOWN_MAX, PRUNE_EVERY,
-                            SYNC_EVERY_S, _checkpoint, _checkpoint_due, _connect, _record, _state, open_writer,
-                            prefix_bound)
-from .sqlite_writer import _STOP, SQLiteWriter
+                            SYNC_EVERY_S, _checkpoint, _checkpoint_due, _connect, _record, _state, open_writer)
+from .sqlite_records import SQLiteRecords, _check_lease
+from .sqlite_writer import _STOP
 
 log = logging.getLogger("quanda.store.sqlite")
 
 
-class SQLiteStore(SQLiteWriter):
-    def __init__(self, path: str, **limits: Any):
+class SQLiteStore(SQLiteRecords):
+    def __init__(self, path: str, migrate: bool = True, **limits: Any):
         super().__init__(path, **limits)
-        self._record_tables: set[str] = set()
+        self.migrate = migrate  # apply pending migrations on opening (else only read where the schema stands)
+        self.schema: SchemaStatus | None = None
         self._data_version: int | None = None
         self._fact_cursor = 0
         self._published = 0
@@ -59,7 +62,7 @@ class SQLiteStore(SQLiteWriter):
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(directory, exist_ok=True)
-            writer = await asyncio.to_thread(open_writer, self.path, self.timeout_s)
+            writer, self.schema = await asyncio.to_thread(open_writer, self.path, self.timeout_s, self.migrate)
             reader = await asyncio.to_thread(_connect, self.path, self.timeout_s)
         except (OSError, sqlite3.Error) as exc:
             raise QuandaStoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
@@ -83,13 +86,19 @@ class SQLiteStore(SQLiteWriter):
 
         return await self._write(op)
 
-    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken:
+    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None,
+                      fenced_by: Fence | None) -> QuandaToken:
         max_bytes, known = self.max_message_bytes, self._known
         size = utf8_len(text) if kind in (CHUNK, OVERRIDE) else 0
+        fence = None if fenced_by is None else fenced_by.fence
 
         def op(conn: sqlite3.Connection) -> QuandaToken:
             now = time.time()
+            if fenced_by is not None:
+                _check_lease(conn, fenced_by)
             mine = known.get(message_id) if kind == CHUNK else None
+            if mine is not None and fence is not None and fence != mine.fence:
+                mine = None  # a new fence is written to the row (a lower one refused): the long way
             state = None
             if mine is not None and mine.content_bytes + size <= max_bytes:
                 # the next seq after this process's last write: taken already if anyone wrote the message since
@@ -101,6 +110,12 @@ class SQLiteStore(SQLiteWriter):
                     del known[message_id]
             if state is None:
                 state, immutable = _state(conn, message_id)
+                if fence is not None and fence != state.fence:
+                    if fence < state.fence:
+                        raise QuandaFencedError(f"message {message_id} was taken over by a newer job (fence "
+                                                f"{state.fence}, this one's {fence}); nothing was written")
+                    conn.execute("UPDATE quanda_messages SET fence = ? WHERE id = ?", (fence, message_id))
+                    state.fence = fence
                 if immutable:
                     if kind == IMMUTABLE:
                         return QuandaToken(IMMUTABLE, "", None, state.last_seq)
@@ -210,74 +225,6 @@ class SQLiteStore(SQLiteWriter):
             return cursor.fetchone() if one else cursor.fetchall()
         return await self._run_read(read)
 
-    # -- records --------------------------------------------------------------------------------------
-
-    async def _ensure_table(self, kind: str) -> str:
-        table = f"quanda_{kind}"
-        if kind not in self._record_tables:
-            await self._write(lambda conn: conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, data TEXT NOT NULL, "
-                f"updated_at REAL NOT NULL) WITHOUT ROWID"))
-            self._record_tables.add(kind)
-        return table
-
-    async def _insert_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
-        table, blob = await self._ensure_table(kind), _dump(data)
-        return await self._write(lambda conn: conn.execute(
-            f"INSERT OR IGNORE INTO {table} VALUES (?, ?, ?)", (key, blob, time.time())).rowcount == 1)
-
-    async def _put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
-        table, blob = await self._ensure_table(kind), _dump(data)
-        await self._write(lambda conn: conn.execute(
-            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)", (key, blob, time.time())))
-
-    async def _get_record(self, kind: str, key: str) -> dict[str, Any] | None:
-        table = await self._ensure_table(kind)
-        row = await self._read(f"SELECT data FROM {table} WHERE key = ?", (key,), one=True)
-        return json.loads(row[0]) if row else None
-
-    async def _delete_record(self, kind: str, key: str) -> bool:
-        table = await self._ensure_table(kind)
-        return await self._write(lambda conn: conn.execute(f"DELETE FROM {table} WHERE key = ?", (key,)).rowcount == 1)
-
-    async def _list_records(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
-        table = await self._ensure_table(kind)
-        bound = prefix_bound(prefix)  # a range of the primary key, not a scan of the table
-        if bound is None:
-            rows = await self._read(f"SELECT key, data FROM {table} WHERE key >= ? ORDER BY key", (prefix,))
-        else:
-            rows = await self._read(f"SELECT key, data FROM {table} WHERE key >= ? AND key < ? ORDER BY key",
-                                    (prefix, bound))
-        return [(key, json.loads(blob)) for key, blob in rows]
-
-    async def _commit_records(self, ops: list) -> bool:
-        statements = []
-        for verb, kind, key, data in ops:
-            table = await self._ensure_table(kind)
-            if verb == "delete":
-                statements.append((f"DELETE FROM {table} WHERE key = ?", (key,), False))
-            else:
-                sql = "INSERT OR IGNORE" if verb == "insert" else "INSERT OR REPLACE"
-                statements.append((f"{sql} INTO {table} VALUES (?, ?, ?)", (key, _dump(data), time.time()),
-                                   verb == "insert"))
-
-        def op(conn: sqlite3.Connection) -> bool:
-            conn.execute("SAVEPOINT records")
-            for sql, params, must_insert in statements:
-                if conn.execute(sql, params).rowcount != 1 and must_insert:
-                    conn.execute("ROLLBACK TO records")
-                    conn.execute("RELEASE records")
-                    return False
-            conn.execute("RELEASE records")
-            return True
-
-        return await self._write(op)
-
-    async def _bump_counter(self, key: str) -> int:
-        return await self._write(lambda conn: conn.execute(
-            "INSERT INTO quanda_counters VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET value = value + 1 "
-            "RETURNING value", (key,)).fetchone()[0])
-
     # -- facts ----------------------------------------------------------------------------------------
 
     async def _publish_fact(self, topic: str, blob: str) -> None:
@@ -327,6 +274,3 @@ class SQLiteStore(SQLiteWriter):
         if self._deadlines is not None:
             self._deadlines.close()
 
-
-def _dump(data: dict[str, Any]) -> str:
-    return encode_record(data)

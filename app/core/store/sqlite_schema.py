@@ -9,6 +9,8 @@ from typing import Any, Callable
 from ..errors import QuandaNotFoundError
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING
 from .base import MessageRecord
+from .migrations import SchemaStatus
+from .sqlite_migrations import apply_migrations
 
 WAL_SIZE_LIMIT = 16 << 20  # bytes the WAL file is cut back to when it restarts after a full checkpoint
 CHECKPOINT_EVERY = 64  # chunks after a content checkpoint before the next one (at least)...
@@ -17,43 +19,6 @@ CHECKPOINT_MAX = 8192  # ...but never more than this many (a reader rebuilds the
 SYNC_EVERY_S = 1.0  # a message row is synced with its chunks at least this often while they come
 KNOWN_MAX = 4096  # messages whose last write this process remembers (see `_known`)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS quanda_messages (
-    id TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    content_bytes INTEGER NOT NULL,
-    content_seq INTEGER NOT NULL DEFAULT 0,
-    estimate TEXT,
-    warning TEXT NOT NULL DEFAULT '',
-    immutable INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS quanda_messages_role ON quanda_messages(role, immutable);
-CREATE TABLE IF NOT EXISTS quanda_tokens (
-    message_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    text TEXT NOT NULL,
-    estimate TEXT,
-    PRIMARY KEY (message_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quanda_content (
-    message_id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    content TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quanda_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quanda_facts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    origin TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    data TEXT NOT NULL,
-    at REAL NOT NULL
-);
-"""
 FACTS_KEPT_S = 120  # facts older than this are pruned (a listener more than this behind has lost them anyway)
 PRUNE_EVERY = 256
 
@@ -67,7 +32,8 @@ _MESSAGES = "quanda_messages AS m LEFT JOIN quanda_content AS c ON c.message_id 
 _TAIL = "SELECT text FROM quanda_tokens WHERE message_id = ? AND seq > ? AND kind = 'chunk' ORDER BY seq"
 _REPLAY = "SELECT seq, kind, text, estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? ORDER BY seq"
 _INSERT_TOKEN = "INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)"
-_STATE = "SELECT last_seq, immutable, content_bytes, estimate, updated_at FROM quanda_messages WHERE id = ?"
+_STATE = "SELECT last_seq, immutable, content_bytes, estimate, updated_at, fence FROM quanda_messages WHERE id = ?"
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock: the machine's, as SQLite reads it
 _SINCE = ("SELECT seq, length(CAST(text AS BLOB)), estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? "
           "ORDER BY seq")
 _SYNC = "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = ?4, updated_at = ?5 WHERE id = ?1"
@@ -108,26 +74,18 @@ def writer_busy_s(timeout_s: float) -> float:
     return 0.9 * timeout_s
 
 
-def open_writer(path: str, timeout_s: float) -> sqlite3.Connection:
-    """The writer thread's connection, with the schema in place; checkpoints (which fsync) are left to their
-    own thread, not run inside a commit a writer is waiting on."""
+def open_writer(path: str, timeout_s: float, migrate: bool = True) -> tuple[sqlite3.Connection, SchemaStatus]:
+    """The writer thread's connection, with the schema migrated (unless `migrate` is False: then only where
+    it stands is read); checkpoints (which fsync) are left to their own thread, not run inside a commit a
+    writer is waiting on."""
     conn = _connect(path, writer_busy_s(timeout_s))
-    conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+    try:
+        status = apply_migrations(conn, apply=migrate)
+    except BaseException:
+        conn.close()
+        raise
     conn.execute("PRAGMA wal_autocheckpoint = 0")
-    return conn
-
-
-def prefix_bound(prefix: str) -> str | None:
-    """The smallest string above every string that starts with `prefix` (None: there is none), in code point
-    order — which is SQLite's BINARY order of UTF-8 text, PostgreSQL's order of UTF-8 bytes and MongoDB's
-    order of strings — so `prefix <= key < bound` is a range scan of the key's index on every backend."""
-    stripped = prefix.rstrip("\U0010ffff")
-    if not stripped:
-        return None
-    last = ord(stripped[-1]) + 1
-    if 0xD800 <= last <= 0xDFFF:  # surrogates are not text: the next code point there is
-        last = 0xE000
-    return stripped[:-1] + chr(last)
+    return conn, status
 
 
 def _tail(conn: sqlite3.Connection, message_id: str, after_seq: int) -> str:
@@ -145,13 +103,14 @@ def _checkpoint_due(seq: int) -> bool:
 
 
 class _State:
-    """A mutable message's state as an append sees it: its last seq, content bytes and estimate, and when its
-    row was last synced."""
+    """A mutable message's state as an append sees it: its last seq, content bytes and estimate, when its
+    row was last synced, and the highest fence that wrote it."""
 
-    __slots__ = ("last_seq", "content_bytes", "estimate", "synced_at")
+    __slots__ = ("last_seq", "content_bytes", "estimate", "synced_at", "fence")
 
-    def __init__(self, last_seq: int, content_bytes: int, estimate: str | None, synced_at: float):
+    def __init__(self, last_seq: int, content_bytes: int, estimate: str | None, synced_at: float, fence: int):
         self.last_seq, self.content_bytes, self.estimate, self.synced_at = last_seq, content_bytes, estimate, synced_at
+        self.fence = fence
 
 
 def _state(conn: sqlite3.Connection, message_id: str) -> tuple[_State, bool]:
@@ -160,10 +119,10 @@ def _state(conn: sqlite3.Connection, message_id: str) -> tuple[_State, bool]:
     row = conn.execute(_STATE, (message_id,)).fetchone()
     if row is None:
         raise QuandaNotFoundError(f"no message with id {message_id!r}")
-    last_seq, immutable, content_bytes, estimate, synced_at = row
+    last_seq, immutable, content_bytes, estimate, synced_at, fence = row
     for last_seq, size, estimate in conn.execute(_SINCE, (message_id, last_seq)):
         content_bytes += size
-    return _State(last_seq, content_bytes, estimate, synced_at), bool(immutable)
+    return _State(last_seq, content_bytes, estimate, synced_at, fence), bool(immutable)
 
 
 def _checkpoint(conn: sqlite3.Connection, message_id: str, seq: int) -> None:

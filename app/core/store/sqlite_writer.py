@@ -326,7 +326,7 @@ class SQLiteWriter(QuandaStore):
             if failure is None:  # another write restarted it meanwhile
                 return
             try:
-                writer = await asyncio.to_thread(open_writer, self.path, self.timeout_s)
+                writer, _schema = await asyncio.to_thread(open_writer, self.path, self.timeout_s)
             except (OSError, sqlite3.Error) as exc:
                 raise QuandaStoreError(f"the SQLite writer stopped and cannot restart: {exc}") from failure
             log.warning("restarting the SQLite writer thread after: %s", failure)

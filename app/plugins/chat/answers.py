@@ -21,7 +21,7 @@ import logging
 
 from quanda.commands import run_answer_commands
 from quanda.plugins import ClientError, Handle, Job
-from quanda.core import QuandaError, QuandaMessage, QuandaWriter
+from quanda.core import QuandaError, QuandaFencedError, QuandaMessage, QuandaWriter
 
 from . import conversation, prompt, tools
 
@@ -92,6 +92,8 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
     if warning is not None:
         try:
             await writer.warning(warning)
+        except QuandaFencedError:
+            raise  # another server holds the answer now: nothing more is ours to write
         except QuandaError as exc:
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
     entry = await conversation.update_entry(h.store, key, status=status,
