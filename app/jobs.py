@@ -86,9 +86,9 @@ class Jobs:
         self.tasks[message_id] = held.task
         return held.task
 
-    async def _acquire(self, job: Job) -> Any:
-        return await self.store.acquire_lease(job.message_id, self.store.origin, self.lease_s,
-                                              {"kind": job.kind, "owner": job.owner})
+    async def _acquire(self, job: Job, recovering: bool = False) -> Any:
+        data = {"kind": job.kind, "owner": job.owner, **({"recovering": True} if recovering else {})}
+        return await self.store.acquire_lease(job.message_id, self.store.origin, self.lease_s, data)
 
     async def _run(self, held: _Held, work: Coroutine[Any, Any, Any]) -> None:
         job = held.job
@@ -130,12 +130,19 @@ class Jobs:
     def running_here(self, message_id: str) -> bool:
         return message_id in self.tasks
 
-    async def running(self, message_id: str) -> bool:
-        """Whether a live server (this one or another) holds the job (by the database's clock)."""
+    async def running(self, message_id: str, settle_s: float = 0.0) -> bool:
+        """Whether a live server (this one or another) holds the job (by the database's clock). A recovery
+        (the marking of a dead server's job: milliseconds) is given up to `settle_s` seconds to end."""
         if message_id in self.tasks:
             return True
-        lease = await self.store.get_lease(message_id)
-        return lease is not None and not lease.expired
+        deadline = asyncio.get_running_loop().time() + settle_s
+        while True:
+            lease = await self.store.get_lease(message_id)
+            if lease is None or lease.expired:
+                return False
+            if not lease.data.get("recovering") or asyncio.get_running_loop().time() >= deadline:
+                return True
+            await asyncio.sleep(0.05)  # another server's lease: there is no event to wait on
 
     async def stop(self, message_id: str) -> bool:
         """Cancel the job wherever it runs; False when no live server holds it."""
@@ -189,7 +196,7 @@ class Jobs:
             if lease.key in self._held:
                 continue  # ours (this loop ran late): renewed at the next round, or lost then
             job = Job(lease.data.get("kind", ""), lease.key, lease.data.get("owner", ""))
-            taken = await self._acquire(job)
+            taken = await self._acquire(job, recovering=True)
             if taken is None:
                 continue  # another server took it, or its holder renewed it meanwhile
             log.warning("job %s of server %s expired: recovering it", job.message_id, lease.holder)
@@ -205,7 +212,7 @@ class Jobs:
                     continue
                 mine = await owner_of(self.store, record.id)
                 job = Job(kind, record.id, mine["owner"] if mine else "")
-                taken = await self._acquire(job)
+                taken = await self._acquire(job, recovering=True)
                 if taken is not None:
                     await self._recover_held(_Held(job, taken.fence))
 
