@@ -34,8 +34,11 @@ class Deadlines:
 
     def watch(self, future: asyncio.Future, expire: Callable[[], BaseException]) -> None:
         """Give `future` the exception `expire()` returns unless it is done `timeout_s` from now."""
+        pending = self._pending
+        while pending and pending[0][1].done():  # calls end about in order: the finished ones go at once,
+            pending.popleft()                    # keeping nothing alive (the garbage collector would pay)
         deadline = self._loop.time() + self.timeout_s
-        self._pending.append((deadline, future, expire))
+        pending.append((deadline, future, expire))
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._check)
 

@@ -34,8 +34,8 @@ CREATE SEQUENCE {s}.quanda_fence;
 ALTER TABLE {s}.quanda_messages ADD COLUMN fence bigint NOT NULL DEFAULT 0;
 
 CREATE FUNCTION {s}.quanda_checkpoint_gap(p_seq bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS $fn$
-    -- chunks between two checkpoints of the content: a quarter of the message, a power of two from 64 to 8192
-    SELECT least(8192, greatest(64, (2 ^ floor(log(2, greatest(p_seq / 4, 1)::numeric)))::bigint))
+    -- chunks between two checkpoints of the content: half the message, a power of two from 64 to 8192
+    SELECT least(8192, greatest(64, (2 ^ floor(log(2, greatest(p_seq / 2, 1)::numeric)))::bigint))
 $fn$;
 
 CREATE FUNCTION {s}.quanda_append2(

@@ -43,6 +43,7 @@ log = logging.getLogger("quanda.store.sqlite")
 
 LOOP_BUDGET_S = 0.002  # the longest the event loop waits for a thread's answer
 MAX_BATCH = 512
+PIPELINE_FROM = 4  # a batch of this many writes is not waited for: the writers' next writes gather meanwhile
 CHECKPOINT_PAGES = 1000  # WAL pages after which the checkpointer thread copies the WAL back into the db
 _STOP = object()
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -143,10 +144,10 @@ class SQLiteWriter(QuandaStore):
 
     # -- the hand-over: the loop waits a little, else the thread hands back through the loop ---------------
 
-    def _await_briefly(self, job: _Job) -> bool:
+    def _await_briefly(self, job: _Job, wait: bool = True) -> bool:
         """True when the thread finished `job` within the budget (use it now); else the job is detached and
         its `future` will be settled through the loop."""
-        if not self._detached:
+        if wait and not self._detached:
             job.ready.acquire(True, LOOP_BUDGET_S)
         with self._lock:
             if job.done:
@@ -240,7 +241,7 @@ class SQLiteWriter(QuandaStore):
         self._queue.put(job)
         if self._writer_failure is not None:  # the thread died after our check: nobody will take it
             self._fail_queued(self._writer_failure)
-        if self._await_briefly(job):
+        if self._await_briefly(job, wait=len(entries) < PIPELINE_FROM):
             self._settle(entries)
 
     def _fail_queued(self, error: QuandaStoreError) -> None:
