@@ -36,6 +36,10 @@ class Settings:
                                        "connection or a disk write, one statement. A call past it fails with a "
                                        "clear error (a write saying whether it may still be applied), /-/health "
                                        "turns 503 and every tab is told"})
+    pg_listen_url: str = field(default="", metadata={"env": "QUANDA_PG_LISTEN_URL",
+                               "doc": "PostgreSQL: a direct URL of the database server for each process's one "
+                                      "listening connection (LISTEN/NOTIFY); required when QUANDA_DB_URL goes "
+                                      "through PgBouncer in transaction mode (?pool_mode=transaction)"})
     pg_pool_size: int = field(default=8, metadata={"env": "QUANDA_PG_POOL_SIZE",
                               "doc": "PostgreSQL: pooled connections per server process (each process also keeps "
                                      "one writer and one listening connection: N processes use N × (this + 2) "
@@ -106,7 +110,7 @@ class Settings:
         """What `open_store` takes from the settings (besides the URL)."""
         return {"mongo_driver": self.mongo_driver, "max_token_bytes": self.max_token_bytes,
                 "max_message_bytes": self.max_message_bytes, "timeout_s": self.db_timeout_s,
-                "pool_size": self.pg_pool_size}
+                "pool_size": self.pg_pool_size, "listen_url": self.pg_listen_url}
 
     @property
     def accounts(self) -> bool:

@@ -302,3 +302,25 @@ async def test_units_writing_the_same_records_in_opposite_orders_never_deadlock(
     found = await store.list_records("todo")
     assert [k for k, _ in found] == keys
     assert len({(d["by"], d["round"]) for _k, d in found}) == 1  # every unit whole: one unit's values everywhere
+
+
+@pg
+async def test_a_process_uses_its_pool_size_plus_two_connections(backend, tmp_path):
+    """Issue 21, item 11: 10 connections a process, not configurable, filled max_connections at ~9 servers."""
+    from tests.backends import postgres_test_url
+    store = await open_store(postgres_test_url(), pool_size=3)
+    try:
+        async def pid() -> int:
+            async with store._conn("test") as conn:
+                return await conn.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+        pooled = set(await asyncio.gather(*(pid() for _ in range(20))))
+        assert len(pooled) <= 3
+        await store.listen(lambda topic, fact: None)  # the listening connection
+        await QuandaWriter(await QuandaMessage.create(store, role="a")).chunk("x")  # the writer's
+        async with store._conn("test") as conn:
+            others = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                         "AND pid = ANY($1::int[])", [store._writer_conn._protocol.get_server_pid(),
+                                                                      store._listener_conn._protocol.get_server_pid()])
+        assert others == 2
+    finally:
+        await store.close()

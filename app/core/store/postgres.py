@@ -12,6 +12,13 @@ token log; a checkpoint is written every CHECKPOINT_EVERY chunks (`postgres_writ
 override and seal (as on SQLite). An UPDATE that leaves the TOASTed content alone copies only its pointer.
 
 Text. User text is stored as UTF-8 in `bytea` columns (why: `postgres_schema.py`).
+
+PgBouncer. In session mode (a server connection per client connection) nothing changes. In transaction
+mode (`?pool_mode=transaction` in the URL: a server connection per transaction) two things would break,
+and are avoided: asyncpg's named prepared statements (statements are not cached: `statement_cache_size=0`,
+each is prepared unnamed, within its transaction), and `LISTEN`, which lives in a session — the listening
+connection goes to `listen_url` instead, a direct URL of the database server; without one the store refuses
+to open, saying so. Everything else the store does is one statement or one transaction at a time.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from ..errors import QuandaError, QuandaNotFoundError, QuandaStoreError
 from ..token import QuandaToken
 from .base import MessageRecord, new_id
 from .postgres_client import (_channel, _NoResetConnection, _quote, _translated, asyncpg, connection_broken, keep_alive,
-                              split_url)
+                              pool_mode_of, split_url)
 from .postgres_facts import PostgresFacts
 from .postgres_listener import PostgresListener
 from .postgres_records import PostgresRecords
@@ -51,7 +58,7 @@ def _record(row: Any) -> MessageRecord:
 class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRecords):
     _loop: asyncio.AbstractEventLoop  # the event loop the store was opened on
 
-    def __init__(self, url: str, pool_size: int = 8, migrate: bool = True, **limits: Any):
+    def __init__(self, url: str, pool_size: int = 8, migrate: bool = True, listen_url: str = "", **limits: Any):
         super().__init__(**limits)
         self.pool_size = pool_size
         self.migrate = migrate  # apply pending migrations on opening (else only read where the schema stands)
@@ -60,6 +67,15 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
             raise QuandaError("the PostgreSQL store needs asyncpg: pip install -e '.[postgres]'")
         self.url = url
         self._dsn, self.schema_name = split_url(url)
+        self.pool_mode = pool_mode_of(url)
+        if self.pool_mode == "transaction" and not listen_url:
+            raise QuandaError("PgBouncer in transaction mode (pool_mode=transaction) cannot carry LISTEN, which the "
+                              "store needs to hear other servers' writes: set QUANDA_PG_LISTEN_URL to a direct URL "
+                              "of the PostgreSQL server (or use PgBouncer's session mode)")
+        self._listen_dsn = split_url(listen_url)[0] if listen_url else self._dsn
+        # transaction pooling: no named prepared statements (a statement prepared on one server connection
+        # would be missing on the next); asyncpg then prepares each one unnamed
+        self._connect_options: dict[str, Any] = {"statement_cache_size": 0} if self.pool_mode == "transaction" else {}
         self._s = _quote(self.schema_name)
         self.channel = _channel(self.schema_name)
         s = self._s
@@ -81,7 +97,8 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
                 async with asyncio.timeout(timeout):
                     self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self.pool_size,
                                                            timeout=timeout, command_timeout=timeout, init=tune,
-                                                           connection_class=_NoResetConnection)
+                                                           connection_class=_NoResetConnection,
+                                                           **self._connect_options)
             await self._ensure_schema()
         except BaseException:
             if self._pool is not None:

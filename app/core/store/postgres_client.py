@@ -2,7 +2,8 @@
 the URL, the notification channel, pool connections without a reset query, and driver errors translated.
 
 A URL `postgresql://user@host:port/db?schema=name` keeps the tables in schema `name` (created if missing;
-default `public`); other query parameters go to asyncpg, which sends unknown ones as server settings
+default `public`); `?pool_mode=transaction` says the URL leads to PgBouncer in transaction mode (see
+`postgres.py`); other query parameters go to asyncpg, which sends unknown ones as server settings
 (e.g. `?synchronous_commit=off` trades the last few hundred milliseconds of commits on a crash of the
 database server for faster single-writer commits).
 """
@@ -28,8 +29,11 @@ except ImportError:  # pragma: no cover - the optional extra is not installed
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
+POOL_MODES = ("session", "transaction")
+
+
 def split_url(url: str) -> tuple[str, str]:
-    """(the DSN for asyncpg, the schema) from `postgresql://…[?schema=name&…]`."""
+    """(the DSN for asyncpg, the schema) from `postgresql://…[?schema=name&pool_mode=…&…]`."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = "public"
@@ -37,11 +41,20 @@ def split_url(url: str) -> tuple[str, str]:
     for name, value in query:
         if name == "schema":
             schema = value
-        else:
+        elif name != "pool_mode":
             rest.append((name, value))
     if not _SCHEMA_RE.fullmatch(schema):
         raise QuandaError(f"invalid PostgreSQL schema {schema!r}: letters, digits and _, at most 63")
     return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+def pool_mode_of(url: str) -> str:
+    """How the URL's server pools connections: "session" (PostgreSQL itself, or PgBouncer in session mode:
+    the default) or "transaction" (`?pool_mode=transaction`: PgBouncer in transaction mode)."""
+    mode = dict(parse_qsl(urlsplit(url).query)).get("pool_mode", "session")
+    if mode not in POOL_MODES:
+        raise QuandaError(f"pool_mode must be session or transaction, not {mode!r}")
+    return mode
 
 
 def _quote(identifier: str) -> str:

@@ -29,7 +29,7 @@ RECONNECT_S = (0.05, 5.0)  # the listener's reconnection backoff, doubling
 class PostgresListener(QuandaStore):
     """The listener and the watcher for `PostgresStore` (see the module docstring)."""
 
-    _dsn: str  # PostgresStore's
+    _listen_dsn: str  # PostgresStore's: the database server itself (never PgBouncer in transaction mode)
     channel: str
     _on_fact: Callable[[str], None]  # PostgresFacts'
 
@@ -69,7 +69,7 @@ class PostgresListener(QuandaStore):
             timeout = self.timeout_s
             try:
                 async with asyncio.timeout(timeout):
-                    conn = await asyncpg.connect(self._dsn, timeout=timeout, command_timeout=timeout)
+                    conn = await asyncpg.connect(self._listen_dsn, timeout=timeout, command_timeout=timeout)
                     keep_alive(conn, timeout)
                     lost = asyncio.Event()
                     conn.add_termination_listener(lambda _conn: lost.set())

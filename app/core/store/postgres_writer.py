@@ -63,6 +63,7 @@ class PostgresWriter(QuandaStore):
 
     _loop: asyncio.AbstractEventLoop  # PostgresStore's
     _dsn: str
+    _connect_options: dict[str, Any]
     _sql_append: str
     channel: str
     _safe_url: Callable[[], str]
@@ -122,7 +123,8 @@ class PostgresWriter(QuandaStore):
         conn = self._writer_conn
         if conn is None or conn.is_closed():
             with _translated(f"connecting to {self._safe_url()}", self.timeout_s):
-                conn = await asyncpg.connect(self._dsn, timeout=self.timeout_s, command_timeout=self.timeout_s)
+                conn = await asyncpg.connect(self._dsn, timeout=self.timeout_s, command_timeout=self.timeout_s,
+                                             **self._connect_options)
             keep_alive(conn, self.timeout_s)
             self._writer_conn = conn
         return conn
