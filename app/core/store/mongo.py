@@ -22,8 +22,10 @@ and the translation of driver errors are in `mongo_client.py`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import random
 import time
 from typing import Any
 
@@ -86,6 +88,9 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
         self._client = client
         self._db = client[database]
         self._messages = self._db[MESSAGES]
+        # the messages as the primary has them now (readConcern local): why a conditional update just failed
+        # there, which a majority snapshot lagging behind it may not show yet
+        self._latest = self._messages
         self._facts = self._db[FACTS]
         self._counters = self._db[COUNTERS]
         self.max_document_bytes = MAX_DOCUMENT_BYTES
@@ -103,6 +108,11 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
             hello.get("logicalSessionTimeoutMinutes") is not None
         self.atomic_records = self._transactions
         self._server_clock = bool(hello)  # leases on the server's clock ($$NOW); mongomock has none
+        if hello:  # (mongomock-motor's with_options returns a collection that is not async)
+            from pymongo import ReadPreference
+            from pymongo.read_concern import ReadConcern
+            self._latest = self._messages.with_options(read_concern=ReadConcern("local"),
+                                                       read_preference=ReadPreference.PRIMARY)
         log.info("MongoDB %s: %s", self._db.name, "replica set or sharded cluster (change streams, transactions)"
                  if self._transactions else "no transactions here (a standalone server?): polling, ordered units")
         return self
@@ -146,7 +156,9 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
         if kind == OVERRIDE and text_bytes > self.max_message_bytes:
             raise self._over_message_limit(message_id, text_bytes)
         sizes = (_entry_bson(kind, text_bytes, estimate), text_bytes, _value_bson(estimate))
-        for _ in range(_WRITE_RETRIES):
+        for attempt in range(_WRITE_RETRIES):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.01 * attempt))  # another writer got in: let it finish
             query, fields = self._append_filter(oid, kind, *sizes), self._append_fields(kind, text, estimate, *sizes)
             if fence is not None:  # refused below a newer job's fence, and raising the message's
                 query["fence"] = {"$lte": Int64(fence)}
@@ -161,8 +173,8 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
                 if _fold_due(kind, doc):
                     await self._fold_quietly(oid, doc["content_seq"], doc["last_seq"])
                 return token
-            with _translated(f"read message {message_id}"):
-                state = await self._messages.find_one({"_id": oid}, _state_projection())
+            with _translated(f"read message {message_id}"):  # why it was refused: the primary's latest state,
+                state = await self._latest.find_one({"_id": oid}, _state_projection())  # not a lagging snapshot
             if state is None:
                 raise QuandaNotFoundError(f"no message with id {message_id!r}")
             if fence is not None and state.get("fence", 0) > fence:

@@ -4,7 +4,9 @@ leases documents of `quanda_leases` `{_id: key, fence, holder, expires_at, data}
 
 Records are stored as JSON text, as on SQLite, so both backends accept and return the same values;
 `commit_records` runs in a multi-document transaction on a replica set or sharded cluster (then
-`atomic_records` is True), else its ops run in order and stop at a rejected insert. Listings are `_id`
+`atomic_records` is True), else its ops run in order and stop at a rejected insert; a server that refuses a
+transaction after all (IllegalOperation, OperationNotSupportedInTransaction) gets ordered units for
+TRANSACTIONS_RECHECK_S, then transactions again — a passing refusal never turns them off for good. Listings are `_id`
 ranges (`$gte` the prefix, `$lt` the next string): index bounds, never a scan.
 
 Leases expire by the server's clock: expiry times are seconds since the epoch computed by the server from
@@ -31,6 +33,7 @@ from .base import Lease, QuandaStore, RecordOp, prefix_bound
 from .mongo_client import _translated
 from .mongo_migrations import LEASES
 
+TRANSACTIONS_RECHECK_S = 60.0  # after the server refused a transaction, units run in order this long
 FENCE_SEQ_KEY = 1  # the fence counter's key in quanda_counters (0 is the facts'): an int, no string key takes it
 _NOW_S = {"$divide": [{"$toLong": "$$NOW"}, 1000]}  # the server's clock, in seconds since the epoch
 
@@ -56,6 +59,7 @@ class MongoRecords(QuandaStore):
         super().__init__(**limits)
         self._transactions = False  # whether the server takes transactions (found out by `open()`)
         self._server_clock = False  # whether `$$NOW` is there (a real server, found out by `open()`)
+        self._transactions_back_at = 0.0  # when to try transactions again after the server refused one
         self._known_collections: set[str] = set()
 
     def _records(self, kind: str) -> Any:
@@ -127,14 +131,19 @@ class MongoRecords(QuandaStore):
         return True
 
     async def _commit_records(self, ops: list[RecordOp]) -> bool:
+        if not self._transactions and self._transactions_back_at and time.monotonic() >= self._transactions_back_at:
+            self._transactions = self.atomic_records = True  # refused a while ago: try them again
+            self._transactions_back_at = 0.0
         if self._transactions:
             try:
                 return await self._commit_in_transaction(ops)
             except QuandaStoreError as exc:
                 if not _transactions_refused(exc.__cause__):
                     raise
-                log.warning("MongoDB refused a transaction (%s); units run as ordered ops from now on", exc)
+                log.warning("MongoDB refused a transaction (%s); units run as ordered ops for %g s, then "
+                            "transactions are tried again", exc, TRANSACTIONS_RECHECK_S)
                 self._transactions = self.atomic_records = False  # nothing was written: run it in order
+                self._transactions_back_at = time.monotonic() + TRANSACTIONS_RECHECK_S
         with _translated("commit a unit of records"):
             return await self._apply_ops(ops)
 
