@@ -76,6 +76,9 @@ class Settings:
     job_lease_s: float = field(default=10.0, metadata={"env": "QUANDA_JOB_LEASE_S",
                                "doc": "Seconds a running answer or simulator run is held without a heartbeat "
                                       "before another server marks it interrupted"})
+    retention_s: float = field(default=7 * 86400.0, metadata={"env": "QUANDA_RETENTION_S",
+                               "doc": "Seconds a finished command's claim (of an answer that is final) and other "
+                                      "bookkeeping records are kept before they are deleted (hourly, by one server)"})
     ws_frames_per_s: float = field(default=20.0, metadata={"env": "QUANDA_WS_FRAMES_PER_S",
                                    "doc": "WebSocket messages one tab may send per second (bursts of twice as many); "
                                           "more wait their turn, and a tab kept over the rate for 10 s is closed"})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
@@ -206,9 +207,11 @@ class Jobs:
         """Mutable messages of a job kind with no lease: written before leases existed, or a crash before
         the lease was taken. Each is recovered through its lease, so only one server does, and not while a
         job that is just starting holds it."""
+        quiet_since = time.time() - self.lease_s  # (a job just starting has its lease a moment later)
         for kind in self.recoverers:
             for record in await self.store.select_messages(role=kind, immutable=False):
-                if record.id in self.tasks or await self.store.get_lease(record.id) is not None:
+                if record.id in self.tasks or record.updated_at > quiet_since or \
+                        await self.store.get_lease(record.id) is not None:
                     continue
                 mine = await owner_of(self.store, record.id)
                 job = Job(kind, record.id, mine["owner"] if mine else "")

@@ -32,6 +32,7 @@ from quanda.jobs import Job, Jobs
 from quanda.llm import make_driver
 from quanda.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
 from quanda.ratelimit import Limits
+from quanda.retention import Retention
 from quanda.core import open_store
 import quanda.static as static_assets
 from quanda.ws import FrameGuard, Hub
@@ -147,9 +148,12 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                 await plugin.startup(ctx)
         await hub.open()
         await ctx.jobs.open()
+        retention = Retention(the_store, settings.retention_s)
+        retention.start()
         log.info("Quanda serving with %s on %s; plugins: %s", type(the_store).__name__, settings.db_url,
                  ", ".join(p.name for p in plugins))
         yield
+        await retention.close()
         await ctx.jobs.close()  # each job marks its message before the store closes
         await hub.close()
         await health.close()
