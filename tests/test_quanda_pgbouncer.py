@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from quanda.core import QuandaError, QuandaFencedError, QuandaMessage, QuandaReader, QuandaWriter, open_store
+from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaWriter, open_store
 from quanda.core.store.fencing import fenced
 from tests.backends import POSTGRES_URL, _pg_schemas
 from tests.pgbouncer import PgBouncer

@@ -6,7 +6,6 @@ there, nothing acknowledged is lost and no token of the answer was written by tw
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time

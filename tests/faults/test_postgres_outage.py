@@ -15,7 +15,8 @@ import pytest
 from tests.backends import postgres_test_url
 from tests.faults.proxy import FaultProxy
 from tests.llm_server import LLMTestServer, Reply
-from tests.reliability.harness import TOKEN, Tab, api_client, browser_cookie, eventually
+from tests.reliability.harness import (LONG, TOKEN, Acks, SSEReader, Tab, api_client, browser_cookie, check_store,
+                                       eventually, seeded, short, wait_token)
 from tests.reliability.test_dead_database import health, outage, tracebacks
 from tests.servers import AppServer
 
@@ -94,3 +95,43 @@ async def test_an_answer_cut_by_a_silent_postgresql_is_retried_whole_after_heali
                             QUANDA_DB_TIMEOUT_S="2")
     assert "did not answer within 2 s" in " ".join(seen["told"]), seen["told"]
     print(f"\n[faults] PostgreSQL blackholed mid-answer: {seen}")
+
+
+@pytest.mark.skipif(not LONG, reason="long variant: QUANDA_RELIABILITY_LONG=1")
+async def test_outages_of_every_length_mid_answer_lose_nothing(tmp_path, postgres, llm):
+    """Long: answers streaming through blackholes of random lengths (shorter and longer than the deadline),
+    delays and resets; every answer ends whole (by itself or by Retry), nothing acknowledged is lost."""
+    rng = seeded("faults postgres")
+    url = postgres_test_url()
+    proxy, _ = proxied_url(url)
+    acks = Acks()
+    answers: list[str] = []
+    with proxy:
+        server = AppServer(tmp_path, QUANDA_DB_URL=proxy.url_for(url), QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
+                           OLLAMA_MODEL="quanda-test", QUANDA_JOB_LEASE_S="2", QUANDA_DB_TIMEOUT_S="2").start()
+        try:
+            async with api_client(server.url) as client:
+                for round_ in range(8):
+                    q = (await client.post("/api/messages", json={"role": "q", "content": "count"})).json()["id"]
+                    answer = (await client.post(f"/api/messages/{q}/answer", json={})).json()["answer_id"]
+                    answers.append(answer)
+                    reader = SSEReader(client, answer, acks)
+                    await acks.wait_count(acks.count + rng.randint(5, 60), TIMEOUT)
+                    fault = rng.choice(["blackhole", "reset", "delay"])
+                    getattr(proxy, fault)(*([rng.uniform(0.01, 0.2)] if fault == "delay" else []))
+                    await asyncio.sleep(rng.uniform(0.5, 6.0))  # the fault's length, not a wait for anything
+                    proxy.heal()
+                    await eventually(lambda: _is_ok(client), TIMEOUT, f"round {round_}: healthy again")
+                    await reader.stop()
+                    state = await wait_token(client, answer, lambda tok, st: st["immutable"] or st["warning"],
+                                             TIMEOUT, f"round {round_}: the answer ended or was marked")
+                    if not state["immutable"]:
+                        assert (await client.post(f"/api/chat/answers/{answer}/retry")).status_code == 202
+                    await SSEReader(client, answer, acks).wait(TIMEOUT, f"round {round_}: the answer")
+                    state = (await client.get(f"/api/messages/{answer}")).json()
+                    assert state["content"] == "".join(f"w{i} " for i in range(200)), short(state)
+        finally:
+            server.stop()
+    assert not (found := tracebacks(server.log_text())), found[0][:4000]
+    await check_store(url, acks)
+    print(f"\n[faults] {len(answers)} answers through random faults: {acks.count} tokens acknowledged, all kept")
