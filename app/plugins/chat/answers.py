@@ -36,10 +36,13 @@ def llm_status(h: Handle):
     return h.ctx.state["chat"].status
 
 
-async def start_answer(h: Handle, model: str) -> str:
-    """A new answer at the end of the conversation, generated in the background; returns its id."""
+async def start_answer(h: Handle, model: str, setup=None) -> str:
+    """A new answer at the end of the conversation, generated in the background; returns its id. `setup`
+    (the answer's id) runs before anything else sees the answer (e.g. a client's tools, client_tools.py)."""
     answer = await QuandaMessage.create(h.store, role=ROLE)
     await h.own(answer.id, ROLE)
+    if setup is not None:
+        await setup(answer.id)
     key = await conversation.add_entry(h.store, h.owner, {"type": ROLE, "message_id": answer.id,
                                                           "status": "generating", "model": model})
     await h.publish("chat.message", message_id=answer.id, state="generating")
