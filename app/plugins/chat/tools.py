@@ -39,6 +39,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from quanda import metrics
 from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
 from quanda.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent
@@ -202,23 +203,28 @@ class RoundLoop:
 
     async def _stream(self, messages: list[dict], offered: list[dict] | None) -> Turn:
         turn = Turn()
-        async with aclosing(self.llm.stream_chat(messages, self.model, offered)) as events:
+        async with metrics.LLMRequest() as request, \
+                aclosing(self.llm.stream_chat(messages, self.model, offered)) as events:
             async for event in events:
                 if event.type == DELTA and event.text:
+                    request.token()
                     turn.text_parts.append(event.text)
                     await self._write(event.text)
                 elif event.type == REASONING and event.text:
+                    request.token("reasoning")
                     turn.thinking_parts.append(event.text)
                     await self._think(event.text, first=len(turn.thinking_parts) == 1)
                 elif event.type == TOOL_CALL:
                     turn.calls.append(dict(event.data or {}))
                 elif event.type == TOOLS_REJECTED:
-                    turn.rejected = event
+                    turn.rejected = request.result = event
                     break  # leaving closes the run: the driver's own retry (with this prompt) is not sent
                 elif event.type == COMPLETED:
                     turn.completed = True
+                    request.result = event
                 elif event.type == ERROR:
                     turn.error = event.text
+                    request.result = event
         return turn
 
     def _tools_refused(self, rejection: LLMEvent) -> None:
