@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
-from quanda import metrics
+from quanda import logs, metrics
 from quanda.ownership import owner_of
 from quanda.core import QuandaError, QuandaStore, QuandaStoreError
 
@@ -65,6 +65,7 @@ class Jobs:
         return task
 
     async def _run(self, job: Job, work: Coroutine[Any, Any, Any]) -> None:
+        logs.in_job(job.message_id, job.kind)
         try:
             await work
         except QuandaError as exc:  # a failure the job could not even record (the store gone): its lease,

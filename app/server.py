@@ -27,7 +27,7 @@ from quanda.config import Settings
 from quanda.context import AppContext, ClientError, Handle
 from quanda.door import Door, http_error
 from quanda.health import StoreHealth
-from quanda import metrics
+from quanda import logs, metrics
 from quanda.migrate import migrate
 from quanda.jobs import Job, Jobs
 from quanda.llm import make_driver
@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
                    title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
                    exception_handlers={400: http_error, 404: http_error, 405: http_error},
-                   middleware=[Middleware(Door, host_names=settings.host_names,
+                   middleware=[Middleware(logs.RequestIds), Middleware(Door, host_names=settings.host_names,
                                           handshakes_per_s=settings.ws_handshakes_per_s)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]
