@@ -27,7 +27,7 @@ from quanda.config import Settings
 from quanda.context import AppContext, ClientError, Handle
 from quanda.door import Door, http_error
 from quanda.health import StoreHealth
-from quanda import logs, metrics
+from quanda import logs, metrics, openapi
 from quanda.migrate import migrate
 from quanda.jobs import Job, Jobs
 from quanda.llm import make_driver
@@ -254,6 +254,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         return JSONResponse([p.describe() for p in plugins])
 
     app.get("/-/metrics")(metrics.metrics_endpoint)
+    app.get("/api/openapi.json")(openapi.openapi_endpoint)
 
     @app.get("/-/health")
     async def health(request):
