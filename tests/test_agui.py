@@ -164,3 +164,23 @@ def test_cursor_ids():
         with pytest.raises(ValueError):
             Cursor.parse(bad)
     assert json.loads(json.dumps(str(Cursor(1, 2, 3)))) == "1.2.3"
+
+
+async def test_stop_from_another_client_ends_the_run_cancelled(api, llm):
+    llm.script = Reply(chunks=[f"s{i} " for i in range(200)], delay=0.03)
+    body = run_input("t-stop", "r-stop", "Talk")
+    found: list[tuple] = []
+
+    async def follow() -> None:
+        found.extend(await read_run(api, body))
+    reading = asyncio.create_task(follow())
+    for _ in range(200):
+        entries = (await api.get("/api/chat/conversation")).json()["entries"]
+        if entries[-1].get("type") == "assistant" and entries[-1]["message"]["content"]:
+            break
+        await asyncio.sleep(0.05)  # until the answer streams
+    stopped = await api.post(f"/api/chat/answers/{entries[-1]['message_id']}/stop")
+    assert stopped.status_code == 202, stopped.text
+    await asyncio.wait_for(reading, WAIT_S)
+    assert kinds(found)[-1] == "RUN_FINISHED" and found[-1][1].outcome.type == "cancelled"
+    assert 0 < len(text(found)) < len("".join(f"s{i} " for i in range(200)))
