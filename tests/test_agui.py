@@ -121,7 +121,9 @@ async def test_a_failed_answer_is_a_run_error_with_the_users_words(api, llm):
     events = await read_run(api, run_input("t-fail", "r-fail", "Fail please"))
     error = events[-1][1]
     assert error.type == EventType.RUN_ERROR and error.code == "answer_failed"
-    assert "Traceback" not in error.message and error.message
+    entry = (await api.get("/api/chat/conversation")).json()["entries"][-1]
+    assert error.message == entry["message"]["warning"]  # the words every tab shows, nothing of the server's
+    assert entry["status"] == "failed" and "Traceback" not in error.message
 
 
 async def test_refusals_are_run_errors(api, llm):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from contextlib import aclosing
 from typing import Any
 
 from ag_ui.core import RunAgentInput, RunErrorEvent, RunStartedEvent
@@ -62,8 +63,9 @@ class RunResponse(StreamingResponse):
         self.completed = False
 
         async def body():
-            async for text in events:
-                yield text
+            async with aclosing(events):  # a client gone: the run's readers end with the response
+                async for text in events:
+                    yield text
             self.completed = True
         super().__init__(body(), media_type="text/event-stream", headers=STREAM_HEADERS)
         self._body, self.on_close = self.body_iterator, on_close
