@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
+from quanda import logs, metrics
 from quanda.core import QuandaError, QuandaFencedError, QuandaStore, QuandaStoreError
 from quanda.core.store.fencing import fenced, unfenced
 from quanda.ownership import owner_of
@@ -84,6 +85,7 @@ class Jobs:
             raise JobBusy("that message is being written by a job on another server")
         held = self._held[message_id] = _Held(job, lease.fence)
         held.task = asyncio.create_task(self._run(held, work), name=name or f"job-{kind}-{message_id}")
+        metrics.LEASES_HELD.inc()
         self.tasks[message_id] = held.task
         return held.task
 
@@ -93,6 +95,7 @@ class Jobs:
 
     async def _run(self, held: _Held, work: Coroutine[Any, Any, Any]) -> None:
         job = held.job
+        logs.in_job(job.message_id, job.kind)
         release = True
         try:
             with fenced(job.message_id, held.fence):
@@ -112,6 +115,7 @@ class Jobs:
         except Exception:  # noqa: BLE001 - a plugin's bug: logged here, since no one awaits a job
             log.exception("job %s failed", job.message_id)
         finally:
+            metrics.LEASES_HELD.dec()
             if self.tasks.get(job.message_id) is held.task:
                 self.tasks.pop(job.message_id, None)
             if self._held.get(job.message_id) is held:
@@ -201,6 +205,7 @@ class Jobs:
             if taken is None:
                 continue  # another server took it, or its holder renewed it meanwhile
             log.warning("job %s of server %s expired: recovering it", job.message_id, lease.holder)
+            metrics.LEASES_TAKEN_OVER.inc()
             await self._recover_held(_Held(job, taken.fence))
 
     async def recover_orphans(self) -> None:

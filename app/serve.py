@@ -9,6 +9,7 @@ import sys
 
 import uvicorn
 
+from quanda import logs
 from quanda.config import Settings
 from quanda.core import QuandaError, open_store
 from quanda.server import create_app
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="address to bind (QUANDA_HOST)")
     parser.add_argument("--port", type=int, help="port to serve on (QUANDA_PORT)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    log_options = logs.setup(settings.log_format)
     try:
         asyncio.run(migrate_first(settings))
     except QuandaError as exc:
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     the_app = create_app(settings)
     freeze_startup()
-    uvicorn.run(the_app, host=settings.host, port=settings.port, log_level="info", **server_options(settings))
+    uvicorn.run(the_app, host=settings.host, port=settings.port, log_level="info", **server_options(settings),
+                **log_options)
 
 
 if __name__ == "__main__":
