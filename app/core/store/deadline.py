@@ -13,7 +13,7 @@ import asyncio
 from collections import deque
 from typing import Callable
 
-from ..errors import QuandaTimeoutError
+from ..errors import QuandaStoreError, QuandaTimeoutError
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -53,6 +53,11 @@ class Deadlines:
             self._timer = self._loop.call_at(pending[0][0], self._check)
 
     def close(self) -> None:
+        """The store is closing: calls still pending (a thread stuck on a frozen disk) fail now."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        while self._pending:
+            _deadline, future, _expire = self._pending.popleft()
+            if not future.done():
+                future.set_exception(QuandaStoreError("the store was closed before the database answered"))
