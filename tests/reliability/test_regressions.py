@@ -192,3 +192,20 @@ async def test_every_tab_is_told_when_the_database_goes_away_and_when_it_is_back
         assert len(tab.sent) == 2 and STORE_BACK in tab.sent[-1] and 'class="notice info"' in tab.sent[-1]
     assert health.ok
     await health.close()
+
+
+async def test_a_message_stream_whose_database_fails_ends_with_an_error_event_not_a_traceback(api, monkeypatch):
+    """Fault suite (PostgreSQL connections reset mid-stream): a message's SSE stream raised the store's error out
+    of its generator — "Exception in ASGI application", a traceback in the log, the stream cut without a word."""
+    from quanda.core import QuandaStoreError
+    from quanda.core.store.sqlite import SQLiteStore
+
+    mid = (await api.post("/api/messages", json={"role": "assistant", "content": "hello"})).json()["id"]
+
+    async def reset(*args, **kwargs):
+        raise QuandaStoreError("PostgreSQL select_tokens failed: ConnectionResetError: [Errno 104] Connection reset")
+    monkeypatch.setattr(SQLiteStore, "_select_tokens", reset)
+    async with api.stream("GET", f"/api/messages/{mid}/events", headers={"Last-Event-ID": "0"}) as response:
+        assert response.status_code == 200
+        text = "".join([chunk async for chunk in response.aiter_text()])
+    assert "event: error" in text and "the database is unavailable" in text and "Errno" not in text
