@@ -134,6 +134,11 @@ class QuandaTUI(Readers, App):
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
 
+    def stop_network(self, problem: Problem) -> None:
+        """Signed out: what is shown stays (with the reason), nothing more is asked of the server."""
+        self.client.stopped = problem
+        self._stopping = asyncio.get_running_loop().create_task(self.close_network())
+
     async def action_quit(self) -> None:
         await self.close_network()
         self.exit()
