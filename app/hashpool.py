@@ -1,7 +1,8 @@
 """Password checks beside the event loop: a few worker threads and a bounded queue of checks waiting for them.
 
 scrypt takes ~60 ms of CPU per check and releases the GIL while it runs, so a thread does it without stalling
-the event loop (run on the loop, 100 wrong logins at once held every tab's round trip up for 5.6 s). At most
+the event loop (run on the loop, 100 wrong logins at once held every tab's round trip up for 5.6 s), at a lower
+CPU priority than the loop's thread (WORKER_NICE). At most
 `workers` checks run at once; at most `queue` wait, ordered by a priority the caller gives (the login route
 gives its address's failure count, so a sign-in from an address with a clean record goes before an attacker's
 hundredth guess). A check that finds the queue full either takes the place of the waiting check with the
@@ -14,8 +15,21 @@ import asyncio
 import heapq
 import itertools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
+
+
+WORKER_NICE = 10  # the workers' niceness (Linux: per thread): the event loop's thread goes first for the CPU
+
+
+def lower_priority() -> None:
+    """Run in each worker as it starts: on a busy machine, a password check waits for the CPU rather than the
+    event loop (a sign-in takes longer; nobody's page stalls)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the workers keep the process's priority
+        pass
 
 
 class PoolBusy(Exception):
@@ -31,7 +45,8 @@ class HashPool:
     def __init__(self, workers: int = 0, queue: int = 100):
         self.workers = workers if workers > 0 else default_workers()
         self.queue = max(0, queue)
-        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="quanda-hash")
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="quanda-hash",
+                                            initializer=lower_priority)
         self._running = 0
         self._waiting: list[tuple[float, int, asyncio.Future]] = []  # a heap: best priority (lowest) first
         self._order = itertools.count()

@@ -86,7 +86,7 @@ class QuandaTUI(Readers, App):
         self._views: dict[int, EntryView] = {}
         self._view_of: dict[str, EntryView] = {}  # message id -> the view drawing it
         self._drawn_structure = -1
-        self._closed = False
+        self._network_closed = False  # (not `_closed`: Textual's MessagePump has one, and shutting down reads it)
 
     # -- layout -----------------------------------------------------------------------------------------------
 
@@ -124,9 +124,9 @@ class QuandaTUI(Readers, App):
 
     async def close_network(self) -> None:
         """Cancel every task and wait for them; close the HTTP client (and with it every connection)."""
-        if self._closed:
+        if self._network_closed:
             return
-        self._closed = True
+        self._network_closed = True
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
@@ -149,7 +149,7 @@ class QuandaTUI(Readers, App):
     # -- problems ---------------------------------------------------------------------------------------------
 
     def show_problem(self, source: str, problem: Problem | None) -> None:
-        if self._closed:
+        if self._network_closed:
             return
         if problem is None:
             self.problems.pop(source, None)
