@@ -15,7 +15,8 @@
   meets it — FastHTML parses every body it routes, so these limits must hold before it does.
 - Every response carries a Content-Security-Policy without inline script, `X-Content-Type-Options`,
   `Referrer-Policy: no-referrer` and `X-Frame-Options: DENY` — a refused WebSocket handshake's too: a
-  handshake closed before it is accepted (here, by the app or by the router) is answered 403 in JSON.
+  handshake closed before it is accepted (here, by the app or by the router) is answered 403 in JSON, and a
+  request whose handler failed is answered 500 here rather than by Starlette's error page.
 - A body FastHTML cannot parse (400), a route that does not exist (404), a method a route does not take
   (405, with `Allow`): answered in JSON under /api/ (the API answers in JSON, errors included), in plain text
   elsewhere (`http_error`).
@@ -129,7 +130,24 @@ class Door:
             if not self.same_origin(headers, origin, own_origin):
                 log.warning("refused a %s %s from origin %r", scope["method"], scope.get("path"), origin[:80])
                 return await send_json(send, 403, {"error": "a request from another site was refused"})
-        return await self.read_body(scope, receive, send, headers)
+        return await self.answered(scope, receive, send, headers)
+
+    async def answered(self, scope: dict, receive: Callable, send: Callable, headers: dict) -> None:
+        """The request, answered by the app; an exception it raised before answering is answered 500 here (with
+        the headers, and no detail), then raised on for the server to log."""
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.read_body(scope, receive, tracked, headers)
+        except Exception:
+            if not started:
+                await send_json(send, 500, {"error": "the server failed to answer; its log says why"})
+            raise
 
     @staticmethod
     def same_origin(headers: dict, origin: str, own_origin: str) -> bool:
