@@ -6,14 +6,14 @@ and a burst of twice the rate (the generic cell rate algorithm: each frame is du
 before, and may come up to a burst early). A frame ahead of its time waits before it is handled; meanwhile
 its socket is not read, so a flooding client is held back by TCP's own flow control and nothing it sent is
 dropped or reordered (the server holds only uvicorn's short queue of frames per connection). The client is
-told once in a notice, again after NOTICE_EVERY_S; a connection whose frames have had to wait for its own
-rate for STRAINED_S on end is closed (1008: the page's ws extension does not reconnect by itself).
+told once in a notice, again after NOTICE_EVERY_S; a connection whose frames have had to wait for STRAINED_S
+on end is closed (1008: the page's ws extension does not reconnect by itself).
 
 The owner's pace is shared fairly: each of the owner's tabs active lately (a frame within ACTIVE_S) has a share
 of it (the owner's rate divided among them); a frame within its tab's share never waits for the owner's pace
 (it still counts in it), a frame beyond it waits for the owner's pace. So a tab flooding is held back by its
-own rate and by its share, the waits charged to it, and a tab under its share goes on as if alone; tabs held
-back only by the owner's pace wait, and are never closed for it.
+own rate and by its share — the waits, and the closing, charged to it — and a tab within its share goes on as
+if alone, never held back nor closed for another tab's flood.
 
 Connections: at most `per_owner` per owner and `per_address` per client address are open at once on this
 server; one more is told why in a notice and closed with 1013 (try again later: the ws extension reconnects

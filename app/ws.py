@@ -329,19 +329,17 @@ class FrameGuard:
                     return message
                 if limits is not None and pace is not None:
                     now = loop.time()
-                    own_wait, share_wait = limits.frame_waits(pace, scope.get(OWNER_SCOPE), now)
-                    wait = max(own_wait, share_wait)
-                    if own_wait <= 0:  # closed only for its own rate, never for its owner's other tabs
+                    wait = limits.frame_wait_s(pace, scope.get(OWNER_SCOPE), now)
+                    if wait <= 0:
                         strained_since = None
-                    elif strained_since is None:
-                        strained_since = now
-                    if strained_since is not None and now - strained_since > STRAINED_S:
-                        log.warning("closed a WebSocket of %s over its rate for %g s",
-                                    str(scope.get(OWNER_SCOPE))[:8], STRAINED_S)
-                        await notice(limits.strained())
-                        await send({"type": "websocket.close", "code": 1008})
-                        return {"type": "websocket.disconnect", "code": 1008}
-                    if wait > 0:
+                    else:  # over its own rate, or over its share of its owner's (never for another tab's)
+                        strained_since = now if strained_since is None else strained_since
+                        if now - strained_since > STRAINED_S:
+                            log.warning("closed a WebSocket of %s over its rate for %g s",
+                                        str(scope.get(OWNER_SCOPE))[:8], STRAINED_S)
+                            await notice(limits.strained())
+                            await send({"type": "websocket.close", "code": 1008})
+                            return {"type": "websocket.disconnect", "code": 1008}
                         if told is None or now - told >= NOTICE_EVERY_S:
                             told = now
                             log.info("slowing down a WebSocket of %s", str(scope.get(OWNER_SCOPE))[:8])
