@@ -41,10 +41,11 @@ async def users(args: argparse.Namespace, settings: Settings) -> None:
             print(f"added {user.name}")
         elif args.action == "passwd":
             await accounts.set_password(args.name, read_password(args))
-            print(f"changed the password of {args.name} (their sessions ended; their open tabs were closed)")
+            print(f"changed the password of {args.name}: their sessions ended (every server closes their open tabs)")
         elif args.action == "remove":
             await accounts.remove(args.name)
-            print(f"removed {args.name} (their data stays in the store, unreachable; their open tabs were closed)")
+            print(f"removed {args.name}: their data stays in the store, unreachable (every server closes their open "
+                  "tabs)")
         elif args.action == "disable":
             await accounts.disable(args.name)
             print(f"disabled {args.name}: they cannot sign in, their sessions ended and their tokens are refused "
