@@ -12,7 +12,8 @@ up for by checking every open connection again every RECHECK_S, and a connection
 revocation that arrives just after is checked when it is registered.
 
 A WebSocket is closed with code 1008 and the reason (the page shows it and does not reconnect); an event
-stream ends with the event `signed-out` (`data: {"reason": …}`) and a reconnect gets 401.
+stream ends with the event `signed-out` (`data: {"reason": …}`; an AG-UI run with RUN_ERROR, code
+`signed_out`) and a reconnect gets 401.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
+from quanda import metrics
 from quanda.access import LOGIN_KEY
 from quanda.accounts import REVOKED, Accounts, Credential, token_id
 from quanda.core import QuandaError
@@ -116,6 +118,7 @@ class Revocations:
                     log.exception("closing a revoked connection failed")
         if closed:
             log.info("closed %d connection(s) of %s: %s", closed, owner[:8], reason)
+            metrics.REVOKED.inc(closed)
         if not self._watches.get(owner, True):
             self._watches.pop(owner, None)
         return closed
@@ -143,9 +146,11 @@ def signed_out_event(reason: str) -> str:
     return f"event: {SIGNED_OUT_EVENT}\ndata: {json.dumps({'reason': reason})}\n\n"
 
 
-async def revocable(request: Any, owner: str, events: AsyncIterator[str], backlog: int = 16) -> AsyncIterator[str]:
-    """An event stream's text, ended by a `signed-out` event as soon as the credential it was opened with is
-    revoked (the stream's own reading is cancelled at once, wherever it waits)."""
+async def revocable(request: Any, owner: str, events: AsyncIterator[str], backlog: int = 16,
+                    farewell: Callable[[str], str] = signed_out_event) -> AsyncIterator[str]:
+    """An event stream's text, ended by `farewell(reason)` (a `signed-out` event, or what the stream's own
+    protocol says instead) as soon as the credential it was opened with is revoked (the stream's own reading
+    is cancelled at once, wherever it waits)."""
     revocations: Revocations | None = getattr(request.app.state, "revocations", None)
     credential = request_credential(request)
     if revocations is None or credential is None:
@@ -182,7 +187,7 @@ async def revocable(request: Any, owner: str, events: AsyncIterator[str], backlo
                 raise item
             yield item
         if reason:
-            yield signed_out_event(reason[0])
+            yield farewell(reason[0])
     finally:
         unwatch()
         task.cancel()

@@ -29,6 +29,7 @@ from quanda.door import Door, http_error
 from quanda.hashpool import HashPool
 from quanda.health import StoreHealth
 from quanda.login import add_login_routes
+from quanda import logs, metrics, openapi
 from quanda.migrate import migrate
 from quanda.jobs import Job, Jobs
 from quanda.llm import make_driver
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                               max_message_bytes=settings.max_message_bytes)
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
                           settings.llm_stall_s)
+        metrics.instrument_store(the_store)
         pool = HashPool(settings.login_workers, settings.login_queue)
         ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store, pool))
         revocations = Revocations(the_store, ctx.accounts)
@@ -172,7 +174,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
                    title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
                    exception_handlers={400: http_error, 404: http_error, 405: http_error},
-                   middleware=[Middleware(Door, host_names=settings.host_names,
+                   middleware=[Middleware(logs.RequestIds), Middleware(Door, host_names=settings.host_names,
                                           handshakes_per_s=settings.ws_handshakes_per_s)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]
@@ -219,6 +221,9 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     @app.get("/-/plugins")
     def list_plugins():
         return JSONResponse([p.describe() for p in plugins])
+
+    app.get("/-/metrics")(metrics.metrics_endpoint)
+    app.get("/api/openapi.json")(openapi.openapi_endpoint)
 
     @app.get("/-/health")
     async def health(request):

@@ -273,6 +273,46 @@ async def test_the_command_line_revokes_a_token_disables_and_removes_a_user_on_e
             assert max(await tab.signed_out(reason), await stream.signed_out(reason)) - done < WITHIN_S
 
 
+# -- an AG-UI run ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("servers", ["sqlite"], indirect=True)
+async def test_an_ag_ui_run_whose_token_is_revoked_ends_with_a_run_error(servers, llm):
+    from ag_ui.core import Event, EventType, RunAgentInput, UserMessage
+    from pydantic import TypeAdapter
+
+    a, _b, db = servers
+    token_id, token = await token_for(db, "alice")
+    llm.script = Reply(chunks=[f"w{i} " for i in range(400)], delay=0.03)
+    body = RunAgentInput(thread_id="t", run_id="r", messages=[UserMessage(id="u", content="Talk")], tools=[],
+                         context=[], state={}, forwarded_props={}).model_dump(mode="json", by_alias=True)
+    events, streaming, ended = [], asyncio.Event(), asyncio.Event()
+
+    async def run() -> None:
+        async with client(a, token=token) as api, api.stream("POST", "/api/ag-ui", json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(TypeAdapter(Event).validate_json(line[6:]))
+                    if events[-1].type == EventType.TEXT_MESSAGE_CONTENT:
+                        streaming.set()
+        ended.set()
+
+    running = asyncio.create_task(run())
+    try:
+        await asyncio.wait_for(streaming.wait(), WAIT_S)
+        async with await open_store(db) as store:
+            t0 = time.monotonic()
+            await Accounts(store).revoke_token("alice", token_id)
+        await asyncio.wait_for(ended.wait(), WAIT_S)
+        within(t0, time.monotonic())
+        assert events[-1].type == EventType.RUN_ERROR and events[-1].code == "signed_out"
+        assert events[-1].message == TOKEN_REVOKED
+        await running
+    finally:
+        running.cancel()
+        llm.script = Reply(chunks=["ok"])
+
+
 # -- logout -----------------------------------------------------------------------------------------------------
 
 async def test_signing_out_closes_that_sessions_tabs_on_every_server_and_no_others(servers):

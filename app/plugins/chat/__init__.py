@@ -18,12 +18,12 @@ from quanda.components.buttons import ws_button
 from quanda.components.chat import ChatView, ConversationList, ConversationView
 from quanda.plugins import AppContext, Handle, Plugin
 
-from . import actions, answers, api, conversation, drafts, export, views
+from . import actions, agui, answers, api, conversation, drafts, export, views
 from .status import LLMStatus
 from .tools import ToolBox
 
-router = APIRouter()  # the chat's HTTP routes: its API (api.py) and the exports (export.py)
-for part in (api.router, export.router):
+router = APIRouter()  # the chat's HTTP routes: its API (api.py), the exports (export.py), AG-UI (agui.py)
+for part in (api.router, export.router, agui.router):
     router.routes.extend(part.routes)
 
 

@@ -158,14 +158,14 @@ async def ask_in_conversation(h: Handle, question) -> None:
     await h.publish(CONVERSATIONS)
 
 
-async def ask(h: Handle, question, model: str | None) -> str:
+async def ask(h: Handle, question, model: str | None, setup=None) -> str:
     """The HTTP API's /answer: the question joins the owner's conversation and is answered there (API
     clients may ask several at once; the page's Send waits for the answer being written)."""
     if not question.immutable:
         await QuandaWriter(QuandaMessage(h.store, question)).make_immutable()
     await answers.seal_unfinished(h)
     await ask_in_conversation(h, question)
-    return await answers.start_answer(h, model or (await answers.llm_status(h).choose())[0])
+    return await answers.start_answer(h, model or (await answers.llm_status(h).choose())[0], setup)
 
 
 @near(ids.CHAT_NOTICE)

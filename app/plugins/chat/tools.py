@@ -39,13 +39,14 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from quanda import metrics
 from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
 from quanda.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent
 from quanda.plugins import Handle
 from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
-from . import prompt
+from . import client_tools, prompt
 
 log = logging.getLogger("quanda.chat.tools")
 
@@ -73,16 +74,18 @@ def toolbox(h: Handle) -> ToolBox:
     return h.ctx.state["chat"].tools
 
 
-async def offered_tools(h: Handle, model: str) -> list[dict] | None:
-    """The tools to send with a request for `model`, or None: QUANDA_LLM_TOOLS=off never, on always, auto
-    unless the driver knows the model takes none (Ollama: /api/show lacks the tools capability; an
-    OpenAI-compatible server: it refused them before) or its server refused them to this app."""
+async def offered_tools(h: Handle, model: str, extra: list[dict] = ()) -> list[dict] | None:
+    """The tools to send with a request for `model` (the plugins' and `extra`, a client's), or None:
+    QUANDA_LLM_TOOLS=off never, on always, auto unless the driver knows the model takes none (Ollama:
+    /api/show lacks the tools capability; an OpenAI-compatible server: it refused them before) or its server
+    refused them to this app."""
     box, mode = toolbox(h), h.settings.llm_tools
-    if mode == "off" or not box.definitions:
+    definitions = [*box.definitions, *extra]
+    if mode == "off" or not definitions:
         return None
     if mode == "auto" and (model in box.refused or await h.ctx.llm.supports_tools(model) is False):
         return None
-    return box.definitions
+    return definitions
 
 
 def round_key(answer_id: str, round_no: int) -> str:
@@ -145,6 +148,7 @@ class RoundLoop:
         self.replayed: list[dict] = []  # the tool rounds so far, as messages for the model
         self.calls_seen = 0
         self.stopping = False
+        self.client_tools: frozenset[str] = frozenset()  # a client's own tools (client_tools.py): never run here
 
     # -- Retry ----------------------------------------------------------------------------------------------
 
@@ -171,7 +175,10 @@ class RoundLoop:
 
     async def run(self) -> tuple[str, str]:
         """("done", "") when the model finished its answer, else ("failed", what happened)."""
-        tools = await offered_tools(self.h, self.model)
+        client = await client_tools.options(self.h, self.answer_id)
+        self.client_tools = client_tools.names(client)
+        self.replayed[:0] = client.get("replay", [])
+        tools = await offered_tools(self.h, self.model, client.get("tools", []))
         base = await prompt.messages_for(self.h, self.answer_id, tools_offered=tools is not None)
         rejection: LLMEvent | None = None
         while True:
@@ -188,30 +195,36 @@ class RoundLoop:
                 rejection = None
             if not turn.calls:
                 return "done", ""
-            await self._protected(self._act(turn))
+            if await self._protected(self._act(turn)):
+                return "done", ""  # the client runs its own tools: the answer ends with their calls
             if offered is None:  # calls in a request that offered no tools were all refused: the answer ends
                 return "done", ""
             self.round += 1
 
     async def _stream(self, messages: list[dict], offered: list[dict] | None) -> Turn:
         turn = Turn()
-        async with aclosing(self.llm.stream_chat(messages, self.model, offered)) as events:
+        async with metrics.LLMRequest() as request, \
+                aclosing(self.llm.stream_chat(messages, self.model, offered)) as events:
             async for event in events:
                 if event.type == DELTA and event.text:
+                    request.token()
                     turn.text_parts.append(event.text)
                     await self._write(event.text)
                 elif event.type == REASONING and event.text:
+                    request.token("reasoning")
                     turn.thinking_parts.append(event.text)
                     await self._think(event.text, first=len(turn.thinking_parts) == 1)
                 elif event.type == TOOL_CALL:
                     turn.calls.append(dict(event.data or {}))
                 elif event.type == TOOLS_REJECTED:
-                    turn.rejected = event
+                    turn.rejected = request.result = event
                     break  # leaving closes the run: the driver's own retry (with this prompt) is not sent
                 elif event.type == COMPLETED:
                     turn.completed = True
+                    request.result = event
                 elif event.type == ERROR:
                     turn.error = event.text
+                    request.result = event
         return turn
 
     def _tools_refused(self, rejection: LLMEvent) -> None:
@@ -222,18 +235,24 @@ class RoundLoop:
             box.refused.add(self.model)
         log.warning("%s Commands go through JSON in the text for this answer.", rejection.text)
 
-    async def _act(self, turn: Turn) -> None:
-        """Record a finished round, then settle each of its calls in order."""
+    async def _act(self, turn: Turn) -> bool:
+        """Record a finished round, then settle each of its calls in order; True when the round called a
+        client's tool (which the client runs: the answer ends)."""
         calls = [self._checked(call) for call in turn.calls]
         record = {"round": self.round, "text": turn.text, "thinking": turn.thinking, "calls": calls}
         if not await self.h.store.insert_record(ROUND_KIND, round_key(self.answer_id, self.round), record):
             log.warning("answer %s: round %d was recorded already", self.answer_id, self.round)
         results = []
         for call in calls:
+            if client_tools.is_frontend(call):
+                continue
             result = await self._settle(self.round, call, run=not self.stopping, why=STOPPED)
             await self._add_line(result, live=True)
             results.append(result_line(result))
+        if len(results) < len(calls):
+            return True
         self.replayed += self.llm.tool_messages(calls, results, turn.text, turn.thinking)
+        return False
 
     def _checked(self, call: dict) -> dict:
         """The call as it is recorded: the driver's data, refused here when the schema or a limit says no
@@ -241,6 +260,8 @@ class RoundLoop:
         data = {"position": call.get("position", 0), "id": _clean(call.get("id")) or f"call_{self.calls_seen}",
                 "name": _clean(call.get("name"))}
         self.calls_seen += 1
+        if data["name"] in self.client_tools and "error" not in call:
+            return {**data, "arguments": call["arguments"], "frontend": True}
         _, why = tool_call_command(call, toolbox(self.h).specs)
         if not why and self.calls_seen > MAX_COMMANDS:
             why = f"at most {MAX_COMMANDS} tool calls run per answer"
@@ -265,12 +286,12 @@ class RoundLoop:
         result = await run_once(h, key, self.answer_id, {**record, "command": command}, plan, post_line=False)
         return result or await claimed_result(h, key) or plan.result
 
-    async def _protected(self, work: Awaitable[None]) -> None:
+    async def _protected(self, work: Awaitable[bool]) -> bool:
         """Run a round's calls so that Stop cannot cut one in half: a Stop lets the call under way finish,
         the rest are recorded as not run, then the job stops."""
         task = asyncio.ensure_future(work)
         try:
-            await asyncio.shield(task)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
             self.stopping = True
             await asyncio.wait({task})
