@@ -87,6 +87,7 @@ class QuandaTUI(Readers, App):
         self._view_of: dict[str, EntryView] = {}  # message id -> the view drawing it
         self._drawn_structure = -1
         self._network_closed = False  # (not `_closed`: Textual's MessagePump has one, and shutting down reads it)
+        self._stopping: asyncio.Task | None = None  # closing the network once signed out
 
     # -- layout -----------------------------------------------------------------------------------------------
 
