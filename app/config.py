@@ -69,6 +69,16 @@ class Settings:
     ws_owner_frames_per_s: float = field(default=50.0, metadata={"env": "QUANDA_WS_OWNER_FRAMES_PER_S",
                                          "doc": "WebSocket messages one workspace may send per second over all "
                                                 "its tabs on one server (bursts of twice as many)"})
+    trusted_proxies: str = field(default="", metadata={"env": "QUANDA_TRUSTED_PROXIES",
+                                 "doc": "Comma-separated addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8) of reverse "
+                                        "proxies whose X-Forwarded-For and X-Forwarded-Proto are believed; empty "
+                                        "(default): those headers are ignored from everyone, loopback included"})
+    login_workers: int = field(default=0, metadata={"env": "QUANDA_LOGIN_WORKERS",
+                               "doc": "Threads that check passwords (scrypt, ~60 ms each) beside the event loop; 0 "
+                                      "(default): one fewer than the CPUs, at least 1 and at most 4"})
+    login_queue: int = field(default=100, metadata={"env": "QUANDA_LOGIN_QUEUE",
+                             "doc": "Password checks that may wait for a worker; one more is answered 429 at once "
+                                    "(a sign-in from an address with fewer failures takes the place of one with more)"})
     ws_max_per_owner: int = field(default=100, metadata={"env": "QUANDA_WS_MAX_PER_OWNER",
                                   "doc": "WebSocket connections (tabs) one workspace may have open on one server; "
                                          "one more is refused (close code 1013: the tab retries later)"})
@@ -111,6 +121,10 @@ class Settings:
         """The Host names (without port) the app answers to."""
         names = {"localhost", "127.0.0.1", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"}
         return names | {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def default_model(self) -> str:

@@ -20,7 +20,8 @@ Following (`/api/chat/events`): without `Last-Event-ID` the first event is `chat
 `/conversation` returns); then `chat.entry` (a new entry), `chat.state` (an answer's status changed) and
 `chat.thinking` (an answer's thinking began), each with `id:` a cursor (see timeline.py) that resumes exactly
 after it; `chat.status` (the LLM status, no id: it is a state, sent at every connect and when it changes);
-`: keep-alive` comments every KEEPALIVE_S. With `Last-Event-ID` the stream resumes from that cursor, or starts
+`: keep-alive` comments every KEEPALIVE_S; `signed-out` (`{"reason"}`, then the stream ends) when the token or
+session it was opened with is revoked. With `Last-Event-ID` the stream resumes from that cursor, or starts
 with a `chat.snapshot` when it cannot (`"reason"` says why). Answers' text streams on
 `/api/messages/{id}/events`, resumable by seq.
 """
@@ -37,6 +38,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from quanda.plugins import ClientError, Handle, handle_of
 from quanda.plugins.http_api import body_json, error, guarded
+from quanda.revocation import revocable
 from quanda.core import QuandaError, QuandaMessage
 
 from . import actions, answers, conversation, timeline
@@ -143,7 +145,8 @@ async def follow(request):
         finally:
             stop_listening()
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=STREAM_HEADERS)
+    return StreamingResponse(revocable(request, h.owner, stream()), media_type="text/event-stream",
+                             headers=STREAM_HEADERS)
 
 
 @router.post("/api/chat/ask")
