@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                               max_token_bytes=settings.max_token_bytes,
                                               max_message_bytes=settings.max_message_bytes)
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
-                          settings.llm_stall_s)
+                          settings.llm_stall_s, settings.llm_parallel)
         ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store))
         await migrate(the_store, settings.accounts)
         health = StoreHealth(the_store)

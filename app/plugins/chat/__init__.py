@@ -18,7 +18,7 @@ from quanda.components.buttons import ws_button
 from quanda.components.chat import ChatView, ConversationList, ConversationView
 from quanda.plugins import AppContext, Handle, Plugin
 
-from . import actions, answers, api, conversation, drafts, export, views
+from . import actions, answers, api, conversation, drafts, export, turns, views
 from .status import LLMStatus
 from .tools import ToolBox
 
@@ -31,7 +31,8 @@ class ChatState:
     """The chat's per-app state."""
 
     def __init__(self, ctx: AppContext):
-        self.status = LLMStatus(ctx.llm, ctx.settings.default_model, ctx.settings.llm_check_s)
+        self.status = LLMStatus(ctx.llm, ctx.settings.default_model, ctx.settings.llm_check_s,
+                                elsewhere=lambda: turns.held_elsewhere(ctx.store, ctx.llm))
         self.tools = ToolBox(ctx.plugins)  # the plugins' commands as native tools
         self.sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()

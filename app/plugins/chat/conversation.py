@@ -1,7 +1,7 @@
 """An owner's conversations: each an ordered list of entries the chat shows and the LLM sees.
 
 A conversation has an id (`cid`) and a record of kind "chat_conv" keyed `<owner>:<cid>` (title, created,
-updated); the owner's current one is named by the record of kind "chat_current" keyed `<owner>`. Entries are
+updated, and its `settings`: model, system prompt, temperature, context size); the owner's current one is named by the record of kind "chat_current" keyed `<owner>`. Entries are
 records of kind "chat" keyed `<cid>:<time_ns>` (so listing by prefix keeps their order):
 `{"type": "event", "text"}` for ambient UI events, `{"type": "q"|"assistant", "message_id", ...}` for
 messages (an answer also has a `status` and, when the model thought aloud, a `thinking_id`). An entry
@@ -27,6 +27,7 @@ CONV_KIND = "chat_conv"
 CURRENT_KIND = "chat_current"
 TITLE_CHARS = 80
 MESSAGE_TYPES = ("q", "assistant")
+SETTINGS = ("model", "system_prompt", "temperature", "context")
 
 
 def entry_key(cid: str, at_ns: int) -> str:
@@ -187,3 +188,21 @@ async def supersede_from(store: QuandaStore, owner: str, question_id: str) -> li
 async def holds(store: QuandaStore, owner: str, message_id: str) -> bool:
     """Whether the current conversation shows the message (as itself, not as a previous version)."""
     return any(entry.get("message_id") == message_id for _key, entry in await entries(store, owner))
+
+
+async def settings_of(store: QuandaStore, owner: str, cid: str | None = None) -> dict[str, Any]:
+    """The settings of the owner's current conversation (or of `cid`): only those set."""
+    cid = cid or await current(store, owner)
+    record = await store.get_record(CONV_KIND, f"{owner}:{cid}") or {}
+    return {k: v for k, v in (record.get("settings") or {}).items() if k in SETTINGS and v not in (None, "")}
+
+
+async def set_settings(store: QuandaStore, owner: str, cid: str, **changes: Any) -> dict[str, Any] | None:
+    """Change some of a conversation's settings (None or "" unsets one); its settings after, or None."""
+    record = await store.get_record(CONV_KIND, f"{owner}:{cid}")
+    if record is None:
+        return None
+    settings = {**(record.get("settings") or {}), **{k: v for k, v in changes.items() if k in SETTINGS}}
+    record["settings"] = {k: v for k, v in settings.items() if v not in (None, "")}
+    await store.put_record(CONV_KIND, f"{owner}:{cid}", record)
+    return record["settings"]
