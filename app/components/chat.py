@@ -19,6 +19,7 @@ from quanda.render import MarkdownStream, append_plan, render_markdown
 from quanda.render.settle import merge
 
 from . import ids
+from .answer import AnswerFooter, AnswerInfo, Outcome, UsageLine
 from .buttons import ws_button
 from .compact import Alias
 from .notice import FieldNotice
@@ -65,17 +66,13 @@ def Estimate(message_id: str, estimate: str | None, oob: bool = False):
                hx_swap_oob="true" if oob else None)
 
 
-def MessageActions(message_id: str, state: str, oob: bool = False):
-    """Retry when stopped, failed or interrupted; nothing otherwise (Stop takes Send's place in the input
-    while an answer is written, see `SendSlot`)."""
-    buttons = []
-    if state in ("stopped", "failed", "interrupted"):
-        buttons.append(Form(Hidden(name="action", value="chat.retry"), Hidden(name="message_id", value=message_id),
-                            Button("Retry", cls="secondary small", data_testid="retry"), ws_send=True))
-    return Div(*buttons, id=ids.msg_actions_id(message_id), cls="msg-actions", hx_swap_oob="true" if oob else None)
+def MessageActions(message_id: str, state: str, oob: bool = False, info: AnswerInfo | None = None):
+    """Under an answer (see `AnswerFooter`): Retry when unfinished and not sealed, Regenerate on the last
+    answer, its usage and versions. (Stop takes Send's place in the input while an answer is written.)"""
+    return AnswerFooter(message_id, info or AnswerInfo(status=state), oob)
 
 
-def ChatMessage(record, state: str = "final", thinking=None, follow: bool = True):
+def ChatMessage(record, state: str = "final", thinking=None, follow: bool = True, info: AnswerInfo | None = None):
     """One message, created once and then updated in place by its stream."""
     mid = record.id
     parts = [Span(ROLE_LABEL.get(record.role, record.role), cls="msg-role")]
@@ -86,7 +83,7 @@ def ChatMessage(record, state: str = "final", thinking=None, follow: bool = True
     parts.extend(MessageBody(mid, record.content, record.estimate, record.immutable))
     parts.append(Div(record.warning, id=ids.msg_warning_id(mid), cls="msg-warning"))
     if record.role == "assistant":
-        parts.append(MessageActions(mid, state))
+        parts.append(MessageActions(mid, state, info=info))
     elif record.role == "q":  # shown only on the last question, and not while an answer is written (app.css)
         parts.append(ws_button("Edit", "chat.edit", {"message_id": mid}, cls="edit-q link small",
                                title="Edit this question and ask again (the answer is kept as a previous version)",
@@ -335,8 +332,9 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts or 0))
 
 
-def ArchivedMessage(record, thinking=None):
-    """A message as it is, read-only: no DOM id, no stream, no buttons (it may be on the page twice)."""
+def ArchivedMessage(record, thinking=None, info: AnswerInfo | None = None):
+    """A message as it is, read-only: no DOM id, no stream, no buttons (it may be on the page twice); an
+    answer with how it ended and what it cost."""
     parts = [Span(ROLE_LABEL.get(record.role, record.role), cls="msg-role")]
     if thinking is not None and thinking.content:
         parts.append(Details(Summary("Thinking"), Div(NotStr(render_markdown(thinking.content)), cls="md"),
@@ -344,7 +342,12 @@ def ArchivedMessage(record, thinking=None):
     parts.append(Div(NotStr(render_markdown(record.content)), cls="md"))
     if record.warning:
         parts.append(Div(record.warning, cls="msg-warning"))
-    return Li(*parts, cls=f"msg {record.role} archived")
+    if info is not None:
+        parts += [Outcome(info), UsageLine(info.usage) if info.usage else None,
+                  Span(f"version {info.version + 1} of {info.versions}", cls="muted small")
+                  if info.versions > 1 else None]
+    return Li(*[p for p in parts if p is not None], cls=f"msg {record.role} archived",
+              data_state=info.status if info else None)
 
 
 def PreviousVersion(items: list):

@@ -206,3 +206,25 @@ async def set_settings(store: QuandaStore, owner: str, cid: str, **changes: Any)
     record["settings"] = {k: v for k, v in settings.items() if v not in (None, "")}
     await store.put_record(CONV_KIND, f"{owner}:{cid}", record)
     return record["settings"]
+
+
+async def bump_revision(store: QuandaStore, owner: str, cid: str | None = None) -> None:
+    """The current conversation (or `cid`) changed in place (a version regenerated or switched): followers of
+    the HTTP API start over from a snapshot (timeline.py)."""
+    cid = cid or await current(store, owner)
+    record = await store.get_record(CONV_KIND, f"{owner}:{cid}")
+    if record is not None:
+        record["revision"] = int(record.get("revision", 0)) + 1
+        await store.put_record(CONV_KIND, f"{owner}:{cid}", record)
+
+
+async def revision(store: QuandaStore, owner: str, cid: str) -> int:
+    return int((await store.get_record(CONV_KIND, f"{owner}:{cid}") or {}).get("revision", 0))
+
+
+async def message_at(store: QuandaStore, key: str | None) -> str | None:
+    """The message id of the entry keyed `key` (None for an event, or no such entry)."""
+    if not key:
+        return None
+    entry = await store.get_record(KIND, key)
+    return entry.get("message_id") if entry else None
