@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import time
 
-from fasthtml.common import (A, H3, Aside, Button, Details, Div, Form, H2, Hidden, Li, NotStr, Option, P, Section,
-                             Select, Span, Strong, Summary, Textarea, Ul)
+from fasthtml.common import (Aside, Button, Details, Div, Form, H2, Hidden, Li, NotStr, Option,
+                             Select, Span, Summary, Textarea, Ul)
 from fastcore.xml import Safe
 
 from quanda.core import QuandaToken
@@ -311,7 +311,7 @@ def MessageList(history: list, oob: bool = False):
               hx_swap_oob="innerHTML" if oob else None)
 
 
-def ChatSidebar(history: list, status=None, chat_input=None):
+def ChatSidebar(history: list, status=None, chat_input=None, settings=None):
     return Aside(
         Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS),
             ws_button("New", "chat.new", cls="secondary small", id=ids.CHAT_NEW,
@@ -322,6 +322,7 @@ def ChatSidebar(history: list, status=None, chat_input=None):
                    data_jump_for=ids.MSG_LIST, title="Jump to the latest message and follow it"),
             cls="msg-list-wrap"),
         chat_input if chat_input is not None else Div(id=ids.CHAT_FORM),
+        settings,
         id="sidebar", aria_label="Chat",
     )
 
@@ -353,44 +354,3 @@ def ArchivedMessage(record, thinking=None, info: AnswerInfo | None = None):
 def PreviousVersion(items: list):
     """The messages an edited question replaced, collapsed where they were."""
     return Li(Details(Summary("Previous version"), Ul(*items, cls="msg-list-inner")), cls="prev-version")
-
-
-def ConversationRow(conv: dict, is_current: bool):
-    cid = conv["cid"]
-    title = conv.get("title") or "Untitled conversation"
-    actions = [ws_button("Open", "chat.open", {"cid": cid}, cls="secondary small", data_testid="open",
-                         title="Read it here (read-only)")]
-    if not is_current:
-        actions.append(ws_button("Continue", "chat.continue", {"cid": cid}, cls="secondary small",
-                                 data_testid="continue", title="Make it the conversation in the sidebar"))
-    actions += [A("Markdown", href=f"/chat/export/{cid}.md", download=True, cls="small", data_testid="export-md"),
-                A("JSON", href=f"/chat/export/{cid}.json", download=True, cls="small", data_testid="export-json")]
-    return Li(Div(Strong(title, cls="conv-title"),
-                  Span(f"started {when(conv.get('created'))}, last {when(conv.get('updated'))}", cls="muted"),
-                  Span("in the sidebar", cls="conv-current") if is_current else None, cls="conv-info"),
-              Div(*actions, cls="conv-actions"), cls="conv current" if is_current else "conv", data_cid=cid)
-
-
-def ConversationList(convs: list[dict], current: str, oob: bool = False):
-    rows = [ConversationRow(c, c["cid"] == current) for c in convs]
-    return Ul(*rows, id=ids.CONV_LIST, cls="conv-list", hx_swap_oob="true" if oob else None)
-
-
-def ConversationView(conv: dict | None, items: list | None = None, is_current: bool = False, oob: bool = False):
-    """One conversation, read-only (the Chat page's viewer)."""
-    swap = "true" if oob else None
-    if conv is None:
-        return Div(P("Open a conversation to read it here.", cls="muted"), id=ids.CONV_VIEWER, cls="conv-viewer",
-                   hx_swap_oob=swap)
-    cid = conv["cid"]
-    head = Div(H3(conv.get("title") or "Untitled conversation"),
-               Span(f"started {when(conv.get('created'))}", cls="muted"),
-               Div(*([] if is_current else [ws_button("Continue this conversation", "chat.continue", {"cid": cid},
-                                                      cls="small", data_testid="viewer-continue")]),
-                   A("Export Markdown", href=f"/chat/export/{cid}.md", download=True, cls="small"),
-                   A("Export JSON", href=f"/chat/export/{cid}.json", download=True, cls="small"),
-                   cls="conv-actions"),
-               cls="conv-viewer-head")
-    body = Ul(*(items or [Li("Nothing said yet.", cls="muted")]), cls="msg-list archived-list")
-    return Section(head, body, id=ids.CONV_VIEWER, cls="conv-viewer", data_cid=cid, aria_label="Conversation",
-                   hx_swap_oob=swap)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 from quanda.components import ids
-from quanda.components.answer import HorizonMarker
-from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, ConversationView,
-                                 EventLine, PreviousVersion, StatusBadge)
+from quanda.components.answer import ConversationSettings, HorizonMarker
+from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine,
+                                    PreviousVersion, StatusBadge)
+from quanda.components.conversations import ConversationView
 from quanda.plugins import ClientError, Handle
 from quanda.plugins.notices import near
 from quanda.core import QuandaError, QuandaWriter, QuandaMessage
@@ -108,7 +109,8 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
 
 async def sidebar(h: Handle):
     return ChatSidebar(await history(h, limit=HISTORY_ENTRIES * 2), await badge(h),
-                       await chat_input(h, restore=True))
+                       await chat_input(h, restore=True),
+                       ConversationSettings(await conversation.settings_of(h.store, h.owner)))
 
 
 async def on_event(h: Handle, text: str, key: str | None = None) -> None:

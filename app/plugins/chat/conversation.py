@@ -147,10 +147,16 @@ async def entries(store: QuandaStore, owner: str, limit: int | None = None, *, c
     """The entries of the owner's current conversation (or of `cid`, which the caller has checked is the
     owner's), oldest first; the last `limit`; without superseded ones unless asked."""
     cid = cid or await current(store, owner)
-    found = await store.list_records(KIND, prefix=f"{cid}:")
-    if not superseded:
-        found = [(key, entry) for key, entry in found if not entry.get("superseded")]
-    return found[-limit:] if limit else found
+    if not limit:
+        found = await store.list_records(KIND, prefix=f"{cid}:")
+        return found if superseded else [(key, entry) for key, entry in found if not entry.get("superseded")]
+    reading = limit
+    while True:  # the last `limit` entries are read, not the whole conversation (more if some are superseded)
+        found = await store.list_last_records(KIND, f"{cid}:", reading)
+        kept = found if superseded else [(key, entry) for key, entry in found if not entry.get("superseded")]
+        if len(kept) >= limit or len(found) < reading:
+            return kept[-limit:]
+        reading *= 2
 
 
 async def find_answer(store: QuandaStore, owner: str, message_id: str) -> tuple[str, dict[str, Any]] | None:

@@ -10,14 +10,15 @@ from fasthtml.common import Div
 
 from quanda.components import ids
 from quanda.components.answer import HorizonGone, HorizonMarker
-from quanda.components.chat import (AppendToList, ChatMessage, ConversationList, DraftPreview, EditingBanner,
-                                 EventLine, MessageActions, MessageList, SendSlot, ThinkingSection, TurnField)
+from quanda.components.chat import (AppendToList, ChatMessage, DraftPreview, EditingBanner, EventLine,
+                                    MessageActions, MessageList, SendSlot, ThinkingSection, TurnField)
+from quanda.components.conversations import ConversationList
 from quanda.components.notice import FieldNotice
 from quanda.plugins import Handle
 from quanda.core import QuandaError
 from quanda.render import render_markdown
 
-from . import actions, answers, conversation, drafts
+from . import actions, answers, conversation, drafts, manage
 
 CHAT_PAGE = "chat"
 
@@ -115,7 +116,8 @@ async def badge(h: Handle, fact: dict):
 async def switched(h: Handle, fact: dict):
     """The sidebar's conversation changed (another one, or an edited turn): redraw its messages."""
     fragments = [MessageList(await actions.history(h, limit=actions.HISTORY_ENTRIES * 2), oob=True),
-                 SendSlot(await actions.answering(h), oob=True), EditingBanner(None, oob=True)]
+                 SendSlot(await actions.answering(h), oob=True), EditingBanner(None, oob=True),
+                 await manage.settings_view(h, fact)]
     if h.page == CHAT_PAGE:
         fragments.append(await conversation_list(h))
     return fragments
@@ -130,7 +132,11 @@ async def conversation_list(h: Handle):
                             await conversation.current(h.store, h.owner), oob=True)
 
 
-FACT_VIEWS = {"chat.event": event, "chat.message": message, "chat.state": state, "chat.thinking": thinking,
+async def settings(h: Handle, fact: dict):
+    return await manage.settings_view(h, fact)
+
+
+FACT_VIEWS = {"chat.event": event, "chat.settings": settings, "chat.message": message, "chat.state": state, "chat.thinking": thinking,
               "chat.horizon": horizon,
               "chat.draft": draft, drafts.GONE: draft_gone, "chat.sent": sent, "chat.badge": badge,
               actions.SWITCHED: switched, actions.CONVERSATIONS: conversations}
