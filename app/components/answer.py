@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from fasthtml.common import Button, Details, Div, Form, Hidden, Input, Label, Li, Span, Strong, Summary, Textarea, Ul
 
+from quanda.llm.usage import usage_text
+
 from . import ids
 from .buttons import ws_button
 
@@ -35,21 +37,6 @@ class AnswerInfo:
     def retryable(self) -> bool:
         """Retry regenerates in place: only an unfinished answer that is not sealed."""
         return self.status in UNFINISHED and not self.sealed
-
-
-def usage_text(usage: dict) -> str:
-    """"812 tokens in · 95 out · first token 0.41 s · 27.9 tokens/s" (≈ where the app estimated)."""
-    about = "≈" if usage.get("counted") == "estimate" else ""
-    parts = []
-    if usage.get("prompt_tokens") is not None:
-        parts.append(f"{about}{usage['prompt_tokens']:,} tokens in")
-    if usage.get("completion_tokens") is not None:
-        parts.append(f"{about}{usage['completion_tokens']:,} out")
-    if usage.get("ttft_s") is not None:
-        parts.append(f"first token {usage['ttft_s']:.2f} s")
-    if usage.get("tokens_per_s") is not None:
-        parts.append(f"{usage['tokens_per_s']:.1f} tokens/s")
-    return " · ".join(parts)
 
 
 def UsageLine(usage: dict):

@@ -49,6 +49,7 @@ class OllamaDriver(HTTPDriver):
     label = "Ollama"
     url_env = "OLLAMA_HOST"
     serves_several = True
+    window_by_request = True  # the window is the num_ctx a request sends (capped by the trained length)
 
     def __init__(
         self,

@@ -56,3 +56,18 @@ def ollama_usage(final: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": round(speed, 1) if speed is not None else None,
         "prompt_ms": round(prompt_ns / 1e6, 1) if prompt_ns is not None else None,
     })
+
+
+def usage_text(usage: dict) -> str:
+    """"812 tokens in · 95 out · first token 0.41 s · 27.9 tokens/s" (≈ where the app estimated)."""
+    about = "≈" if usage.get("counted") == "estimate" else ""
+    parts = []
+    if usage.get("prompt_tokens") is not None:
+        parts.append(f"{about}{usage['prompt_tokens']:,} tokens in")
+    if usage.get("completion_tokens") is not None:
+        parts.append(f"{about}{usage['completion_tokens']:,} out")
+    if usage.get("ttft_s") is not None:
+        parts.append(f"first token {usage['ttft_s']:.2f} s")
+    if usage.get("tokens_per_s") is not None:
+        parts.append(f"{usage['tokens_per_s']:.1f} tokens/s")
+    return " · ".join(parts)

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from quanda.plugins import handle_of
 from quanda.core import QuandaError
 
-from quanda.components.answer import usage_text
+from quanda.llm.usage import usage_text
 
 from . import conversation, outcome
 

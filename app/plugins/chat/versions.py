@@ -33,9 +33,9 @@ async def _last_answer(h: Handle, message_id: object) -> tuple[str, dict[str, An
     answers_here = [(key, entry) for key, entry in live if entry["type"] == answers.ROLE]
     if not answers_here or answers_here[-1][1].get("message_id") != record.id:
         raise ClientError("only the last answer of the conversation can be regenerated or switched")
-    if any(entry.get("status") == "generating" and await h.job_running(entry["message_id"])
-           for _key, entry in answers_here[-3:]):
-        raise ClientError("an answer is still being written: wait for it or press Stop")
+    for _key, entry in answers_here[-3:]:
+        if entry.get("status") == "generating" and await h.job_running(entry["message_id"]):
+            raise ClientError("an answer is still being written: wait for it or press Stop")
     return answers_here[-1]
 
 
