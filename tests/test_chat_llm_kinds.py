@@ -37,26 +37,32 @@ async def ask(api: httpx.AsyncClient, text: str) -> str:
     return response.json()["answer_id"]
 
 
-async def answer_entry(api: httpx.AsyncClient, answer_id: str, until=lambda e: e["status"] != "generating") -> dict:
+async def answer_entry(api: httpx.AsyncClient, answer_id: str, until=lambda e: e["status"] != "generating",
+                       wait_s: float = WAIT_S) -> dict:
     """The answer's entry in the conversation, once `until` holds (polled: the API is the client here)."""
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         body = (await api.get("/api/chat/conversation", params={"limit": 200})).json()
         found = [e for e in body["entries"] if e.get("message_id") == answer_id]
         if found and until(found[0]):
             return found[0]
         await asyncio.sleep(0.05)
-    raise AssertionError(f"answer {answer_id} did not get there within {WAIT_S} s: {found}")
+    raise AssertionError(f"answer {answer_id} did not get there within {wait_s} s: {found}")
 
 
 async def poll_status(server: AppServer, cookie: str, stop: asyncio.Event, seen: list) -> None:
     """A tab asking for the badge as static/chat.js does, and the terminal client's status call, both often."""
     async with websockets.connect(server.url.replace("http", "ws") + "/ws",
                                   additional_headers={"Cookie": cookie}) as ws, client(server) as api:
+        async def drain() -> None:  # a tab reads what it is sent (else the socket's keep-alive times out)
+            async for _frame in ws:
+                pass
+        reading = asyncio.create_task(drain())
         while not stop.is_set():
             await ws.send(json.dumps({"action": "chat.status"}))
             seen.append((await api.get("/api/chat/status")).json()["text"])
             await asyncio.sleep(0.1)
+        reading.cancel()
 
 
 async def cookie_of(server: AppServer) -> str:
