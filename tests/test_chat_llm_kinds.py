@@ -258,3 +258,31 @@ async def test_opening_a_page_is_not_an_ambient_event(tmp_path):
                 assert entries == []
         finally:
             server.stop()
+
+
+async def test_deleting_a_conversation_deletes_its_messages_and_search_finds_text(tmp_path):
+    async with LLMTestServer(Reply(chunks=["Bananas are yellow."])) as srv:
+        server = app_for(tmp_path, srv)
+        try:
+            async with client(server) as api:
+                answer_id = await ask(api, "Tell me about bananas")
+                entry = await answer_entry(api, answer_id)
+                question_id = (await api.get("/api/chat/conversation")).json()["entries"][0]["message_id"]
+                cid = (await api.get("/p/chat")).text.split('data-cid="', 1)[1].split('"', 1)[0]
+                async with websockets.connect(server.url.replace("http", "ws") + "/ws",
+                                              additional_headers={"Cookie": await cookie_of(server)}) as ws:
+                    await ws.send(json.dumps({"action": "chat.search", "q": "YELLOW"}))
+                    frame = await asyncio.wait_for(ws.recv(), WAIT_S)
+                    while "chat-search-results" not in frame:
+                        frame = await asyncio.wait_for(ws.recv(), WAIT_S)
+                    assert "Tell me about bananas" in frame and "Bananas are yellow" in frame
+                    await ws.send(json.dumps({"action": "chat.delete", "cid": cid}))
+                    while "chat-viewer" not in frame:
+                        frame = await asyncio.wait_for(ws.recv(), WAIT_S)
+                for message_id in (answer_id, question_id):
+                    assert (await api.get(f"/api/messages/{message_id}")).status_code == 404
+                assert (await api.get(f"/chat/export/{cid}.json")).status_code == 404
+                assert (await api.get("/api/chat/conversation")).json()["entries"] == []
+                assert entry["outcome"] == "done"
+        finally:
+            server.stop()

@@ -12,9 +12,9 @@ message for the chat template, and an estimate a SAFETY margin on top.
 What always fits: the system prompt, the plugins' live state (each bounded to its share of STATE_SHARE of the
 window, cut with a note), the latest question (cut in the middle, with a note, if it alone is too long), the
 tool rounds of this answer, and room for the answer (ANSWER_SHARE of the window, at least ANSWER_MIN tokens).
-Older turns go first, oldest first; an ambient event left at the start of what is kept goes with them, so
-what the assistant sees starts at a message (the page marks it: "earlier messages are no longer seen").
-The room left is sent as the answer's `max_tokens` (`num_predict` on Ollama).
+Older turns go first, oldest first; when some went, an answer or ambient event left at the start of what is
+kept goes with them, so what the assistant sees starts at a question (the page marks it: "earlier messages
+are no longer seen"). The room left is sent as the answer's `max_tokens` (`num_predict` on Ollama).
 """
 
 from __future__ import annotations
@@ -120,10 +120,13 @@ async def fit(h: Handle, answer_id: str, model: str, *, tools_offered: bool, own
             break
         used, kept = used + n, kept + 1
     first = len(turns) - kept
-    while first < len(turns) - 1 and not turns[first].is_message:  # start at a message
-        used -= turn_counts[first]
-        first += 1
+    if first > 0:  # some went: start at a question
+        start = next((i for i in range(first, len(turns)) if turns[i].is_message
+                      and turns[i].message["role"] == "user"), first)
+        used -= sum(turn_counts[first:start])
+        first = start
     messages = [{"role": "system", "content": system}, *(t.message for t in turns[first:]), *extra]
     total = system_n + extra_n + used
     return Fitted(messages, window, total, max(room, window - total), "server" if counter.by_server else "estimate",
                   seen_from=turns[first].key if first > 0 and first < len(turns) else None, dropped=first, cut=cut)
+
