@@ -63,7 +63,8 @@ def Outcome(info: AnswerInfo):
     """How a sealed unfinished answer ended (its warning went with the seal; the entry kept the reason)."""
     if not info.sealed or info.status not in UNFINISHED:
         return None
-    return Div(Strong(OUTCOME_LABEL[info.status]), Span(" " + info.reason if info.reason else ""),
+    reason = info.reason if info.reason and info.reason.strip(" .").lower() != info.status else ""
+    return Div(Strong(OUTCOME_LABEL[info.status]), Span(" " + reason if reason else ""),
                cls="msg-outcome", data_outcome=info.status)
 
 
