@@ -185,43 +185,36 @@ class HTTPDriver(FailureEvents, LLMDriver):
     async def stream_chat(
         self, messages: list[dict], model: str, tools: list[dict] | None = None, options: dict | None = None
     ) -> AsyncIterator[LLMEvent]:
-        """In a turn at the server (the caller's, or one taken here): see `_stream_chat`."""
+        """See ``LLMDriver.stream_chat``; it runs in a turn at the server (the caller's, or one taken here,
+        see `LLMGate`). When ``tools`` are given and the server refuses the request in a way that may mean
+        "no tools here" (a 4xx other than auth, not-found and rate limits, or a 5xx whose message mentions
+        tools), the run yields ``TOOLS_REJECTED`` and asks once more without ``tools``; when that answer
+        comes and the refusal mentioned tools, ``supports_tools`` says False for the model from then on. A
+        consumer that would rather rebuild its prompt (for JSON commands in text) closes the run on
+        ``TOOLS_REJECTED``: the retry is not sent."""
         async with self.turn():
-            async with aclosing(self._stream_chat(messages, model, tools, options)) as events:
+            yield LLMEvent(RUN_CREATED)
+            offered = tool_names(tools)
+            first = _Attempt()
+            async with aclosing(self._attempt(messages, model, tools or None, offered, first, options)) as events:
                 async for event in events:
                     yield event
-
-    async def _stream_chat(
-        self, messages: list[dict], model: str, tools: list[dict] | None, options: dict | None
-    ) -> AsyncIterator[LLMEvent]:
-        """See ``LLMDriver.stream_chat``. When ``tools`` are given and the server refuses the request
-        in a way that may mean "no tools here" (a 4xx other than auth, not-found and rate limits,
-        or a 5xx whose message mentions tools), the run yields ``TOOLS_REJECTED`` and asks once more
-        without ``tools``; when that answer comes and the refusal mentioned tools, ``supports_tools``
-        says False for the model from then on. A consumer that would rather rebuild its prompt (for
-        JSON commands in text) closes the run on ``TOOLS_REJECTED``: the retry is not sent."""
-        yield LLMEvent(RUN_CREATED)
-        offered = tool_names(tools)
-        first = _Attempt()
-        async with aclosing(self._attempt(messages, model, tools or None, offered, first, options)) as events:
-            async for event in events:
-                yield event
-        if first.rejected is None:
-            return
-        status, detail = first.rejected
-        yield LLMEvent(
-            TOOLS_REJECTED,
-            f"{self.label} at {self.base_url} refused the request with tools (HTTP {status}: {detail}), "
-            f"so it is asked again without them: no native tool calls with {model!r}. To get them, "
-            f"{self._tools_hint()}.",
-            {"status": status, "detail": detail, "model": model},
-        )
-        retry = _Attempt()
-        async with aclosing(self._attempt(messages, model, None, frozenset(), retry, options)) as events:
-            async for event in events:
-                yield event
-        if retry.ok and _mentions_tools(detail):
-            self._tool_support[model] = False
+            if first.rejected is None:
+                return
+            status, detail = first.rejected
+            yield LLMEvent(
+                TOOLS_REJECTED,
+                f"{self.label} at {self.base_url} refused the request with tools (HTTP {status}: {detail}), "
+                f"so it is asked again without them: no native tool calls with {model!r}. To get them, "
+                f"{self._tools_hint()}.",
+                {"status": status, "detail": detail, "model": model},
+            )
+            retry = _Attempt()
+            async with aclosing(self._attempt(messages, model, None, frozenset(), retry, options)) as events:
+                async for event in events:
+                    yield event
+            if retry.ok and _mentions_tools(detail):
+                self._tool_support[model] = False
 
     async def _attempt(
         self,
