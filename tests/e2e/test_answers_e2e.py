@@ -33,6 +33,11 @@ async def test_outcome_usage_regenerate_and_versions(app_server, llm, browser):
     await expect(failed.locator("[data-testid=regenerate]")).to_have_count(0)  # not the last answer
     last = page.locator("#msg-list li.msg.assistant").last
     await expect(last.locator("[data-testid=usage]")).to_contain_text(re.compile(r"tokens in · .* out"))
+    await page.click("#menu >> text=Chat")
+    await page.locator("#chat-conversations [data-testid=open]").first.click()
+    archived = page.locator("#chat-viewer li.msg.assistant").first
+    await expect(archived.locator(".msg-outcome")).to_contain_text(re.compile("Failed.*model crashed"))
+    await expect(page.locator("#chat-viewer [data-testid=usage]")).to_have_count(1)
 
     await last.locator("[data-testid=regenerate]").click()
     last = page.locator("#msg-list li.msg.assistant").last

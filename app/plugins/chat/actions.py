@@ -179,7 +179,8 @@ async def ask(h: Handle, question, model: str | None) -> str:
         await QuandaWriter(QuandaMessage(h.store, question)).make_immutable()
     await answers.seal_unfinished(h)
     await ask_in_conversation(h, question)
-    return await answers.start_answer(h, model or (await answers.llm_status(h).choose())[0])
+    wanted = model or (await conversation.settings_of(h.store, h.owner)).get("model")  # the conversation's
+    return await answers.start_answer(h, (await answers.llm_status(h).choose(wanted))[0])
 
 
 @near(ids.CHAT_NOTICE)

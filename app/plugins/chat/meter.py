@@ -46,8 +46,9 @@ class Meter:
         self.server = {**self.server, **usage, "completion_tokens": written}
 
     def summary(self) -> dict:
-        """The answer's usage (empty before any request went out)."""
-        if self.started is None:
+        """The answer's usage (empty when nothing came back: no request went out, or it failed before any
+        text and the server counted nothing)."""
+        if self.started is None or (not self.server and self.first_at is None and not self.pieces):
             return {}
         end = self.ended or time.monotonic()
         out: dict = {"window": self.window}
