@@ -91,6 +91,19 @@ class Settings:
                             "doc": "1: compress WebSocket frames (permessage-deflate) for clients that offer it; "
                                    "0 (default): send them as they are, saving the CPU of compressing every "
                                    "frame for every tab (the fragments are small; useful only on a slow link)"})
+    agui_stop_grace_s: float = field(default=2.0, metadata={"env": "QUANDA_AGUI_STOP_GRACE_S",
+                                     "doc": "Seconds after an AG-UI client goes away (abortRun, a closed tab) before "
+                                            "its answer is stopped, unless a client resumes the run with "
+                                            "Last-Event-ID first (0: at once)"})
+    metrics_token: str = field(default="", metadata={"env": "QUANDA_METRICS_TOKEN",
+                               "doc": "GET /-/metrics also answers Authorization: Bearer <token> from any address "
+                                      "(unset: loopback clients only)"})
+    metrics_public: int = field(default=0, metadata={"env": "QUANDA_METRICS_PUBLIC",
+                                "doc": "1: GET /-/metrics answers anyone who can reach the server (e.g. behind "
+                                       "a firewall that only lets the scraper in)"})
+    log_format: str = field(default="human", metadata={"env": "QUANDA_LOG_FORMAT",
+                            "doc": "human: one readable line per log record; json: one JSON object per line "
+                                   "with the request, answer and job ids (app/logs.py)"})
     test_crash_at: str = field(default="", metadata={"env": "QUANDA_TEST_CRASH_AT",
                                "doc": "Test only: kill the process at a named point of running a command "
                                       "(after_claim, after_effect, before_result_line); inert when unset"})

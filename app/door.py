@@ -26,6 +26,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from quanda import metrics
 from quanda.client_json import MAX_DEPTH, nesting_depth
 from quanda.ratelimit import Handshakes
 
@@ -131,6 +132,7 @@ class Door:
     @staticmethod
     async def too_many(scope: dict, send: Callable, rate: float) -> None:
         """429 to a WebSocket handshake (where the server can answer one with a body; else a bare refusal)."""
+        metrics.RATE_LIMITED.labels("handshakes").inc()
         if "websocket.http.response" not in (scope.get("extensions") or {}):
             return await send({"type": "websocket.close", "code": 1013})
         body = json.dumps({"error": f"too many connections at once (over {rate:g} a second): "

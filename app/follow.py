@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from fasthtml.common import to_xml
 
+from quanda import metrics
 from quanda.components.layout import Notice
 from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaToken
 
@@ -63,11 +64,15 @@ class Follower:
             return
         dirty = asyncio.Event()
         ended: list[BaseException | None] = []
+        loop = asyncio.get_running_loop()
+        waiting_since: list[float] = []  # when the oldest token not yet in a frame arrived (for the metrics)
 
         async def pump() -> None:
             try:
                 async for token in QuandaReader(message, after_seq=self.after_seq):
                     self.view.feed(token)
+                    if not waiting_since:
+                        waiting_since.append(loop.time())
                     dirty.set()
                 ended.append(None)
             except QuandaError as exc:
@@ -76,7 +81,6 @@ class Follower:
                 dirty.set()
 
         pump_task = asyncio.create_task(pump())
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 await dirty.wait()
@@ -86,6 +90,9 @@ class Follower:
                 if fragments:
                     self.sent = True
                     await self._send(fragments)
+                    if waiting_since:
+                        metrics.TOKEN_TO_FRAME.observe(loop.time() - waiting_since.pop())
+                waiting_since.clear()
                 if ended or not self.conns:
                     break
                 # frame pacing, timed from the frame's start, with a floor so a late server still batches:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
+from quanda import logs, metrics
 from quanda.ownership import owner_of
 from quanda.core import QuandaError, QuandaStore, QuandaStoreError
 
@@ -58,11 +59,13 @@ class Jobs:
         job = Job(kind, message_id, owner)
         await self._renew(job)
         task = asyncio.create_task(self._run(job, work), name=name or f"job-{kind}-{message_id}")
+        metrics.LEASES_HELD.inc()
         self.tasks[message_id] = task
         self._jobs[message_id] = job
         return task
 
     async def _run(self, job: Job, work: Coroutine[Any, Any, Any]) -> None:
+        logs.in_job(job.message_id, job.kind)
         try:
             await work
         except QuandaError as exc:  # a failure the job could not even record (the store gone): its lease,
@@ -71,6 +74,7 @@ class Jobs:
         except Exception:  # noqa: BLE001 - a plugin's bug: logged here, since no one awaits a job
             log.exception("job %s failed", job.message_id)
         finally:
+            metrics.LEASES_HELD.dec()
             self.tasks.pop(job.message_id, None)
             self._jobs.pop(job.message_id, None)
             try:
@@ -141,6 +145,7 @@ class Jobs:
                 continue
             if await self._claim(message_id, lease, now):
                 log.warning("job %s of server %s expired: recovering it", message_id, lease["server"])
+                metrics.LEASES_TAKEN_OVER.inc()
                 await self._recover(Job(lease["kind"], message_id, lease["owner"]))
                 if await self.store.get_record(LEASE_KIND, message_id) == lease:  # not a new job's (a Retry)
                     await self.store.delete_record(LEASE_KIND, message_id)

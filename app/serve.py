@@ -3,10 +3,10 @@ SQLite store; the settings come from the environment (quanda/config.py), --host 
 
 import argparse
 import gc
-import logging
 
 import uvicorn
 
+from quanda import logs
 from quanda.config import Settings
 from quanda.server import create_app
 from quanda.ws import MAX_CLIENT_FRAME_BYTES
@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="address to bind (QUANDA_HOST)")
     parser.add_argument("--port", type=int, help="port to serve on (QUANDA_PORT)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    log_options = logs.setup(settings.log_format)
     the_app = create_app(settings)
     freeze_startup()
-    uvicorn.run(the_app, host=settings.host, port=settings.port, log_level="info", **server_options(settings))
+    uvicorn.run(the_app, host=settings.host, port=settings.port, log_level="info", **server_options(settings),
+                **log_options)
 
 
 if __name__ == "__main__":

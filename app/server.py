@@ -27,6 +27,7 @@ from quanda.config import Settings
 from quanda.context import AppContext, ClientError, Handle
 from quanda.door import Door, http_error
 from quanda.health import StoreHealth
+from quanda import logs, metrics, openapi
 from quanda.migrate import migrate
 from quanda.jobs import Job, Jobs
 from quanda.llm import make_driver
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                               max_message_bytes=settings.max_message_bytes)
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
                           settings.llm_stall_s, settings.llm_parallel)
+        metrics.instrument_store(the_store)
         ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store))
         await migrate(the_store, settings.accounts)
         health = StoreHealth(the_store)
@@ -162,7 +164,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     app = FastHTML(default_hdrs=False, hdrs=HEADERS, secret_key=session_secret(settings), lifespan=lifespan,
                    title="Quanda", canonical=False, session_cookie="quanda_session", same_site="strict",
                    exception_handlers={400: http_error, 404: http_error, 405: http_error},
-                   middleware=[Middleware(Door, host_names=settings.host_names,
+                   middleware=[Middleware(logs.RequestIds), Middleware(Door, host_names=settings.host_names,
                                           handshakes_per_s=settings.ws_handshakes_per_s)])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     menu_plugins = [p for p in plugins if p.page is not None]
@@ -207,6 +209,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         keys = (f"user:{name.strip().lower()}", f"addr:{address}")
         wait = throttle.wait_s(*keys)
         if wait > 0:
+            metrics.RATE_LIMITED.labels("login").inc()
             return LoginPage(f"Too many failed attempts: try again in {int(wait) + 1} s.", name)
         accounts: Accounts = request.app.state.ctx.accounts
         user = await accounts.verify(name, password)
@@ -251,6 +254,9 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
     @app.get("/-/plugins")
     def list_plugins():
         return JSONResponse([p.describe() for p in plugins])
+
+    app.get("/-/metrics")(metrics.metrics_endpoint)
+    app.get("/api/openapi.json")(openapi.openapi_endpoint)
 
     @app.get("/-/health")
     async def health(request):

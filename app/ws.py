@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from fasthtml.common import to_xml
 
+from quanda import metrics
 from quanda.client_json import ClientJSONError, parse_client_json
 from quanda.components.layout import Notice
 from quanda.context import ClientError, Handle
@@ -62,6 +63,7 @@ class Connection:
         async with self._lock:  # one frame at a time, so fragments never interleave
             try:
                 await self.ws.send_text(text)
+                metrics.FRAMES_OUT.inc()
             except Exception as exc:  # the socket went away under us
                 log.debug("send failed: %s", exc)
                 self.close()
@@ -121,10 +123,12 @@ class Hub:
             refused = self.limits.admit(owner, address)
             if refused is not None:
                 log.info("refused a WebSocket of %s from %s: %s", owner[:8], address, refused)
+                metrics.RATE_LIMITED.labels("tabs").inc()
                 raise ClientError(refused)
             ws.scope[OWNER_SCOPE] = owner
         conn = Connection(self, ws, owner, login, address)
         self.connections[ws] = conn
+        metrics.OPEN_TABS.inc()
         self.owners.setdefault(owner, set()).add(conn)
         log.debug("owner %s: %d connection(s)", owner[:8], len(self.owners[owner]))
         return conn
@@ -133,6 +137,7 @@ class Hub:
         conn = self.connections.pop(ws, None)
         if conn is None:
             return
+        metrics.OPEN_TABS.dec()
         conn.close()
         if self.limits is not None:
             self.limits.release(conn.owner, conn.address)
@@ -197,6 +202,7 @@ class Hub:
     # -- incoming frames ------------------------------------------------------------------------------------
 
     async def receive(self, ws: Any, data: dict) -> None:
+        metrics.FRAMES_IN.inc()
         conn = self.connections.get(ws)
         if conn is None:
             return
@@ -325,9 +331,11 @@ class FrameGuard:
                         if now - strained_since > STRAINED_S:
                             log.warning("closed a WebSocket of %s over its rate for %g s",
                                         str(scope.get(OWNER_SCOPE))[:8], STRAINED_S)
+                            metrics.RATE_LIMITED.labels("ws_strained").inc()
                             await notice(limits.strained())
                             await send({"type": "websocket.close", "code": 1008})
                             return {"type": "websocket.disconnect", "code": 1008}
+                        metrics.RATE_LIMITED.labels("ws_frames").inc()
                         if told is None or now - told >= NOTICE_EVERY_S:
                             told = now
                             log.info("slowing down a WebSocket of %s", str(scope.get(OWNER_SCOPE))[:8])

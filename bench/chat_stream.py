@@ -3,7 +3,7 @@
     python bench/chat_stream.py [--tokens 1800] [--slow-tokens 300] [--rates 50,500,2000] [--fanout 20]
                                 [--repeat 3] [--paragraph-words 400,4000] [--concurrent 50]
                                 [--concurrent-tokens 300] [--no-deflate] [--only-ours] [--before]
-                                [--frame-interval S] [--profile PATH] [--py-spy PATH]
+                                [--frame-interval S] [--profile PATH] [--py-spy PATH] [--metrics-off]
 
 Exit status 1 when a target of issue 10 / SPEC §10 is missed (each printed as PASS or FAIL below the tables).
 Nothing is mocked between the LLM's socket and the client's socket; three processes run:
@@ -31,6 +31,9 @@ each delta with `QuandaWriter.chunk(text)`; the hub's follower (app/follow.py) r
 - "ours": the page's own `follow` action.
 - "before" (with --before): the same as ours against a second server running the app as of commit e1594fc
   (extracted from git history by `bench.common.checkout_before`), the code issue 10 started from.
+- "metrics off" (with --metrics-off): the same as ours against a second server whose metrics (app/metrics.py)
+  are switched off (`bench.common.metrics_off`: every counter a no-op, the store not timed), to see what
+  counting costs per token in the same run.
 - "baseline" (the seed's design, SPEC §5 "full re-render and full resend per token"): `bench.follow_full`,
   the same ownership check, a task per tab that reads the answer with a QuandaReader and on EVERY token
   renders the whole content with `render_markdown` and sends it as one `<div id="msg-<id>-body"
@@ -138,6 +141,9 @@ def serve(port: int, db_url: str, llm_url: str, frame_interval: float | None, pr
 
     Settings, create_app = served("config").Settings, served("server").create_app
     logging.basicConfig(level=logging.WARNING)
+    if os.environ.get("QUANDA_BENCH_NO_METRICS"):  # the --metrics-off server
+        from bench.common import metrics_off
+        metrics_off()
     if frame_interval is not None:  # an experiment knob; by default the app as shipped
         served("follow").FRAME_INTERVAL_S = frame_interval
     accounts = ACCOUNTS if "auth" in {f.name for f in fields(Settings)} else {}  # "before" has no accounts
@@ -404,6 +410,8 @@ def parse_args() -> argparse.Namespace:
                         help="add rows for the app before issue 10 (commit e1594fc, from git history), as ours")
     parser.add_argument("--frame-interval", type=float, default=None,
                         help="experiment: override quanda.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
+    parser.add_argument("--metrics-off", action="store_true",
+                        help="add rows for the same app with its metrics switched off (what counting costs)")
     parser.add_argument("--profile", metavar="PATH", help="experiment: cProfile the app server into PATH")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the app server (all threads) with py-spy into PATH, from /go to the last tab's end of each run of ours "
                                                          "(collapsed stacks; `pip install py-spy`)")
@@ -418,6 +426,9 @@ def plan_rows(args: argparse.Namespace) -> list[Spec]:
 
     def both(spec: Spec, baseline_tokens: int | None = None) -> None:
         plan.append(spec)
+        if args.metrics_off:
+            plan.append(Spec("no-metrics", spec.label, spec.owners, spec.tabs, spec.tokens, spec.rate, spec.kind,
+                             spec.runs))
         if args.before:
             plan.append(Spec("before", spec.label, spec.owners, spec.tabs, spec.tokens, spec.rate, spec.kind,
                              spec.runs))
@@ -470,6 +481,15 @@ async def main(args: argparse.Namespace) -> int:
             env={**env, "QUANDA_BENCH_APP_DIR": str(before_dir)})
         before_log.close()
         servers["before"] = (f"http://127.0.0.1:{before_port}", before)
+    if args.metrics_off:  # the same app with its metrics switched off, on a port of its own
+        off_port = free_port()
+        off_log = open(tmp / "no-metrics-server.log", "wb")
+        off = subprocess.Popen(
+            [sys.executable, me, "--serve", str(off_port), f"sqlite:///{tmp}/no-metrics.db", llm_base, *knobs],
+            cwd=tmp, stdout=off_log, stderr=subprocess.STDOUT, env={**env, "QUANDA_BENCH_NO_METRICS": "1"})
+        off_log.close()
+        servers["no-metrics"] = (f"http://127.0.0.1:{off_port}", off)
+        owner_dbs["no-metrics"] = f"sqlite:///{tmp}/no-metrics.db"
     deflate = not args.no_deflate
     results: list[dict] = []
     load = MachineLoad(tuple({p.pid for _, p in servers.values()} | {llm.pid, os.getpid()}))
@@ -479,6 +499,12 @@ async def main(args: argparse.Namespace) -> int:
         await wait_http(base + "/-/plugins", server, tmp / "server.log")
         await one_run(base, llm_base, Spec("ours", "warm-up", 1, 1, WARM_UP_TOKENS, TARGET_RATE), deflate, server.pid, run_no,
                       owner_dbs["ours"])
+        if "no-metrics" in servers:
+            await wait_http(servers["no-metrics"][0] + "/-/plugins", servers["no-metrics"][1],
+                            tmp / "no-metrics-server.log")
+            await one_run(servers["no-metrics"][0], llm_base, Spec("no-metrics", "warm-up", 1, 1, WARM_UP_TOKENS,
+                                                                   TARGET_RATE), deflate,
+                          servers["no-metrics"][1].pid, run_no, owner_dbs["no-metrics"])
         if "before" in servers:
             await wait_http(servers["before"][0] + "/-/plugins", servers["before"][1], tmp / "before-server.log")
             await one_run(servers["before"][0], llm_base, Spec("before", "warm-up", 1, 1, WARM_UP_TOKENS, TARGET_RATE), deflate,
@@ -514,7 +540,8 @@ async def main(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shipped_interval: float,
            total: float) -> int:
-    names = {"ours": "ours (ChatView, coalesced)", "baseline": "baseline (full re-render + resend per token)",
+    names = {"ours": "ours (ChatView, coalesced)", "no-metrics": "ours, metrics off (bench only)",
+             "baseline": "baseline (full re-render + resend per token)",
              "before": f"before issue 10 ({BEFORE_COMMIT})"}
     interval = args.frame_interval if args.frame_interval is not None else shipped_interval
     knobs_text = "".join([f"; EXPERIMENT: FRAME_INTERVAL_S={args.frame_interval}"

@@ -515,3 +515,25 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def verdict(passed: bool, text: str) -> str:
     return f"{'PASS' if passed else 'FAIL'}  {text}"
 
+
+class _NoMetric:
+    """A metric that counts nothing (bench only: `metrics_off`)."""
+
+    def labels(self, *args, **kwargs):
+        return self
+
+    def inc(self, *args, **kwargs) -> None:
+        pass
+
+    dec = observe = set = inc
+
+
+def metrics_off() -> None:
+    """Switch the app's metrics off in this process (bench only: `bench/chat_stream.py --metrics-off` compares
+    per-token costs with and without them, in the same run). Call before create_app."""
+    metrics = served("metrics")
+    for name in ("TOKENS", "ANSWERS", "FIRST_TOKEN", "TOKEN_TO_FRAME", "OPEN_TABS", "WS_FRAMES", "FRAMES_IN",
+                 "FRAMES_OUT", "STORE_SECONDS", "STORE_ERRORS", "LLM_REQUESTS", "LEASES_HELD", "LEASES_TAKEN_OVER",
+                 "RATE_LIMITED"):
+        setattr(metrics, name, _NoMetric())
+    metrics.instrument_store = lambda store: store

@@ -3,9 +3,11 @@ and a server started from that venv in a folder of the test's own."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ def installed_wheel() -> Path:
     """A venv, in a temporary folder, with the wheel of this checkout installed (not editable) and its
     dependencies from the package index; returns the venv's folder."""
     where = Path(tempfile.mkdtemp(prefix="quanda-wheel-"))
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(where / "dist"), str(ROOT)],
                    check=True, cwd=where, timeout=INSTALL_TIMEOUT_S)
     wheel = next((where / "dist").glob("quanda-*.whl"))

@@ -19,12 +19,12 @@ from quanda.components.chat import ChatView
 from quanda.components.conversations import ConversationList, ConversationView, SearchBox, SearchResults
 from quanda.plugins import AppContext, Handle, Plugin
 
-from . import actions, answers, api, conversation, drafts, export, manage, turns, views
+from . import actions, agui, answers, api, conversation, drafts, export, manage, turns, views
 from .status import LLMStatus
 from .tools import ToolBox
 
-router = APIRouter()  # the chat's HTTP routes: its API (api.py) and the exports (export.py)
-for part in (api.router, export.router):
+router = APIRouter()  # the chat's HTTP routes: its API (api.py), the exports (export.py), AG-UI (agui.py)
+for part in (api.router, export.router, agui.router):
     router.routes.extend(part.routes)
 
 

@@ -172,7 +172,7 @@ async def ask_in_conversation(h: Handle, question) -> None:
     await h.publish(CONVERSATIONS)
 
 
-async def ask(h: Handle, question, model: str | None) -> str:
+async def ask(h: Handle, question, model: str | None, setup=None) -> str:
     """The HTTP API's /answer: the question joins the owner's conversation and is answered there (API
     clients may ask several at once; the page's Send waits for the answer being written)."""
     if not question.immutable:
@@ -180,7 +180,7 @@ async def ask(h: Handle, question, model: str | None) -> str:
     await answers.seal_unfinished(h)
     await ask_in_conversation(h, question)
     wanted = model or (await conversation.settings_of(h.store, h.owner)).get("model")  # the conversation's
-    return await answers.start_answer(h, (await answers.llm_status(h).choose(wanted))[0])
+    return await answers.start_answer(h, (await answers.llm_status(h).choose(wanted))[0], setup)
 
 
 @near(ids.CHAT_NOTICE)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from quanda import metrics
 from quanda.commands import run_answer_commands
 from quanda.plugins import ClientError, Handle, Job
 from quanda.core import QuandaError, QuandaMessage, QuandaWriter
@@ -36,10 +37,13 @@ def llm_status(h: Handle):
     return h.ctx.state["chat"].status
 
 
-async def start_answer(h: Handle, model: str) -> str:
-    """A new answer at the end of the conversation, generated in the background; returns its id."""
+async def start_answer(h: Handle, model: str, setup=None) -> str:
+    """A new answer at the end of the conversation, generated in the background; returns its id. `setup`
+    (the answer's id) runs before anything else sees the answer (e.g. a client's tools, client_tools.py)."""
     answer = await QuandaMessage.create(h.store, role=ROLE)
     await h.own(answer.id, ROLE)
+    if setup is not None:
+        await setup(answer.id)
     key = await conversation.add_entry(h.store, h.owner, {"type": ROLE, "message_id": answer.id,
                                                           "status": "generating", "model": model})
     await h.publish("chat.message", message_id=answer.id, state="generating")
@@ -98,6 +102,7 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
             await writer.warning(warning)
         except QuandaError as exc:
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
+    metrics.ANSWERS.labels(status).inc()
     entry = await conversation.update_entry(h.store, key, status=status,
                                             commands="pending" if status == "done" else None, **(details or {}))
     if status == "done" and entry:
@@ -186,6 +191,7 @@ async def recover(h: Handle, job: Job) -> None:
     if record.warning:
         return  # stopped or failed before its server died: nothing was running
     await QuandaWriter(QuandaMessage(h.store, record)).warning(INTERRUPTED)
+    metrics.ANSWERS.labels("interrupted").inc()
     if found:
         await conversation.update_entry(h.store, found[0], status="interrupted", reason=INTERRUPTED)
     await h.publish("chat.state", message_id=record.id, state="interrupted")

@@ -32,21 +32,21 @@ state machine over the same answer and records; they are read together.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
+from quanda import metrics
 from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
 from quanda.llm import COMPLETED, CUT_REASONS, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent, LLMUnavailable
 from quanda.plugins import Handle
 from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
-from . import conversation, turns, window
+from . import client_tools, conversation, turns, window
 from .meter import Meter
+from .tool_text import _clean, _json_text, markdown_line
 
 log = logging.getLogger("quanda.chat.tools")
 
@@ -57,9 +57,6 @@ INTERRUPTED = "the server stopped before this call ran"
 UNFINISHED = "the LLM stream ended without finishing"
 REFITS = 2  # times an answer is asked again after the server refused its prompt as longer than its window
 RAW_KEPT = 500  # characters of a refused call's arguments kept in its record
-# what could turn a one-line paragraph's text into markup: escapes, code, emphasis, links, strikethrough, an
-# underscore at a word's edge, a tag or autolink, an entity
-_MARKUP = re.compile(r"[\\`*\[\]~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|<(?=[A-Za-z/!?])|&(?=#?\w+;)")
 
 
 class ToolBox:
@@ -75,16 +72,18 @@ def toolbox(h: Handle) -> ToolBox:
     return h.ctx.state["chat"].tools
 
 
-async def offered_tools(h: Handle, model: str) -> list[dict] | None:
-    """The tools to send with a request for `model`, or None: QUANDA_LLM_TOOLS=off never, on always, auto
-    unless the driver knows the model takes none (Ollama: /api/show lacks the tools capability; an
-    OpenAI-compatible server: it refused them before) or its server refused them to this app."""
+async def offered_tools(h: Handle, model: str, extra: list[dict] = ()) -> list[dict] | None:
+    """The tools to send with a request for `model` (the plugins' and `extra`, a client's), or None:
+    QUANDA_LLM_TOOLS=off never, on always, auto unless the driver knows the model takes none (Ollama:
+    /api/show lacks the tools capability; an OpenAI-compatible server: it refused them before) or its server
+    refused them to this app."""
     box, mode = toolbox(h), h.settings.llm_tools
-    if mode == "off" or not box.definitions:
+    definitions = [*box.definitions, *extra]
+    if mode == "off" or not definitions:
         return None
     if mode == "auto" and (model in box.refused or await h.ctx.llm.supports_tools(model) is False):
         return None
-    return box.definitions
+    return definitions
 
 
 def round_key(answer_id: str, round_no: int) -> str:
@@ -98,16 +97,6 @@ def call_key(answer_id: str, round_no: int, position: int) -> str:
 async def used_tools(h: Handle, answer_id: str) -> bool:
     """Whether the answer made native tool calls (then JSON in its text is not run: no double execution)."""
     return await h.store.get_record(ROUND_KIND, round_key(answer_id, 0)) is not None
-
-
-def markdown_line(text: str) -> str:
-    """A result line as literal Markdown: one line, markup characters escaped."""
-    return _MARKUP.sub(lambda m: "\\" + m.group(), " ".join(text.split()))
-
-
-def _clean(value: Any) -> str:
-    """Text safe to store (a lone surrogate from the wire becomes U+FFFD)."""
-    return str(value).encode("utf-8", "replace").decode("utf-8") if value is not None else ""
 
 
 @dataclass
@@ -150,6 +139,7 @@ class RoundLoop:
         self.replayed: list[dict] = []  # the tool rounds so far, as messages for the model
         self.calls_seen = 0
         self.stopping = False
+        self.client_tools: frozenset[str] = frozenset()  # a client's own tools (client_tools.py): never run here
 
     # -- Retry ----------------------------------------------------------------------------------------------
 
@@ -214,7 +204,10 @@ class RoundLoop:
                 self.model = await self.llm.default_model(self.h.settings.default_model)
             except LLMUnavailable as exc:
                 return "failed", str(exc)
-        tools = await offered_tools(self.h, self.model)
+        client = await client_tools.options(self.h, self.answer_id)
+        self.client_tools = client_tools.names(client)
+        self.replayed[:0] = client.get("replay", [])
+        tools = await offered_tools(self.h, self.model, client.get("tools", []))
         rejection: LLMEvent | None = None
         refits = 0
         while True:
@@ -235,7 +228,8 @@ class RoundLoop:
                 rejection = None
             if not turn.calls:
                 return "done", ""
-            await self._protected(self._act(turn))
+            if await self._protected(self._act(turn)):
+                return "done", ""  # the client runs its own tools: the answer ends with their calls
             if offered is None:  # calls in a request that offered no tools were all refused: the answer ends
                 return "done", ""
             self.round += 1
@@ -244,26 +238,31 @@ class RoundLoop:
         turn = Turn()
         options = {"context": fitted.window, "max_tokens": fitted.max_tokens, "temperature": fitted.temperature}
         self.meter.request(fitted.prompt_tokens, fitted.window)
-        async with aclosing(self.llm.stream_chat(fitted.messages, self.model, offered, options)) as events:
+        async with metrics.LLMRequest() as request, \
+                aclosing(self.llm.stream_chat(fitted.messages, self.model, offered, options)) as events:
             async for event in events:
                 if event.type == DELTA and event.text:
+                    request.token()
                     if not turn.text_parts:
                         self.meter.first()
                     turn.text_parts.append(event.text)
                     await self._write(event.text)
                 elif event.type == REASONING and event.text:
+                    request.token("reasoning")
                     turn.thinking_parts.append(event.text)
                     await self._think(event.text, first=len(turn.thinking_parts) == 1)
                 elif event.type == TOOL_CALL:
                     turn.calls.append(dict(event.data or {}))
                 elif event.type == TOOLS_REJECTED:
-                    turn.rejected = event
+                    turn.rejected = request.result = event
                     break  # leaving closes the run: the driver's own retry (with this prompt) is not sent
                 elif event.type == COMPLETED:
                     turn.completed = True
+                    request.result = event
                     self.meter.completed((event.data or {}).get("usage"), len(turn.text_parts))
                 elif event.type == ERROR:
                     turn.error, turn.error_data = event.text, dict(event.data or {})
+                    request.result = event
                     self.meter.completed(None, len(turn.text_parts))
         return turn
 
@@ -275,18 +274,24 @@ class RoundLoop:
             box.refused.add(self.model)
         log.warning("%s Commands go through JSON in the text for this answer.", rejection.text)
 
-    async def _act(self, turn: Turn) -> None:
-        """Record a finished round, then settle each of its calls in order."""
+    async def _act(self, turn: Turn) -> bool:
+        """Record a finished round, then settle each of its calls in order; True when the round called a
+        client's tool (which the client runs: the answer ends)."""
         calls = [self._checked(call) for call in turn.calls]
         record = {"round": self.round, "text": turn.text, "thinking": turn.thinking, "calls": calls}
         if not await self.h.store.insert_record(ROUND_KIND, round_key(self.answer_id, self.round), record):
             log.warning("answer %s: round %d was recorded already", self.answer_id, self.round)
         results = []
         for call in calls:
+            if client_tools.is_frontend(call):
+                continue
             result = await self._settle(self.round, call, run=not self.stopping, why=STOPPED)
             await self._add_line(result, live=True)
             results.append(result_line(result))
+        if len(results) < len(calls):
+            return True
         self.replayed += self.llm.tool_messages(calls, results, turn.text, turn.thinking)
+        return False
 
     def _checked(self, call: dict) -> dict:
         """The call as it is recorded: the driver's data, refused here when the schema or a limit says no
@@ -294,6 +299,8 @@ class RoundLoop:
         data = {"position": call.get("position", 0), "id": _clean(call.get("id")) or f"call_{self.calls_seen}",
                 "name": _clean(call.get("name"))}
         self.calls_seen += 1
+        if data["name"] in self.client_tools and "error" not in call:
+            return {**data, "arguments": call["arguments"], "frontend": True}
         _, why = tool_call_command(call, toolbox(self.h).specs)
         if not why and self.calls_seen > MAX_COMMANDS:
             why = f"at most {MAX_COMMANDS} tool calls run per answer"
@@ -318,12 +325,12 @@ class RoundLoop:
         result = await run_once(h, key, self.answer_id, {**record, "command": command}, plan, post_line=False)
         return result or await claimed_result(h, key) or plan.result
 
-    async def _protected(self, work: Awaitable[None]) -> None:
+    async def _protected(self, work: Awaitable[bool]) -> bool:
         """Run a round's calls so that Stop cannot cut one in half: a Stop lets the call under way finish,
         the rest are recorded as not run, then the job stops."""
         task = asyncio.ensure_future(work)
         try:
-            await asyncio.shield(task)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
             self.stopping = True
             await asyncio.wait({task})
@@ -389,10 +396,3 @@ class RoundLoop:
         if self.thinking_chunks is None:
             self.thinking_chunks = ChunkStream(self.thinking)
         self.thinking_chunks.add(text)
-
-
-def _json_text(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
