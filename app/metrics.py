@@ -51,7 +51,7 @@ LEASES_TAKEN_OVER = Counter("quanda_leases_taken_over", "Expired leases of a dea
 FRAMES_IN, FRAMES_OUT = WS_FRAMES.labels("in"), WS_FRAMES.labels("out")
 RATE_LIMITED = Counter("quanda_rate_limit_refusals", "Requests refused or slowed by a limit, by limit", ["limit"])
 
-for _outcome in ("done", "stopped", "failed", "interrupted"):  # shown at 0 before the first of each
+for _outcome in ("done", "stopped", "failed", "cut", "interrupted"):  # shown at 0 before the first of each
     ANSWERS.labels(_outcome)
 for _kind in ("text", "reasoning"):
     TOKENS.labels(_kind)
