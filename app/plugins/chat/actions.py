@@ -179,8 +179,10 @@ async def ask(h: Handle, question, model: str | None, setup=None) -> str:
         await QuandaWriter(QuandaMessage(h.store, question)).make_immutable()
     await answers.seal_unfinished(h)
     await ask_in_conversation(h, question)
-    wanted = model or (await conversation.settings_of(h.store, h.owner)).get("model")  # the conversation's
-    return await answers.start_answer(h, (await answers.llm_status(h).choose(wanted))[0], setup)
+    if not model:  # the conversation's, if the server has it; a model asked for is asked for as it is
+        wanted = (await conversation.settings_of(h.store, h.owner)).get("model")
+        model = (await answers.llm_status(h).choose(wanted))[0]
+    return await answers.start_answer(h, model, setup)
 
 
 @near(ids.CHAT_NOTICE)
