@@ -49,6 +49,16 @@ class Settings:
                                   "tools: Ollama's /api/show lists the tools capability, or an OpenAI-compatible "
                                   "server has not refused them), on (always) or off (never: JSON commands in "
                                   "the text only)"})
+    llm_parallel: int = field(default=0, metadata={"env": "QUANDA_LLM_PARALLEL",
+                              "doc": "How many requests the LLM server serves at once: 0 finds out (llama.cpp's "
+                                     "/props, llama-cpp-python's /openapi.json; any other server is taken to serve "
+                                     "several until it cuts an answer), 1 one at a time (answers take turns and "
+                                     "nothing else is sent to it while one streams), 2 or more several"})
+    llm_context: int = field(default=4096, metadata={"env": "QUANDA_LLM_CONTEXT",
+                             "doc": "Context window in tokens when the server does not say (Ollama's /api/show "
+                                    "and llama.cpp's /props do; a refusal that names the window teaches it); "
+                                    "the largest window sent to Ollama as num_ctx. A conversation's own context "
+                                    "size overrides it"})
     llm_check_s: float = field(default=15.0, metadata={"env": "QUANDA_LLM_CHECK_S",
                                "doc": "Seconds between checks of the LLM server for the status badge while a tab "
                                       "is open (it is also checked after every answer)"})

@@ -54,7 +54,7 @@ LOGINS = Counter("quanda_logins", "Sign-in attempts, by result", ["result"])  # 
 REVOKED = Counter("quanda_connections_revoked", "Open WebSockets and event streams closed because what let them "
                   "in was revoked (a password changed, a token revoked, a user disabled or removed, a logout)")
 
-for _outcome in ("done", "stopped", "failed", "interrupted"):  # shown at 0 before the first of each
+for _outcome in ("done", "stopped", "failed", "cut", "interrupted"):  # shown at 0 before the first of each
     ANSWERS.labels(_outcome)
 for _kind in ("text", "reasoning"):
     TOKENS.labels(_kind)

@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                                               max_token_bytes=settings.max_token_bytes,
                                               max_message_bytes=settings.max_message_bytes)
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
-                          settings.llm_stall_s)
+                          settings.llm_stall_s, settings.llm_parallel)
         metrics.instrument_store(the_store)
         pool = HashPool(settings.login_workers, settings.login_queue)
         ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store, pool))
@@ -193,7 +193,9 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         current = plugin.name if plugin else None
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "main":
             if request.query_params.get("refresh") != "1":  # a redraw after a reconnect is not a visit
-                await h.post_event(f"You opened {plugin.label}." if plugin else "You opened the home page.")
+                for each in plugins:  # navigation is not an ambient event: only plugins that ask hear of it
+                    if each.on_navigate is not None:
+                        await each.on_navigate(h, plugin.name if plugin else None)
             return PageContent(current, content), Menu(plugins, current, oob=True)
         account = None
         if settings.accounts:

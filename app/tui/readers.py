@@ -63,7 +63,7 @@ class Readers:
         elif name == "chat.entry":
             self.conv.add(data)
         elif name == "chat.state":
-            self.catch_up(self.conv.set_answer_status(int(data["key"]), data["status"]))
+            self.catch_up(self.conv.set_answer_status(int(data["key"]), data["status"], data))
         elif name == "chat.thinking":
             self.conv.set_thinking(int(data["key"]), data.get("thinking"))
         elif name == "chat.status":

@@ -173,6 +173,26 @@ class QuandaStore(ABC):
         check_text(prefix, "record key prefix")
         return await self._list_records(check_record_kind(kind), prefix)
 
+    async def list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """The last `count` records whose key starts with `prefix`, in key order (reading `count`, not all)."""
+        self._check_open()
+        if not isinstance(prefix, str) or not isinstance(count, int) or count < 1:
+            raise TypeError("prefix must be str and count a positive int")
+        check_text(prefix, "record key prefix")
+        return await self._list_last_records(check_record_kind(kind), prefix, count)
+
+    async def _list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        return (await self._list_records(kind, prefix))[-count:]  # a backend that can reads only those
+
+    async def delete_messages(self, message_ids: Sequence[str]) -> int:
+        """Delete messages with their tokens (a deleted conversation's; none may still be written). Unknown
+        ids are skipped; returns how many were deleted."""
+        self._check_open()
+        return await self._delete_messages(sorted({check_id(m) for m in message_ids}))
+
+    async def _delete_messages(self, message_ids: list[str]) -> int:
+        raise NotImplementedError
+
     async def commit_records(self, ops: Sequence[RecordOp]) -> bool:
         """Apply record operations as one unit: `("insert", kind, key, data)` (insert-if-absent),
         `("put", kind, key, data)`, `("delete", kind, key, None)`. An insert whose key exists rejects the

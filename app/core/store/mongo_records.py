@@ -63,6 +63,13 @@ class MongoRecords(QuandaStore):
             result = await self._records(kind).delete_one({"_id": key})
         return result.deleted_count == 1
 
+    async def _list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        import re
+        query = {"_id": {"$regex": f"^{re.escape(prefix)}"}} if prefix else {}
+        with _translated(f"list records {kind}"):
+            docs = await self._records(kind).find(query).sort("_id", -1).limit(count).to_list(length=None)
+        return [(doc["_id"], _load_record(doc["data"])) for doc in reversed(docs)]
+
     async def _list_records(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         import re
         query = {"_id": {"$regex": f"^{re.escape(prefix)}"}} if prefix else {}

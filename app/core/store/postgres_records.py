@@ -54,6 +54,29 @@ class PostgresRecords(QuandaStore):
             return await conn.fetchval(f"DELETE FROM {self._s}.quanda_records WHERE kind = $1 AND key = $2 "
                                        f"RETURNING true", kind, key.encode()) is not None
 
+    async def _list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        low = prefix.encode()
+        high = _prefix_bound(low)
+        sql = f"SELECT key, data FROM {self._s}.quanda_records WHERE kind = $1 AND key >= $2"
+        params: list[Any] = [kind, low]
+        if high is not None:
+            sql += " AND key < $3"
+            params.append(high)
+        async with self._conn("list_records") as conn:
+            rows = await conn.fetch(sql + f" ORDER BY key DESC LIMIT {int(count)}", *params)
+        return [(key.decode("utf-8"), json.loads(blob)) for key, blob in reversed(rows)]
+
+    async def _delete_messages(self, message_ids: list[str]) -> int:
+        if not message_ids:
+            return 0
+        async with self._conn("delete_messages") as conn:
+            async with conn.transaction():
+                await conn.execute(f"DELETE FROM {self._s}.quanda_tokens WHERE message_id = ANY($1::text[])",
+                                   message_ids)
+                done = await conn.execute(f"DELETE FROM {self._s}.quanda_messages WHERE id = ANY($1::text[])",
+                                          message_ids)
+        return int(done.split()[-1])
+
     async def _list_records(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         low = prefix.encode()
         high = _prefix_bound(low)

@@ -230,6 +230,22 @@ class SQLiteStore(SQLiteWriter):
         table = await self._ensure_table(kind)
         return await self._write(lambda conn: conn.execute(f"DELETE FROM {table} WHERE key = ?", (key,)).rowcount == 1)
 
+    async def _list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        table = await self._ensure_table(kind)
+        rows = self._read(f"SELECT key, data FROM {table} WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT ?",
+                          (len(prefix), prefix, count))
+        return [(key, json.loads(blob)) for key, blob in reversed(rows)]
+
+    async def _delete_messages(self, message_ids: list[str]) -> int:
+        def delete(conn) -> int:
+            marks = ",".join("?" * len(message_ids))
+            for table, column in (("quanda_tokens", "message_id"), ("quanda_content", "message_id")):
+                conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", message_ids)
+            for message_id in message_ids:
+                self._known.pop(message_id, None)
+            return conn.execute(f"DELETE FROM quanda_messages WHERE id IN ({marks})", message_ids).rowcount
+        return await self._write(delete) if message_ids else 0
+
     async def _list_records(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         table = await self._ensure_table(kind)
         rows = self._read(f"SELECT key, data FROM {table} WHERE substr(key, 1, ?) = ? ORDER BY key",

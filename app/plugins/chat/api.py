@@ -12,6 +12,10 @@ page's session, or `Authorization: Bearer <token>`; 400 invalid, 401 no access, 
                                           does (409 while an answer is being written)
     POST /api/chat/answers/{id}/stop      → 202: the LLM stops generating; 409 if it is not being written
     POST /api/chat/answers/{id}/retry     → 202: regenerated in place; 409 if it is being written or final
+    POST /api/chat/answers/{id}/regenerate → 202 {"answer_id"}: a new version of the last answer; 409 otherwise
+    GET  /api/chat/settings               the current conversation's settings (model, system_prompt,
+                                          temperature, context: only those set)
+    PUT  /api/chat/settings {...}         → 200 the settings after the change (null or "" unsets one); 400 invalid
     POST /api/chat/new                    → 200 {"conversation"}: a new, empty conversation becomes the current
                                           one (in every tab too); 409 while an answer is being written
     GET  /api/chat/status                 {"ok", "text", "model", "models", "answering"}: the LLM status
@@ -41,7 +45,7 @@ from quanda.plugins.http_api import body_json, error, guarded
 from quanda.revocation import revocable
 from quanda.core import QuandaError, QuandaMessage
 
-from . import actions, answers, conversation, timeline
+from . import actions, answers, conversation, manage, timeline, versions
 
 log = logging.getLogger("quanda.chat.api")
 router = APIRouter()
@@ -204,3 +208,37 @@ async def new_conversation(request):
     except ClientError as exc:
         return error(409, str(exc))
     return JSONResponse({"conversation": timeline.conversation_tag(await timeline.current_conversation(h))})
+
+
+@router.post("/api/chat/answers/{message_id}/regenerate")
+@guarded
+async def regenerate(request, message_id: str):
+    h = await handle_of(request)
+    record = await h.owned(message_id, roles=(answers.ROLE,))
+    try:
+        answer_id = await versions.regenerate(h, record.id)
+    except ClientError as exc:
+        return error(409, str(exc))
+    return JSONResponse({"answer_id": answer_id, "replaces": record.id, "status": "generating"}, status_code=202)
+
+
+@router.get("/api/chat/settings")
+@guarded
+async def get_settings(request):
+    h = await handle_of(request)
+    return JSONResponse(await conversation.settings_of(h.store, h.owner))
+
+
+@router.put("/api/chat/settings")
+@guarded
+async def put_settings(request):
+    h = await handle_of(request)
+    body = await body_json(request)
+    try:
+        changes = manage.settings_from(body)
+    except ClientError as exc:
+        raise ValueError(str(exc)) from None
+    cid = await conversation.current(h.store, h.owner)
+    settings = await conversation.set_settings(h.store, h.owner, cid, **changes)
+    await h.publish("chat.settings")
+    return JSONResponse(settings or {})
