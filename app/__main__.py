@@ -4,7 +4,7 @@
     quanda tui [--url URL] [--token T]                  the terminal client (the `tui` extra)
     quanda show ID | tail ID [--after SEQ]              a message (the core's CLI)
     quanda users add|passwd NAME [--password-stdin]     accounts (QUANDA_AUTH=accounts)
-    quanda users remove NAME | list
+    quanda users remove|disable|enable NAME | list        (passwd, remove, disable: open tabs close at once)
     quanda users adopt NAME (--all | --session SID …)   data of browser sessions from before accounts
     quanda tokens create NAME [--label L] | list NAME | revoke NAME TOKEN_ID
     quanda migrate [--check]                            apply the store's pending schema migrations (--check:
@@ -44,13 +44,21 @@ async def users(args: argparse.Namespace, settings: Settings) -> None:
             print(f"added {user.name}")
         elif args.action == "passwd":
             await accounts.set_password(args.name, read_password(args))
-            print(f"changed the password of {args.name} (their sessions were closed)")
+            print(f"changed the password of {args.name}: their sessions ended (every server closes their open tabs)")
         elif args.action == "remove":
             await accounts.remove(args.name)
-            print(f"removed {args.name} (their data stays in the store, unreachable)")
+            print(f"removed {args.name}: their data stays in the store, unreachable (every server closes their open "
+                  "tabs)")
+        elif args.action == "disable":
+            await accounts.disable(args.name)
+            print(f"disabled {args.name}: they cannot sign in, their sessions ended and their tokens are refused "
+                  "until `users enable`")
+        elif args.action == "enable":
+            await accounts.enable(args.name)
+            print(f"enabled {args.name}: they can sign in again, and their tokens work again")
         elif args.action == "list":
             for user in await accounts.users():
-                print(user.name)
+                print(f"{user.name} (disabled)" if user.disabled else user.name)
         else:
             user = await accounts.user(args.name)
             if user is None:
@@ -120,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         p = user_cmds.add_parser(action)
         p.add_argument("name")
         p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    user_cmds.add_parser("remove").add_argument("name")
+    for action in ("remove", "disable", "enable"):
+        user_cmds.add_parser(action).add_argument("name")
     user_cmds.add_parser("list")
     adopt = user_cmds.add_parser("adopt", help="give a user the data of browser sessions from before accounts")
     adopt.add_argument("name")

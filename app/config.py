@@ -62,6 +62,16 @@ class Settings:
                                   "tools: Ollama's /api/show lists the tools capability, or an OpenAI-compatible "
                                   "server has not refused them), on (always) or off (never: JSON commands in "
                                   "the text only)"})
+    llm_parallel: int = field(default=0, metadata={"env": "QUANDA_LLM_PARALLEL",
+                              "doc": "How many requests the LLM server serves at once: 0 finds out (llama.cpp's "
+                                     "/props, llama-cpp-python's /openapi.json; any other server is taken to serve "
+                                     "several until it cuts an answer), 1 one at a time (answers take turns and "
+                                     "nothing else is sent to it while one streams), 2 or more several"})
+    llm_context: int = field(default=4096, metadata={"env": "QUANDA_LLM_CONTEXT",
+                             "doc": "Context window in tokens when the server does not say (Ollama's /api/show "
+                                    "and llama.cpp's /props do; a refusal that names the window teaches it); "
+                                    "the largest window sent to Ollama as num_ctx. A conversation's own context "
+                                    "size overrides it"})
     llm_check_s: float = field(default=15.0, metadata={"env": "QUANDA_LLM_CHECK_S",
                                "doc": "Seconds between checks of the LLM server for the status badge while a tab "
                                       "is open (it is also checked after every answer)"})
@@ -85,6 +95,16 @@ class Settings:
     ws_owner_frames_per_s: float = field(default=50.0, metadata={"env": "QUANDA_WS_OWNER_FRAMES_PER_S",
                                          "doc": "WebSocket messages one workspace may send per second over all "
                                                 "its tabs on one server (bursts of twice as many)"})
+    trusted_proxies: str = field(default="", metadata={"env": "QUANDA_TRUSTED_PROXIES",
+                                 "doc": "Comma-separated addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8) of reverse "
+                                        "proxies whose X-Forwarded-For and X-Forwarded-Proto are believed; empty "
+                                        "(default): those headers are ignored from everyone, loopback included"})
+    login_workers: int = field(default=0, metadata={"env": "QUANDA_LOGIN_WORKERS",
+                               "doc": "Threads that check passwords (scrypt, ~60 ms each) beside the event loop; 0 "
+                                      "(default): one fewer than the CPUs, at least 1 and at most 4"})
+    login_queue: int = field(default=100, metadata={"env": "QUANDA_LOGIN_QUEUE",
+                             "doc": "Password checks that may wait for a worker; one more is answered 429 at once "
+                                    "(a sign-in from an address with fewer failures takes the place of one with more)"})
     ws_max_per_owner: int = field(default=100, metadata={"env": "QUANDA_WS_MAX_PER_OWNER",
                                   "doc": "WebSocket connections (tabs) one workspace may have open on one server; "
                                          "one more is refused (close code 1013: the tab retries later)"})
@@ -137,6 +157,10 @@ class Settings:
         """The Host names (without port) the app answers to."""
         names = {"localhost", "127.0.0.1", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"}
         return names | {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def default_model(self) -> str:

@@ -1,7 +1,8 @@
 """The door: what every HTTP request and WebSocket handshake passes before the app sees it.
 
-- `Host` must name this app (QUANDA_ALLOWED_HOSTS plus the bound address, localhost, 127.0.0.1, [::1]):
-  a page elsewhere that rebinds a DNS name to 127.0.0.1 gets 400.
+- `Host` must be one header, exactly a host name or address and an optional port (`host_name`), naming this
+  app (QUANDA_ALLOWED_HOSTS plus the bound address, localhost, 127.0.0.1, [::1]): a page elsewhere that
+  rebinds a DNS name to 127.0.0.1 gets 400, and so do a second `Host` and `127.0.0.1:5001@evil.example`.
 - A WebSocket handshake whose `Origin` is not the app's own (scheme, host and port) is refused; so is a
   state-changing HTTP request (POST, PUT, PATCH, DELETE) from another origin (`Sec-Fetch-Site` other than
   same-origin, or a foreign `Origin`), or one that carries the session cookie without saying where it
@@ -12,8 +13,10 @@
 - The HTTP API's bodies must be `application/json` (415 otherwise); every body is read once, up to
   MAX_BODY_BYTES (413 beyond), and JSON nested deeper than the limit is refused (400) before any parser
   meets it — FastHTML parses every body it routes, so these limits must hold before it does.
-- Every response carries a Content-Security-Policy without inline script, `X-Content-Type-Options`
-  and `Referrer-Policy: no-referrer`.
+- Every response carries a Content-Security-Policy without inline script, `X-Content-Type-Options`,
+  `Referrer-Policy: no-referrer` and `X-Frame-Options: DENY` — a refused WebSocket handshake's too: a
+  handshake closed before it is accepted (here, by the app or by the router) is answered 403 in JSON, and a
+  request whose handler failed is answered 500 here rather than by Starlette's error page.
 - A body FastHTML cannot parse (400), a route that does not exist (404), a method a route does not take
   (405, with `Allow`): answered in JSON under /api/ (the API answers in JSON, errors included), in plain text
   elsewhere (`http_error`).
@@ -21,8 +24,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import time
 from typing import Any, Callable
 
@@ -66,12 +71,23 @@ async def http_error(request: Any, exc: Any) -> Any:
     return PlainTextResponse(f"{status} {message}", status_code=status, headers=headers)
 
 
-def host_name(host: str) -> str:
-    """The name part of a Host header ("[::1]:5001" -> "[::1]", "Example.COM:80" -> "example.com")."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[:host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_RE = re.compile(rf"(?P<name>{LABEL}(?:\.{LABEL})*\.?|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?")
+
+
+def host_name(host: str) -> str | None:
+    """The name part of a Host header ("[::1]:5001" -> "[::1]", "Example.COM:80" -> "example.com"), or None
+    unless the header is exactly a host name, an IPv4 address or a bracketed IPv6 address, and an optional port
+    (nothing else: no user info, path, space or second colon)."""
+    match = HOST_RE.fullmatch(host.lower())
+    if match is None or (match["port"] is not None and not 0 < int(match["port"]) < 65536):
+        return None
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return None
+    return match["name"]
 
 
 class Door:
@@ -84,17 +100,24 @@ class Door:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        headers = {k.lower(): v for k, v in scope.get("headers") or []}
-        host = headers.get(b"host", b"").decode("latin-1")
-        if host_name(host) not in self.host_names:
-            log.warning("refused a request for host %r", host[:80])
-            return await self.refuse(scope, send, 400, "this server does not answer to that host name")
+        if scope["type"] == "websocket":
+            send = self.secured_handshake(scope, send)
+        else:
+            send = self.secured(send)
+        raw = scope.get("headers") or []
+        headers = {k.lower(): v for k, v in raw}
+        hosts = [v for k, v in raw if k.lower() == b"host"]
+        host = hosts[0].decode("latin-1") if len(hosts) == 1 else ""
+        if len(hosts) != 1 or host_name(host) not in self.host_names:
+            log.warning("refused a request for host %r", b", ".join(hosts)[:80].decode("latin-1"))
+            return await self.refuse(scope, send, 400, "this server does not answer to that host name"
+                                     if len(hosts) == 1 else "a request names exactly one Host")
         own_origin = ("https" if scope.get("scheme") in ("https", "wss") else "http") + "://" + host.lower()
         origin = headers.get(b"origin", b"").decode("latin-1").lower()
         if scope["type"] == "websocket":
             if origin and origin != own_origin:
                 log.warning("refused a WebSocket from origin %r", origin[:80])
-                return await self.refuse(scope, send, 403, "")
+                return await self.refuse(scope, send, 403, "a connection from another site was refused")
             address = (scope.get("client") or ("", 0))[0]
             now = time.monotonic()
             if not self.handshakes.allow(address, now):
@@ -108,7 +131,24 @@ class Door:
             if not self.same_origin(headers, origin, own_origin):
                 log.warning("refused a %s %s from origin %r", scope["method"], scope.get("path"), origin[:80])
                 return await send_json(send, 403, {"error": "a request from another site was refused"})
-        return await self.read_body(scope, receive, self.secured(send), headers)
+        return await self.answered(scope, receive, send, headers)
+
+    async def answered(self, scope: dict, receive: Callable, send: Callable, headers: dict) -> None:
+        """The request, answered by the app; an exception it raised before answering is answered 500 here (with
+        the headers, and no detail), then raised on for the server to log."""
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.read_body(scope, receive, tracked, headers)
+        except Exception:
+            if not started:
+                await send_json(send, 500, {"error": "the server failed to answer; its log says why"})
+            raise
 
     @staticmethod
     def same_origin(headers: dict, origin: str, own_origin: str) -> bool:
@@ -124,10 +164,16 @@ class Door:
 
     @staticmethod
     async def refuse(scope: dict, send: Callable, status: int, message: str) -> None:
-        if scope["type"] == "websocket":  # closing before accepting answers the handshake with 403
-            await send({"type": "websocket.close", "code": 1008})
-        else:
-            await send_json(send, status, {"error": message})
+        """A JSON refusal; for a WebSocket handshake, an HTTP answer in its place (where the server can give
+        one: else a bare close, which the server answers 403)."""
+        if scope["type"] == "websocket" and "websocket.http.response" not in (scope.get("extensions") or {}):
+            return await send({"type": "websocket.close", "code": 1008})
+        prefix = "websocket." if scope["type"] == "websocket" else ""
+        body = json.dumps({"error": message}).encode()
+        await send({"type": prefix + "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *SECURITY_HEADERS]})
+        await send({"type": prefix + "http.response.body", "body": body})
 
     @staticmethod
     async def too_many(scope: dict, send: Callable, rate: float) -> None:
@@ -145,12 +191,30 @@ class Door:
     @staticmethod
     def secured(send: Callable) -> Callable:
         async def with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] in ("http.response.start", "websocket.http.response.start", "websocket.accept"):
                 names = {k.lower() for k, _v in message.get("headers", [])}
                 message = {**message, "headers": [*message.get("headers", []),
                                                   *(h for h in SECURITY_HEADERS if h[0] not in names)]}
             await send(message)
         return with_headers
+
+    @classmethod
+    def secured_handshake(cls, scope: dict, send: Callable) -> Callable:
+        """A WebSocket's answers with the security headers; a handshake refused by closing before accepting
+        (by the app or the router: no such route) gets a 403 carrying them, where the server can answer one."""
+        secured = cls.secured(send)
+        can_answer = "websocket.http.response" in (scope.get("extensions") or {})
+        accepted = False
+
+        async def answer(message: dict) -> None:
+            nonlocal accepted
+            if message["type"] == "websocket.accept":
+                accepted = True
+            elif message["type"] == "websocket.close" and not accepted and can_answer:
+                accepted = True  # answered: nothing more goes out
+                return await cls.refuse(scope, secured, 403, "the connection was refused")
+            await secured(message)
+        return answer
 
     async def read_body(self, scope: dict, receive: Callable, send: Callable, headers: dict) -> None:
         declared = headers.get(b"content-length", b"")

@@ -50,11 +50,16 @@ LEASES_HELD = Gauge("quanda_leases_held", "Jobs (answers, simulator runs) this s
 LEASES_TAKEN_OVER = Counter("quanda_leases_taken_over", "Expired leases of a dead server's jobs claimed here")
 FRAMES_IN, FRAMES_OUT = WS_FRAMES.labels("in"), WS_FRAMES.labels("out")
 RATE_LIMITED = Counter("quanda_rate_limit_refusals", "Requests refused or slowed by a limit, by limit", ["limit"])
+LOGINS = Counter("quanda_logins", "Sign-in attempts, by result", ["result"])  # ok, wrong, throttled, busy, disabled
+REVOKED = Counter("quanda_connections_revoked", "Open WebSockets and event streams closed because what let them "
+                  "in was revoked (a password changed, a token revoked, a user disabled or removed, a logout)")
 
-for _outcome in ("done", "stopped", "failed", "interrupted"):  # shown at 0 before the first of each
+for _outcome in ("done", "stopped", "failed", "cut", "interrupted"):  # shown at 0 before the first of each
     ANSWERS.labels(_outcome)
 for _kind in ("text", "reasoning"):
     TOKENS.labels(_kind)
+for _result in ("ok", "wrong", "throttled", "busy", "disabled"):
+    LOGINS.labels(_result)
 
 STORE_OPERATIONS = ("create_message", "get_message", "append", "select_tokens", "select_messages",
                     "insert_record", "put_record", "get_record", "delete_record", "list_records",

@@ -35,12 +35,17 @@ CHAT_STATUS = {
 CHAT_ENTRY = {
     "type": "object", "required": ["key", "type", "at"],
     "description": "An entry of the conversation: an ambient event (`text`), a question or an answer (`message`; "
-                   "an answer also has `status`, `model` and its `thinking`)",
+                   "an answer also has `status`, `model`, its `thinking`, and how it ended: `outcome`, `reason`, "
+                   "`usage`, `version` of `versions`)",
     "properties": {"key": {"type": "string"}, "type": {"enum": ["event", "q", "assistant"]},
                    "at": {"type": ["number", "null"]}, "text": {"type": "string"},
                    "message_id": {"type": "string"},
                    "message": {"oneOf": [{"$ref": "#/components/schemas/MessageState"}, {"type": "null"}]},
-                   "status": {"enum": ["generating", "done", "stopped", "failed", "interrupted", "final"]},
+                   "status": {"enum": ["generating", "done", "stopped", "failed", "cut", "interrupted", "final"]},
+                   "outcome": {"enum": ["generating", "done", "stopped", "failed", "cut", "interrupted"]},
+                   "reason": {"type": "string"}, "usage": {"oneOf": [{"$ref": "#/components/schemas/Usage"},
+                                                                     {"type": "null"}]},
+                   "version": {"type": "integer", "minimum": 1}, "versions": {"type": "integer", "minimum": 1},
                    "model": NULLABLE_STRING, "thinking_id": NULLABLE_STRING,
                    "thinking": {"oneOf": [{"$ref": "#/components/schemas/MessageState"}, {"type": "null"}]}}}
 SCHEMAS: dict[str, Any] = {
@@ -69,6 +74,19 @@ SCHEMAS: dict[str, Any] = {
               "properties": {"question_id": {"type": "string"}, "answer_id": {"type": "string"}}},
     "AnswerAction": {"type": "object", "required": ["answer_id", "status"],
                      "properties": {"answer_id": {"type": "string"}, "status": {"type": "string"}}},
+    "Usage": {"type": "object", "description": "What an answer cost: the server's numbers where it gives them "
+                                               "(`counted`: server), else the app's (estimate)",
+              "properties": {"prompt_tokens": {"type": ["integer", "null"]}, "completion_tokens": {"type": "integer"},
+                             "ttft_s": {"type": "number"}, "seconds": {"type": "number"},
+                             "tokens_per_s": {"type": "number"}, "window": {"type": ["integer", "null"]},
+                             "counted": {"enum": ["server", "estimate"]}}},
+    "Regenerated": {"type": "object", "required": ["answer_id", "replaces", "status"],
+                    "properties": {"answer_id": {"type": "string"}, "replaces": {"type": "string"},
+                                   "status": {"type": "string"}}},
+    "ConversationSettings": {"type": "object", "description": "Those set; null or \"\" unsets one",
+                             "properties": {"model": NULLABLE_STRING, "system_prompt": NULLABLE_STRING,
+                                            "temperature": {"type": ["number", "null", "string"]},
+                                            "context": {"type": ["integer", "null", "string"]}}},
     "NewConversation": {"type": "object", "required": ["conversation"],
                         "properties": {"conversation": {"type": "string"}}},
     "Health": {"type": "object", "required": ["ok"],
@@ -156,6 +174,14 @@ def paths() -> dict[str, dict[str, Any]]:
         "/api/chat/answers/{message_id}/retry": {"post": operation(
             "Regenerate a stopped or failed answer in place", {202: "AnswerAction"}, (400, 401, 404, 409, 503),
             params=(MESSAGE_ID,), tag="chat")},
+        "/api/chat/answers/{message_id}/regenerate": {"post": operation(
+            "A new version of the last answer (the old one kept)", {202: "Regenerated"}, (400, 401, 404, 409, 503),
+            params=(MESSAGE_ID,), tag="chat")},
+        "/api/chat/settings": {
+            "get": operation("The current conversation's settings", {200: "ConversationSettings"}, (401, 503),
+                             tag="chat"),
+            "put": operation("Change the current conversation's settings", {200: "ConversationSettings"},
+                             body=json_body("ConversationSettings"), tag="chat")},
         "/api/chat/new": {"post": operation("Start a new conversation (the current one is kept)",
                                             {200: "NewConversation"}, (401, 409, 503), tag="chat")},
         "/api/ag-ui": {"post": operation(

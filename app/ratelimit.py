@@ -9,6 +9,12 @@ dropped or reordered (the server holds only uvicorn's short queue of frames per 
 told once in a notice, again after NOTICE_EVERY_S; a connection whose frames have had to wait for STRAINED_S
 on end is closed (1008: the page's ws extension does not reconnect by itself).
 
+The owner's pace is shared fairly: each of the owner's tabs active lately (a frame within ACTIVE_S) has a share
+of it (the owner's rate divided among them); a frame within its tab's share never waits for the owner's pace
+(it still counts in it), a frame beyond it waits for the owner's pace. So a tab flooding is held back by its
+own rate and by its share — the waits, and the closing, charged to it — and a tab within its share goes on as
+if alone, never held back nor closed for another tab's flood.
+
 Connections: at most `per_owner` per owner and `per_address` per client address are open at once on this
 server; one more is told why in a notice and closed with 1013 (try again later: the ws extension reconnects
 with backoff, so a tab refused while too many were open comes back once others close). Before any of that,
@@ -24,6 +30,7 @@ from collections import Counter
 NOTICE_EVERY_S = 5.0
 STRAINED_S = 10.0
 BURST_S = 2.0  # a burst is this many seconds' worth of frames
+ACTIVE_S = 2.0  # a tab that sent a frame this recently shares its owner's rate
 HANDSHAKE_BURST_S = 3.0
 
 
@@ -33,9 +40,12 @@ class Pace:
     __slots__ = ("interval", "tolerance", "due")
 
     def __init__(self, rate: float, burst: float):
+        self.due = 0.0
+        self.set_rate(rate, burst)
+
+    def set_rate(self, rate: float, burst: float) -> None:
         self.interval = 1.0 / rate
         self.tolerance = max(burst - 1.0, 0.0) * self.interval
-        self.due = 0.0
 
     def wait_s(self, now: float) -> float:
         """Take the next frame's slot; how long the frame must wait for it (0 within the burst)."""
@@ -64,6 +74,16 @@ class Handshakes:
         return True
 
 
+class TabPaces:
+    """One connection's paces: its own rate, and its share of its owner's."""
+
+    __slots__ = ("own", "share")
+
+    def __init__(self, rate: float, share: float):
+        self.own = Pace(rate, rate * BURST_S)
+        self.share = Pace(share, share * BURST_S)
+
+
 class Limits:
     """Connections open per owner and per address, and the owners' paces, on this server."""
 
@@ -73,6 +93,7 @@ class Limits:
         self.by_owner: Counter[str] = Counter()
         self.by_address: Counter[str] = Counter()
         self.owner_paces: dict[str, Pace] = {}
+        self.active: dict[str, dict[int, float]] = {}  # owner -> {tab: its last frame}
 
     def admit(self, owner: str, address: str) -> str | None:
         """Count one more connection, or say why it is refused."""
@@ -94,17 +115,30 @@ class Limits:
                 del counts[key]
         if owner not in self.by_owner:
             self.owner_paces.pop(owner, None)
+            self.active.pop(owner, None)
 
-    def connection_pace(self) -> Pace:
-        return Pace(self.frames_per_s, self.frames_per_s * BURST_S)
+    def connection_pace(self) -> TabPaces:
+        return TabPaces(self.frames_per_s, self.owner_frames_per_s)
 
-    def frame_wait_s(self, pace: Pace, owner: str | None, now: float) -> float:
-        """How long a connection's next frame waits: for its own pace and its owner's."""
-        wait = pace.wait_s(now)
+    def frame_waits(self, paces: TabPaces, owner: str | None, now: float) -> tuple[float, float]:
+        """How long a connection's next frame waits: (for its own pace, for its owner's beyond its share)."""
+        own = paces.own.wait_s(now)
         owner_pace = self.owner_paces.get(owner) if owner is not None else None
-        if owner_pace is not None:
-            wait = max(wait, owner_pace.wait_s(now))
-        return wait
+        if owner_pace is None:
+            return own, 0.0
+        active = self.active.setdefault(owner, {})
+        active[id(paces)] = now
+        if len(active) > 1:
+            for tab in [t for t, last in active.items() if now - last > ACTIVE_S]:
+                del active[tab]
+        share = self.owner_frames_per_s / len(active)
+        paces.share.set_rate(share, share * BURST_S)
+        within_share = paces.share.wait_s(now) <= 0
+        shared = owner_pace.wait_s(now)  # every frame counts in the owner's pace
+        return own, 0.0 if within_share else shared
+
+    def frame_wait_s(self, paces: TabPaces, owner: str | None, now: float) -> float:
+        return max(self.frame_waits(paces, owner, now))
 
     def slow_down(self) -> str:
         return (f"slow down: at most {self.frames_per_s:g} messages a second from a tab "

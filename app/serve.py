@@ -29,9 +29,15 @@ def server_options(settings: Settings) -> dict:
     """uvicorn's options for the app (the benchmarks serve it with the same). permessage-deflate is off unless
     QUANDA_WS_DEFLATE=1: each tab's socket compresses every frame on its own (zlib was 13 % of the server's
     CPU with 20 tabs following an answer at 2,000 tokens/s), to save bandwidth that a stream of small HTML
-    fragments (tens of kB per answer) hardly uses."""
+    fragments (tens of kB per answer) hardly uses.
+
+    `X-Forwarded-For` / `X-Forwarded-Proto` are believed only from QUANDA_TRUSTED_PROXIES: uvicorn believes them
+    from 127.0.0.1 by default, which would let any local process pose as any address and lift the per-address
+    limits (login throttle, handshakes, connections)."""
+    proxies = settings.trusted_proxy_list
     return {"timeout_graceful_shutdown": SHUTDOWN_GRACE_S, "ws_max_size": WS_MAX_SIZE,
-            "ws_per_message_deflate": bool(settings.ws_deflate)}
+            "ws_per_message_deflate": bool(settings.ws_deflate),
+            "proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or None}
 
 
 def freeze_startup() -> None:

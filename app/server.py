@@ -19,14 +19,16 @@ from starlette.middleware import Middleware
 from starlette.staticfiles import StaticFiles
 
 from quanda.access import LOGIN_KEY, ensure_session, session_owner
-from quanda.accounts import Accounts, LoginThrottle
-from quanda.components.auth import AccountBar, LoginPage
+from quanda.accounts import Accounts
+from quanda.components.auth import AccountBar
 from quanda.components.chat import ChatSidebar
 from quanda.components.layout import Menu, Notice, Page, PageContent
 from quanda.config import Settings
 from quanda.context import AppContext, ClientError, Handle
 from quanda.door import Door, http_error
+from quanda.hashpool import HashPool
 from quanda.health import StoreHealth
+from quanda.login import add_login_routes
 from quanda import logs, metrics, openapi
 from quanda.migrate import migrate
 from quanda.jobs import Job, Jobs
@@ -34,6 +36,8 @@ from quanda.llm import make_driver
 from quanda.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
 from quanda.ratelimit import Limits
 from quanda.retention import Retention
+from quanda.revocation import Revocations
+from quanda.throttle import LoginThrottle
 from quanda.core import open_store
 import quanda.static as static_assets
 from quanda.ws import FrameGuard, Hub
@@ -135,9 +139,11 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         own_store = store is None
         the_store = store or await open_store(settings.db_url, **settings.store_options())
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
-                          settings.llm_stall_s)
+                          settings.llm_stall_s, settings.llm_parallel)
         metrics.instrument_store(the_store)
-        ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store))
+        pool = HashPool(settings.login_workers, settings.login_queue)
+        ctx = AppContext(settings, the_store, plugins, llm=llm, accounts=Accounts(the_store, pool))
+        revocations = Revocations(the_store, ctx.accounts)
         await migrate(the_store, settings.accounts)
         health = StoreHealth(the_store)
         ctx.jobs = Jobs(the_store, settings.job_lease_s, host.recoverers(ctx), health)
@@ -145,6 +151,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                   {role: v for p in plugins for role, v in p.stream_views.items()}, host.render_fact, ctx.handle,
                   limits, health)
         app.state.ctx, app.state.hub, app.state.health = ctx, hub, health
+        app.state.revocations = revocations
+        await revocations.open()
         for plugin in plugins:
             if plugin.startup is not None:
                 await plugin.startup(ctx)
@@ -158,6 +166,8 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         await retention.close()
         await ctx.jobs.close()  # each job marks its message before the store closes
         await hub.close()
+        await revocations.close()
+        pool.close()
         await health.close()
         await llm.aclose()
         if own_store:
@@ -185,7 +195,9 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
         current = plugin.name if plugin else None
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "main":
             if request.query_params.get("refresh") != "1":  # a redraw after a reconnect is not a visit
-                await h.post_event(f"You opened {plugin.label}." if plugin else "You opened the home page.")
+                for each in plugins:  # navigation is not an ambient event: only plugins that ask hear of it
+                    if each.on_navigate is not None:
+                        await each.on_navigate(h, plugin.name if plugin else None)
             return PageContent(current, content), Menu(plugins, current, oob=True)
         account = None
         if settings.accounts:
@@ -193,48 +205,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
             account = AccountBar(user.name) if user else None
         return Page(plugins, content, await host.sidebar(h), current=current, account=account)
 
-    @app.get("/login")
-    async def login_page(request, session):
-        if not settings.accounts:
-            return RedirectResponse("/", status_code=303)
-        return LoginPage()
-
-    @app.post("/login")
-    async def login(request, session):
-        if not settings.accounts:
-            return RedirectResponse("/", status_code=303)
-        form = await request.form()
-        name, password = str(form.get("username", ""))[:80], str(form.get("password", ""))[:1000]
-        address = request.client.host if request.client else "?"
-        keys = (f"user:{name.strip().lower()}", f"addr:{address}")
-        wait = throttle.wait_s(*keys)
-        if wait > 0:
-            metrics.RATE_LIMITED.labels("login").inc()
-            return LoginPage(f"Too many failed attempts: try again in {int(wait) + 1} s.", name)
-        accounts: Accounts = request.app.state.ctx.accounts
-        user = await accounts.verify(name, password)
-        if user is None:
-            throttle.failed(*keys)
-            log.info("failed login from %s", address)
-            return LoginPage("Wrong user name or password.", name)
-        throttle.succeeded(keys[0])  # the name only: one good login must not clear an address's failures
-        await accounts.close_session(session.get(LOGIN_KEY))
-        session.clear()  # a new session id at login: one from before it is worth nothing
-        ensure_session(session)
-        session[LOGIN_KEY] = await accounts.open_session(user)
-        log.info("%s signed in from %s", user.name, address)
-        return RedirectResponse("/", status_code=303)
-
-    @app.post("/logout")
-    async def logout(request, session):
-        ctx: AppContext = request.app.state.ctx
-        login_id = session.get(LOGIN_KEY)
-        user = await ctx.accounts.session_user(login_id)
-        await ctx.accounts.close_session(login_id)
-        session.clear()
-        if user is not None:  # its open tabs, on every server, lose their socket
-            await ctx.store.publish("login.closed", {"owner": user.workspace, "login": login_id})
-        return RedirectResponse("/login" if settings.accounts else "/", status_code=303)
+    add_login_routes(app, settings, throttle)
 
     def home():
         return Section(H2("Welcome to Quanda"),
@@ -273,12 +244,17 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
             await ws.send_text(to_xml(Notice("signed out: reload the page to sign in"), indent=False))
             await ws.close(code=1008)
             return
+        login = session.get(LOGIN_KEY) if isinstance(session, dict) and settings.accounts else None
+        hub = ws.app.state.hub
         try:
-            ws.app.state.hub.connect(ws, owner, session.get(LOGIN_KEY) if isinstance(session, dict) else None,
-                                     ws.client.host if ws.client else "")
+            conn = hub.connect(ws, owner, login, ws.client.host if ws.client else "")
         except ClientError as exc:  # too many open: the tab's ws extension retries later (1013)
             await ws.send_text(to_xml(Notice(str(exc)), indent=False))
             await ws.close(code=1013)
+            return
+        if login is not None:  # closed, with the reason, once that login is no longer valid
+            conn.unwatch = ws.app.state.revocations.watch(owner, ("login", login),
+                                                          lambda reason: hub.sign_out(conn, reason))
 
     async def on_disconnect(ws):
         ws.app.state.hub.disconnect(ws)

@@ -23,6 +23,7 @@ from fasthtml.common import to_xml
 
 from quanda import metrics
 from quanda.client_json import ClientJSONError, parse_client_json
+from quanda.components.auth import SignedOut
 from quanda.components.layout import Notice
 from quanda.context import ClientError, Handle
 from quanda.ownership import owner_of
@@ -52,6 +53,7 @@ class Connection:
         self.ended: set[str] = set()  # streams of the page followed to their end
         self._lock = asyncio.Lock()
         self.closed = False
+        self.unwatch: Callable[[], None] | None = None  # stops watching its credential for revocation
 
     async def send(self, *fragments: Any) -> None:
         if fragments:
@@ -90,6 +92,9 @@ class Connection:
 
     def close(self) -> None:
         self.closed = True
+        if self.unwatch is not None:
+            self.unwatch()
+            self.unwatch = None
         for follower in self.followers.values():
             follower.leave(self)
         self.followers.clear()
@@ -110,6 +115,7 @@ class Hub:
         self.connections: dict[Any, Connection] = {}
         self._joinable: dict[tuple[str, int | None, int], Follower] = {}
         self._facts: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self._closing: set[asyncio.Task] = set()
         self._fact_task: asyncio.Task | None = None
         self._stop_listening: Callable[[], None] | None = None
 
@@ -159,21 +165,27 @@ class Hub:
     # -- facts ----------------------------------------------------------------------------------------------
 
     def _on_fact(self, topic: str, fact: dict) -> None:
-        if fact.get("owner") not in self.owners:
-            return
-        if topic == "login.closed":  # signed out: that login's tabs lose their socket
-            for conn in [c for c in self.owners[fact["owner"]] if c.login and c.login == fact.get("login")]:
-                asyncio.get_running_loop().create_task(self._sign_out(conn))
+        if fact.get("owner") not in self.owners or topic.startswith("auth."):  # auth.*: app/revocation.py
             return
         self._facts.put_nowait((topic, fact))
 
-    async def _sign_out(self, conn: Connection) -> None:
-        await conn.send(Notice("signed out: reload the page to sign in"))
+    def sign_out(self, conn: Connection, reason: str) -> None:
+        """The tab's access was revoked: tell it why, close it (1008 with the reason: the page shows it and
+        does not reconnect). Nothing more reaches it from the moment this is called."""
+        if conn.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._sign_out(conn, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
         conn.close()
-        try:
-            await conn.ws.close(code=1008)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+
+    async def _sign_out(self, conn: Connection, reason: str) -> None:
+        async with conn._lock:  # after a frame being sent, if any
+            try:
+                await conn.ws.send_text(to_xml(SignedOut(reason), indent=False))
+                await conn.ws.close(code=1008, reason=reason[:120])
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
     async def _render_facts(self) -> None:
         """One fact at a time, in order: rendered once per page shown by the owner's tabs here."""
@@ -300,7 +312,7 @@ class FrameGuard:
     """ASGI middleware on the WebSocket route: frames that are not JSON objects, too large or too deeply
     nested are answered with a visible error and never reach FastHTML (which would answer with bare text or
     drop the socket); the socket stays up. With `limits`, every frame — good or bad — first waits for its
-    connection's and its owner's pace (app/ratelimit.py)."""
+    connection's pace and, beyond its share, its owner's (app/ratelimit.py)."""
 
     def __init__(self, app: Any, max_bytes: int = MAX_CLIENT_FRAME_BYTES, limits: Limits | None = None):
         self.app, self.max_bytes, self.limits = app, max_bytes, limits
@@ -327,7 +339,7 @@ class FrameGuard:
                     wait = limits.frame_wait_s(pace, scope.get(OWNER_SCOPE), now)
                     if wait <= 0:
                         strained_since = None
-                    else:
+                    else:  # over its own rate, or over its share of its owner's (never for another tab's)
                         strained_since = now if strained_since is None else strained_since
                         if now - strained_since > STRAINED_S:
                             log.warning("closed a WebSocket of %s over its rate for %g s",

@@ -115,7 +115,7 @@ class SQLiteStore(QuandaStore):
     async def _acquire_lease(self, *args: Any) -> None:
         raise NotImplementedError("the store before issue 10 has no leases")
 
-    _renew_lease = _release_lease = _get_lease = _expired_leases = _acquire_lease
+    _renew_lease = _release_lease = _get_lease = _expired_leases = _delete_messages = _acquire_lease
 
     def __init__(self, path: str, **limits: int):
         super().__init__(**limits)

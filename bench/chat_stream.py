@@ -81,7 +81,7 @@ sys.path.insert(0, str(ROOT))
 if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the app (bench.common.checkout_before)
     sys.path.insert(0, os.environ["QUANDA_BENCH_APP_DIR"])
 
-from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, answer_end_re, checkout_before,  # noqa: E402
+from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, answer_end_re, answer_over_re, checkout_before,  # noqa: E402
                           cpu_seconds, free_port, llm_serve, new_owners, pct, stop_process, table, token_ids,
                           verdict, wait_http)
 from bench.page import MessageFrames  # noqa: E402
@@ -214,7 +214,7 @@ class Tab:
                     answer_id.set_result(self.mid)
                 about = MessageFrames(self.mid)
                 empty_tail = answer_end_re(self.mid)
-                empty_actions = re.compile(rb'<div[^>]*id="msg-%s-actions"[^>]*></div>' % self.mid.encode())
+                empty_actions = answer_over_re(self.mid)
                 self.answer_frames += 1
                 self.answer_bytes += len(raw)
                 await ws.send(json.dumps({"action": follow_action, "tab": self.index, "streams": {self.mid: seq}}))

@@ -113,6 +113,12 @@ def token_ids(raw: bytes) -> list[bytes]:
     return TOKEN_ID_RE.findall(raw, len(raw) - 2048) or TOKEN_ID_RE.findall(raw)
 
 
+def answer_over_re(message_id: str) -> "re.Pattern[bytes]":
+    """The frame that says an answer is over: its actions swapped in (as the answer's state changes; they hold
+    its usage line and Regenerate since issue 20, nothing before)."""
+    return re.compile(rb'<div(?=[^>]*id="msg-%s-actions")[^>]*hx-swap-oob="true"' % message_id.encode())
+
+
 def answer_end_re(message_id: str) -> "re.Pattern[bytes]":
     """A frame that ends a streamed answer's tail: the tail replaced by an empty one, or settled into the body
     (app/components/compact.py) with, in the same frame, the marker that seals the message."""

@@ -29,7 +29,7 @@ import re
 import time
 from typing import Any
 
-from bench.common import answer_end_re, token_ids
+from bench.common import answer_end_re, answer_over_re, token_ids
 from bench.page import MessageFrames
 
 # (FT writes an element's attributes in no order to rely on: every pattern looks ahead for each one)
@@ -180,9 +180,8 @@ class ChatSession(Session):
             self.answer_id = found[-1].decode()
             self.first_frame = len(self.frames) - 1
             self._about = MessageFrames(self.answer_id)
-            mid = self.answer_id.encode()
             self._empty_tail = answer_end_re(self.answer_id)
-            self._empty_actions = re.compile(rb'<div[^>]*id="msg-%s-actions"[^>]*></div>' % mid)
+            self._empty_actions = answer_over_re(self.answer_id)
             return
         if self.done.is_set() or not self._about(raw):
             return

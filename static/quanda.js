@@ -326,7 +326,32 @@
     openedBefore = true;
     document.dispatchEvent(new CustomEvent("quanda:open"));
   });
-  document.addEventListener("htmx:wsClose", function () { setState("closed"); });
+  // Signed out: the server closes the socket with 1008 and a reason "signed out: …" once the tab's access was
+  // revoked (a password changed, the account removed or disabled, a logout elsewhere). The page says so and
+  // stops: its notice keeps the reason with a link to sign in again, its controls are disabled, and the socket
+  // is not reopened (the ws extension reconnects only after 1006, 1011, 1012 and 1013).
+  function signedOut(reason) {
+    document.body.dataset.signedOut = "true";
+    setState("signed-out");
+    var notice = document.getElementById("ws-notice");
+    if (notice && !notice.classList.contains("signed-out")) {  // the server's notice did not arrive first
+      var text = document.createElement("span"), link = document.createElement("a");
+      text.className = "notice-text";
+      text.textContent = reason;
+      link.href = "/login";
+      link.className = "signed-out-login";
+      link.textContent = "Sign in again";
+      notice.className = "notice error signed-out";
+      notice.replaceChildren(text, link);
+    }
+    document.querySelectorAll("input, textarea, select, button").forEach(function (el) { el.disabled = true; });
+  }
+
+  document.addEventListener("htmx:wsClose", function (e) {
+    var close = e.detail.event;
+    if (close && close.code === 1008 && /^signed out/.test(close.reason || "")) signedOut(close.reason);
+    else setState("closed");
+  });
   document.addEventListener("htmx:afterSettle", function (e) {
     if (e.detail.target && e.detail.target.id === "main") clearNotice("ws-notice");  // it was about the page left
     sync(false);

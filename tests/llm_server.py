@@ -35,6 +35,13 @@ a model without tools); ``srv.capabilities[model]`` is what ``/api/show`` lists.
 sent back are checked as the real servers check them (an OpenAI ``tool`` message must answer a
 ``tool_call_id`` of the assistant message before it; Ollama's arguments must be an object): a request
 that breaks the rules gets a 400 saying why.
+
+Kinds of real servers (``LLMTestServer(kind=...)``, tests/llm_kinds.py): ``"llama-cpp-python"`` interrupts a
+running stream at any new request and answers an over-long streamed request with an empty 200;
+``"llama.cpp"`` has ``/props`` and ``/tokenize`` and refuses an over-long request with a 400 naming ``n_ctx``;
+every kind sends ``usage`` when asked (but llama-cpp-python), and the Ollama wire cuts an over-long prompt
+from the front silently (``srv.dropped_tokens``). ``srv.window`` is the window, ``srv.prompt_tokens`` what
+each chat request's prompt counted, ``srv.interrupted`` how many streams a new request ended.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
+
+from tests import llm_kinds
 
 NOW = "2025-01-01T00:00:00Z"
 PIECE_PAUSE_S = 0.001
@@ -174,7 +183,9 @@ class LLMTestServer:
         models: list[str] | None = None,
         api_key: str | None = None,
         port: int = 0,
+        kind: str = "generic",
     ) -> None:
+        llm_kinds.configure(self, kind)
         self.script = script if script is not None else Reply()
         self.models = list(models) if models is not None else ["quanda-test"]
         self.api_key = api_key
@@ -287,6 +298,7 @@ class LLMTestServer:
             request = await _read_request(reader)
             if request is not None:
                 self.requests.append(request)
+                await llm_kinds.interrupt_running(self)
                 await self._route(request, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -314,6 +326,8 @@ class LLMTestServer:
             await self._show(req, writer)
         elif req.method == "POST" and req.path in ("/api/chat", "/v1/chat/completions"):
             await self._chat(req, openai, reader, writer)
+        elif await llm_kinds.route(self, req, _send_json, writer):
+            pass
         else:
             await _send_json(writer, 404, {"error": f"no route for {req.method} {req.path}"})
 
@@ -323,7 +337,8 @@ class LLMTestServer:
         if model not in self.models:
             await _send_json(writer, 404, {"error": f"model '{model}' not found"})
             return
-        info: dict = {"modelfile": "", "template": "{{ .Prompt }}", "details": {"format": "gguf"}}
+        info: dict = {"modelfile": "", "template": "{{ .Prompt }}", "details": {"format": "gguf"},
+                      "model_info": llm_kinds.model_info(self)}
         capabilities = self.capabilities.get(model, ["completion", "tools"])
         if capabilities is not None:
             info["capabilities"] = list(capabilities)
@@ -361,18 +376,30 @@ class LLMTestServer:
         if reply.status != 200:
             await _send_json(writer, reply.status, _error_body(openai, reply.error, reply.status))
             return
-        frames = _openai_frames(reply, model) if openai else _ollama_frames(reply, model)
+        refused = llm_kinds.over_window(self, body, openai)
+        if refused is not None:
+            status, error = refused
+            if error is None:  # llama-cpp-python: an empty 200
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\n0\r\n\r\n")
+                await writer.drain()
+            else:
+                await _send_json(writer, status, error)
+            return
+        frames = _openai_frames(reply, model, self, body) if openai else _ollama_frames(reply, model, self)
         ctype = "text/event-stream" if openai else "application/x-ndjson"
         writer.write(
             f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n"
             "Connection: close\r\n\r\n".encode()
         )
-        finished = asyncio.Event()
-        stream = asyncio.ensure_future(_write_stream(writer, reply, frames, finished))
+        finished, interrupted = asyncio.Event(), asyncio.Event()
+        self.running.add(interrupted)
+        stream = asyncio.ensure_future(_write_stream(writer, reply, frames, finished, interrupted if openai else None))
         watch = asyncio.ensure_future(_wait_eof(reader))
         try:
             await asyncio.wait({stream, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.running.discard(interrupted)
             for task in (stream, watch):
                 task.cancel()
             await asyncio.gather(stream, watch, return_exceptions=True)
@@ -397,7 +424,8 @@ async def _wait_eof(reader: asyncio.StreamReader) -> None:
 
 
 async def _write_stream(
-    writer: asyncio.StreamWriter, reply: Reply, frames: Frames, finished: asyncio.Event
+    writer: asyncio.StreamWriter, reply: Reply, frames: Frames, finished: asyncio.Event,
+    interrupted: asyncio.Event | None = None,
 ) -> None:
     pieces: list[tuple[float, bytes]] = []
     for delay, frame in frames:
@@ -408,6 +436,11 @@ async def _write_stream(
     for n, (pause, piece) in enumerate(pieces):
         if pause:
             await asyncio.sleep(pause)
+        if interrupted is not None and interrupted.is_set():  # llama-cpp-python: [DONE], no finish_reason
+            finished.set()
+            writer.write(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+            return
         last = n == len(pieces) - 1
         if last and reply.end in ("done", "error", "truncate"):
             finished.set()
@@ -422,6 +455,11 @@ async def _write_stream(
         finished.set()
         writer.transport.abort()
     elif reply.end == "stall":
+        if interrupted is not None:
+            await interrupted.wait()
+            writer.write(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+            return
         await asyncio.sleep(3600)
 
 
@@ -441,7 +479,7 @@ def _go_json(obj: Any) -> bytes:
     return (text + "\n").encode()
 
 
-def _ollama_frames(reply: Reply, model: str) -> Frames:
+def _ollama_frames(reply: Reply, model: str, srv: Any = None) -> Frames:
     frames: Frames = []
     calls = 0
     for chunk in _chunks(reply):
@@ -471,13 +509,15 @@ def _ollama_frames(reply: Reply, model: str) -> Frames:
             "total_duration": 1000,
             "eval_count": len(frames),
         }
+        if srv is not None:
+            final.update(llm_kinds.ollama_final(srv, len(frames)))
         frames.append((None, _go_json(final)))
     elif reply.end == "error":
         frames.append((None, _go_json({"error": reply.error})))
     return frames
 
 
-def _openai_frames(reply: Reply, model: str) -> Frames:
+def _openai_frames(reply: Reply, model: str, srv: Any = None, body: dict | None = None) -> Frames:
     style = reply.sse
 
     def event(obj: Any, field_name: str = "data") -> bytes:
@@ -512,6 +552,9 @@ def _openai_frames(reply: Reply, model: str) -> Frames:
     if reply.end == "done":
         finish = reply.done_reason or ("tool_calls" if next_index else "stop")
         frames.append((None, chunk({"content": reply.final} if reply.final else {}, finish)))
+        usage = llm_kinds.openai_usage_chunk(srv, body or {}, model, len(frames) - 2) if srv is not None else None
+        if usage is not None:
+            frames.append((None, event(usage)))
         frames.append((None, event("[DONE]")))
     elif reply.end == "error":
         error = {"code": 500, "message": reply.error, "type": "server_error"}

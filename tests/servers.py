@@ -122,7 +122,7 @@ PASSWORD = "correct horse battery"
 
 def add_user(server: "AppServer", name: str, password: str = PASSWORD) -> None:
     """`python -m quanda users add NAME` on the server's database (accounts mode)."""
-    done = subprocess.run([sys.executable, "-m", "app", "users", "add", name, "--password-stdin"],
+    done = subprocess.run([sys.executable, "-m", "quanda", "users", "add", name, "--password-stdin"],
                           input=password + "\n", text=True, capture_output=True, cwd=server.workdir,
                           env=server.env, timeout=30)
     assert done.returncode == 0, done.stderr

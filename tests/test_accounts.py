@@ -32,7 +32,7 @@ def server(tmp_path_factory, llm):
 
 
 def cli(server, *args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "app", *args], input=stdin, text=True, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "quanda", *args], input=stdin, text=True, capture_output=True,
                           cwd=server.workdir, env=server.env, timeout=30)
 
 

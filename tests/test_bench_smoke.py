@@ -35,3 +35,9 @@ def test_memory_smoke_runs_every_phase():
                    "PASS  the soak went without errors: 0"):
         assert target in out, out
     assert " 0 answers" not in out and " 0 simulator runs" not in out and " 0 todo actions" not in out, out
+
+
+def test_logins_smallest_run_measures_both_servers():
+    out = run_bench("bench/logins.py", "--clients", "10", "--seconds", "1", "--repeat", "1")
+    assert "checks in worker threads (the app)" in out and "checks on the event loop (before issue 27)" in out, out
+    assert "the app: round-trip p99 during the attack within 2× the idle p99" in out, out

@@ -274,7 +274,7 @@ async def test_accounts_keep_each_conversation_to_its_user(tmp_path, llm):
             add_user(server, name)
             import subprocess
             import sys
-            made = subprocess.run([sys.executable, "-m", "app", "tokens", "create", name], capture_output=True,
+            made = subprocess.run([sys.executable, "-m", "quanda", "tokens", "create", name], capture_output=True,
                                   text=True, cwd=server.workdir, env=server.env, timeout=30)
             assert made.returncode == 0, made.stderr
             tokens[name] = next(w for w in made.stdout.split() if w.startswith("qk_"))

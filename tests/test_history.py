@@ -24,6 +24,11 @@ class Counting:
         self.read += len(found)
         return found
 
+    async def list_last_records(self, *args, **kwargs):
+        found = await self._store.list_last_records(*args, **kwargs)
+        self.read += len(found)
+        return found
+
     def __getattr__(self, name):
         return getattr(self._store, name)
 

@@ -27,7 +27,7 @@ def test_every_package_of_the_tree_is_listed_for_the_wheel():
 
 def test_nothing_imports_the_tree_by_its_folder_name():
     """Inside the checkout `import app` would work too, and load a second copy of every module beside `quanda`."""
-    pattern = re.compile(r"^\s*(from|import)\s+app(\.|\s|$)", re.M)
+    pattern = re.compile(r"^\s*(from|import)\s+app(\.|\s|$)|[\"']-m[\"'],\s*[\"']app\b", re.M)
     offenders = [str(p.relative_to(ROOT)) for folder in ("app", "tests", "bench", "examples")
                  for p in (ROOT / folder).rglob("*.py") if pattern.search(p.read_text())]
     offenders += ["main.py"] if pattern.search((ROOT / "main.py").read_text()) else []

@@ -63,3 +63,30 @@ async def test_counters_count_once_each_under_concurrency(store):
     values = await asyncio.gather(*(store.bump_counter("todo:w") for _ in range(50)))
     assert sorted(values) == list(range(1, 51))
     assert await store.bump_counter("todo:other") == 1
+
+
+async def test_the_last_records_of_a_prefix_in_key_order(store):
+    for n in range(12):
+        await store.put_record("chat", f"c1:{n:05d}", {"n": n})
+    await store.put_record("chat", "c2:00001", {"n": 99})
+    assert await store.list_last_records("chat", "c1:", 3) == [(f"c1:{n:05d}", {"n": n}) for n in (9, 10, 11)]
+    assert len(await store.list_last_records("chat", "c1:", 50)) == 12
+    assert await store.list_last_records("chat", "c3:", 5) == []
+
+
+async def test_messages_are_deleted_with_their_tokens(store):
+    from quanda.core import QuandaMessage, QuandaNotFoundError, QuandaWriter
+    kept, gone = await QuandaMessage.create(store, role="q"), await QuandaMessage.create(store, role="assistant")
+    for msg in (kept, gone):
+        writer = QuandaWriter(msg)
+        await writer.chunk("some text")
+        await writer.make_immutable()
+    assert await store.delete_messages([gone.id, "0" * 24]) == 1
+    with pytest.raises(QuandaNotFoundError):
+        await store.get_message(gone.id)
+    try:
+        assert await store.select_tokens(gone.id) == []  # (SQLite, PostgreSQL: tokens live apart)
+    except QuandaNotFoundError:  # (MongoDB: the tokens were in the message's document)
+        pass
+    assert (await store.get_message(kept.id)).content == "some text"
+    assert await store.delete_messages([]) == 0

@@ -68,3 +68,21 @@ def test_conversation_keeps_a_bounded_history_in_key_order():
     assert conv.answering().key == 60 and conv.retryable() is None
     conv.set_answer_status(60, "stopped")
     assert conv.answering() is None and conv.retryable().key == 60
+
+
+def test_a_sealed_answer_says_how_it_ended_and_what_it_cost():
+    from quanda.tui.model import Entry
+    from quanda.tui.widgets import AnswerView
+
+    entry = Entry.from_json({"key": "1", "type": "assistant", "status": "final", "outcome": "failed",
+                             "reason": "LLM server not reachable", "usage": None,
+                             "message": {"id": "a" * 24, "role": "assistant", "content": "", "estimate": None,
+                                         "warning": "", "immutable": True, "last_seq": 2}})
+    assert (entry.outcome, entry.reason) == ("failed", "LLM server not reachable")
+    assert "failed" in AnswerView(entry).header()
+    done = Entry.from_json({"key": "2", "type": "assistant", "status": "done", "outcome": "done", "reason": "",
+                            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "tokens_per_s": 9.5}})
+    assert "12 tokens in · 3 out · 9.5 tokens/s" in AnswerView(done).header()
+    conv_entry = Entry.from_json({"key": "3", "type": "assistant", "status": "generating"})
+    conv_entry.set_outcome({"outcome": "cut", "reason": "ended early", "usage": {"completion_tokens": 4}})
+    assert conv_entry.outcome == "cut" and conv_entry.usage == {"completion_tokens": 4}

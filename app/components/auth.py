@@ -1,6 +1,9 @@
-"""The login page (accounts mode) and the signed-in user's corner of the header."""
+"""The login page (accounts mode), the signed-in user's corner of the header, and what a tab shows once its
+access was revoked."""
 
-from fasthtml.common import H1, Button, Div, Form, Input, Label, P, Span, Title
+from fasthtml.common import H1, A, Button, Div, Form, Input, Label, P, Span, Title
+
+from quanda.components import ids
 
 
 def LoginPage(error: str = "", name: str = ""):
@@ -27,3 +30,10 @@ def AccountBar(name: str):
                Form(Button("Sign out", type="submit", cls="secondary small", id="logout"), method="post",
                     action="/logout", cls="inline"),
                cls="account")
+
+
+def SignedOut(reason: str):
+    """The page's notice once the tab's access was revoked ("signed out: your password was changed"): it stays
+    (no close button), and the page stops (static/quanda.js: the socket is closed with 1008 and not reopened)."""
+    return Div(Span(reason, cls="notice-text"), A("Sign in again", href="/login", cls="signed-out-login"),
+               id=ids.NOTICE, cls="notice error signed-out", role="alert", hx_swap_oob="true")

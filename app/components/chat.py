@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import time
 
-from fasthtml.common import (A, H3, Aside, Button, Details, Div, Form, H2, Hidden, Li, NotStr, Option, P, Section,
-                             Select, Span, Strong, Summary, Textarea, Ul)
+from fasthtml.common import (Aside, Button, Details, Div, Form, H2, Hidden, Li, NotStr, Option,
+                             Select, Span, Summary, Textarea, Ul)
 from fastcore.xml import Safe
 
 from quanda.core import QuandaToken
@@ -19,6 +19,7 @@ from quanda.render import MarkdownStream, append_plan, render_markdown
 from quanda.render.settle import merge
 
 from . import ids
+from .answer import AnswerFooter, AnswerInfo, Outcome, UsageLine
 from .buttons import ws_button
 from .compact import Alias
 from .notice import FieldNotice
@@ -65,17 +66,13 @@ def Estimate(message_id: str, estimate: str | None, oob: bool = False):
                hx_swap_oob="true" if oob else None)
 
 
-def MessageActions(message_id: str, state: str, oob: bool = False):
-    """Retry when stopped, failed or interrupted; nothing otherwise (Stop takes Send's place in the input
-    while an answer is written, see `SendSlot`)."""
-    buttons = []
-    if state in ("stopped", "failed", "interrupted"):
-        buttons.append(Form(Hidden(name="action", value="chat.retry"), Hidden(name="message_id", value=message_id),
-                            Button("Retry", cls="secondary small", data_testid="retry"), ws_send=True))
-    return Div(*buttons, id=ids.msg_actions_id(message_id), cls="msg-actions", hx_swap_oob="true" if oob else None)
+def MessageActions(message_id: str, state: str, oob: bool = False, info: AnswerInfo | None = None):
+    """Under an answer (see `AnswerFooter`): Retry when unfinished and not sealed, Regenerate on the last
+    answer, its usage and versions. (Stop takes Send's place in the input while an answer is written.)"""
+    return AnswerFooter(message_id, info or AnswerInfo(status=state), oob)
 
 
-def ChatMessage(record, state: str = "final", thinking=None, follow: bool = True):
+def ChatMessage(record, state: str = "final", thinking=None, follow: bool = True, info: AnswerInfo | None = None):
     """One message, created once and then updated in place by its stream."""
     mid = record.id
     parts = [Span(ROLE_LABEL.get(record.role, record.role), cls="msg-role")]
@@ -86,7 +83,7 @@ def ChatMessage(record, state: str = "final", thinking=None, follow: bool = True
     parts.extend(MessageBody(mid, record.content, record.estimate, record.immutable))
     parts.append(Div(record.warning, id=ids.msg_warning_id(mid), cls="msg-warning"))
     if record.role == "assistant":
-        parts.append(MessageActions(mid, state))
+        parts.append(MessageActions(mid, state, info=info))
     elif record.role == "q":  # shown only on the last question, and not while an answer is written (app.css)
         parts.append(ws_button("Edit", "chat.edit", {"message_id": mid}, cls="edit-q link small",
                                title="Edit this question and ask again (the answer is kept as a previous version)",
@@ -314,7 +311,7 @@ def MessageList(history: list, oob: bool = False):
               hx_swap_oob="innerHTML" if oob else None)
 
 
-def ChatSidebar(history: list, status=None, chat_input=None):
+def ChatSidebar(history: list, status=None, chat_input=None, settings=None):
     return Aside(
         Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS),
             ws_button("New", "chat.new", cls="secondary small", id=ids.CHAT_NEW,
@@ -325,6 +322,7 @@ def ChatSidebar(history: list, status=None, chat_input=None):
                    data_jump_for=ids.MSG_LIST, title="Jump to the latest message and follow it"),
             cls="msg-list-wrap"),
         chat_input if chat_input is not None else Div(id=ids.CHAT_FORM),
+        settings,
         id="sidebar", aria_label="Chat",
     )
 
@@ -335,8 +333,9 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts or 0))
 
 
-def ArchivedMessage(record, thinking=None):
-    """A message as it is, read-only: no DOM id, no stream, no buttons (it may be on the page twice)."""
+def ArchivedMessage(record, thinking=None, info: AnswerInfo | None = None):
+    """A message as it is, read-only: no DOM id, no stream, no buttons (it may be on the page twice); an
+    answer with how it ended and what it cost."""
     parts = [Span(ROLE_LABEL.get(record.role, record.role), cls="msg-role")]
     if thinking is not None and thinking.content:
         parts.append(Details(Summary("Thinking"), Div(NotStr(render_markdown(thinking.content)), cls="md"),
@@ -344,50 +343,14 @@ def ArchivedMessage(record, thinking=None):
     parts.append(Div(NotStr(render_markdown(record.content)), cls="md"))
     if record.warning:
         parts.append(Div(record.warning, cls="msg-warning"))
-    return Li(*parts, cls=f"msg {record.role} archived")
+    if info is not None:
+        parts += [Outcome(info), UsageLine(info.usage) if info.usage else None,
+                  Span(f"version {info.version + 1} of {info.versions}", cls="muted small")
+                  if info.versions > 1 else None]
+    return Li(*[p for p in parts if p is not None], cls=f"msg {record.role} archived",
+              data_state=info.status if info else None)
 
 
 def PreviousVersion(items: list):
     """The messages an edited question replaced, collapsed where they were."""
     return Li(Details(Summary("Previous version"), Ul(*items, cls="msg-list-inner")), cls="prev-version")
-
-
-def ConversationRow(conv: dict, is_current: bool):
-    cid = conv["cid"]
-    title = conv.get("title") or "Untitled conversation"
-    actions = [ws_button("Open", "chat.open", {"cid": cid}, cls="secondary small", data_testid="open",
-                         title="Read it here (read-only)")]
-    if not is_current:
-        actions.append(ws_button("Continue", "chat.continue", {"cid": cid}, cls="secondary small",
-                                 data_testid="continue", title="Make it the conversation in the sidebar"))
-    actions += [A("Markdown", href=f"/chat/export/{cid}.md", download=True, cls="small", data_testid="export-md"),
-                A("JSON", href=f"/chat/export/{cid}.json", download=True, cls="small", data_testid="export-json")]
-    return Li(Div(Strong(title, cls="conv-title"),
-                  Span(f"started {when(conv.get('created'))}, last {when(conv.get('updated'))}", cls="muted"),
-                  Span("in the sidebar", cls="conv-current") if is_current else None, cls="conv-info"),
-              Div(*actions, cls="conv-actions"), cls="conv current" if is_current else "conv", data_cid=cid)
-
-
-def ConversationList(convs: list[dict], current: str, oob: bool = False):
-    rows = [ConversationRow(c, c["cid"] == current) for c in convs]
-    return Ul(*rows, id=ids.CONV_LIST, cls="conv-list", hx_swap_oob="true" if oob else None)
-
-
-def ConversationView(conv: dict | None, items: list | None = None, is_current: bool = False, oob: bool = False):
-    """One conversation, read-only (the Chat page's viewer)."""
-    swap = "true" if oob else None
-    if conv is None:
-        return Div(P("Open a conversation to read it here.", cls="muted"), id=ids.CONV_VIEWER, cls="conv-viewer",
-                   hx_swap_oob=swap)
-    cid = conv["cid"]
-    head = Div(H3(conv.get("title") or "Untitled conversation"),
-               Span(f"started {when(conv.get('created'))}", cls="muted"),
-               Div(*([] if is_current else [ws_button("Continue this conversation", "chat.continue", {"cid": cid},
-                                                      cls="small", data_testid="viewer-continue")]),
-                   A("Export Markdown", href=f"/chat/export/{cid}.md", download=True, cls="small"),
-                   A("Export JSON", href=f"/chat/export/{cid}.json", download=True, cls="small"),
-                   cls="conv-actions"),
-               cls="conv-viewer-head")
-    body = Ul(*(items or [Li("Nothing said yet.", cls="muted")]), cls="msg-list archived-list")
-    return Section(head, body, id=ids.CONV_VIEWER, cls="conv-viewer", data_cid=cid, aria_label="Conversation",
-                   hx_swap_oob=swap)

@@ -73,6 +73,9 @@ DRAFT_PREVIEW = "draft-preview"
 MODEL_PICKER = "model-picker"
 CONV_LIST = "chat-conversations"
 CONV_VIEWER = "chat-viewer"
+CONV_SETTINGS = "chat-settings"
+CONV_SEARCH = "chat-search"
+CONV_SEARCH_RESULTS = "chat-search-results"
 
 SIM_NOTICE = "sim-error"
 

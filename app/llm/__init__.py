@@ -14,6 +14,7 @@ from __future__ import annotations
 from .base import LLMDriver, LLMUnavailable, call_data, pick_default_model
 from .events import (
     COMPLETED,
+    CUT_REASONS,
     DELTA,
     ERROR,
     ERROR_REASONS,
@@ -24,6 +25,7 @@ from .events import (
     TOOLS_REJECTED,
     LLMEvent,
 )
+from .gate import LLMBusy, LLMGate
 from .http import HTTPDriver
 from .ollama import OllamaDriver, ollama_base_url
 from .openai import OpenAIDriver
@@ -32,6 +34,7 @@ from .wire import ThinkSplitter
 
 __all__ = [
     "COMPLETED",
+    "CUT_REASONS",
     "DELTA",
     "ERROR",
     "ERROR_REASONS",
@@ -42,7 +45,9 @@ __all__ = [
     "TOOLS_REJECTED",
     "TOOL_CALL",
     "HTTPDriver",
+    "LLMBusy",
     "LLMDriver",
+    "LLMGate",
     "LLMEvent",
     "LLMUnavailable",
     "OllamaDriver",
@@ -58,10 +63,12 @@ __all__ = [
 
 
 def make_driver(
-    ollama_host: str, llm_url: str | None, api_key: str | None, stall_s: float
-) -> LLMDriver:
+    ollama_host: str, llm_url: str | None, api_key: str | None, stall_s: float, parallel: int = 0
+) -> HTTPDriver:
     """The driver the settings ask for: OpenAI-compatible when ``llm_url`` (QUANDA_LLM_URL) is set,
-    otherwise Ollama at ``ollama_host`` (OLLAMA_HOST; ``"host[:port]"`` or a URL)."""
+    otherwise Ollama at ``ollama_host`` (OLLAMA_HOST; ``"host[:port]"`` or a URL). ``parallel``
+    (QUANDA_LLM_PARALLEL): 1 for a server that serves one request at a time, more for one that serves
+    several, 0 to find out."""
     if llm_url and llm_url.strip():
-        return OpenAIDriver(llm_url.strip(), api_key=api_key, stall_s=stall_s)
-    return OllamaDriver(ollama_host, stall_s=stall_s)
+        return OpenAIDriver(llm_url.strip(), api_key=api_key, stall_s=stall_s, parallel=parallel)
+    return OllamaDriver(ollama_host, stall_s=stall_s, parallel=parallel)

@@ -21,8 +21,11 @@ ERROR = "error"
 TERMINAL = frozenset({COMPLETED, ERROR})
 
 ERROR_REASONS = frozenset(
-    {"unreachable", "model_missing", "http_status", "stream_error", "truncated", "stall", "malformed"}
+    {"unreachable", "model_missing", "http_status", "stream_error", "truncated", "cut", "too_long", "stall",
+     "malformed"}
 )
+#: the reasons of a run that ended before the protocol's own end: the answer is **cut** (its text kept)
+CUT_REASONS = frozenset({"truncated", "cut"})
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,11 @@ class LLMEvent:
 
     ``text``: the answer text for ``DELTA``, the thinking text for ``REASONING``, a human message that
     says what happened and how to fix it for ``ERROR``.
-    ``data``: ``{"done_reason": ...}`` for ``COMPLETED``; ``{"reason", "status", "models"?}`` for
-    ``ERROR`` (``models`` when the reason is ``model_missing``); ``{"status", "detail", "model"}`` for
+    ``data``: ``{"done_reason": ..., "usage"?: {...}}`` for ``COMPLETED`` (``usage`` when the server said how
+    many tokens it read and wrote: ``prompt_tokens``, ``completion_tokens``, and where it gives them
+    ``tokens_per_s``, ``prompt_ms``); ``{"reason", "status", "models"?, "window"?}`` for ``ERROR``
+    (``models`` when the reason is ``model_missing``; ``window``, the context window in tokens, when the
+    reason is ``too_long`` and the server said it); ``{"status", "detail", "model"}`` for
     ``TOOLS_REJECTED`` (``text`` says what happened); for ``TOOL_CALL`` one call of the turn::
 
         {"position": 0,            # 0, 1, … in the order the turn made its calls
@@ -56,7 +62,8 @@ class LLMEvent:
 
 
 def error_event(
-    reason: str, text: str, *, status: int | None = None, models: list[str] | None = None
+    reason: str, text: str, *, status: int | None = None, models: list[str] | None = None,
+    window: int | None = None,
 ) -> LLMEvent:
     """Build the terminal ``ERROR`` event; ``reason`` must be one of ``ERROR_REASONS``."""
     if reason not in ERROR_REASONS:
@@ -64,9 +71,14 @@ def error_event(
     data: dict = {"reason": reason, "status": status}
     if models is not None:
         data["models"] = list(models)
+    if window is not None:
+        data["window"] = window
     return LLMEvent(ERROR, text, data)
 
 
-def completed_event(done_reason: str | None) -> LLMEvent:
+def completed_event(done_reason: str | None, usage: dict | None = None) -> LLMEvent:
     """Build the terminal ``COMPLETED`` event (``done_reason`` defaults to ``"stop"``)."""
-    return LLMEvent(COMPLETED, data={"done_reason": done_reason or "stop"})
+    data: dict = {"done_reason": done_reason or "stop"}
+    if usage:
+        data["usage"] = usage
+    return LLMEvent(COMPLETED, data=data)

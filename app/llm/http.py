@@ -1,18 +1,16 @@
 """`HTTPDriver`: the streaming machinery the HTTP drivers share (Ollama, OpenAI-compatible): the request,
 the body read as lines and handed to the wire's decoder, status and transport errors turned into
-``ERROR`` events with a hint, the stall timeout, cancellation by closing the response, and the retry
-without tools when a server refuses a request that carries them.
-
-A little over 300 lines, kept in one module: the request, its error events and the retry share the
-driver's state and hints, and are read together."""
+``ERROR`` events (worded in ``failures.py``), the stall timeout, cancellation by closing the response, the
+retry without tools when a server refuses a request that carries them, turns at a server that serves one
+request at a time (``gate.py``), and what the server can tell of a model (its window, token counts)."""
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,12 +19,13 @@ import httpx
 
 from .base import LLMDriver, LLMUnavailable
 from .events import RUN_CREATED, TOOLS_REJECTED, LLMEvent, error_event
+from .failures import FailureEvents, _body_message, _describe, _read_capped, _window_in
+from .gate import LLMBusy, LLMGate
 from .stream import post_stream
 from .tools import tool_names
-from .wire import LineSplitter, WireDecoder, error_message
+from .wire import LineSplitter, WireDecoder
 
-MAX_ERROR_BODY = 64 * 1024
-
+TOKEN_COUNTS_KEPT = 4096  # texts whose token count is remembered (a conversation's turns are counted again each answer)
 
 @dataclass
 class _Attempt:
@@ -36,16 +35,19 @@ class _Attempt:
     rejected: tuple[int, str] | None = None  # (status, message) when the request's tools were refused
 
 
-class HTTPDriver(LLMDriver):
+class HTTPDriver(FailureEvents, LLMDriver):
     """Shared machinery of the streaming HTTP drivers: request, status errors, stall, cancellation,
     and the retry without tools when a server refuses a request that carries them."""
 
     label = "LLM server"
     url_env = "QUANDA_LLM_URL"
     lone_cr = False
+    #: whether this kind of server serves several requests at once (None: find out, see `_probe`)
+    serves_several: bool | None = None
 
     def __init__(
-        self, base_url: str, *, stall_s: float = 60.0, client: httpx.AsyncClient | None = None
+        self, base_url: str, *, stall_s: float = 60.0, client: httpx.AsyncClient | None = None,
+        parallel: int = 0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.stall_s = stall_s
@@ -53,6 +55,56 @@ class HTTPDriver(LLMDriver):
         self._owns_client = client is None
         self._timeout = httpx.Timeout(stall_s, connect=min(stall_s, 10.0))
         self._tool_support: dict[str, bool] = {}  # per model, learnt from the server's answers
+        told = {1: True}.get(parallel, False if parallel > 1 else None)
+        known = None if self.serves_several is None else not self.serves_several
+        self.gate = LLMGate(told if told is not None else known)
+        self._probed = parallel > 0 or self.serves_several is not None
+        self.windows: dict[str, int] = {}  # per model: the context window the server said (or refused past)
+        self._token_counts: OrderedDict[str, int] = OrderedDict()
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """An answer's turn at the server (see `LLMGate`); the first one finds out what kind it is."""
+        async with self.gate.turn():
+            if not self._probed:
+                self._probed = True
+                await self._probe()
+            yield
+
+    async def _probe(self) -> None:
+        """Find out what kind of server this is (called once, inside a turn, when nothing else of ours runs)."""
+        self.gate.exclusive = False
+
+    async def context_window(self, model: str) -> int | None:
+        """The model's context window in tokens, as the server tells (None when it does not)."""
+        return self.windows.get(model)
+
+    async def count_tokens(self, texts: list[str], model: str) -> list[int] | None:
+        """How many tokens each text is for the model, by the server's own tokenizer; None when the
+        server has none to ask (then the caller estimates). Counts are remembered by text."""
+        path = self._tokenize_path()
+        if path is None:
+            return None
+        counts: list[int] = []
+        for text in texts:
+            known = self._token_counts.get(text)
+            if known is None:
+                known = await self._tokenize(path, text, model)
+                if known is None:
+                    return None
+                self._token_counts[text] = known
+                if len(self._token_counts) > TOKEN_COUNTS_KEPT:
+                    self._token_counts.popitem(last=False)
+            else:
+                self._token_counts.move_to_end(text)
+            counts.append(known)
+        return counts
+
+    def _tokenize_path(self) -> str | None:
+        return None
+
+    async def _tokenize(self, path: str, text: str, model: str) -> int | None:
+        return None
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -62,13 +114,18 @@ class HTTPDriver(LLMDriver):
     chat_path: str = ""
 
     def _chat_request(
-        self, messages: list[dict], model: str, tools: list[dict] | None
+        self, messages: list[dict], model: str, tools: list[dict] | None, options: dict | None = None
     ) -> tuple[str, dict]:
-        """URL and JSON body of a streaming chat request (the same shape on both wires)."""
+        """URL and JSON body of a streaming chat request (the same shape on both wires); ``options``:
+        ``temperature``, ``context`` (the window the prompt was fitted to), ``max_tokens`` (room left)."""
         body: dict = {"model": model, "messages": messages, "stream": True}
         if tools:
             body["tools"] = tools
+        self._add_options(body, options or {})
         return self.base_url + self.chat_path, body
+
+    def _add_options(self, body: dict, options: dict) -> None:
+        """Put the request's options into the body, the wire's way."""
 
     @abstractmethod
     def _decoder(self, offered: frozenset[str]) -> WireDecoder:
@@ -96,9 +153,13 @@ class HTTPDriver(LLMDriver):
     async def _get_json(self, path: str) -> Any:
         return await self._request_json("GET", path)
 
-    async def _request_json(self, method: str, path: str, body: Any = None) -> Any:
-        """The decoded JSON answer of a small request; raises ``LLMUnavailable`` with a clear message."""
-        url = self.base_url + path
+    async def _request_json(self, method: str, path: str, body: Any = None, *, root: bool = False) -> Any:
+        """The decoded JSON answer of a small request (``path`` under the base URL, or under the server's
+        root with ``root``); raises ``LLMUnavailable`` with a clear message, or ``LLMBusy`` when the server
+        is answering and would end that answer if asked (see `LLMGate`)."""
+        if not self.gate.may_send():
+            raise LLMBusy(f"{self.label} at {self.base_url} is busy answering (it serves one request at a time)")
+        url = (_root(self.base_url) if root else self.base_url) + path
         try:
             resp = await self._client.request(
                 method, url, json=body, headers=self._headers(), timeout=min(self.stall_s, 10.0)
@@ -122,36 +183,38 @@ class HTTPDriver(LLMDriver):
             ) from exc
 
     async def stream_chat(
-        self, messages: list[dict], model: str, tools: list[dict] | None = None
+        self, messages: list[dict], model: str, tools: list[dict] | None = None, options: dict | None = None
     ) -> AsyncIterator[LLMEvent]:
-        """See ``LLMDriver.stream_chat``. When ``tools`` are given and the server refuses the request
-        in a way that may mean "no tools here" (a 4xx other than auth, not-found and rate limits,
-        or a 5xx whose message mentions tools), the run yields ``TOOLS_REJECTED`` and asks once more
-        without ``tools``; when that answer comes and the refusal mentioned tools, ``supports_tools``
-        says False for the model from then on. A consumer that would rather rebuild its prompt (for
-        JSON commands in text) closes the run on ``TOOLS_REJECTED``: the retry is not sent."""
-        yield LLMEvent(RUN_CREATED)
-        offered = tool_names(tools)
-        first = _Attempt()
-        async with aclosing(self._attempt(messages, model, tools or None, offered, first)) as events:
-            async for event in events:
-                yield event
-        if first.rejected is None:
-            return
-        status, detail = first.rejected
-        yield LLMEvent(
-            TOOLS_REJECTED,
-            f"{self.label} at {self.base_url} refused the request with tools (HTTP {status}: {detail}), "
-            f"so it is asked again without them: no native tool calls with {model!r}. To get them, "
-            f"{self._tools_hint()}.",
-            {"status": status, "detail": detail, "model": model},
-        )
-        retry = _Attempt()
-        async with aclosing(self._attempt(messages, model, None, frozenset(), retry)) as events:
-            async for event in events:
-                yield event
-        if retry.ok and _mentions_tools(detail):
-            self._tool_support[model] = False
+        """See ``LLMDriver.stream_chat``; it runs in a turn at the server (the caller's, or one taken here,
+        see `LLMGate`). When ``tools`` are given and the server refuses the request in a way that may mean
+        "no tools here" (a 4xx other than auth, not-found and rate limits, or a 5xx whose message mentions
+        tools), the run yields ``TOOLS_REJECTED`` and asks once more without ``tools``; when that answer
+        comes and the refusal mentioned tools, ``supports_tools`` says False for the model from then on. A
+        consumer that would rather rebuild its prompt (for JSON commands in text) closes the run on
+        ``TOOLS_REJECTED``: the retry is not sent."""
+        async with self.turn():
+            yield LLMEvent(RUN_CREATED)
+            offered = tool_names(tools)
+            first = _Attempt()
+            async with aclosing(self._attempt(messages, model, tools or None, offered, first, options)) as events:
+                async for event in events:
+                    yield event
+            if first.rejected is None:
+                return
+            status, detail = first.rejected
+            yield LLMEvent(
+                TOOLS_REJECTED,
+                f"{self.label} at {self.base_url} refused the request with tools (HTTP {status}: {detail}), "
+                f"so it is asked again without them: no native tool calls with {model!r}. To get them, "
+                f"{self._tools_hint()}.",
+                {"status": status, "detail": detail, "model": model},
+            )
+            retry = _Attempt()
+            async with aclosing(self._attempt(messages, model, None, frozenset(), retry, options)) as events:
+                async for event in events:
+                    yield event
+            if retry.ok and _mentions_tools(detail):
+                self._tool_support[model] = False
 
     async def _attempt(
         self,
@@ -160,27 +223,30 @@ class HTTPDriver(LLMDriver):
         tools: list[dict] | None,
         offered: frozenset[str],
         state: _Attempt,
+        options: dict | None = None,
     ) -> AsyncIterator[LLMEvent]:
         """One chat request: its events up to the terminal one, or nothing but ``state.rejected``."""
-        url, body = self._chat_request(messages, model, tools)
+        url, body = self._chat_request(messages, model, tools, options)
         decoder = self._decoder(offered)
-        answered = False
+        answered = received = False
         try:
             async with self._open_stream(url, body) as resp:
                 answered = True
                 if resp.status_code >= 300:
                     raw = await _read_capped(resp)
                     detail = _body_message(raw)
-                    if tools and _may_refuse_tools(resp.status_code, detail):
+                    window = _window_in(raw) if resp.status_code in (400, 413, 500) else None
+                    if window is None and tools and _may_refuse_tools(resp.status_code, detail):
                         state.rejected = (resp.status_code, detail)
                         return
-                    yield await self._status_error(resp.status_code, detail, model)
+                    yield await self._status_error(resp.status_code, detail, model, window)
                     return
                 state.ok = True
                 if tools:
                     self._tool_support[model] = True
                 lines = LineSplitter(lone_cr=self.lone_cr)
                 async for data in resp.aiter_bytes():
+                    received = True
                     for line in lines.feed(data):
                         for event in decoder.feed(line):
                             yield event
@@ -190,6 +256,9 @@ class HTTPDriver(LLMDriver):
                     yield event
                     if event.is_terminal:
                         return
+                if not received:
+                    yield await self._empty_answer(body, model)
+                    return
                 failure = error_event(
                     "truncated",
                     f"The answer from {self.label} at {self.base_url} ended without its final line. "
@@ -197,87 +266,14 @@ class HTTPDriver(LLMDriver):
                     "(a crash or out of memory?).",
                 )
         except httpx.HTTPError as exc:
+            ended = decoder.ended()
+            if ended is not None:  # the answer was whole: only what follows its end was lost
+                yield ended
+                return
             failure = self._transport_error(exc, answered, model)
         for event in decoder.flush():
             yield event
         yield failure
-
-    def _transport_error(self, exc: httpx.HTTPError, answered: bool, model: str) -> LLMEvent:
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)):
-            return self._unreachable(exc, model)
-        if isinstance(exc, httpx.TimeoutException):
-            return error_event(
-                "stall",
-                f"{self.label} at {self.base_url} sent nothing for {self.stall_s:g} s, so the answer "
-                "was stopped. The partial answer is kept; Retry. If the model is slow to load, raise "
-                "QUANDA_LLM_STALL_S.",
-            )
-        if isinstance(exc, httpx.TransportError):
-            if not answered:
-                return self._unreachable(exc, model)
-            return error_event(
-                "truncated",
-                f"{self.label} at {self.base_url} closed the connection mid-answer ({_describe(exc)}). "
-                "The partial answer is kept; Retry. If it keeps happening, check the server's log.",
-            )
-        return error_event(
-            "stream_error", f"Talking to {self.label} at {self.base_url} failed: {_describe(exc)}. Retry."
-        )
-
-    def _wire_error(self, reason: str, detail: str) -> LLMEvent:
-        """The ERROR event for a problem a decoder found in the body (``stream_error``/``malformed``)."""
-        if reason == "stream_error":
-            return error_event(
-                reason,
-                f"{self.label} reported an error mid-answer: {detail}. The partial answer is kept; "
-                "Retry, and check the server's log if it repeats.",
-            )
-        return error_event(
-            reason,
-            f"{self.label} at {self.base_url} sent something that is not valid {detail}. Check that "
-            f"{self.url_env} points at the right kind of server, then Retry.",
-        )
-
-    def _unreachable(self, exc: Exception, model: str) -> LLMEvent:
-        hint = self.unreachable_hint(model)
-        return error_event(
-            "unreachable", f"LLM server not reachable at {self.base_url} ({_describe(exc)}): {hint}."
-        )
-
-    async def _status_error(self, status: int, detail: str, model: str) -> LLMEvent:
-        if status == 404:
-            try:
-                models = await self.list_models()
-            except LLMUnavailable:
-                pass
-            else:
-                available = ", ".join(models) if models else "none"
-                return error_event(
-                    "model_missing",
-                    f"Model {model!r} is not available at {self.base_url} (HTTP 404: {detail}). "
-                    f"Available models: {available}. {self.missing_model_hint(model)}",
-                    status=status,
-                    models=models,
-                )
-        return error_event(
-            "http_status",
-            f"{self.label} at {self.base_url} answered HTTP {status}: {detail}. {self._status_hint(status)}",
-            status=status,
-        )
-
-    def _status_hint(self, status: int) -> str:
-        if status in (401, 403):
-            return "Check the API key (QUANDA_LLM_API_KEY)."
-        if status == 404:
-            return f"Check the server URL ({self.url_env})."
-        if status == 429:
-            return "The server is rate-limiting or busy; wait a moment and Retry."
-        if status >= 500:
-            return "Check the server's log, then Retry."
-        return (
-            "The server rejected the request (conversation too long for the context, or a feature the "
-            "model lacks?); Retry with a shorter conversation or another model."
-        )
 
 
 #: statuses that never mean "this server takes no tools"
@@ -298,32 +294,11 @@ def _may_refuse_tools(status: int, detail: str) -> bool:
     return status >= 500 and _mentions_tools(detail)
 
 
+def _root(base_url: str) -> str:
+    """The server's root: the base URL without a trailing ``/v1``."""
+    return base_url[:-3] if base_url.endswith("/v1") else base_url
+
+
 def _proxied(url: str) -> bool:
     """Whether the environment asks for a proxy for `url` (httpx honours it; the lean reader does not)."""
     return bool(urllib.request.getproxies()) and not urllib.request.proxy_bypass(urlsplit(url).hostname or "")
-
-
-async def _read_capped(resp: httpx.Response) -> bytes:
-    raw = bytearray()
-    async for data in resp.aiter_bytes():
-        raw += data
-        if len(raw) >= MAX_ERROR_BODY:
-            break
-    return bytes(raw)
-
-
-def _body_message(raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        message = error_message(json.loads(text))
-    except ValueError:
-        message = None
-    return _shorten(message or text or "(empty body)")
-
-
-def _describe(exc: Exception) -> str:
-    return _shorten(str(exc) or type(exc).__name__)
-
-
-def _shorten(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

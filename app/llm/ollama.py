@@ -1,5 +1,8 @@
 """Ollama's native chat API: ``POST /api/chat`` streaming NDJSON, models from ``GET /api/tags``,
-capabilities (``"tools"``) from ``POST /api/show``.
+capabilities (``"tools"``) and the trained context length (``model_info["<arch>.context_length"]``) from
+``POST /api/show``. Ollama's own window is small unless the request says ``options.num_ctx`` (a longer prompt
+is cut from the front, silently): the window the prompt was fitted to is sent as ``num_ctx``, the room left
+for the answer as ``num_predict``. Ollama queues requests and never ends one for another.
 
 Tool calls come whole (``message.tool_calls``, arguments as an object), possibly on the same line as
 text; a result goes back as ``{"role": "tool", "content": ..., "tool_name": ...}``.
@@ -18,6 +21,7 @@ from .base import LLMUnavailable, call_data
 from .events import REASONING, LLMEvent, completed_event
 from .http import HTTPDriver
 from .tools import ToolCallChecker
+from .usage import ollama_usage
 from .wire import ErrorFactory, ThinkSplitter, error_message
 
 DEFAULT_URL = "http://localhost:11434"
@@ -44,14 +48,51 @@ class OllamaDriver(HTTPDriver):
 
     label = "Ollama"
     url_env = "OLLAMA_HOST"
+    serves_several = True
+    window_by_request = True  # the window is the num_ctx a request sends (capped by the trained length)
 
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
         stall_s: float = 60.0,
         client: httpx.AsyncClient | None = None,
+        parallel: int = 0,
     ) -> None:
-        super().__init__(ollama_base_url(base_url), stall_s=stall_s, client=client)
+        super().__init__(ollama_base_url(base_url), stall_s=stall_s, client=client, parallel=parallel)
+        self._shown: dict[str, dict] = {}  # per model: what /api/show said
+
+    def _add_options(self, body: dict, options: dict) -> None:
+        wire = {"temperature": options.get("temperature"), "num_ctx": options.get("context"),
+                "num_predict": options.get("max_tokens")}
+        wire = {key: value for key, value in wire.items() if value is not None}
+        if wire:
+            body["options"] = wire
+
+    async def _show(self, model: str) -> dict | None:
+        """``POST /api/show`` for the model (remembered); None when the server cannot say."""
+        if model in self._shown:
+            return self._shown[model]
+        try:
+            data = await self._request_json("POST", "/api/show", {"model": model})
+        except LLMUnavailable:
+            return None
+        if isinstance(data, dict):
+            self._shown[model] = data
+            return data
+        return None
+
+    async def context_window(self, model: str) -> int | None:
+        """What the server refused past, else the model's trained length (``model_info``)."""
+        if model in self.windows:
+            return self.windows[model]
+        info = (await self._show(model) or {}).get("model_info")
+        if not isinstance(info, dict):
+            return None
+        arch = info.get("general.architecture")
+        length = info.get(f"{arch}.context_length") if isinstance(arch, str) else None
+        if not isinstance(length, int):
+            length = next((v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)), None)
+        return length if isinstance(length, int) and length > 0 else None
 
     async def list_models(self) -> list[str]:
         data = await self._get_json("/api/tags")
@@ -70,10 +111,7 @@ class OllamaDriver(HTTPDriver):
         known = self._tool_support.get(model)
         if known is not None:
             return known
-        try:
-            data = await self._request_json("POST", "/api/show", {"model": model})
-        except LLMUnavailable:
-            return None
+        data = await self._show(model)
         capabilities = data.get("capabilities") if isinstance(data, dict) else None
         if not isinstance(capabilities, list):
             return None
@@ -160,11 +198,14 @@ class NDJSONDecoder:
             out.append(self._tool_call(call))
         if obj.get("done") is True:
             out += self._think.flush()
-            out.append(completed_event(obj.get("done_reason")))
+            out.append(completed_event(obj.get("done_reason"), ollama_usage(obj)))
         return out
 
     def flush(self) -> list[LLMEvent]:
         return self._think.flush()
+
+    def ended(self) -> LLMEvent | None:
+        return None  # the final line is the end: a run that read it has completed already
 
     def finish(self, tail: str) -> list[LLMEvent]:
         try:

@@ -116,6 +116,10 @@ class WireDecoder(Protocol):
     def flush(self) -> list[LLMEvent]:
         """Held-back text (a possible partial ``<think>`` tag), when the run ends early."""
 
+    def ended(self) -> LLMEvent | None:
+        """The completion when the answer was whole though the stream did not end cleanly (its end was
+        read, only what follows it was lost); None otherwise."""
+
 
 ErrorFactory = Callable[[str, str], LLMEvent]
 

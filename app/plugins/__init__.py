@@ -32,7 +32,7 @@ __all__ = ["AppContext", "BUILTIN_PLUGINS", "Change", "ClientError", "CommandRes
 ENTRY_POINT_GROUP = "quanda.plugins"
 BUILTIN_PLUGINS = ("quanda.plugins.todo", "quanda.plugins.simulator", "quanda.plugins.chat", "quanda.plugins.http_api")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-HOOKS = ("page", "startup", "prompt_context", "sidebar", "on_event", "ask")
+HOOKS = ("page", "startup", "prompt_context", "sidebar", "on_event", "on_navigate", "ask")
 
 
 class PluginError(Exception):
@@ -58,6 +58,7 @@ class Plugin:
     recover: Mapping[str, Callable[[Handle, Job], Awaitable[None]]] = field(default_factory=dict)  # job kind -> mark a job whose server died
     sidebar: Callable[[Handle], Awaitable[Any]] | None = None  # the sidebar beside every page (the first plugin's)
     on_event: Callable[[Handle, str], Awaitable[None]] | None = None  # an ambient event happened ("You added …")
+    on_navigate: Callable[[Handle, str | None], Awaitable[None]] | None = None  # a tab opened a plugin's page (its name; None: home). Not an ambient event: a plugin that wants the LLM told posts one itself
     ask: Callable[..., Awaitable[str]] | None = None  # ask(h, question, model) -> answer id (the HTTP API's /answer)
 
     def describe(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Access: the browser session that owns a message, or `Authorization: Bearer $QUANDA_API_TOKEN` when that
 variable is set (which may use any message). SSE streams send a `: keep-alive` comment after KEEPALIVE_S
-seconds without an event. Errors: 400 invalid input, 401 no access, 404 unknown or
+seconds without an event, and end with a `signed-out` event when what they were opened with is revoked
+(app/revocation.py). Errors: 400 invalid input, 401 no access, 404 unknown or
 someone else's message, 409 immutable, 413 over a size limit, 503 the store failed. Bodies are checked for
 size and nesting at the door (app/door.py) before they reach a route.
 """
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from quanda.client_json import ClientJSONError, parse_client_json
 from quanda.plugins import ClientError, Plugin, handle_of
+from quanda.revocation import revocable
 from quanda.core import (QuandaError, QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaNotFoundError,
                         QuandaReader, QuandaStoreError)
 from quanda.core.validation import MAX_SEQ
@@ -194,7 +196,7 @@ async def events(request, message_id: str):
                 log.warning("following message %s ended: %s", message.id, exc)  # from its Last-Event-ID)
                 yield f"event: error\ndata: {json.dumps({'error': 'the database is unavailable; reconnect in a moment'})}\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    return StreamingResponse(revocable(request, h.owner, stream()), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

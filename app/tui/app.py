@@ -86,7 +86,8 @@ class QuandaTUI(Readers, App):
         self._views: dict[int, EntryView] = {}
         self._view_of: dict[str, EntryView] = {}  # message id -> the view drawing it
         self._drawn_structure = -1
-        self._closed = False
+        self._network_closed = False  # (not `_closed`: Textual's MessagePump has one, and shutting down reads it)
+        self._stopping: asyncio.Task | None = None  # closing the network once signed out
 
     # -- layout -----------------------------------------------------------------------------------------------
 
@@ -124,15 +125,20 @@ class QuandaTUI(Readers, App):
 
     async def close_network(self) -> None:
         """Cancel every task and wait for them; close the HTTP client (and with it every connection)."""
-        if self._closed:
+        if self._network_closed:
             return
-        self._closed = True
+        self._network_closed = True
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
+
+    def stop_network(self, problem: Problem) -> None:
+        """Signed out: what is shown stays (with the reason), nothing more is asked of the server."""
+        self.client.stopped = problem
+        self._stopping = asyncio.get_running_loop().create_task(self.close_network())
 
     async def action_quit(self) -> None:
         await self.close_network()
@@ -144,7 +150,7 @@ class QuandaTUI(Readers, App):
     # -- problems ---------------------------------------------------------------------------------------------
 
     def show_problem(self, source: str, problem: Problem | None) -> None:
-        if self._closed:
+        if self._network_closed:
             return
         if problem is None:
             self.problems.pop(source, None)

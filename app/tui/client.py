@@ -6,7 +6,8 @@ connection was refused or cut, the server is restarting: `retry`) or not (no acc
     Problem
      ├── retry=True   cannot reach the server, connection cut, silence past the read timeout, 5xx, 503
      └── retry=False  401/403 (a token is needed or refused), 404 (no such route: another or older server),
-                      a protocol error that reconnecting does not cure
+                      a protocol error that reconnecting does not cure, a stream ending with `signed-out`
+                      (the token was revoked: status 401, and the app stops)
 
 Access: with a token (`--token` or QUANDA_API_TOKEN) every request carries `Authorization: Bearer`; without
 one, the client takes a session as a browser tab does (local mode: the one workspace of this machine) and says
@@ -29,6 +30,9 @@ REQUEST_TIMEOUT_S = 30.0
 STREAM_READ_TIMEOUT_S = 45.0  # 3 keep-alives missed (the server sends one every 15 s)
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 5.0
+SIGNED_OUT = "signed-out"  # the event a stream ends with when its token is revoked
+SIGNED_OUT_HINT = ("the client has stopped; create a new token with `python -m quanda tokens create NAME` on the "
+                   "server and start it again with --token qk_…; ^Q quits")
 
 
 class Problem(Exception):
@@ -56,6 +60,7 @@ class QuandaClient:
         self.http = httpx.AsyncClient(base_url=self.url, headers=headers, follow_redirects=False,
                                       timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
         self._session = False
+        self.stopped: Problem | None = None  # signed out: every request is refused with this
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -127,6 +132,8 @@ class QuandaClient:
 
     async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict[str, Any]]:
         """(status, JSON body) of a 2xx answer; a Problem otherwise."""
+        if self.stopped is not None:
+            raise self.stopped
         await self.ensure_session()
         try:
             response = await self.http.request(method, path, json=body if method != "GET" else None)
@@ -186,6 +193,9 @@ class QuandaClient:
                                 data = json.loads(event.data)
                             except ValueError:
                                 raise ProtocolError(f"event {event.event!r} without JSON data") from None
+                            if event.event == SIGNED_OUT:  # the token was revoked: reconnecting cannot help
+                                raise Problem(str(data.get("reason") or "signed out")[:200], SIGNED_OUT_HINT,
+                                              status=401)
                             yield event, data
                 raise httpx.RemoteProtocolError("the server ended the stream")
             except Problem as problem:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from .sse import ProtocolError
 
 ANSWER = "assistant"
-RETRYABLE = ("stopped", "failed", "interrupted")
+RETRYABLE = ("stopped", "failed", "cut", "interrupted")
 
 
 @dataclass
@@ -87,19 +87,29 @@ class Entry:
     at: float | None = None
     text: str = ""  # an event's text
     message: MessageState | None = None
-    status: str = ""  # an answer's: generating, done, stopped, failed, interrupted, final
+    status: str = ""  # an answer's: generating, done, stopped, failed, cut, interrupted, final
     model: str | None = None
     thinking: MessageState | None = None
+    outcome: str = ""  # how it ended, kept after the seal: done, stopped, failed, cut, interrupted
+    reason: str = ""  # why, for an unfinished one
+    usage: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Entry":
         entry = cls(key=int(data["key"]), type=data.get("type", ""), at=data.get("at"), text=data.get("text") or "",
                     status=data.get("status") or "", model=data.get("model"))
+        entry.set_outcome(data)
         if data.get("message"):
             entry.message = MessageState.from_json(data["message"])
         if data.get("thinking"):
             entry.thinking = MessageState.from_json(data["thinking"])
         return entry
+
+    def set_outcome(self, data: dict[str, Any]) -> None:
+        """The outcome fields of an entry or a chat.state event (when it has them)."""
+        if "outcome" in data:
+            self.outcome, self.reason = data.get("outcome") or "", data.get("reason") or ""
+            self.usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
 
 
 class Conversation:
@@ -151,10 +161,11 @@ class Conversation:
             self._changed()
         return entry
 
-    def set_answer_status(self, key: int, status: str) -> Entry | None:
+    def set_answer_status(self, key: int, status: str, data: dict[str, Any] | None = None) -> Entry | None:
         entry = self.by_key(key)
         if entry is not None:
             entry.status = status
+            entry.set_outcome(data or {})
             self._touch(entry.message)
         return entry
 

@@ -54,6 +54,8 @@ class Readers:
                         self.conv.cursor = event.id  # applied: a reconnect resumes after it
         except Problem as problem:  # waiting does not cure it
             failed(problem)
+            if problem.status == 401:  # signed out (the token revoked): say so and stop
+                self.stop_network(problem)
 
     def on_conversation_event(self, name: str, data: dict[str, Any]) -> None:
         if name == "chat.snapshot":
@@ -61,7 +63,7 @@ class Readers:
         elif name == "chat.entry":
             self.conv.add(data)
         elif name == "chat.state":
-            self.catch_up(self.conv.set_answer_status(int(data["key"]), data["status"]))
+            self.catch_up(self.conv.set_answer_status(int(data["key"]), data["status"], data))
         elif name == "chat.thinking":
             self.conv.set_thinking(int(data["key"]), data.get("thinking"))
         elif name == "chat.status":
@@ -149,6 +151,9 @@ class Readers:
                     attempt += 1
         except Problem as problem:
             self.show_problem(source, problem)
+            if problem.status == 401:
+                self.show_problem("conversation", problem)
+                self.stop_network(problem)
         finally:
             if self.followers.get(state.id) is follower:
                 del self.followers[state.id]

@@ -8,10 +8,14 @@ from rich.markup import escape
 from textual.containers import Vertical
 from textual.widgets import Collapsible, Label, Markdown, Static
 
+from quanda.llm.usage import usage_text
+
 from .model import ANSWER, Entry, MessageState
 
 STATUS_TEXT = {"generating": "writing…", "done": "", "final": "", "stopped": "stopped",
-               "failed": "failed — ^R retries", "interrupted": "interrupted — ^R retries"}
+               "failed": "failed — ^R retries", "cut": "cut off — ^R retries",
+               "interrupted": "interrupted — ^R retries"}
+FINAL_TEXT = {"stopped": "stopped", "failed": "failed", "cut": "cut off", "interrupted": "interrupted"}
 
 
 class MessageMarkdown(Markdown):
@@ -84,8 +88,11 @@ class AnswerView(EntryView):
 
     def header(self) -> str:
         status = STATUS_TEXT.get(self.entry.status, self.entry.status)
+        if self.entry.status == "final":  # sealed: how it ended is kept in the entry
+            status = FINAL_TEXT.get(self.entry.outcome, "")
         model = f" · {self.entry.model}" if self.entry.model else ""
-        return f"Assistant{escape(model)}" + (f" · [b]{escape(status)}[/b]" if status else "")
+        usage = f" · {usage_text(self.entry.usage)}" if self.entry.usage and self.entry.status != "generating" else ""
+        return f"Assistant{escape(model)}" + (f" · [b]{escape(status)}[/b]" if status else "") + escape(usage)
 
     async def on_mount(self) -> None:
         self.query_one(".thinking", Collapsible).display = False
@@ -108,6 +115,8 @@ class AnswerView(EntryView):
             await md.draw()
         message = self.entry.message
         text = message.warning if message is not None else ""
+        if not text and self.entry.outcome in FINAL_TEXT and self.entry.status == "final":
+            text = self.entry.reason  # the seal cleared the warning; the entry kept why it ended
         estimate = message.estimate if message is not None and not message.immutable else None
         warning = self.query_one(".warning", Static)
         self.set_text(warning, escape(text or (estimate or "")))

@@ -170,3 +170,40 @@ async def test_accounts_mode_login_wrong_password_and_logout(accounts_server, br
     await page.goto(accounts_server.url + "/p/todo")
     await expect(page).to_have_url(accounts_server.url + "/login")
     assert await csp_violations(page) == []
+
+
+async def test_a_tab_signed_out_by_a_password_change_says_why_and_stops(accounts_server, browser):
+    """`users passwd` in a shell: within a second the open tab shows why it was signed out, with a link to sign
+    in again; its controls are disabled and its socket is not reopened (no reconnect as if nothing happened)."""
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    page = await (await browser.new_context()).new_page()
+    await page.add_init_script(WATCH_CSP)
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+    await page.goto(accounts_server.url + "/login")
+    await page.fill("#login-user", "alice")
+    await page.fill("#login-password", PASSWORD)
+    await page.click("#login-submit")
+    await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "quanda", "users", "passwd", "alice",
+                                                    "--password-stdin"], input="a brand new password\n", text=True,
+                                   capture_output=True, cwd=accounts_server.workdir, env=accounts_server.env)
+    assert done.returncode == 0, done.stderr
+    changed = time.monotonic()
+    notice = page.locator("#ws-notice.signed-out")
+    await expect(notice).to_contain_text("signed out: your password was changed", timeout=EXPECT_MS)
+    shown_after = time.monotonic() - changed
+    assert shown_after < 1.0, shown_after  # (measured from the command's end, the browser polled: an upper bound)
+    await expect(page.locator("#ws-state")).to_have_attribute("data-state", "signed-out")
+    await expect(page.locator("#todo-new")).to_be_disabled()
+    await expect(page.locator("#chat-input")).to_be_disabled()
+    opened = len(sockets)
+    await page.wait_for_timeout(2500)  # a reconnect would come within ~1 s (the ws extension's first backoff)
+    assert len(sockets) == opened == 1
+    await notice.locator("a", has_text="Sign in again").click()
+    await expect(page).to_have_url(accounts_server.url + "/login")
+    assert await csp_violations(page) == []

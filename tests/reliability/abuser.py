@@ -6,6 +6,13 @@
         `count` WebSockets opened at once; counts those accepted (held open `hold` seconds once every handshake
         was answered, when it prints {"settled": seconds}) and how the others were refused
 
+    python -m tests.reliability.abuser logins URL - --clients 100 --seconds 5 [--name alice]
+        `clients` HTTP clients, each from an address of its own (127.0.1.1, 127.0.1.2 …: all loopback), each
+        sending wrong logins one after another (with --name, for that user; else for names that do not exist,
+        a new one each time); the clients start one after another over RAMP_S (then it prints
+        {"event": "attacking"}: every client has a login in flight), and send no new one after `seconds`;
+        counts the answers by kind
+
 It prints one JSON line of figures when done.
 """
 
@@ -19,6 +26,8 @@ import time
 from collections import Counter
 
 import websockets
+
+RAMP_S = 1.0  # logins: the clients start over this long
 
 
 def ws_url(url: str) -> str:
@@ -134,9 +143,50 @@ async def connections(url: str, cookie: str, count: int, hold: float) -> dict:
     return {"outcomes": dict(outcomes), "reasons": dict(reasons), "settled_s": took}
 
 
+def login_outcome(response) -> str:
+    if response.status_code == 429:
+        return "busy" if "at once" in response.text else "throttled"
+    if response.status_code == 200 and "Wrong user name or password." in response.text:
+        return "wrong"
+    return f"other {response.status_code}"
+
+
+async def logins(url: str, clients: int, seconds: float, name: str | None) -> dict:
+    import httpx
+
+    outcomes: Counter = Counter()
+    opened = asyncio.Barrier(clients + 1)
+    guesses = iter(range(10**9))
+    began = 0
+
+    async def attacker(k: int) -> None:
+        nonlocal began
+        transport = httpx.AsyncHTTPTransport(local_address=f"127.0.{1 + k // 250}.{1 + k % 250}")
+        async with httpx.AsyncClient(base_url=url, transport=transport, headers={"Origin": url},
+                                     timeout=120) as http:
+            await http.get("/login")  # connected
+            await opened.wait()
+            await asyncio.sleep(k * RAMP_S / clients)  # one after another: a login flood, not one burst
+            deadline = time.monotonic() + seconds
+            first = True
+            while time.monotonic() < deadline:
+                who = name or f"nobody-{next(guesses)}"
+                request = asyncio.ensure_future(http.post("/login", data={"username": who,
+                                                                          "password": "wrong guess"}))
+                if first:  # on its way: once every client's first is, the attack is on
+                    first = False
+                    began += 1
+                    if began == clients:
+                        say("attacking")
+                outcomes[login_outcome(await request)] += 1
+
+    await asyncio.gather(opened.wait(), *(attacker(k) for k in range(clients)))
+    return {"outcomes": dict(outcomes)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["flood", "connections"])
+    parser.add_argument("mode", choices=["flood", "connections", "logins"])
     parser.add_argument("url")
     parser.add_argument("cookie")
     parser.add_argument("--rate", type=float, default=1000)
@@ -144,8 +194,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--hold", type=float, default=5)
     parser.add_argument("--sockets", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--name")
     args = parser.parse_args()
-    if args.mode == "flood":
+    if args.mode == "logins":
+        result = asyncio.run(logins(args.url, args.clients, args.seconds, args.name))
+    elif args.mode == "flood":
         result = asyncio.run(flood(args.url, args.cookie, args.rate, args.seconds, args.sockets))
     else:
         result = asyncio.run(connections(args.url, args.cookie, args.count, args.hold))

@@ -34,7 +34,7 @@ import websockets
 from quanda.serve import WS_MAX_SIZE
 from tests.llm_server import LLMTestServer, Reply
 from quanda.config import Settings
-from quanda.ratelimit import BURST_S, HANDSHAKE_BURST_S
+from quanda.ratelimit import BURST_S, HANDSHAKE_BURST_S, STRAINED_S
 from tests.reliability.harness import LONG, percentile, rss_mb
 from tests.servers import ACCOUNTS, ROOT, AppServer, add_user, login
 
@@ -370,6 +370,40 @@ async def test_one_owner_flooding_from_several_connections_is_held_to_the_owners
                                      str(sockets), "--seconds", str(FLOOD_S)):
         assert flooded["answered_during"] <= (BURST_S + flooded["seconds"]) * owner_rate * 1.05 + sockets, flooded
         assert flooded["sent"] > flooded["answered_during"] * 1.3, flooded  # the owner's limit did hold them
+
+
+async def test_a_tab_under_its_share_is_never_closed_for_its_workspaces_other_tabs_flooding(server):
+    """Three tabs of one workspace flood (1,000 frames/s each) for longer than a tab may stay held back; a
+    fourth tab of the same workspace, at 5 a second, is charged none of it: none of its frames is held back
+    (it is never told to slow down), it is answered all along and never closed, while the flooders are held to
+    the workspace's rate. (Before the workspace's rate was shared fairly, the gentle tab's frames waited
+    behind the flood, and it could be the one closed.)"""
+    cookie = await user(server)
+    flood_s = STRAINED_S + 3
+
+    async def gentle_tab(seconds: float) -> tuple[list[float], list[str]]:
+        """A tab of the same workspace asking 5 times a second: its round trips, and what it was told."""
+        trips, told = [], []
+        async with websockets.connect(ws_url(server), additional_headers={"Cookie": cookie}) as ws:
+            start = time.monotonic()
+            while time.monotonic() - start < seconds:
+                probe, sent = f"gentle-{len(trips)}", time.perf_counter()
+                await ws.send(json.dumps({"action": probe}))
+                async with asyncio.timeout(ANSWER_TIMEOUT):
+                    while probe not in (frame := await ws.recv()):
+                        told.append(frame)
+                trips.append(time.perf_counter() - sent)
+                await asyncio.sleep(max(0.0, start + len(trips) / 5 - time.monotonic()))
+        return trips, told
+
+    abuser = Abuse("flood", server, cookie, "--rate", "1000", "--sockets", "3", "--seconds", str(flood_s))
+    flooded, (during, told) = await asyncio.gather(abuser.run(), abuser.when("flooding", gentle_tab(flood_s)))
+    print(f"\n[abuse] the gentle tab's round trips while its workspace's other tabs flood {ms(during)}; "
+          f"the flood: {flooded}")
+    assert not [t for t in told if "slow down" in t or "closed" in t], told[:3]  # never held back
+    assert len(during) >= 5 * (flood_s - 1), len(during)  # answered all along, at its pace, and not closed
+    owner_rate = Settings().ws_owner_frames_per_s  # the flooders are charged: held to the workspace's rate
+    assert flooded["answered_during"] <= (BURST_S + flooded["seconds"]) * owner_rate * 1.05 + 3, flooded
 
 
 async def test_500_connections_at_once_are_capped(server, others):

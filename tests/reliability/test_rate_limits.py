@@ -121,3 +121,82 @@ async def test_bad_frames_are_paced_like_good_ones():
                                               per_address=5), frames)
     refusals = [m for m in sent if "not JSON" in m.get("text", "")]
     assert len(refusals) == 30 and took >= 0.9, took
+
+
+# -- fair within a workspace ------------------------------------------------------------------------------------
+
+def paced(limits: Limits, tabs: dict[str, float], seconds: float, owner: str = "alice") -> dict[str, dict]:
+    """Tabs of one owner, each sending as fast as it is let up to its rate (frames per second; inf: a flood),
+    simulated on a clock: per tab, the frames handled and the longest a frame waited (for its own pace, and for
+    its owner's beyond its share)."""
+    paces = {name: limits.connection_pace() for name in tabs}
+    for _ in tabs:
+        limits.admit(owner, "1.2.3.4")
+    due = {name: 0.0 for name in tabs}
+    seen = {name: {"frames": 0, "own_wait": 0.0, "share_wait": 0.0} for name in tabs}
+    while min(due.values()) < seconds:
+        name = min(due, key=due.get)
+        now = due[name]
+        own, share = limits.frame_waits(paces[name], owner, now)
+        stats = seen[name]
+        stats["frames"] += 1
+        stats["own_wait"], stats["share_wait"] = max(stats["own_wait"], own), max(stats["share_wait"], share)
+        handled = now + max(own, share)  # the socket is not read meanwhile
+        due[name] = max(handled, now + 1 / tabs[name]) if tabs[name] != float("inf") else handled
+    return seen
+
+
+def test_a_tab_within_its_share_never_waits_for_another_tabs_flood():
+    limits = Limits(frames_per_s=20, owner_frames_per_s=50, per_owner=10, per_address=10)
+    seen = paced(limits, {"flood": float("inf"), "flood2": float("inf"), "gentle": 5.0}, seconds=30)
+    assert seen["gentle"]["own_wait"] == seen["gentle"]["share_wait"] == 0  # never held back
+    assert seen["gentle"]["frames"] >= 30 * 5
+    assert seen["flood"]["own_wait"] > 0 and seen["flood2"]["own_wait"] > 0  # the floods are charged
+    total = sum(s["frames"] for s in seen.values())
+    assert total <= 50 * (30 + 2 * 2) + 3, total  # the workspace's rate (and burst) still holds
+
+
+def test_tabs_each_under_their_rate_are_held_to_the_workspaces_rate_by_their_shares():
+    limits = Limits(frames_per_s=20, owner_frames_per_s=50, per_owner=10, per_address=10)
+    seen = paced(limits, {f"tab{k}": 19.0 for k in range(8)}, seconds=30)
+    assert all(s["own_wait"] == 0 for s in seen.values())  # none over its own rate
+    assert all(s["share_wait"] > 0 for s in seen.values())  # all over their shares: they wait
+    total = sum(s["frames"] for s in seen.values())
+    assert 50 * 30 <= total <= 50 * (30 + 2 * 2) + 8, total
+
+
+async def test_a_tab_within_its_share_is_never_closed_while_another_of_its_owners_is(monkeypatch):
+    monkeypatch.setattr(quanda.ws, "STRAINED_S", 0.5)
+    limits = Limits(frames_per_s=1000, owner_frames_per_s=20, per_owner=5, per_address=5)
+    loop = asyncio.get_running_loop()
+
+    async def tab(frames: list[str], every_s: float):
+        """A tab of alice's behind FrameGuard, sending a frame every `every_s` (0: as fast as it is read)."""
+        incoming = [{"type": "websocket.receive", "text": f} for f in frames] + [{"type": "websocket.disconnect"}]
+        sent, got = [], []
+
+        async def receive():
+            await asyncio.sleep(every_s)
+            return incoming.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        async def app_(scope, receive_, send_):
+            while (message := await receive_())["type"] == "websocket.receive":
+                got.append(message["text"])
+            got.append(message)
+
+        limits.admit("alice", "1.2.3.4")
+        await FrameGuard(app_, limits=limits)({"type": "websocket", OWNER_SCOPE: "alice"}, receive, send)
+        return got, sent
+
+    began = loop.time()
+    (flooded, told_flood), (gentle, told_gentle) = await asyncio.gather(
+        tab([json.dumps({"action": f"f{i}"}) for i in range(500)], 0.0),
+        tab([json.dumps({"action": f"g{i}"}) for i in range(12)], 0.2))  # 5 a second: within its share of 10
+    assert flooded[-1] == {"type": "websocket.disconnect", "code": 1008}  # the flood: held back, then closed
+    assert told_flood[-1] == {"type": "websocket.close", "code": 1008}
+    assert gentle[-1] == {"type": "websocket.disconnect"} and len(gentle) == 13  # every frame, not closed
+    assert not [m for m in told_gentle if "slow down" in m.get("text", "")]  # never even held back
+    assert loop.time() - began < 5

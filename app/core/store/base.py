@@ -213,6 +213,19 @@ class QuandaStore(LiveStore):
         return await self._list_records(check_record_kind(kind), prefix, limit=limit, last=last, after=after,
                                         before=before)
 
+    async def list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """The last `count` records whose key starts with `prefix`, in key order (reading `count`, not all):
+        `list_records(kind, prefix, limit=count, last=True)`."""
+        if not isinstance(prefix, str) or not isinstance(count, int) or count < 1:
+            raise TypeError("prefix must be str and count a positive int")
+        return await self.list_records(kind, prefix, limit=count, last=True)
+
+    async def delete_messages(self, message_ids: Sequence[str]) -> int:
+        """Delete messages with their tokens (a deleted conversation's; none may still be written). Unknown
+        ids are skipped; returns how many were deleted."""
+        self._check_open()
+        return await self._delete_messages(sorted({check_id(m) for m in message_ids}))
+
     async def commit_records(self, ops: Sequence[RecordOp]) -> bool:
         """Apply record operations as one unit: `("insert", kind, key, data)` (insert-if-absent),
         `("put", kind, key, data)`, `("delete", kind, key, None)`. An insert whose key exists rejects the
@@ -334,6 +347,9 @@ class QuandaStore(LiveStore):
     async def _list_records(self, kind: str, prefix: str, *, limit: int | None = None, last: bool = False,
                             after: str | None = None, before: str | None = None) -> list[tuple[str, dict[str, Any]]]:
         ...
+
+    @abstractmethod
+    async def _delete_messages(self, message_ids: list[str]) -> int: ...
 
     @abstractmethod
     async def _commit_records(self, ops: list[RecordOp]) -> bool:

@@ -270,6 +270,13 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
             raise QuandaNotFoundError(f"no message with id {message_id!r}")
         return _record(doc, await self._content(doc))
 
+    async def _delete_messages(self, message_ids: list[str]) -> int:
+        if not message_ids:
+            return 0
+        with _translated("delete messages"):
+            result = await self._messages.delete_many({"_id": {"$in": [ObjectId(m) for m in message_ids]}})
+        return result.deleted_count
+
     async def _select_tokens(self, message_id: str, gt: int, limit: int) -> list[QuandaToken]:
         # a 16 MiB document holds fewer than 2**20 entries: larger numbers change nothing, keep them small
         skip, count = min(gt, 1 << 30), min(limit, 1 << 30)

@@ -65,6 +65,17 @@ class PostgresRecords(QuandaStore):
             return await conn.fetchval(f"DELETE FROM {self._s}.quanda_records WHERE kind = $1 AND key = $2 "
                                        f"RETURNING true", kind, key.encode()) is not None
 
+    async def _delete_messages(self, message_ids: list[str]) -> int:
+        if not message_ids:
+            return 0
+        async with self._conn("delete_messages") as conn:
+            async with conn.transaction():
+                await conn.execute(f"DELETE FROM {self._s}.quanda_tokens WHERE message_id = ANY($1::text[])",
+                                   message_ids)
+                done = await conn.execute(f"DELETE FROM {self._s}.quanda_messages WHERE id = ANY($1::text[])",
+                                          message_ids)
+        return int(done.split()[-1])
+
     async def _list_records(self, kind: str, prefix: str, *, limit: int | None = None, last: bool = False,
                             after: str | None = None, before: str | None = None) -> list[tuple[str, dict[str, Any]]]:
         params: list[Any] = [kind, prefix.encode()]

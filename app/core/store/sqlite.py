@@ -225,6 +225,16 @@ class SQLiteStore(SQLiteRecords):
             return cursor.fetchone() if one else cursor.fetchall()
         return await self._run_read(read)
 
+    async def _delete_messages(self, message_ids: list[str]) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(message_ids))
+            for table, column in (("quanda_tokens", "message_id"), ("quanda_content", "message_id")):
+                conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", message_ids)
+            for message_id in message_ids:
+                self._known.pop(message_id, None)  # (the writer thread's: this runs there)
+            return conn.execute(f"DELETE FROM quanda_messages WHERE id IN ({marks})", message_ids).rowcount
+        return await self._write(delete) if message_ids else 0
+
     # -- facts ----------------------------------------------------------------------------------------
 
     async def _publish_fact(self, topic: str, blob: str) -> None:

@@ -15,10 +15,11 @@ import logging
 from fasthtml.common import H2, APIRouter, Div, P, Section
 
 from quanda.components.buttons import ws_button
-from quanda.components.chat import ChatView, ConversationList, ConversationView
+from quanda.components.chat import ChatView
+from quanda.components.conversations import ConversationList, ConversationView, SearchBox, SearchResults
 from quanda.plugins import AppContext, Handle, Plugin
 
-from . import actions, agui, answers, api, conversation, drafts, export, views
+from . import actions, agui, answers, api, conversation, drafts, export, manage, turns, views
 from .status import LLMStatus
 from .tools import ToolBox
 
@@ -31,7 +32,8 @@ class ChatState:
     """The chat's per-app state."""
 
     def __init__(self, ctx: AppContext):
-        self.status = LLMStatus(ctx.llm, ctx.settings.default_model, ctx.settings.llm_check_s)
+        self.status = LLMStatus(ctx.llm, ctx.settings.default_model, ctx.settings.llm_check_s,
+                                elsewhere=lambda: turns.held_elsewhere(ctx.store, ctx.llm))
         self.tools = ToolBox(ctx.plugins)  # the plugins' commands as native tools
         self.sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -63,7 +65,8 @@ async def page(h: Handle):
                       title="Start a new conversation in the sidebar (this one is kept)"),
             cls="chat-page-head"),
         P("The sidebar holds the current conversation. Earlier ones are kept: open one to read it, continue it "
-          "in the sidebar, or export it as Markdown or JSON.", cls="muted"),
+          "in the sidebar, rename or delete it, or export it as Markdown or JSON.", cls="muted"),
+        SearchBox(), SearchResults([]),
         Div(ConversationList(convs, current), ConversationView(None), cls="chat-page-body"),
         cls="chat-full card")
 
@@ -79,7 +82,9 @@ plugin = Plugin(
                  "chat.retry": actions.on_retry, "chat.edit": actions.on_edit,
                  "chat.cancel_edit": actions.on_cancel_edit, "chat.new": actions.on_new,
                  "chat.continue": actions.on_continue, "chat.open": actions.on_open,
-                 "chat.status": actions.on_status},
+                 "chat.status": actions.on_status, "chat.regenerate": actions.on_regenerate,
+                 "chat.version": actions.on_version, "chat.rename": manage.on_rename, "chat.delete": manage.on_delete,
+                 "chat.search": manage.on_search, "chat.settings": manage.on_settings},
     stream_views={"assistant": ChatView, "q": ChatView, "thinking": ChatView},
     fact_views=views.FACT_VIEWS,
     recover={answers.ROLE: answers.recover},

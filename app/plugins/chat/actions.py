@@ -7,14 +7,16 @@ from __future__ import annotations
 import time
 
 from quanda.components import ids
-from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, ConversationView,
-                                 EventLine, PreviousVersion, StatusBadge)
+from quanda.components.answer import ConversationSettings, HorizonMarker
+from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine,
+                                    PreviousVersion, StatusBadge)
+from quanda.components.conversations import ConversationView
 from quanda.plugins import ClientError, Handle
 from quanda.plugins.notices import near
 from quanda.core import QuandaError, QuandaWriter, QuandaMessage
 from quanda.render import render_markdown
 
-from . import answers, conversation, drafts
+from . import answers, conversation, drafts, outcome, versions
 
 MAX_QUESTION_CHARS = 32_000
 HISTORY_ENTRIES = 60
@@ -47,7 +49,10 @@ async def answering(h: Handle) -> str | None:
 
 async def chat_input(h: Handle, wanted_model: object = None, oob: bool = False, *, restore: bool = False,
                      text: str = "", editing: str | None = None):
-    """The input; with `restore`, holding the draft being typed (a reload keeps it)."""
+    """The input; with `restore`, holding the draft being typed (a reload keeps it). The model picker shows
+    the conversation's model (the one last sent with), else the default."""
+    if wanted_model is None:
+        wanted_model = (await conversation.settings_of(h.store, h.owner)).get("model")
     model, models = await answers.llm_status(h).choose(wanted_model)
     preview = render_markdown(text) if text else ""
     if restore and (found := await drafts.live(h)) is not None:
@@ -67,9 +72,15 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
     """A conversation's items: live bubbles (the sidebar) or read-only ones (`archived`: the Chat page's
     viewer); the messages an edited question replaced are collapsed into "Previous version"."""
     found = await conversation.entries(h.store, h.owner, limit=limit, cid=cid, superseded=True)
+    live = [(key, entry) for key, entry in found if not entry.get("superseded")]
+    last_answer = next((key for key, entry in reversed(live) if entry["type"] == answers.ROLE), None)
+    horizon = next(((entry.get("seen_from"), entry.get("dropped", 0)) for key, entry in reversed(live)
+                    if entry["type"] == answers.ROLE and key == last_answer), (None, 0))
     items: list = []
     previous: list = []
-    for _key, entry in found:
+    for key, entry in found:
+        if horizon[0] and key == horizon[0]:
+            items.append(HorizonMarker(horizon[1]))
         if entry["type"] == "event":
             items.append(EventLine(entry["text"]))
             continue
@@ -78,19 +89,19 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
             thinking = await h.store.get_message(entry["thinking_id"]) if entry.get("thinking_id") else None
         except QuandaError:
             continue
+        is_answer = record.role == answers.ROLE
         if entry.get("superseded"):
-            previous.append(ArchivedMessage(record, thinking))
+            previous.append(ArchivedMessage(record, thinking, outcome.info(entry, record) if is_answer else None))
             continue
         if previous:
             items.append(PreviousVersion(previous))
             previous = []
+        running = not is_answer or outcome.status_of(entry) != "generating" or await h.job_running(record.id)
+        info = outcome.info(entry, record, last=key == last_answer, running=running) if is_answer else None
         if archived:
-            items.append(ArchivedMessage(record, thinking))
+            items.append(ArchivedMessage(record, thinking, info))
             continue
-        state = entry.get("status", "final") if record.role == answers.ROLE else "final"
-        if state == "generating" and not await h.job_running(record.id):
-            state = "interrupted"
-        items.append(ChatMessage(record, state, thinking))
+        items.append(ChatMessage(record, info.status if info else "final", thinking, info=info))
     if previous:
         items.append(PreviousVersion(previous))
     return items
@@ -98,7 +109,8 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
 
 async def sidebar(h: Handle):
     return ChatSidebar(await history(h, limit=HISTORY_ENTRIES * 2), await badge(h),
-                       await chat_input(h, restore=True))
+                       await chat_input(h, restore=True),
+                       ConversationSettings(await conversation.settings_of(h.store, h.owner)))
 
 
 async def on_event(h: Handle, text: str, key: str | None = None) -> None:
@@ -140,6 +152,8 @@ async def on_send(h: Handle, data: dict) -> None:
     await answers.seal_unfinished(h)
     await h.store.put_record(TURN_KIND, h.owner, {"turn": await turn(h) + 1})
     model = (await answers.llm_status(h).choose(data.get("model")))[0]
+    if isinstance(data.get("model"), str) and data["model"] == model:  # kept with the conversation
+        await conversation.set_settings(h.store, h.owner, await conversation.current(h.store, h.owner), model=model)
     await h.publish("chat.sent", model=model)
     if edit and text and await conversation.supersede_from(h.store, h.owner, edit) is not None:
         await h.publish(SWITCHED)  # every tab redraws the conversation: the old turn is a previous version
@@ -165,7 +179,10 @@ async def ask(h: Handle, question, model: str | None, setup=None) -> str:
         await QuandaWriter(QuandaMessage(h.store, question)).make_immutable()
     await answers.seal_unfinished(h)
     await ask_in_conversation(h, question)
-    return await answers.start_answer(h, model or (await answers.llm_status(h).choose())[0], setup)
+    if not model:  # the conversation's, if the server has it; a model asked for is asked for as it is
+        wanted = (await conversation.settings_of(h.store, h.owner)).get("model")
+        model = (await answers.llm_status(h).choose(wanted))[0]
+    return await answers.start_answer(h, model, setup)
 
 
 @near(ids.CHAT_NOTICE)
@@ -246,3 +263,27 @@ async def on_open(h: Handle, data: dict) -> None:
 async def on_status(h: Handle, data: dict) -> None:
     """A tab asks for the badge (every QUANDA_LLM_CHECK_S seconds, see static/chat.js)."""
     await h.send(await badge(h, oob=True))
+
+
+async def answer_info(h: Handle, message_id: str):
+    """What the views show under an answer of the current conversation (None when it is not there)."""
+    live = await conversation.entries(h.store, h.owner, limit=50)
+    answers_here = [(key, entry) for key, entry in live if entry["type"] == answers.ROLE]
+    for i, (_key, entry) in enumerate(answers_here):
+        if entry.get("message_id") == message_id:
+            try:
+                record = await h.store.get_message(message_id)
+            except QuandaError:
+                record = None
+            return outcome.info(entry, record, last=i == len(answers_here) - 1)
+    return None
+
+
+@near(ids.CHAT_NOTICE)
+async def on_regenerate(h: Handle, data: dict) -> None:
+    await versions.regenerate(h, data.get("message_id"))
+
+
+@near(ids.CHAT_NOTICE)
+async def on_version(h: Handle, data: dict) -> None:
+    await versions.switch(h, data.get("message_id"), data.get("to"))

@@ -22,7 +22,8 @@ tabs show it anyway). `forwardedProps.quanda.model` picks the model.
 
 Errors: a body that is not a RunAgentInput gets 400, no access 401, a `Last-Event-ID` of no run 404 (JSON,
 as the rest of the API); a run refused (an answer is being written, nothing to answer, a tool name taken)
-or failing (the LLM unreachable, …) gets `RUN_ERROR` with a code and a message meant for the user.
+or failing (the LLM unreachable, …) gets `RUN_ERROR` with a code and a message meant for the user; a run
+whose token or session is revoked while it streams ends with `RUN_ERROR` code `signed_out`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from quanda.llm.tools import TOOL_NAME_RE
 from quanda.plugins import ClientError, Handle, handle_of
 from quanda.plugins.http_api import body_json, error
+from quanda.revocation import revocable
 from quanda.core import QuandaError, QuandaMessage, QuandaNotFoundError
 
 from . import actions, agui_events, answers, client_tools, conversation, tools
@@ -117,7 +119,13 @@ async def run_agent(request):
         if not completed and run.get("on_disconnect") != "continue":
             h.ctx.state["chat"].in_background(stop_unless_resumed(h, key, token, run["answer_id"]))
 
-    return RunResponse(agui_events.RunEvents(h, run, after).stream(), on_close)
+    events = revocable(request, h.owner, agui_events.RunEvents(h, run, after).stream(), farewell=signed_out)
+    return RunResponse(events, on_close)
+
+
+def signed_out(reason: str) -> str:
+    """What a run's stream ends with when the caller's token or session is revoked meanwhile."""
+    return agui_events.encode(RunErrorEvent(message=reason, code="signed_out"))
 
 
 def parse_input(body: dict) -> RunAgentInput:

@@ -31,7 +31,7 @@ log = logging.getLogger("quanda.chat")
 ROLE = "assistant"
 INTERRUPTED = ("interrupted: the server writing this answer stopped, or lost the database, before it was done. "
                "Press Retry to regenerate it.")
-UNFINISHED = ("stopped", "failed", "interrupted")
+UNFINISHED = ("stopped", "failed", "cut", "interrupted")
 
 
 def llm_status(h: Handle):
@@ -56,7 +56,7 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
     """Write the answer (its rounds of text and tool calls, see `tools`); with `resume` (Retry), first rebuild
     it from the rounds recorded, whose calls never run again."""
     writer = QuandaWriter(await QuandaMessage.from_id(h.store, answer_id))
-    rounds = tools.RoundLoop(h, answer_id, model, writer, lambda: start_thinking(h, key, answer_id))
+    rounds = tools.RoundLoop(h, answer_id, model, writer, lambda: start_thinking(h, key, answer_id), key)
     status, problem = "failed", ""
     try:
         if resume:
@@ -77,10 +77,11 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
     except QuandaError as exc:
         status = "failed"
         log.error("answer %s could not be written: %s", answer_id, exc)
+        problem = ("the answer could not be stored; Retry, and check the server's log if it "
+                   "happens again")
         # unmarked, the answer is left to its lease: whichever server recovers the job marks it (Retry works)
-        await writer.warning("the answer could not be stored; Retry, and check the server's log if it "
-                             "happens again")
-    await finish(h, key, answer_id, writer, status, None)
+        await writer.warning(problem)
+    await finish(h, key, answer_id, writer, status, None, {**rounds.details(), "reason": problem})
 
 
 async def stopped(h: Handle, key: str, answer_id: str, writer: QuandaWriter, rounds: "tools.RoundLoop") -> None:
@@ -88,11 +89,13 @@ async def stopped(h: Handle, key: str, answer_id: str, writer: QuandaWriter, rou
         await rounds.flush()  # what the LLM sent before Stop is kept, before the warning
     except QuandaError as exc:
         log.warning("answer %s: text before Stop could not be written: %s", answer_id, exc)
-    await finish(h, key, answer_id, writer, "stopped", "stopped")
+    await finish(h, key, answer_id, writer, "stopped", "stopped", {**rounds.details(), "reason": "stopped"})
 
 
 async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, status: str,
-                 warning: str | None) -> None:
+                 warning: str | None, details: dict | None = None) -> None:
+    """The answer's outcome, kept in its entry (`status`, and in `details` its `reason`, `usage`, `model`): the
+    seal clears the message's warning, the entry keeps why it ended."""
     if warning is not None:
         try:
             await writer.warning(warning)
@@ -102,7 +105,7 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
     metrics.ANSWERS.labels(status).inc()
     entry = await conversation.update_entry(h.store, key, status=status,
-                                            commands="pending" if status == "done" else None)
+                                            commands="pending" if status == "done" else None, **(details or {}))
     if status == "done" and entry:
         llm_status(h).answered(entry.get("model"))
     if status == "done":  # commands run only in answers the LLM finished normally
@@ -194,5 +197,5 @@ async def recover(h: Handle, job: Job) -> None:
     await QuandaWriter(QuandaMessage(h.store, record)).warning(INTERRUPTED)
     metrics.ANSWERS.labels("interrupted").inc()
     if found:
-        await conversation.update_entry(h.store, found[0], status="interrupted")
+        await conversation.update_entry(h.store, found[0], status="interrupted", reason=INTERRUPTED)
     await h.publish("chat.state", message_id=record.id, state="interrupted")

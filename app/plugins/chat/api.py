@@ -12,6 +12,10 @@ page's session, or `Authorization: Bearer <token>`; 400 invalid, 401 no access, 
                                           does (409 while an answer is being written)
     POST /api/chat/answers/{id}/stop      → 202: the LLM stops generating; 409 if it is not being written
     POST /api/chat/answers/{id}/retry     → 202: regenerated in place; 409 if it is being written or final
+    POST /api/chat/answers/{id}/regenerate → 202 {"answer_id"}: a new version of the last answer; 409 otherwise
+    GET  /api/chat/settings               the current conversation's settings (model, system_prompt,
+                                          temperature, context: only those set)
+    PUT  /api/chat/settings {...}         → 200 the settings after the change (null or "" unsets one); 400 invalid
     POST /api/chat/new                    → 200 {"conversation"}: a new, empty conversation becomes the current
                                           one (in every tab too); 409 while an answer is being written
     GET  /api/chat/status                 {"ok", "text", "model", "models", "answering"}: the LLM status
@@ -20,7 +24,8 @@ Following (`/api/chat/events`): without `Last-Event-ID` the first event is `chat
 `/conversation` returns); then `chat.entry` (a new entry), `chat.state` (an answer's status changed) and
 `chat.thinking` (an answer's thinking began), each with `id:` a cursor (see timeline.py) that resumes exactly
 after it; `chat.status` (the LLM status, no id: it is a state, sent at every connect and when it changes);
-`: keep-alive` comments every KEEPALIVE_S. With `Last-Event-ID` the stream resumes from that cursor, or starts
+`: keep-alive` comments every KEEPALIVE_S; `signed-out` (`{"reason"}`, then the stream ends) when the token or
+session it was opened with is revoked. With `Last-Event-ID` the stream resumes from that cursor, or starts
 with a `chat.snapshot` when it cannot (`"reason"` says why). Answers' text streams on
 `/api/messages/{id}/events`, resumable by seq.
 """
@@ -37,9 +42,10 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from quanda.plugins import ClientError, Handle, handle_of
 from quanda.plugins.http_api import body_json, error, guarded
+from quanda.revocation import revocable
 from quanda.core import QuandaError, QuandaMessage
 
-from . import actions, answers, conversation, timeline
+from . import actions, answers, conversation, manage, timeline, versions
 
 log = logging.getLogger("quanda.chat.api")
 router = APIRouter()
@@ -143,7 +149,8 @@ async def follow(request):
         finally:
             stop_listening()
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=STREAM_HEADERS)
+    return StreamingResponse(revocable(request, h.owner, stream()), media_type="text/event-stream",
+                             headers=STREAM_HEADERS)
 
 
 @router.post("/api/chat/ask")
@@ -201,3 +208,37 @@ async def new_conversation(request):
     except ClientError as exc:
         return error(409, str(exc))
     return JSONResponse({"conversation": timeline.conversation_tag(await timeline.current_conversation(h))})
+
+
+@router.post("/api/chat/answers/{message_id}/regenerate")
+@guarded
+async def regenerate(request, message_id: str):
+    h = await handle_of(request)
+    record = await h.owned(message_id, roles=(answers.ROLE,))
+    try:
+        answer_id = await versions.regenerate(h, record.id)
+    except ClientError as exc:
+        return error(409, str(exc))
+    return JSONResponse({"answer_id": answer_id, "replaces": record.id, "status": "generating"}, status_code=202)
+
+
+@router.get("/api/chat/settings")
+@guarded
+async def get_settings(request):
+    h = await handle_of(request)
+    return JSONResponse(await conversation.settings_of(h.store, h.owner))
+
+
+@router.put("/api/chat/settings")
+@guarded
+async def put_settings(request):
+    h = await handle_of(request)
+    body = await body_json(request)
+    try:
+        changes = manage.settings_from(body)
+    except ClientError as exc:
+        raise ValueError(str(exc)) from None
+    cid = await conversation.current(h.store, h.owner)
+    settings = await conversation.set_settings(h.store, h.owner, cid, **changes)
+    await h.publish("chat.settings")
+    return JSONResponse(settings or {})

@@ -1,7 +1,7 @@
 """An owner's conversations: each an ordered list of entries the chat shows and the LLM sees.
 
 A conversation has an id (`cid`) and a record of kind "chat_conv" keyed `<owner>:<cid>` (title, created,
-updated); the owner's current one is named by the record of kind "chat_current" keyed `<owner>`. Entries are
+updated, and its `settings`: model, system prompt, temperature, context size); the owner's current one is named by the record of kind "chat_current" keyed `<owner>`. Entries are
 records of kind "chat" keyed `<cid>:<time_ns>` (so listing by prefix keeps their order):
 `{"type": "event", "text"}` for ambient UI events, `{"type": "q"|"assistant", "message_id", ...}` for
 messages (an answer also has a `status` and, when the model thought aloud, a `thinking_id`). An entry
@@ -28,6 +28,7 @@ CONV_KIND = "chat_conv"
 CURRENT_KIND = "chat_current"
 TITLE_CHARS = 80
 MESSAGE_TYPES = ("q", "assistant")
+SETTINGS = ("model", "system_prompt", "temperature", "context")
 
 
 def entry_key(cid: str, at_ns: int) -> str:
@@ -151,13 +152,13 @@ async def entries(store: QuandaStore, owner: str, limit: int | None = None, *, c
     if not limit:
         found = await store.list_records(KIND, prefix=f"{cid}:")
         return found if superseded else [(key, entry) for key, entry in found if not entry.get("superseded")]
-    found: list[tuple[str, dict[str, Any]]] = []
-    async for key, entry in newest_first(store, cid):
-        if superseded or not entry.get("superseded"):
-            found.append((key, entry))
-            if len(found) == limit:
-                break
-    return found[::-1]
+    reading = limit
+    while True:  # the last `limit` entries are read, not the whole conversation (more if some are superseded)
+        found = await store.list_last_records(KIND, f"{cid}:", reading)
+        kept = found if superseded else [(key, entry) for key, entry in found if not entry.get("superseded")]
+        if len(kept) >= limit or len(found) < reading:
+            return kept[-limit:]
+        reading *= 2
 
 
 async def newest_first(store: QuandaStore, cid: str, page: int = 50) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -208,3 +209,43 @@ async def supersede_from(store: QuandaStore, owner: str, question_id: str) -> li
 async def holds(store: QuandaStore, owner: str, message_id: str) -> bool:
     """Whether the current conversation shows the message (as itself, not as a previous version)."""
     return any(entry.get("message_id") == message_id for _key, entry in await entries(store, owner))
+
+
+async def settings_of(store: QuandaStore, owner: str, cid: str | None = None) -> dict[str, Any]:
+    """The settings of the owner's current conversation (or of `cid`): only those set."""
+    cid = cid or await current(store, owner)
+    record = await store.get_record(CONV_KIND, f"{owner}:{cid}") or {}
+    return {k: v for k, v in (record.get("settings") or {}).items() if k in SETTINGS and v not in (None, "")}
+
+
+async def set_settings(store: QuandaStore, owner: str, cid: str, **changes: Any) -> dict[str, Any] | None:
+    """Change some of a conversation's settings (None or "" unsets one); its settings after, or None."""
+    record = await store.get_record(CONV_KIND, f"{owner}:{cid}")
+    if record is None:
+        return None
+    settings = {**(record.get("settings") or {}), **{k: v for k, v in changes.items() if k in SETTINGS}}
+    record["settings"] = {k: v for k, v in settings.items() if v not in (None, "")}
+    await store.put_record(CONV_KIND, f"{owner}:{cid}", record)
+    return record["settings"]
+
+
+async def bump_revision(store: QuandaStore, owner: str, cid: str | None = None) -> None:
+    """The current conversation (or `cid`) changed in place (a version regenerated or switched): followers of
+    the HTTP API start over from a snapshot (timeline.py)."""
+    cid = cid or await current(store, owner)
+    record = await store.get_record(CONV_KIND, f"{owner}:{cid}")
+    if record is not None:
+        record["revision"] = int(record.get("revision", 0)) + 1
+        await store.put_record(CONV_KIND, f"{owner}:{cid}", record)
+
+
+async def revision(store: QuandaStore, owner: str, cid: str) -> int:
+    return int((await store.get_record(CONV_KIND, f"{owner}:{cid}") or {}).get("revision", 0))
+
+
+async def message_at(store: QuandaStore, key: str | None) -> str | None:
+    """The message id of the entry keyed `key` (None for an event, or no such entry)."""
+    if not key:
+        return None
+    entry = await store.get_record(KIND, key)
+    return entry.get("message_id") if entry else None

@@ -44,7 +44,10 @@ async def live(h: Handle) -> tuple[dict[str, Any], MessageRecord] | None:
 
 
 async def write(h: Handle, text: str, edit: str | None = None) -> str | None:
-    """The draft's text is now `text`: the id of its message, or None when there is nothing to write."""
+    """The draft's text is now `text`: the id of its message, or None when there is nothing to write. `edit`,
+    the question being edited, must be one of the owner's (QuandaNotFoundError otherwise, as for any id)."""
+    if edit is not None:
+        await h.owned(edit, roles=("q",))
     for _attempt in range(3):
         draft = await h.store.get_record(KIND, h.owner)
         message: QuandaMessage | None = None

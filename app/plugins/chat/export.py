@@ -1,9 +1,11 @@
 """A conversation exported as Markdown or JSON (`GET /chat/export/<cid>.md|.json`, the owner's only).
 
 JSON: `{"format": "quanda.conversation/1", "id", "title", "created_at", "updated_at", "exported_at",
-"messages": [...]}`, every entry in order: `{"role": "user"|"assistant", "id", "content", "created_at",
-"updated_at", "added_at", "tokens", "final", "warning", "status"?, "model"?, "thinking"?, "superseded"?}` for
-messages and `{"role": "event", "content", "added_at"}` for the ambient events the LLM saw. Times are ISO 8601
+"settings", "messages": [...]}`, every entry in order: `{"role": "user"|"assistant", "id", "content",
+"created_at", "updated_at", "added_at", "tokens", "final", "warning", "status"?, "model"?, "thinking"?,
+"superseded"?}` for messages — an answer also has `"outcome"` (done, stopped, failed, cut, interrupted,
+generating), `"reason"` (why it ended, kept after the seal), `"usage"`, `"version"`, `"versions"` and, when
+regenerated, `"other_versions"` — and `{"role": "event", "content", "added_at"}` for the ambient events. Times are ISO 8601
 in UTC; `tokens` counts the writes in the message's token log (its last seq: for an answer, about one per
 piece the LLM streamed, plus the seal). Markdown: the same, readable.
 """
@@ -21,7 +23,9 @@ from starlette.responses import JSONResponse, Response
 from quanda.plugins import handle_of
 from quanda.core import QuandaError
 
-from . import conversation
+from quanda.llm.usage import usage_text
+
+from . import conversation, outcome
 
 router = APIRouter()
 FORMAT = "quanda.conversation/1"
@@ -48,6 +52,9 @@ async def conversation_data(h, conv: dict) -> dict:
                 "warning": record.warning}
         if entry["type"] == "assistant":
             item["status"] = entry.get("status", "done")
+            item.update(outcome.as_json(entry, record))
+            if entry.get("versions"):
+                item["other_versions"] = await other_versions(h, entry)
             if entry.get("model"):
                 item["model"] = entry["model"]
             if entry.get("thinking_id"):
@@ -60,12 +67,31 @@ async def conversation_data(h, conv: dict) -> dict:
         messages.append(item)
     return {"format": FORMAT, "id": conv["cid"], "title": conv.get("title") or "Untitled conversation",
             "created_at": iso(conv.get("created")), "updated_at": iso(conv.get("updated")),
-            "exported_at": iso(time.time()), "messages": messages}
+            "exported_at": iso(time.time()), "settings": conv.get("settings") or {}, "messages": messages}
+
+
+async def other_versions(h, entry: dict) -> list[dict]:
+    """The versions of an answer not on screen: their text and outcome."""
+    out = []
+    for number, version in enumerate(entry["versions"], 1):
+        if version.get("message_id") == entry.get("message_id"):
+            continue
+        try:
+            record = await h.store.get_message(version["message_id"])
+        except QuandaError:
+            continue
+        out.append({"version": number, "id": record.id, "content": record.content,
+                    **{k: v for k, v in outcome.as_json(version, record).items() if k not in ("version", "versions")}})
+    return out
 
 
 def as_markdown(data: dict) -> str:
     lines = [f"# {data['title']}", "",
              f"*Started {data['created_at']}, exported from Quanda {data['exported_at']} (times in UTC).*", ""]
+    settings = data.get("settings") or {}
+    if settings:
+        lines += ["*Settings: " + " · ".join(f"{k.replace('_', ' ')} {v!r}" if k == "system_prompt" else
+                                            f"{k.replace('_', ' ')} {v}" for k, v in settings.items()) + "*", ""]
     for m in data["messages"]:
         if m["role"] == "event":
             lines += [f"> *{m['added_at']}* · {m['content']}", ""]
@@ -74,16 +100,23 @@ def as_markdown(data: dict) -> str:
         notes = [m["created_at"], f"{m['tokens']} tokens"]
         if m.get("model"):
             notes.append(m["model"])
-        if m.get("status") not in (None, "done", "final"):
+        if m.get("outcome") not in (None, "done"):
+            notes.append(m["outcome"])
+        elif m.get("status") not in (None, "done", "final"):
             notes.append(m["status"])
+        if (m.get("versions") or 1) > 1:
+            notes.append(f"version {m['version']} of {m['versions']}")
         if m.get("superseded"):
             notes.append("previous version, replaced by an edited question")
         lines += [f"## {who}", "", f"*{' · '.join(str(n) for n in notes if n)}*", ""]
         if m.get("thinking"):
             lines += ["<details><summary>Thinking</summary>", "", m["thinking"], "", "</details>", ""]
-        lines += [m["content"] or "*(empty)*", ""]
-        if m.get("warning"):
-            lines += [f"> ⚠ {m['warning']}", ""]
+        lines += [m["content"] or (f"*(no answer: {m['outcome']})*" if m.get("outcome") not in (None, "done")
+                                   else "*(empty)*"), ""]
+        if m.get("warning") or m.get("reason"):
+            lines += [f"> ⚠ {m.get('warning') or m['reason']}", ""]
+        if m.get("usage"):
+            lines += [f"*{usage_text(m['usage'])}*", ""]
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ from quanda.plugins import Handle
 from quanda.core import QuandaError
 from quanda.core.store.base import MessageRecord
 
-from . import answers, conversation
+from . import answers, conversation, outcome
 
 WINDOW_NS = 10 * 10**9  # how far out of key order two writers of entries may commit
 MAX_SEEN = 64  # keys listed in a cursor (the newest ones; older count as seen)
@@ -113,8 +113,11 @@ def conversation_tag(cid: str) -> str:
 
 
 async def current_conversation(h: Handle) -> str:
-    """The id of the owner's current conversation (of the several a workspace keeps)."""
-    return await conversation.current(h.store, h.owner)
+    """The id of the owner's current conversation (of the several a workspace keeps), with its revision when it
+    was changed in place (an answer's version regenerated or switched: a follower gets a snapshot)."""
+    cid = await conversation.current(h.store, h.owner)
+    rev = await conversation.revision(h.store, h.owner, cid)
+    return f"{cid}#{rev}" if rev else cid
 
 
 def key_ns(key: str) -> int:
@@ -156,7 +159,8 @@ async def entry_json(h: Handle, key: str, entry: dict[str, Any]) -> dict[str, An
     if kind == answers.ROLE:
         thinking = await record_of(h, entry["thinking_id"]) if entry.get("thinking_id") else None
         out.update(status=answer_status(entry, record), model=entry.get("model"),
-                   thinking_id=entry.get("thinking_id"), thinking=message_json(thinking))
+                   thinking_id=entry.get("thinking_id"), thinking=message_json(thinking),
+                   **outcome.as_json(entry, record))
     return out
 
 
@@ -198,10 +202,12 @@ async def changes(h: Handle, view: View, limit: int) -> AsyncIterator[tuple[str,
             yield "chat.thinking", {"key": str(ns), "message_id": entry["message_id"],
                                     "thinking_id": entry["thinking_id"],
                                     "thinking": message_json(await record_of(h, entry["thinking_id"]))}
-        now = answer_status(entry, await record_of(h, entry.get("message_id")))
+        record = await record_of(h, entry.get("message_id"))
+        now = answer_status(entry, record)
         if now != status:
             view.track(ns, now, bool(entry.get("thinking_id")))
-            yield "chat.state", {"key": str(ns), "message_id": entry.get("message_id"), "status": now}
+            yield "chat.state", {"key": str(ns), "message_id": entry.get("message_id"), "status": now,
+                                 **outcome.as_json(entry, record)}
     for ns, key, entry in sorted(fresh, key=lambda item: item[0]):
         item = await entry_json(h, key, entry)
         view.add(ns)

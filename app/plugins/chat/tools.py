@@ -32,21 +32,21 @@ state machine over the same answer and records; they are read together.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from quanda import metrics
 from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
-from quanda.llm import COMPLETED, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent
+from quanda.llm import COMPLETED, CUT_REASONS, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent, LLMUnavailable
 from quanda.plugins import Handle
 from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
-from . import client_tools, prompt
+from . import client_tools, conversation, turns, window
+from .meter import Meter
+from .tool_text import _clean, _json_text, markdown_line
 
 log = logging.getLogger("quanda.chat.tools")
 
@@ -55,10 +55,8 @@ ROUND_KIND = "tool_round"
 STOPPED = "the answer was stopped before this call ran"
 INTERRUPTED = "the server stopped before this call ran"
 UNFINISHED = "the LLM stream ended without finishing"
+REFITS = 2  # times an answer is asked again after the server refused its prompt as longer than its window
 RAW_KEPT = 500  # characters of a refused call's arguments kept in its record
-# what could turn a one-line paragraph's text into markup: escapes, code, emphasis, links, strikethrough, an
-# underscore at a word's edge, a tag or autolink, an entity
-_MARKUP = re.compile(r"[\\`*\[\]~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|<(?=[A-Za-z/!?])|&(?=#?\w+;)")
 
 
 class ToolBox:
@@ -101,16 +99,6 @@ async def used_tools(h: Handle, answer_id: str) -> bool:
     return await h.store.get_record(ROUND_KIND, round_key(answer_id, 0)) is not None
 
 
-def markdown_line(text: str) -> str:
-    """A result line as literal Markdown: one line, markup characters escaped."""
-    return _MARKUP.sub(lambda m: "\\" + m.group(), " ".join(text.split()))
-
-
-def _clean(value: Any) -> str:
-    """Text safe to store (a lone surrogate from the wire becomes U+FFFD)."""
-    return str(value).encode("utf-8", "replace").decode("utf-8") if value is not None else ""
-
-
 @dataclass
 class Turn:
     """What one request streamed."""
@@ -120,6 +108,7 @@ class Turn:
     calls: list[dict] = field(default_factory=list)
     completed: bool = False
     error: str | None = None
+    error_data: dict = field(default_factory=dict)
     rejected: LLMEvent | None = None  # TOOLS_REJECTED: the request with tools was refused
 
     @property
@@ -135,8 +124,10 @@ class RoundLoop:
     """Generates one answer: its rounds, in order. The answer's job is the only writer of its message."""
 
     def __init__(self, h: Handle, answer_id: str, model: str, writer: QuandaWriter,
-                 start_thinking: Callable[[], Awaitable[QuandaWriter]]) -> None:
-        self.h, self.answer_id, self.model, self.writer = h, answer_id, model, writer
+                 start_thinking: Callable[[], Awaitable[QuandaWriter]], key: str | None = None) -> None:
+        self.h, self.answer_id, self.model, self.writer, self.key = h, answer_id, model, writer, key
+        self.meter = Meter()
+        self.fitted: window.Fitted | None = None
         self.llm = h.ctx.llm
         self.start_thinking = start_thinking
         self.thinking: QuandaWriter | None = None
@@ -174,22 +165,64 @@ class RoundLoop:
     # -- generation -----------------------------------------------------------------------------------------
 
     async def run(self) -> tuple[str, str]:
-        """("done", "") when the model finished its answer, else ("failed", what happened)."""
+        """("done", "") when the model finished its answer, else ("failed" or "cut", what happened), in the
+        answer's turn at the LLM server (`turns`: it may wait for another answer first)."""
+        waited = []
+
+        async def waiting() -> None:
+            waited.append(True)
+            await self.writer.warning(turns.WAITING)
+
+        async with turns.turn(self.h, waiting):
+            if waited:
+                await self.writer.warning("")
+            return await self._rounds()
+
+    def details(self) -> dict:
+        """What the entry keeps of this answer besides its status: the model, the usage, the horizon."""
+        out: dict = {"usage": self.meter.summary()}
+        if self.model:
+            out["model"] = self.model
+        return out
+
+    async def _fit(self, tools_offered: bool) -> window.Fitted:
+        settings = await conversation.settings_of(self.h.store, self.h.owner)
+        fitted = await window.fit(self.h, self.answer_id, self.model, tools_offered=tools_offered,
+                                  own_prompt=settings.get("system_prompt") or "", context=settings.get("context"),
+                                  extra=self.replayed)
+        fitted.temperature = settings.get("temperature")
+        if self.key and (self.fitted is None or self.fitted.seen_from != fitted.seen_from):
+            await conversation.update_entry(self.h.store, self.key, seen_from=fitted.seen_from,
+                                            dropped=fitted.dropped)
+            await self.h.publish("chat.horizon", message_id=self.answer_id)
+        self.fitted = fitted
+        return fitted
+
+    async def _rounds(self) -> tuple[str, str]:
+        if not self.model:  # asked while the status could not tell (the server was busy): ask it now
+            try:
+                self.model = await self.llm.default_model(self.h.settings.default_model)
+            except LLMUnavailable as exc:
+                return "failed", str(exc)
         client = await client_tools.options(self.h, self.answer_id)
         self.client_tools = client_tools.names(client)
         self.replayed[:0] = client.get("replay", [])
         tools = await offered_tools(self.h, self.model, client.get("tools", []))
-        base = await prompt.messages_for(self.h, self.answer_id, tools_offered=tools is not None)
         rejection: LLMEvent | None = None
+        refits = 0
         while True:
             offered = tools if self.round < MAX_TOOL_ROUNDS else None
-            turn = await self._stream([*base, *self.replayed], offered)
+            fitted = await self._fit(tools is not None)
+            turn = await self._stream(fitted, offered)
             if turn.rejected is not None:  # the server refuses tools: ask again without, teaching JSON commands
                 tools, rejection = None, turn.rejected
-                base = await prompt.messages_for(self.h, self.answer_id, tools_offered=False)
+                continue
+            if not turn.completed and turn.error_data.get("reason") == "too_long" and refits < REFITS \
+                    and not turn.text_parts and turn.error_data.get("window"):
+                refits += 1  # the window it named is known now: fit the prompt to it and ask again
                 continue
             if not turn.completed:
-                return "failed", turn.error or UNFINISHED
+                return ("cut" if turn.error_data.get("reason") in CUT_REASONS else "failed"), turn.error or UNFINISHED
             if rejection is not None:  # answered without tools after refusing them: remember it
                 self._tools_refused(rejection)
                 rejection = None
@@ -201,13 +234,17 @@ class RoundLoop:
                 return "done", ""
             self.round += 1
 
-    async def _stream(self, messages: list[dict], offered: list[dict] | None) -> Turn:
+    async def _stream(self, fitted: window.Fitted, offered: list[dict] | None) -> Turn:
         turn = Turn()
+        options = {"context": fitted.window, "max_tokens": fitted.max_tokens, "temperature": fitted.temperature}
+        self.meter.request(fitted.prompt_tokens, fitted.window)
         async with metrics.LLMRequest() as request, \
-                aclosing(self.llm.stream_chat(messages, self.model, offered)) as events:
+                aclosing(self.llm.stream_chat(fitted.messages, self.model, offered, options)) as events:
             async for event in events:
                 if event.type == DELTA and event.text:
                     request.token()
+                    if not turn.text_parts:
+                        self.meter.first()
                     turn.text_parts.append(event.text)
                     await self._write(event.text)
                 elif event.type == REASONING and event.text:
@@ -222,9 +259,11 @@ class RoundLoop:
                 elif event.type == COMPLETED:
                     turn.completed = True
                     request.result = event
+                    self.meter.completed((event.data or {}).get("usage"), len(turn.text_parts))
                 elif event.type == ERROR:
-                    turn.error = event.text
+                    turn.error, turn.error_data = event.text, dict(event.data or {})
                     request.result = event
+                    self.meter.completed(None, len(turn.text_parts))
         return turn
 
     def _tools_refused(self, rejection: LLMEvent) -> None:
@@ -357,10 +396,3 @@ class RoundLoop:
         if self.thinking_chunks is None:
             self.thinking_chunks = ChunkStream(self.thinking)
         self.thinking_chunks.add(text)
-
-
-def _json_text(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
