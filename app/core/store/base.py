@@ -216,9 +216,11 @@ class QuandaStore(LiveStore):
     async def list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         """The last `count` records whose key starts with `prefix`, in key order (reading `count`, not all):
         `list_records(kind, prefix, limit=count, last=True)`."""
+        self._check_open()
         if not isinstance(prefix, str) or not isinstance(count, int) or count < 1:
             raise TypeError("prefix must be str and count a positive int")
-        return await self.list_records(kind, prefix, limit=count, last=True)
+        check_text(prefix, "record key prefix")
+        return await self._list_records(check_record_kind(kind), prefix, limit=count, last=True)
 
     async def delete_messages(self, message_ids: Sequence[str]) -> int:
         """Delete messages with their tokens (a deleted conversation's; none may still be written). Unknown
