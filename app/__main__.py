@@ -7,6 +7,9 @@
     quanda users remove|disable|enable NAME | list        (passwd, remove, disable: open tabs close at once)
     quanda users adopt NAME (--all | --session SID …)   data of browser sessions from before accounts
     quanda tokens create NAME [--label L] | list NAME | revoke NAME TOKEN_ID
+    quanda migrate [--check]                            apply the store's pending schema migrations (--check:
+                                                        only say where the database stands; exit 1 if some
+                                                        are pending, 2 if it is newer than this version)
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 
 from quanda.accounts import AccountError, Accounts
 from quanda.config import Settings
-from quanda.core import QuandaError, open_store
+from quanda.core import QuandaError, QuandaSchemaError, open_store
 from quanda.core.__main__ import main as core_main
 
 
@@ -34,7 +37,7 @@ def read_password(args: argparse.Namespace) -> str:
 
 async def users(args: argparse.Namespace, settings: Settings) -> None:
     from quanda.migrate import adopt, legacy_sessions
-    async with await open_store(settings.db_url, mongo_driver=settings.mongo_driver) as store:
+    async with await open_store(settings.db_url, **settings.store_options()) as store:
         accounts = Accounts(store)
         if args.action == "add":
             user = await accounts.add(args.name, read_password(args))
@@ -67,7 +70,7 @@ async def users(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def tokens(args: argparse.Namespace, settings: Settings) -> None:
-    async with await open_store(settings.db_url, mongo_driver=settings.mongo_driver) as store:
+    async with await open_store(settings.db_url, **settings.store_options()) as store:
         accounts = Accounts(store)
         if args.action == "create":
             token_id, token = await accounts.create_token(args.name, args.label or "")
@@ -79,6 +82,26 @@ async def tokens(args: argparse.Namespace, settings: Settings) -> None:
         else:
             await accounts.revoke_token(args.name, args.token_id)
             print(f"revoked token {args.token_id} of {args.name}")
+
+
+def migrate(argv: list[str], settings: Settings) -> int:
+    parser = argparse.ArgumentParser(prog="quanda migrate", description="The store's schema migrations "
+                                     "(QUANDA_DB_URL): apply what is pending, or --check where it stands.")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when migrations are pending")
+    args = parser.parse_args(argv)
+
+    async def run() -> int:
+        async with await open_store(settings.db_url, **settings.store_options(), migrate=not args.check) as store:
+            print(store.schema.describe())
+            return 1 if store.schema.pending else 0
+    try:
+        return asyncio.run(run())
+    except QuandaSchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except QuandaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         from quanda.tui.__main__ import main as tui
         return tui(argv[1:], prog="quanda tui")
     settings = Settings.from_env()
+    if argv[:1] == ["migrate"]:
+        return migrate(argv[1:], settings)
     if argv[:1] not in (["users"], ["tokens"]):
         return core_main(argv, default_db=settings.db_url, prog="python -m quanda")
     parser = argparse.ArgumentParser(prog="python -m quanda", description="Accounts and API tokens.")

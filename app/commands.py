@@ -9,10 +9,13 @@ Only objects with an "action" key are commands.
 Exactly once: each command has a key (`<message id>:<position>`). A command's operation first *plans* its
 change (`Change`: record ops, what to say, facts to publish) without writing; then the claim — a record
 under the key, holding the plan — and the change's ops are committed as one unit (one transaction on
-SQLite and PostgreSQL; on MongoDB in order, claim first, each op a whole-value put or a delete, so that
-re-applying a plan is harmless). A second run of the same key finds the claim and only finishes what a
-crash left undone: a plan still "applying" is applied again, and the result line is posted under a key
-fixed in the plan (an insert-if-absent), so it shows once.
+SQLite, PostgreSQL and a MongoDB replica set; without transactions in order, claim first, each op a
+whole-value put or a delete, so that re-applying a plan is harmless). A second run of the same key finds the
+claim and only finishes what a crash left undone: a plan still "applying" (only possible without
+transactions) is applied again by the job that holds the answer's lease after its claimer (the claim names
+the claimer's fence; the store refuses the claimer's writes from then on), and the result line is posted
+under a key fixed in the plan (an insert-if-absent), so it shows once. A claim made outside any job is
+finished by whoever finds it once it is older than a job's lease.
 
 Over 300 lines in one module: extraction, validation against the schemas and the exactly-once run are the
 one pipeline every command takes, and are read (and changed) together.
@@ -28,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from quanda.core.store.fencing import current_fence
 from quanda.llm import tool_definition
 
 log = logging.getLogger("quanda.commands")
@@ -226,10 +230,12 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     nothing left to finish. Posts the ✓/✗ result line (once) as an ambient event, unless `post_line` is
     False (a tool call's line is written into its answer instead)."""
     store = h.store
+    fence = current_fence()
     claim = {"message_id": message_id, "command": command, "state": "applying", "ok": plan.result.ok,
              "result": plan.result.text, "before": plan.result.before, "after": plan.result.after,
              "ops": [list(op) for op in plan.ops], "facts": [list(f) for f in plan.facts],
-             "line_at": time.time_ns(), "claimed_at": time.time()}
+             "line_at": time.time_ns(), "claimed_at": time.time(),
+             "lease": fence and fence.lease_key, "fence": fence and fence.fence}
     done = ("put", CLAIM_KIND, key, {**claim, "state": "done"})
     if store.atomic_records:  # claim and effect in one transaction
         committed = await store.commit_records([("insert", CLAIM_KIND, key, claim), *plan.ops, done])
@@ -248,9 +254,9 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
         if claim is None:  # the plan's own ops were refused (a change meanwhile): say so, claim nothing
             return CommandResult(False, "command not run: the data changed meanwhile")
         if claim["state"] == "applying":
-            if claim["claimed_at"] > time.time() - h.settings.job_lease_s:
-                return None  # claimed a moment ago: its claimer is still at work
-            # claimed longer ago than a job's lease: its claimer died between the claim and its ops
+            if not claimer_gone(h, claim):
+                return None  # its claimer is still at work
+            # its claimer died (or stalled and was fenced) between the claim and its ops
             ops = [tuple(op) for op in claim["ops"]]
             await store.commit_records([*ops, ("put", CLAIM_KIND, key, {**claim, "state": "done"})])
             finished_here = True
@@ -262,6 +268,16 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     if post_line:
         await h.ctx.post_event(h.owner, result_line(result), key=f"{key}:{claim['line_at']}")
     return result if finished_here else None
+
+
+def claimer_gone(h: Any, claim: dict) -> bool:
+    """Whether the claim left "applying" may be finished here: by the job now holding the lease its claimer
+    held (the store refuses the claimer's writes from the moment that lease was taken), or, for a claim made
+    outside any job, once it is older than a job's lease."""
+    mine = current_fence()
+    if mine is not None and claim.get("fence") is not None and claim.get("lease") == mine.lease_key:
+        return mine.fence >= claim["fence"]
+    return claim["claimed_at"] <= time.time() - h.settings.job_lease_s
 
 
 def result_line(result: CommandResult) -> str:

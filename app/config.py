@@ -31,6 +31,19 @@ class Settings:
                                  "doc": "Largest token a writer may append (bytes)"})
     max_message_bytes: int = field(default=16 << 20, metadata={"env": "QUANDA_MAX_MESSAGE_BYTES",
                                    "doc": "Largest content a message may reach (bytes)"})
+    db_timeout_s: float = field(default=5.0, metadata={"env": "QUANDA_DB_TIMEOUT_S",
+                                "doc": "Deadline of every store call (seconds): connecting, waiting for a pooled "
+                                       "connection or a disk write, one statement. A call past it fails with a "
+                                       "clear error (a write saying whether it may still be applied), /-/health "
+                                       "turns 503 and every tab is told"})
+    pg_listen_url: str = field(default="", metadata={"env": "QUANDA_PG_LISTEN_URL",
+                               "doc": "PostgreSQL: a direct URL of the database server for each process's one "
+                                      "listening connection (LISTEN/NOTIFY); required when QUANDA_DB_URL goes "
+                                      "through PgBouncer in transaction mode (?pool_mode=transaction)"})
+    pg_pool_size: int = field(default=8, metadata={"env": "QUANDA_PG_POOL_SIZE",
+                              "doc": "PostgreSQL: pooled connections per server process (each process also keeps "
+                                     "one writer and one listening connection: N processes use N × (this + 2) "
+                                     "of max_connections)"})
 
     ollama_host: str = field(default="http://localhost:11434", metadata={"env": "OLLAMA_HOST",
                              "doc": "Ollama server (host[:port] or URL), used unless QUANDA_LLM_URL is set"})
@@ -73,6 +86,9 @@ class Settings:
     job_lease_s: float = field(default=10.0, metadata={"env": "QUANDA_JOB_LEASE_S",
                                "doc": "Seconds a running answer or simulator run is held without a heartbeat "
                                       "before another server marks it interrupted"})
+    retention_s: float = field(default=7 * 86400.0, metadata={"env": "QUANDA_RETENTION_S",
+                               "doc": "Seconds a finished command's claim (of an answer that is final) and other "
+                                      "bookkeeping records are kept before they are deleted (hourly, by one server)"})
     ws_frames_per_s: float = field(default=20.0, metadata={"env": "QUANDA_WS_FRAMES_PER_S",
                                    "doc": "WebSocket messages one tab may send per second (bursts of twice as many); "
                                           "more wait their turn, and a tab kept over the rate for 10 s is closed"})
@@ -119,8 +135,18 @@ class Settings:
                                       "(after_claim, after_effect, before_result_line); inert when unset"})
 
     def __post_init__(self) -> None:
+        if not self.db_timeout_s > 0:
+            raise ValueError(f"QUANDA_DB_TIMEOUT_S must be a positive number of seconds, not {self.db_timeout_s!r}")
+        if self.pg_pool_size < 1:
+            raise ValueError(f"QUANDA_PG_POOL_SIZE must be at least 1, not {self.pg_pool_size!r}")
         if self.llm_tools not in LLM_TOOLS_MODES:
             raise ValueError(f"QUANDA_LLM_TOOLS must be one of {', '.join(LLM_TOOLS_MODES)}, not {self.llm_tools!r}")
+
+    def store_options(self) -> dict[str, object]:
+        """What `open_store` takes from the settings (besides the URL)."""
+        return {"mongo_driver": self.mongo_driver, "max_token_bytes": self.max_token_bytes,
+                "max_message_bytes": self.max_message_bytes, "timeout_s": self.db_timeout_s,
+                "pool_size": self.pg_pool_size, "listen_url": self.pg_listen_url}
 
     @property
     def accounts(self) -> bool:

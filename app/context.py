@@ -105,4 +105,4 @@ class Handle:
         assert self.ctx.jobs is not None
         if settle_s:
             await self.ctx.jobs.settle(message_id, settle_s)
-        return await self.ctx.jobs.running(message_id)
+        return await self.ctx.jobs.running(message_id, settle_s)

@@ -63,11 +63,12 @@ for _result in ("ok", "wrong", "throttled", "busy", "disabled"):
 
 STORE_OPERATIONS = ("create_message", "get_message", "append", "select_tokens", "select_messages",
                     "insert_record", "put_record", "get_record", "delete_record", "list_records",
-                    "commit_records", "bump_counter", "publish")
+                    "commit_records", "bump_counter", "publish", "acquire_lease", "renew_lease", "release_lease",
+                    "get_lease", "expired_leases")
 LLM_RESULTS = frozenset({"completed", "cancelled", "tools_rejected", "error", "unreachable", "model_missing",
                          "http_status", "stream_error", "truncated", "stall", "malformed"})
 ERROR_KINDS = frozenset({"QuandaStoreError", "QuandaNotFoundError", "QuandaImmutableError", "QuandaLimitError",
-                         "QuandaError", "TypeError", "ValueError"})
+                         "QuandaTimeoutError", "QuandaFencedError", "QuandaError", "TypeError", "ValueError"})
 
 
 def instrument_store(store: Any) -> Any:

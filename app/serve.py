@@ -2,12 +2,16 @@
 SQLite store; the settings come from the environment (quanda/config.py), --host and --port override two of them."""
 
 import argparse
+import asyncio
 import gc
+import logging
+import sys
 
 import uvicorn
 
 from quanda import logs
 from quanda.config import Settings
+from quanda.core import QuandaError, open_store
 from quanda.server import create_app
 from quanda.ws import MAX_CLIENT_FRAME_BYTES
 
@@ -44,6 +48,15 @@ def freeze_startup() -> None:
     gc.freeze()
 
 
+async def migrate_first(settings: Settings) -> None:
+    """Open the store once before serving: the pending schema migrations are applied (once across servers,
+    under the database's lock), and a database migrated by a newer version stops the start here, saying so."""
+    async with await open_store(settings.db_url, **settings.store_options()) as store:
+        for migration in store.schema.applied:
+            logging.getLogger("quanda.serve").info("applied schema migration %d: %s", migration.number,
+                                                    migration.what)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="quanda serve", description="Serve the Quanda app (settings: QUANDA_* "
                                      "environment variables).")
@@ -52,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     log_options = logs.setup(settings.log_format)
+    try:
+        asyncio.run(migrate_first(settings))
+    except QuandaError as exc:
+        logging.getLogger("quanda.serve").error("not starting: %s", exc)
+        print(f"quanda serve: not starting: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     the_app = create_app(settings)
     freeze_startup()
     uvicorn.run(the_app, host=settings.host, port=settings.port, log_level="info", **server_options(settings),

@@ -35,6 +35,7 @@ from quanda.jobs import Job, Jobs
 from quanda.llm import make_driver
 from quanda.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Plugin, load_plugins
 from quanda.ratelimit import Limits
+from quanda.retention import Retention
 from quanda.revocation import Revocations
 from quanda.throttle import LoginThrottle
 from quanda.core import open_store
@@ -136,9 +137,7 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
 
     async def lifespan(app):
         own_store = store is None
-        the_store = store or await open_store(settings.db_url, mongo_driver=settings.mongo_driver,
-                                              max_token_bytes=settings.max_token_bytes,
-                                              max_message_bytes=settings.max_message_bytes)
+        the_store = store or await open_store(settings.db_url, **settings.store_options())
         llm = make_driver(settings.ollama_host, settings.llm_url or None, settings.llm_api_key or None,
                           settings.llm_stall_s, settings.llm_parallel)
         metrics.instrument_store(the_store)
@@ -159,9 +158,12 @@ def create_app(settings: Settings | None = None, store: Any = None, *, builtin: 
                 await plugin.startup(ctx)
         await hub.open()
         await ctx.jobs.open()
+        retention = Retention(the_store, settings.retention_s)
+        retention.start()
         log.info("Quanda serving with %s on %s; plugins: %s", type(the_store).__name__, settings.db_url,
                  ", ".join(p.name for p in plugins))
         yield
+        await retention.close()
         await ctx.jobs.close()  # each job marks its message before the store closes
         await hub.close()
         await revocations.close()

@@ -207,7 +207,8 @@ class Hub:
 
     async def on_store_health(self, ok: bool) -> None:
         """Every tab here hears when the database goes away and when it is back."""
-        notice = Notice(STORE_BACK, kind="info") if ok else Notice(STORE_DOWN)
+        reason = getattr(self.health, "reason", "")
+        notice = Notice(STORE_BACK, kind="info") if ok else Notice(STORE_DOWN.format(f" ({reason})" if reason else ""))
         text = to_xml(notice, indent=False)
         await asyncio.gather(*(conn.send_text(text) for conn in list(self.connections.values())))
 
@@ -295,7 +296,7 @@ class Hub:
         return follower
 
 
-STORE_DOWN = ("The database is unavailable: nothing new can be saved, and an answer being written has stopped. "
+STORE_DOWN = ("The database is unavailable{}: nothing new can be saved, and an answer being written has stopped. "
               "Quanda keeps trying and says so here when it is back.")
 STORE_BACK = "The database is back. An answer that was cut short can be retried."
 

@@ -111,6 +111,12 @@ def _record(conn: sqlite3.Connection, row: tuple) -> MessageRecord:
 
 
 class SQLiteStore(QuandaStore):
+    # Leases came after this store (issue 21); the benchmark uses none. Stubs, so the interface is whole.
+    async def _acquire_lease(self, *args: Any) -> None:
+        raise NotImplementedError("the store before issue 10 has no leases")
+
+    _renew_lease = _release_lease = _get_lease = _expired_leases = _delete_messages = _acquire_lease
+
     def __init__(self, path: str, **limits: int):
         super().__init__(**limits)
         self.path = path
@@ -317,7 +323,8 @@ class SQLiteStore(QuandaStore):
 
         return await self._write(op)
 
-    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken:
+    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None,
+                      fence: int | None = None) -> QuandaToken:  # (fences came later: the bench writes none)
         max_bytes = self.max_message_bytes
         over_limit = self._over_message_limit
 

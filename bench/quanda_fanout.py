@@ -245,14 +245,45 @@ async def drop_schema(url: str, schema: str) -> None:
         await conn.close()
 
 
+WAL_CHUNKS = (1000, 4000)
+
+
+async def postgres_wal(url: str) -> dict[int, tuple[int, int]]:
+    """{chunks: (WAL bytes, content bytes)} of one message of random text (which TOAST's compression cannot
+    shrink: repetitive text would hide a quadratic rewrite), its chunks awaited one by one through the store;
+    WAL measured as `pg_current_wal_lsn()` after minus before (the whole server's: run it on a quiet one)."""
+    import secrets
+
+    import asyncpg
+    from quanda.core.store.postgres_client import split_url
+    found = {}
+    async with await open_store(url) as store:
+        conn = await asyncpg.connect(split_url(url)[0])
+        try:
+            for chunks in WAL_CHUNKS:
+                writer = QuandaWriter(await QuandaMessage.create(store, role="assistant"))
+                texts = [secrets.token_urlsafe(15) for _ in range(chunks)]
+                before = await conn.fetchval("SELECT pg_current_wal_lsn()")
+                for text in texts:
+                    await writer.chunk(text)
+                after = await conn.fetchval("SELECT pg_current_wal_lsn()")
+                found[chunks] = (int(await conn.fetchval("SELECT pg_wal_lsn_diff($1, $2)", after, before)),
+                                 sum(len(t) for t in texts))
+        finally:
+            await conn.close()
+    return found
+
+
 async def postgres_figures(base_url: str, readers: int, tokens: int) -> dict[str, object]:
-    """The same measurements as ours_* on the PostgreSQL store, in a schema dropped afterwards."""
+    """The same measurements as ours_* on the PostgreSQL store, and its WAL per message, in a schema dropped
+    afterwards."""
     url, schema = scratch_schema(base_url)
     try:
         return {"lat": await ours_in_process(url, readers, tokens),
                 "x": await ours_cross_process(url, readers, tokens),
                 "w1": await ours_throughput(url, 1, 5000),
-                "w100": await ours_throughput(url, 100, 200)}
+                "w100": await ours_throughput(url, 100, 200),
+                "wal": await postgres_wal(url)}
     finally:
         await drop_schema(base_url, schema)
 
@@ -328,6 +359,11 @@ async def main() -> int:
                                                    for k, v in runs.items()))
     if pg:
         print("(PostgreSQL: the same runs on the PostgreSQL store, synchronous_commit as the server has it)")
+        (short_wal, short_text), (long_wal, long_text) = (pg["wal"][c] for c in WAL_CHUNKS)
+        print(f"PostgreSQL WAL per message (random text, pg_current_wal_lsn() after - before): "
+              f"{WAL_CHUNKS[0]:,} chunks {short_wal / 1024:,.0f} kB ({short_wal / short_text:.1f}x its text), "
+              f"{WAL_CHUNKS[1]:,} chunks {long_wal / 1024:,.0f} kB ({long_wal / long_text:.1f}x); "
+              f"ratio {long_wal / short_wal:.2f}x for {WAL_CHUNKS[1] // WAL_CHUNKS[0]}x the chunks")
     print(f"tokens seen: in-process {len(ours_lat)} / before {len(before_lat)} / cross-process {len(ours_x)} / "
           f"seed {len(seed_lat)} " + (f"/ PostgreSQL {len(pg['lat'])} + {len(pg['x'])} " if pg else "")
           + "(each = readers x tokens)\n")
@@ -351,6 +387,9 @@ async def main() -> int:
         checks += [
             (pct(pg["x"], 99) <= 20.0, f"PostgreSQL cross-process p99 <= 20 ms: {pct(pg['x'], 99):.3f} ms"),
             (pg["w100"] >= 10000, f"PostgreSQL 100 writers >= 10,000 tokens/s: {pg['w100']:,.0f}"),
+            (pg["wal"][4000][0] <= 4.5 * pg["wal"][1000][0],
+             f"PostgreSQL WAL of a 4,000-chunk message <= 4.5x a 1,000-chunk one (linear, issue 21): "
+             f"{pg['wal'][4000][0] / pg['wal'][1000][0]:.2f}x"),
         ]
     checks.append((all(count == r * n for count in seen.values()),
                    f"every reader saw every token ({r} x {n} each): "

@@ -78,7 +78,7 @@ def mongomock_client() -> Any:
     return Yielding(AsyncMongoMockClient())
 
 
-async def make_store(backend: str, tmp_path: Any, shared: Any = None, **limits: int) -> QuandaStore:
+async def make_store(backend: str, tmp_path: Any, shared: Any = None, **limits: Any) -> QuandaStore:
     """A fresh store. `shared` is what a second store on the same database needs: the SQLite path, or the
     mongomock client, or the real database's URL (see `store_target`)."""
     if backend == "sqlite":

@@ -39,6 +39,7 @@ class AppServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.log.close()
                 raise RuntimeError(f"server exited: {self.log_text()}")
             try:
                 if httpx.get(self.url + "/-/plugins", timeout=1).status_code == 200:

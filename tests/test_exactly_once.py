@@ -1,6 +1,8 @@
 """A command in a finished answer runs exactly once even when the server is killed at any point of running
 it (QUANDA_TEST_CRASH_AT): after the claim, after the effect, before the result line. The restarted server
-— or another one on the same database — finishes it: the todo exists once, its ✓ line shows once."""
+— or another one on the same database — finishes it: the todo exists once, its ✓ line shows once. On SQLite
+always, on PostgreSQL when QUANDA_TEST_POSTGRES_URL is set; without transactions (mongomock, in process):
+tests/test_jobs.py."""
 
 import asyncio
 import re
@@ -14,6 +16,7 @@ from quanda.context import AppContext
 from quanda.plugins import load_plugins
 from quanda.plugins.chat import conversation
 from quanda.plugins.todo import todos
+from tests.backends import NO_POSTGRES, POSTGRES_URL, postgres_test_url
 from tests.llm_server import LLMTestServer, Reply
 from tests.servers import AppServer
 
@@ -60,9 +63,17 @@ def check_once(page):
     assert len(re.findall(r"✓ Marked the todo", page)) == 1
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'q.db'}"
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    return postgres_test_url()
+
+
 @pytest.mark.parametrize("point", POINTS)
-async def test_killed_at_each_point_then_restarted_runs_each_command_once(tmp_path, llm, point):
-    db = f"sqlite:///{tmp_path / 'q.db'}"
+async def test_killed_at_each_point_then_restarted_runs_each_command_once(tmp_path, llm, point, db):
     dying = start(tmp_path / "a", llm, db, QUANDA_TEST_CRASH_AT=point)
     await ask(dying)
     assert await asyncio.to_thread(dying.proc.wait, 30) == 137, "the server did not kill itself at " + point
@@ -75,8 +86,7 @@ async def test_killed_at_each_point_then_restarted_runs_each_command_once(tmp_pa
         again.stop()
 
 
-async def test_another_live_server_finishes_what_a_killed_one_left(tmp_path, llm):
-    db = f"sqlite:///{tmp_path / 'q.db'}"
+async def test_another_live_server_finishes_what_a_killed_one_left(tmp_path, llm, db):
     other = start(tmp_path / "b", llm, db)
     dying = start(tmp_path / "a", llm, db, QUANDA_TEST_CRASH_AT="after_claim")
     try:

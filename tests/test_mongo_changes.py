@@ -403,3 +403,71 @@ async def test_facts_are_pruned_by_a_ttl_index(tmp_path):
     doc = await store._facts.find_one({})
     assert isinstance(doc["at"], datetime)  # a BSON date: what a TTL index needs
     await store.close()
+
+
+# -- issue 21, item 9: no fallback is for good ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("awaitable", [False, True], ids=["motor", "pymongo"])
+async def test_a_failover_while_the_stream_opens_is_retried_not_polled_for_good(two_stores, awaitable):
+    """A failover's OperationFailure (HostUnreachable, code 6) while opening the change stream switched the
+    process to polling for good."""
+    a, b = two_stores
+    db = a._db = FakeDatabase(a._db, awaitable)
+    db.fail_once = OperationFailure("Error connecting to h2:27017 :: caused by :: Connection refused", code=6)
+    msg = await QuandaMessage.create(b, role="assistant")
+    reader = QuandaReader(await QuandaMessage.from_id(a, msg.id)).__aiter__()
+    assert (await asyncio.wait_for(reader.__anext__(), TIMEOUT_S)).seq == 0
+    await until(lambda: len(db.streams) == 2, "the change stream opened again")
+    stream = db.streams[1]
+    await asyncio.wait_for(stream.waiting.wait(), TIMEOUT_S)
+    no_polling(a)
+    await QuandaWriter(msg).chunk("woken by the stream")
+    stream.push(update_event(msg.id, 1))
+    assert (await asyncio.wait_for(reader.__anext__(), WAKE_S)).text == "woken by the stream"
+    await reader.aclose()
+
+
+async def test_a_server_without_change_streams_is_asked_again_later(two_stores, monkeypatch):
+    monkeypatch.setattr(mongo_watch, "CHANGE_RECHECK_S", 0.2)
+    a, b = two_stores
+    db = a._db = FakeDatabase(a._db, True, fail_open=OperationFailure("only supported on replica sets", code=40573))
+    msg = await QuandaMessage.create(b, role="assistant")
+    sub = a.subscribe(msg.id)
+    await asyncio.wait_for(db.watched.wait(), TIMEOUT_S)
+    db.fail_open = None  # made a replica set meanwhile
+    await until(lambda: len(db.streams) >= 2 and db.streams[-1].alive and db.fail_open is None,
+                "a change stream tried again after polling a while")
+    sub.close()
+
+
+async def test_a_fact_gap_under_replication_lag_does_not_spin_the_listener(tmp_path, monkeypatch):
+    """A seq whose fact the primary has but this listener's majority reads do not show yet: each tombstone is
+    a duplicate key, and the listener read again at once, for as long as the lag lasted (a busy loop)."""
+    monkeypatch.setattr(mongo_facts, "FACT_GAP_WAIT_S", 0.05)
+    a = await make_store("mongomock", tmp_path)
+    b = await make_store("mongomock", tmp_path, shared=store_target("mongomock", a))
+    try:
+        await a._start_facts()
+        await b.publish("one", {})
+        await b.publish("two (lagging)", {})
+        await b.publish("three", {})
+        facts, reads = a._facts, []
+
+        class Lagging:  # what a majority read shows while the second fact is not yet replicated
+            def find(self, query):
+                reads.append(query)
+                return facts.find({"$and": [query, {"_id": {"$ne": 2}}]})
+
+            def __getattr__(self, name):
+                return getattr(facts, name)
+        a._facts = Lagging()
+        assert [t for t, _ in await asyncio.wait_for(a._poll_facts(), 2)] == ["one"]  # the gap: seen first
+        await asyncio.sleep(0.1)  # past the gap's wait (no event marks it)
+        assert [t for t, _ in await asyncio.wait_for(a._poll_facts(), 2)] == []  # not filled: it exists
+        assert len(reads) <= 4, f"the listener read {len(reads)} times in one poll"
+        a._facts = facts  # replicated
+        assert [t for t, _ in await a._poll_facts()] == ["two (lagging)", "three"]
+    finally:
+        await b.close()
+        await a.close()

@@ -10,7 +10,9 @@ from pymongo.errors import OperationFailure
 from pymongo.write_concern import WriteConcern
 
 from quanda.config import Settings
-from quanda.core import QuandaError, QuandaMessage, QuandaNotFoundError, QuandaWriter, open_store
+from bson import ObjectId
+
+from quanda.core import QuandaError, QuandaImmutableError, QuandaMessage, QuandaNotFoundError, QuandaWriter, open_store
 from quanda.core.store import mongo, mongo_client
 from quanda.core.store.mongo_client import client_options, make_client
 from tests.backends import make_store, mongomock_client
@@ -43,19 +45,25 @@ async def test_url_options_win_over_our_defaults(driver):
         assert client.read_concern.level == "majority"
         assert client.options.retry_writes is True
         assert client.options.pool_options.metadata["application"] == {"name": "quanda"}
+        assert client.options.timeout == 5  # the store's deadline, PyMongo's client-side operation timeout
     finally:
         await close(client)
 
 
 def test_url_option_names_are_case_insensitive_and_aliases_count():
     given = client_options("mongodb://h/db?SERVERSELECTIONTIMEOUTMS=1&wtimeout=5&ReadConcernLevel=local")
-    assert given == {"w": "majority", "retryWrites": True, "appName": "quanda", "tz_aware": False}
+    assert given == {"w": "majority", "retryWrites": True, "appName": "quanda", "timeoutMS": 5000, "tz_aware": False}
+
+
+def test_the_stores_deadline_is_the_clients_timeout_unless_the_url_sets_one():
+    assert client_options("mongodb://h/db", timeout_s=2.5)["timeoutMS"] == 2500
+    assert "timeoutMS" not in client_options("mongodb://h/db?timeoutMS=800", timeout_s=2.5)
 
 
 async def test_pymongo_is_the_default_driver_and_motor_stays_selectable(monkeypatch):
     chosen = []
 
-    def spy(url, driver):
+    def spy(url, driver, timeout_s=5.0):
         chosen.append(driver)
         return mongomock_client()
     monkeypatch.setattr(mongo_client, "make_client", spy)
@@ -308,4 +316,45 @@ async def test_transactions_are_used_where_the_server_has_them(reply, atomic):
     try:
         assert store.atomic_records is atomic
     finally:
+        await store.close()
+
+
+async def test_a_refused_transaction_turns_them_off_for_a_while_not_for_good(transactional, monkeypatch):
+    """Issue 21, item 9: one refusal (codes 20/263) turned transactions off for the life of the process, silently
+    leaving a replica set on the ordered path."""
+    from quanda.core.store import mongo_records
+    monkeypatch.setattr(mongo_records, "TRANSACTIONS_RECHECK_S", 0.0)
+    store = transactional
+    store.fake_session.refuse = OperationFailure("Transaction numbers are only allowed on a replica set member", code=20)
+    assert await store.commit_records([("put", "todo", "a", {"n": 1})])
+    assert store.atomic_records is False  # this unit ran in order
+    store.fake_session.refuse = None
+    assert await store.commit_records([("put", "todo", "b", {"n": 2})])
+    assert store.atomic_records is True and store.fake_session.transactions == 1  # and back to transactions
+
+
+async def test_an_append_refused_under_replication_lag_says_why(tmp_path):
+    """Issue 21, item 9: the state read after a refused append came from a majority snapshot lagging behind the
+    primary (still mutable there), so five immediate retries ended in 'kept conflicting' (a 503) instead of
+    the immutable message (409) it was."""
+    store = await make_store("mongomock", tmp_path)
+    try:
+        msg = await QuandaMessage.create(store, role="assistant")
+        await QuandaWriter(msg).chunk("a")
+        messages = store._messages
+        stale = await messages.find_one({"_id": ObjectId(msg.id)}, {"tokens": 0})
+        await QuandaWriter(msg).make_immutable()
+
+        class Majority:  # the majority snapshot has not caught up with the seal yet
+            async def find_one(self, query, projection=None):
+                return dict(stale)
+
+            def __getattr__(self, name):
+                return getattr(messages, name)
+        store._messages = Majority()
+        store._latest = messages  # the primary's latest (readConcern local)
+        with pytest.raises(QuandaImmutableError):
+            await asyncio.wait_for(QuandaWriter(msg).chunk("late"), 5)
+    finally:
+        store._messages = messages
         await store.close()

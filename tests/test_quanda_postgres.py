@@ -251,3 +251,76 @@ async def test_two_stores_writing_to_many_messages_never_deadlock(backend, store
 
 async def _collect(reader):
     return [token async for token in reader]
+
+
+async def wal_of_a_message(store, chunks: int) -> int:
+    """The WAL bytes PostgreSQL wrote for the appends of a `chunks`-chunk message of random text (which TOAST's
+    compression cannot shrink), counted by the appending statements themselves (EXPLAIN ANALYZE's WAL
+    counters: this connection's own, whatever else the shared server does meanwhile)."""
+    import json
+    import secrets
+
+    import asyncpg
+    msg = await QuandaMessage.create(store, role="assistant")
+    wal = 0
+    conn = await asyncpg.connect(store._dsn)
+    try:
+        for _ in range(chunks):
+            text = secrets.token_urlsafe(15).encode()
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, WAL, FORMAT JSON) {store._sql_append}", store.channel,
+                                       store.origin, [msg.id], ["chunk"], [text], [None], [None], [None],
+                                       store.max_message_bytes, 1.0)
+            wal += json.loads(plan)[0]["Plan"]["WAL Bytes"]
+    finally:
+        await conn.close()
+    await msg.refresh()
+    assert msg.last_seq == chunks  # the statement really appended, chunk after chunk
+    return wal
+
+
+@pg
+async def test_the_wal_of_a_message_grows_linearly_with_it(backend, store):
+    """Issue 21, item 6: the content was rewritten every 64 chunks, so the WAL of a message grew with its square:
+    14x the content at 1,000 chunks, 40x at 4,000. Checkpoints at gaps growing with the message make it
+    linear: 4,000 chunks write at most ~4.5x the WAL of 1,000."""
+    short, long = await wal_of_a_message(store, 1000), await wal_of_a_message(store, 4000)
+    assert long <= 4.5 * short, f"WAL {short:,} bytes for 1,000 chunks, {long:,} for 4,000: {long / short:.2f}x"
+
+
+@pg
+async def test_units_writing_the_same_records_in_opposite_orders_never_deadlock(backend, store, tmp_path):
+    """Issue 21, item 11: `quanda_commit_records` locked records in the caller's order, so two units touching
+    the same records in opposite orders could deadlock (40P01), which nobody retried."""
+    keys = [f"k{i:02d}" for i in range(8)]
+    async with second_store(backend, store, tmp_path) as other:
+        async def units(s, order, tag):
+            for round_ in range(15):
+                assert await s.commit_records([("put", "todo", k, {"by": tag, "round": round_}) for k in order])
+
+        await asyncio.wait_for(asyncio.gather(*[units(store, keys, f"s{n}") for n in range(4)],
+                                              *[units(other, keys[::-1], f"o{n}") for n in range(4)]), 120)
+    found = await store.list_records("todo")
+    assert [k for k, _ in found] == keys
+    assert len({(d["by"], d["round"]) for _k, d in found}) == 1  # every unit whole: one unit's values everywhere
+
+
+@pg
+async def test_a_process_uses_its_pool_size_plus_two_connections(backend, tmp_path):
+    """Issue 21, item 11: 10 connections a process, not configurable, filled max_connections at ~9 servers."""
+    from tests.backends import postgres_test_url
+    store = await open_store(postgres_test_url(), pool_size=3)
+    try:
+        async def pid() -> int:
+            async with store._conn("test") as conn:
+                return await conn.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+        pooled = set(await asyncio.gather(*(pid() for _ in range(20))))
+        assert len(pooled) <= 3
+        await store.listen(lambda topic, fact: None)  # the listening connection
+        await QuandaWriter(await QuandaMessage.create(store, role="a")).chunk("x")  # the writer's
+        async with store._conn("test") as conn:
+            others = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                         "AND pid = ANY($1::int[])", [store._writer_conn._protocol.get_server_pid(),
+                                                                      store._listener_conn._protocol.get_server_pid()])
+        assert others == 2
+    finally:
+        await store.close()

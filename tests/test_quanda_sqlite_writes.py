@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -100,11 +101,12 @@ async def test_the_row_is_synced_now_and_then_and_reads_are_exact_between(tmp_pa
                 assert (record.content, record.last_seq, record.estimate) == (
                     "".join(f"w{k} " for k in range(1, i + 1)), i, f"~{i}")
         synced = 3 * CHECKPOINT_EVERY
-        row = store._read("SELECT last_seq, content_bytes, estimate FROM quanda_messages WHERE id = ?", (msg.id,),
-                          one=True)
+        row = await store._read("SELECT last_seq, content_bytes, estimate FROM quanda_messages WHERE id = ?",
+                                (msg.id,), one=True)
         assert row == (synced, len("".join(f"w{k} " for k in range(1, synced + 1))), f"~{synced}")
         await w.warning("careful")  # any other token syncs the row
-        row = store._read("SELECT last_seq, estimate, warning FROM quanda_messages WHERE id = ?", (msg.id,), one=True)
+        row = await store._read("SELECT last_seq, estimate, warning FROM quanda_messages WHERE id = ?", (msg.id,),
+                                one=True)
         assert row == (last + 1, f"~{last}", "careful")
         await w.make_immutable()
         record = await store.get_message(msg.id)
@@ -141,19 +143,19 @@ async def test_writes_wait_on_the_thread_while_the_lock_is_held_elsewhere_and_ke
     try:
         msg = await QuandaMessage.create(store, role="assistant")
         w = QuandaWriter(msg)
-        other.execute("BEGIN IMMEDIATE")  # another process writing: the loop cannot take the lock at once
+        other.execute("BEGIN IMMEDIATE")  # another process writing: the thread waits for the lock
         first = [asyncio.create_task(w.chunk(f"a{i} ")) for i in range(5)]
-        await turns(store, lambda: store._at_thread == 1)
+        await turns(store, lambda: store._detached == 1)  # the loop stopped waiting for it and goes on
         later = [asyncio.create_task(w.chunk(f"b{i} ")) for i in range(5)]  # the thread is busy: after the first
-        await turns(store, lambda: store._at_thread == 2)
+        await turns(store, lambda: store._detached == 2)
         assert not any(t.done() for t in first + later)
         other.execute("COMMIT")
         seqs = [t.seq for t in await asyncio.wait_for(asyncio.gather(*first, *later), 10)]
         assert seqs == list(range(1, 11))
-        assert store._at_thread == 0
+        assert store._detached == 0
         assert (await store.get_message(msg.id)).content == "".join(f"a{i} " for i in range(5)) + "".join(
             f"b{i} " for i in range(5))
-        assert (await w.chunk("inline")).seq == 11  # the thread is idle again: back on the loop
+        assert (await w.chunk("next")).seq == 11
     finally:
         other.close()
         await store.close()
@@ -174,18 +176,17 @@ async def test_the_writer_thread_dying_fails_its_writes_fast_and_restarts(tmp_pa
         monkeypatch.setattr(SQLiteStore, "_commit", staticmethod(die_on_the_thread))
         other.execute("BEGIN IMMEDIATE")
         pending = [asyncio.create_task(QuandaWriter(msg).chunk("lost")) for _ in range(3)]
-        await turns(store, lambda: store._at_thread == 1)
-        other.execute("COMMIT")
         results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
         assert all(isinstance(r, QuandaStoreError) and "writer stopped" in str(r) for r in results), results
+        other.execute("COMMIT")
         monkeypatch.setattr(SQLiteStore, "_commit", staticmethod(real_commit))
         await store._restart_writer()  # what the next write does first
         other.execute("BEGIN IMMEDIATE")
         again = asyncio.create_task(QuandaWriter(msg).chunk("after restart"))
-        await turns(store, lambda: store._at_thread == 1)  # the new thread took it
+        await turns(store, lambda: store._detached == 1)  # the new thread took it, and waits for the lock
         other.execute("COMMIT")
         assert (await asyncio.wait_for(again, 5)).seq == 1
-        assert store._at_thread == 0
+        assert store._detached == 0
     finally:
         other.close()
         await store.close()
@@ -197,7 +198,9 @@ async def test_a_database_written_before_the_content_table_reads_and_grows(tmp_p
     await store.close()
     mid = "0123456789abcdef01234567"
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("DROP TABLE quanda_content")  # as the store wrote it before: content in the message row,
+    for undo in ("DROP TABLE quanda_leases", "ALTER TABLE quanda_messages DROP COLUMN fence",  # no migrations yet
+                 "DROP TABLE quanda_meta", "DROP TABLE quanda_content"):  # as the store wrote it before: content in
+        conn.execute(undo)                                                  # the message row,
     conn.execute("INSERT INTO quanda_messages VALUES (?, 'assistant', 'Hello ', 6, 1, NULL, '', 0, 3, 1.0, 1.0)",
                  (mid,))  # checkpointed at seq 1, every token synced into the row
     conn.executemany("INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)",
@@ -237,7 +240,7 @@ async def test_the_statements_per_chunk_do_not_grow_with_the_message(tmp_path, m
         msg = await QuandaMessage.create(store, role="assistant")
         w = QuandaWriter(msg)
         statements: list[str] = []
-        store._inline.set_trace_callback(statements.append)
+        store._writer_conn.set_trace_callback(statements.append)
 
         async def window(chunks: int) -> int:
             statements.clear()
@@ -253,4 +256,87 @@ async def test_the_statements_per_chunk_do_not_grow_with_the_message(tmp_path, m
         assert late <= early  # 3 per chunk (begin, insert, commit), a sync every 64, checkpoints ever rarer
         assert late <= 3 * 1024 + 2 * 1024 // CHECKPOINT_EVERY + 8
     finally:
+        await store.close()
+
+
+async def test_writes_fail_together_at_their_deadline_while_another_process_holds_the_lock(tmp_path):
+    """Issue 21, item 5: a batch that failed on a lock held elsewhere was retried write by write, each waiting
+    out the whole busy timeout: N writes cost (N+1) × 30 s while everything queued behind them waited."""
+    store = await open_store(f"sqlite:///{tmp_path / 'q.db'}")
+    other = sqlite3.connect(tmp_path / "q.db", isolation_level=None, check_same_thread=False)
+    try:
+        msg = await QuandaMessage.create(store, role="assistant")
+        w = QuandaWriter(msg)
+        await w.chunk("a")
+        other.execute("BEGIN IMMEDIATE")  # another process writing, and not letting go
+        start = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*(w.chunk(f"{i}") for i in range(5)),
+                                                        return_exceptions=True), 3 * store.timeout_s)
+        took = time.monotonic() - start
+        assert all(isinstance(r, QuandaStoreError) and "nothing was written" in str(r) for r in results), results
+        assert took <= store.timeout_s + 2, f"5 writes waited {took:.1f} s for a lock held elsewhere"
+        other.execute("ROLLBACK")
+        assert (await w.chunk("b")).seq == 2  # none of the five was written; the next write goes through
+        assert (await store.get_message(msg.id)).content == "ab"
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_prefix_listings_are_range_scans_of_the_key(tmp_path, monkeypatch):
+    """Issue 21, item 10: `substr(key, 1, n) = prefix` scanned the whole table (21 ms a call at 200k rows,
+    for every conversation, todo and reaper read)."""
+    statements: list[str] = []
+    real_connect = sqlite_store._connect
+
+    def traced(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+    monkeypatch.setattr(sqlite_store, "_connect", traced)
+    store = await open_store(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        for owner in ("ann", "bob"):
+            for i in range(3):
+                await store.put_record("todo", f"{owner}:{i:09d}", {"i": i})
+        statements.clear()
+        assert [k for k, _ in await store.list_records("todo", prefix="bob:")] == [f"bob:{i:09d}" for i in range(3)]
+        listing = next(s for s in statements if "quanda_todo" in s and "SELECT" in s)
+        plan = " ".join(row[3] for row in sqlite3.connect(tmp_path / "q.db").execute(f"EXPLAIN QUERY PLAN {listing}"))
+        assert "SEARCH" in plan and "SCAN" not in plan, plan
+    finally:
+        await store.close()
+
+
+async def test_the_wal_is_cut_back_once_a_checkpoint_lets_it_restart(tmp_path, monkeypatch):
+    """Issue 21, item 11: the WAL grew with every burst a reader held back and never shrank (no
+    `journal_size_limit`, no truncating checkpoint)."""
+    from quanda.core.store import sqlite_schema, sqlite_writer
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_PAGES", 20)
+    monkeypatch.setattr(sqlite_schema, "WAL_SIZE_LIMIT", 64 << 10, raising=False)
+    path = tmp_path / "q.db"
+    store = await open_store(f"sqlite:///{path}")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        msg = await QuandaMessage.create(store, role="assistant")
+        w = QuandaWriter(msg)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM quanda_tokens").fetchone()  # a reader holding its snapshot
+        for i in range(400):
+            await w.chunk("x" * 4000)  # ~1.6 MB that no checkpoint may copy back while the reader holds on
+        grown = (tmp_path / "q.db-wal").stat().st_size
+        assert grown > 1 << 20
+        reader.execute("COMMIT")
+
+        async def cut_back() -> bool:
+            await w.chunk("y")  # a checkpoint can now complete; the next write restarts the WAL, cut back
+            return (tmp_path / "q.db-wal").stat().st_size <= 64 << 10
+        for _ in range(200):
+            if await cut_back():
+                break
+            await asyncio.sleep(0.01)  # the checkpointer thread runs on its own: give it a moment
+        else:
+            raise AssertionError(f"the WAL stayed at {(tmp_path / 'q.db-wal').stat().st_size} bytes (was {grown})")
+    finally:
+        reader.close()
         await store.close()

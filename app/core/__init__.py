@@ -3,7 +3,8 @@
 No web framework is imported here; the app and the CLI are both clients of this package.
 """
 
-from .errors import QuandaError, QuandaImmutableError, QuandaLimitError, QuandaNotFoundError, QuandaStoreError
+from .errors import (QuandaError, QuandaFencedError, QuandaImmutableError, QuandaLimitError, QuandaNotFoundError,
+                     QuandaSchemaError, QuandaStoreError, QuandaTimeoutError)
 from .message import QuandaMessage
 from .reader import QuandaReader
 from .replay import MessageState, replay
@@ -12,7 +13,8 @@ from .token import QuandaToken
 from .writer import ChunkStream, QuandaWriter
 
 __all__ = [
-    "ChunkStream", "DEFAULT_URL", "MessageState", "QuandaError", "QuandaImmutableError", "QuandaLimitError", "QuandaMessage",
-    "QuandaNotFoundError", "QuandaReader", "QuandaStore", "QuandaStoreError", "QuandaToken", "QuandaWriter",
+    "ChunkStream", "DEFAULT_URL", "MessageState", "QuandaError", "QuandaFencedError", "QuandaImmutableError",
+    "QuandaLimitError", "QuandaMessage", "QuandaNotFoundError", "QuandaReader", "QuandaSchemaError", "QuandaStore",
+    "QuandaStoreError", "QuandaTimeoutError", "QuandaToken", "QuandaWriter",
     "open_store", "replay",
 ]

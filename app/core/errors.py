@@ -5,6 +5,9 @@
     ├── QuandaImmutableError         a write to a message that is already immutable
     ├── QuandaLimitError             a token or message over its size limit (nothing written)
     └── QuandaStoreError             the database failed (unreachable, locked, corrupt)
+        ├── QuandaTimeoutError       it did not answer within the store's deadline (`timeout_s`)
+        ├── QuandaFencedError        a job's write after another took its message over (nothing written)
+        └── QuandaSchemaError        the database's schema is newer than this version, or not migrated
 """
 
 
@@ -26,3 +29,18 @@ class QuandaLimitError(QuandaError, ValueError):
 
 class QuandaStoreError(QuandaError):
     """The backend failed; the original driver error is the `__cause__`."""
+
+
+class QuandaTimeoutError(QuandaStoreError):
+    """The database did not answer within the store's deadline; the message says whether the write may still
+    be applied."""
+
+
+class QuandaFencedError(QuandaStoreError):
+    """A write carrying a fencing token older than the message's: another job has taken the message over (its
+    lease expired). Nothing was written."""
+
+
+class QuandaSchemaError(QuandaStoreError):
+    """The database's schema is of a newer version than this code knows, or needs a migration this process
+    may not run; the message says which and what to do."""

@@ -58,7 +58,7 @@ def check_id(message_id: object) -> str:
 
 
 #: names the stores use for themselves (SQLite and MongoDB keep records of kind K in `quanda_<K>`)
-RESERVED_KINDS = frozenset({"messages", "tokens", "facts", "counters", "records", "meta"})
+RESERVED_KINDS = frozenset({"messages", "tokens", "facts", "counters", "records", "meta", "leases", "content"})
 
 
 def check_record_kind(kind: str) -> str:

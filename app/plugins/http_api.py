@@ -182,15 +182,19 @@ async def events(request, message_id: str):
     async def stream():
         snapshot = after is None
         async with aclosing(with_keepalives(QuandaReader(message, after_seq=after))) as tokens:  # its reader ends
-            async for token in tokens:                                                       # with the response
-                if token is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                name = "thread.message.snapshot" if snapshot and token.kind == "override" else EVENT_NAMES[token.kind]
-                snapshot = False
-                data = json.dumps({"seq": token.seq, "kind": token.kind, "text": token.text,
-                                   "estimate": token.estimate})
-                yield f"id: {token.seq}\nevent: {name}\ndata: {data}\n\n"
+            try:                                                                             # with the response
+                async for token in tokens:
+                    if token is None:
+                        yield ": keep-alive\n\n"
+                        continue
+                    name = "thread.message.snapshot" if snapshot and token.kind == "override" else EVENT_NAMES[token.kind]
+                    snapshot = False
+                    data = json.dumps({"seq": token.seq, "kind": token.kind, "text": token.text,
+                                       "estimate": token.estimate})
+                    yield f"id: {token.seq}\nevent: {name}\ndata: {data}\n\n"
+            except QuandaError as exc:  # the response has begun: the stream ends saying so (a client resumes
+                log.warning("following message %s ended: %s", message.id, exc)  # from its Last-Event-ID)
+                yield f"event: error\ndata: {json.dumps({'error': 'the database is unavailable; reconnect in a moment'})}\n\n"
 
     return StreamingResponse(revocable(request, h.owner, stream()), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from quanda.jobs import LEASE_KIND, Jobs
+from quanda.jobs import Jobs
 from quanda.core import open_store
 from tests.reliability.harness import eventually
 
@@ -19,8 +19,11 @@ async def test_a_server_killed_while_it_recovers_a_dead_servers_job_leaves_it_to
     url = f"sqlite:///{tmp_path}/quanda.db"
     dead, dying, alive = [await open_store(url) for _ in range(3)]
     message_id = "0123456789abcdef01234567"
-    await dead.put_record(LEASE_KIND, message_id, {"kind": "assistant", "owner": "o", "server": dead.origin,
-                                                   "expires": 0.0})
+    await dead.acquire_lease(message_id, dead.origin, 0.01, {"kind": "assistant", "owner": "o"})
+
+    async def expired():
+        return [lease.key for lease in await alive.expired_leases()] == [message_id]
+    await eventually(expired, 5, "the dead server's lease expired")
     recovering = asyncio.Event()
 
     async def killed_midway(job):
@@ -45,7 +48,7 @@ async def test_a_server_killed_while_it_recovers_a_dead_servers_job_leaves_it_to
         return recovered
 
     assert await eventually(reaped, 5, "the job recovered by the next server") == [message_id]
-    assert await alive.get_record(LEASE_KIND, message_id) is None
+    assert await alive.get_lease(message_id) is None  # given up once recovered
     for store in (dead, dying, alive):
         await store.close()
 
@@ -110,7 +113,7 @@ async def test_a_postgresql_connection_left_mid_operation_is_a_store_error_and_i
 
     class Pool:
         @contextlib.asynccontextmanager
-        async def acquire(self):
+        async def acquire(self, timeout=None):
             yield conn
 
     store = PostgresStore("postgresql://nobody@127.0.0.1:1/none")
@@ -181,7 +184,7 @@ async def test_every_tab_is_told_when_the_database_goes_away_and_when_it_is_back
     for tab in tabs:
         await asyncio.wait_for(tab.got.wait(), 5)
         tab.got.clear()
-        assert STORE_DOWN in tab.sent[-1]
+        assert STORE_DOWN.format(" (it does not accept writes)") in tab.sent[-1]  # the cause, in our words
     health.failed("again")  # already down: nobody is told twice
     store.dead = False
     for tab in tabs:
@@ -189,3 +192,20 @@ async def test_every_tab_is_told_when_the_database_goes_away_and_when_it_is_back
         assert len(tab.sent) == 2 and STORE_BACK in tab.sent[-1] and 'class="notice info"' in tab.sent[-1]
     assert health.ok
     await health.close()
+
+
+async def test_a_message_stream_whose_database_fails_ends_with_an_error_event_not_a_traceback(api, monkeypatch):
+    """Fault suite (PostgreSQL connections reset mid-stream): a message's SSE stream raised the store's error out
+    of its generator — "Exception in ASGI application", a traceback in the log, the stream cut without a word."""
+    from quanda.core import QuandaStoreError
+    from quanda.core.store.sqlite import SQLiteStore
+
+    mid = (await api.post("/api/messages", json={"role": "assistant", "content": "hello"})).json()["id"]
+
+    async def reset(*args, **kwargs):
+        raise QuandaStoreError("PostgreSQL select_tokens failed: ConnectionResetError: [Errno 104] Connection reset")
+    monkeypatch.setattr(SQLiteStore, "_select_tokens", reset)
+    async with api.stream("GET", f"/api/messages/{mid}/events", headers={"Last-Event-ID": "0"}) as response:
+        assert response.status_code == 200
+        text = "".join([chunk async for chunk in response.aiter_text()])
+    assert "event: error" in text and "the database is unavailable" in text and "Errno" not in text

@@ -1,37 +1,34 @@
-"""The store interface every backend implements, and what they share: validation, limits and wake-ups.
+"""The store interface every backend implements: messages, records, counters and leases, each verb with its
+validation (live delivery and the fact bus are in `live.py`, fencing in `fencing.py`).
 
 Backends implement the `_`-prefixed verbs; the public verbs validate their input first, so a bad call
-reaches no database. Ids are 24-hex strings (BSON ObjectIds) on every backend.
-
-Close to 400 lines because it is the whole contract of a store in one place (messages, records, counters,
-the fact bus and the wake-ups), each verb with its validation; the backends' parts follow its sections.
+reaches no database. Ids are 24-hex strings (BSON ObjectIds) on every backend. Writes made inside a job
+(`fencing.fenced`) carry its fence and are refused once its lease has a newer holder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
+import math
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from bson import ObjectId
 
 from ..errors import QuandaError, QuandaLimitError, QuandaStoreError
 from ..token import IMMUTABLE, KINDS, OVERRIDE, QuandaToken
 from ..validation import check_data, check_id, check_key, check_record_kind, check_seq, check_text, encode_record
-from .subscription import Subscription
-
-log = logging.getLogger("quanda.store")
+from .deadline import DEFAULT_TIMEOUT_S
+from .fencing import LEASE_FENCE_KIND, Fence, current_fence
+from .live import MAX_FACT_BYTES, FactListener, LiveStore
 
 DEFAULT_MAX_TOKEN_BYTES = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
-MAX_FACT_BYTES = 7000  # under PostgreSQL's NOTIFY payload limit (8,000 bytes)
 RECORD_VERBS = ("insert", "put", "delete")
 RecordOp = tuple[str, str, str, "dict[str, Any] | None"]
-FactListener = Callable[[str, dict[str, Any]], None]
+__all__ = ["FactListener", "Lease", "MAX_FACT_BYTES", "MessageRecord", "QuandaStore", "RecordOp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +46,34 @@ class MessageRecord:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease as the database holds it: who has it, with which fence, and how long it has to run by the
+    database's clock when it was read (negative: expired)."""
+
+    key: str
+    fence: int
+    holder: str
+    expires_in: float
+    data: dict[str, Any]
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_in < 0
+
+
+def prefix_bound(prefix: str) -> str | None:
+    """The smallest string above every string that starts with `prefix` (None: there is none), in code point
+    order — which is SQLite's BINARY order of UTF-8 text, PostgreSQL's order of UTF-8 bytes and MongoDB's
+    order of strings — so `prefix <= key < bound` is a range scan of the key's index on every backend."""
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return None
+    last = ord(stripped[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:  # surrogates are not text: the next code point there is
+        last = 0xE000
+    return stripped[:-1] + chr(last)
+
 
 def new_id() -> str:
     return str(ObjectId())
@@ -58,25 +83,19 @@ def utf8_len(text: str | None) -> int:
     return len(text.encode("utf-8", "surrogatepass")) if text else 0
 
 
-class QuandaStore(ABC):
+class QuandaStore(LiveStore):
     """A backend: messages with their token logs, plus keyed records for higher-level data."""
 
-    #: cross-process watcher: poll interval bounds (seconds), tightened on change, doubled when idle
-    poll_min = 0.001
-    poll_max = 0.025
     #: whether `commit_records` is all-or-nothing (a transaction) on this backend
     atomic_records = True
 
     def __init__(self, *, max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S):
+        super().__init__()
         self.max_token_bytes = max_token_bytes
         self.max_message_bytes = max_message_bytes
-        self._subscriptions: dict[str, set[Subscription]] = {}
-        self._watcher: asyncio.Task | None = None
-        self._watcher_exiting = False
-        self._fact_listeners: list[FactListener] = []
+        self.timeout_s = timeout_s  # every call fails within this when the database does not answer
         self.origin = new_id()  # this process's name on the fact bus (its own facts it delivers directly)
-        self._closed = False
 
     # -- messages -------------------------------------------------------------------------------------
 
@@ -99,7 +118,8 @@ class QuandaStore(ABC):
     async def append(self, message_id: str, kind: str, text: str = "",
                      estimate: str | None = None) -> QuandaToken:
         """Append one token atomically; returns it with its seq. Making an immutable message immutable
-        again returns its existing `immutable` token and writes nothing."""
+        again returns its existing `immutable` token and writes nothing. Inside a job, the job's fence goes
+        with it: QuandaFencedError (nothing written) once a newer lease holder has written the message."""
         self._check_open()
         message_id = check_id(message_id)
         if kind not in KINDS:
@@ -116,7 +136,7 @@ class QuandaStore(ABC):
         if estimate is not None:
             check_text(estimate, "estimate")
         self._check_token_size(text, estimate)
-        return await self._append(message_id, kind, text, estimate)
+        return await self._append(message_id, kind, text, estimate, current_fence())
 
     async def select_tokens(self, message_id: str, gt: int = 0, limit: int = 1000) -> list[QuandaToken]:
         """Tokens with seq > gt, in seq order, at most `limit`."""
@@ -147,42 +167,60 @@ class QuandaStore(ABC):
                                 f"{self.max_message_bytes}-byte limit; nothing was written")
 
     # -- records: conversations, todos, plugin state ------------------------------------------------------
+    # Inside a job (`fencing.fenced`), every write also checks the job's lease in the same unit.
 
     async def insert_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
         """Store `data` under (kind, key) unless the key exists; True if written. The exactly-once primitive."""
         self._check_open()
-        return await self._insert_record(check_record_kind(kind), check_key(key), check_data(data))
+        op = ("insert", check_record_kind(kind), check_key(key), check_data(data))
+        if current_fence() is not None:
+            return await self._commit_fenced([op])
+        return await self._insert_record(*op[1:])
 
     async def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         self._check_open()
-        await self._put_record(check_record_kind(kind), check_key(key), check_data(data))
+        op = ("put", check_record_kind(kind), check_key(key), check_data(data))
+        if current_fence() is not None:
+            await self._commit_fenced([op])
+        else:
+            await self._put_record(*op[1:])
 
     async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         self._check_open()
         return await self._get_record(check_record_kind(kind), check_key(key))
 
     async def delete_record(self, kind: str, key: str) -> bool:
+        """Delete the record; whether it was there (inside a job: True, the unit does not count)."""
         self._check_open()
-        return await self._delete_record(check_record_kind(kind), check_key(key))
+        kind, key = check_record_kind(kind), check_key(key)
+        if current_fence() is not None:
+            return await self._commit_fenced([("delete", kind, key, None)])
+        return await self._delete_record(kind, key)
 
-    async def list_records(self, kind: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        """(key, data) pairs whose key starts with `prefix`, in key order."""
+    async def list_records(self, kind: str, prefix: str = "", *, limit: int | None = None, last: bool = False,
+                           after: str | None = None, before: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(key, data) pairs whose key starts with `prefix` (and is above `after`, below `before`), in key
+        order; with `limit`, the first `limit` of them — or with `last`, the last `limit`, still in key order.
+        A range scan of the key on every backend: it reads what it returns."""
         self._check_open()
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be str")
-        check_text(prefix, "record key prefix")
-        return await self._list_records(check_record_kind(kind), prefix)
+        for name, value in (("prefix", prefix), ("after", after), ("before", before)):
+            if value is not None:
+                if not isinstance(value, str):
+                    raise TypeError(f"{name} must be str")
+                check_text(value, f"record key {name}")
+        if limit is not None:
+            limit = max(1, check_seq(limit, "limit"))
+        return await self._list_records(check_record_kind(kind), prefix, limit=limit, last=last, after=after,
+                                        before=before)
 
     async def list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
-        """The last `count` records whose key starts with `prefix`, in key order (reading `count`, not all)."""
+        """The last `count` records whose key starts with `prefix`, in key order (reading `count`, not all):
+        `list_records(kind, prefix, limit=count, last=True)`."""
         self._check_open()
         if not isinstance(prefix, str) or not isinstance(count, int) or count < 1:
             raise TypeError("prefix must be str and count a positive int")
         check_text(prefix, "record key prefix")
-        return await self._list_last_records(check_record_kind(kind), prefix, count)
-
-    async def _list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
-        return (await self._list_records(kind, prefix))[-count:]  # a backend that can reads only those
+        return await self._list_records(check_record_kind(kind), prefix, limit=count, last=True)
 
     async def delete_messages(self, message_ids: Sequence[str]) -> int:
         """Delete messages with their tokens (a deleted conversation's; none may still be written). Unknown
@@ -190,15 +228,14 @@ class QuandaStore(ABC):
         self._check_open()
         return await self._delete_messages(sorted({check_id(m) for m in message_ids}))
 
-    async def _delete_messages(self, message_ids: list[str]) -> int:
-        raise NotImplementedError
-
     async def commit_records(self, ops: Sequence[RecordOp]) -> bool:
         """Apply record operations as one unit: `("insert", kind, key, data)` (insert-if-absent),
         `("put", kind, key, data)`, `("delete", kind, key, None)`. An insert whose key exists rejects the
-        unit and the call returns False. SQLite and PostgreSQL run the unit in one transaction: all or
-        nothing. MongoDB applies the ops in order and stops at a rejected insert (earlier ops stay), so
-        put the claim first and make the rest idempotent (puts of whole values, deletes)."""
+        unit and the call returns False. SQLite and PostgreSQL run the unit in one transaction (taking the
+        records' row locks in (kind, key) order, so that two units never deadlock): all or nothing. MongoDB
+        runs it in a transaction where it has them (a replica set, `atomic_records`); without, it applies the
+        ops in order and stops at a rejected insert (earlier ops stay), so put the claim first and make the
+        rest idempotent (puts of whole values, deletes)."""
         self._check_open()
         checked: list[RecordOp] = []
         for op in ops:
@@ -209,135 +246,50 @@ class QuandaStore(ABC):
                             None if verb == "delete" else check_data(data)))
         if not checked:
             return True
+        if current_fence() is not None:
+            return await self._commit_fenced(checked)
         return await self._commit_records(checked)
+
+    async def _commit_fenced(self, ops: list[RecordOp]) -> bool:
+        """The unit, refused as a whole (QuandaFencedError) unless the job's lease still has its fence."""
+        fence = current_fence()
+        check = ("check", LEASE_FENCE_KIND, fence.lease_key, {"fence": fence.fence})
+        return await self._commit_records([check, *ops])
 
     async def bump_counter(self, key: str) -> int:
         """Atomically add one to the counter `key` (starting at 0) and return the new value."""
         self._check_open()
         return await self._bump_counter(check_key(key))
 
-    # -- facts: a bus between the processes sharing this database ------------------------------------------
+    # -- leases: who runs a job, decided on the database's clock ------------------------------------------
 
-    async def publish(self, topic: str, fact: dict[str, Any]) -> None:
-        """Tell every listener of every process on this database (this one first, at once) that `fact`
-        happened. Delivery to other processes is at least once, in publishing order per process, within
-        the watcher's latency; a process that starts listening later does not see older facts."""
+    async def acquire_lease(self, key: str, holder: str, ttl_s: float, data: dict[str, Any]) -> Lease | None:
+        """Take the lease `key` for `holder` for `ttl_s` seconds of the database's clock, with a fence higher
+        than any lease's before, unless someone holds it and it has not expired (None). Free, released and
+        expired leases are taken: of several takers at once, one gets it."""
         self._check_open()
-        check_text(topic, "topic")
-        if not topic or len(topic) > 64:
-            raise QuandaError("a fact topic is 1 to 64 characters")
-        blob = encode_record(fact)
-        if len(blob) > MAX_FACT_BYTES:
-            raise QuandaLimitError(f"fact of {len(blob)} bytes is over the {MAX_FACT_BYTES}-byte limit")
-        await self._publish_fact(topic, blob)
-        self._deliver_fact(topic, fact)
+        return await self._acquire_lease(check_key(key), _check_holder(holder), _check_ttl(ttl_s),
+                                         encode_record(check_data(data)))
 
-    async def listen(self, callback: FactListener) -> Callable[[], None]:
-        """Call `callback(topic, fact)` on the event loop for every fact published from now on, by this
-        process or another; returns the function that stops it."""
+    async def renew_lease(self, key: str, fence: int, ttl_s: float) -> bool:
+        """Make the lease run `ttl_s` seconds from now (the database's clock) if it still has this fence —
+        even if it expired meanwhile, as long as nobody took it; False when it is lost."""
         self._check_open()
-        if not self._fact_listeners:
-            await self._start_facts()
-        self._fact_listeners.append(callback)
-        self._ensure_watcher()
+        return await self._renew_lease(check_key(key), check_seq(fence, "fence"), _check_ttl(ttl_s))
 
-        def stop() -> None:
-            if callback in self._fact_listeners:
-                self._fact_listeners.remove(callback)
-        return stop
+    async def release_lease(self, key: str, fence: int) -> bool:
+        """Give the lease up if it still has this fence; False when it was not (any longer) ours."""
+        self._check_open()
+        return await self._release_lease(check_key(key), check_seq(fence, "fence"))
 
-    def _deliver_fact(self, topic: str, fact: dict[str, Any]) -> None:
-        for callback in list(self._fact_listeners):
-            try:
-                callback(topic, fact)
-            except Exception:  # noqa: BLE001 - one listener's bug must not stop the others
-                log.exception("fact listener failed on %s", topic)
+    async def get_lease(self, key: str) -> Lease | None:
+        self._check_open()
+        return await self._get_lease(check_key(key))
 
-    def _remote_facts(self, facts: list[tuple[str, str]]) -> None:
-        """Facts (topic, JSON text) other processes published, in order: hand them to the listeners."""
-        for topic, blob in facts:
-            try:
-                fact = json.loads(blob)
-            except ValueError:
-                log.warning("unreadable fact on %s dropped", topic)
-                continue
-            self._deliver_fact(topic, fact)
-
-    # -- live delivery ------------------------------------------------------------------------------------
-
-    def subscribe(self, message_id: str) -> Subscription:
-        """Register before reading a snapshot, so no commit can fall between the two."""
-        message_id = check_id(message_id)
-        sub = Subscription(message_id, self._unsubscribe)
-        self._subscriptions.setdefault(message_id, set()).add(sub)
-        self._ensure_watcher()
-        return sub
-
-    def _ensure_watcher(self) -> None:
-        """Start the watcher unless one runs that will see the new interest (it re-checks before it exits)."""
-        if self._watcher is None or self._watcher.done() or self._watcher_exiting:
-            self._watcher_exiting = False
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    @property
-    def _watching(self) -> bool:
-        """Whether anyone needs the watcher: subscriptions or fact listeners."""
-        return bool(self._subscriptions or self._fact_listeners) and not self._closed
-
-    def _unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subscriptions.get(sub.message_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subscriptions[sub.message_id]
-
-    def _publish(self, message_id: str, tokens: list[QuandaToken]) -> None:
-        """Hand tokens this process committed to the local readers (on the event loop)."""
-        for sub in self._subscriptions.get(message_id, ()):
-            sub.push(tokens)
-
-    def _remote_progress(self, last_seqs: dict[str, int]) -> bool:
-        """Mark stale the subscriptions behind the given last seqs; True if any was."""
-        woke = False
-        for message_id, last_seq in last_seqs.items():
-            for sub in self._subscriptions.get(message_id, ()):
-                if last_seq > sub.known_seq:
-                    sub.mark_stale()
-                    woke = True
-        return woke
-
-    async def _poll_once(self) -> bool:
-        """One poll for other processes' writes to the messages followed here, and for their facts; whether
-        anything new was handed on."""
-        changed = await self._poll_last_seqs(list(self._subscriptions)) if self._subscriptions else None
-        woke = bool(changed) and self._remote_progress(changed)
-        if self._fact_listeners:
-            facts = await self._poll_facts()
-            if facts:
-                self._remote_facts(facts)
-                woke = True
-        return woke
-
-    async def _watch(self) -> None:
-        """Adaptive polling for commits by other processes, while anyone subscribes or listens."""
-        delay = self.poll_min
-        while True:
-            if not self._watching:
-                self._watcher_exiting = True  # a subscribe() from now on starts a new watcher
-                return
-            woke = False
-            try:
-                woke = await self._poll_once()
-            except QuandaError as exc:
-                log.warning("watcher: %s", exc)
-                delay = self.poll_max
-            delay = self.next_poll_delay(delay, woke=woke)
-            await asyncio.sleep(delay)
-
-    @classmethod
-    def next_poll_delay(cls, delay: float, woke: bool) -> float:
-        """Tight while other processes write, doubling up to `poll_max` while they are idle."""
-        return cls.poll_min if woke else min(delay * 2, cls.poll_max)
+    async def expired_leases(self, limit: int = 100) -> list[Lease]:
+        """Leases whose time ran out on the database's clock (their holders died, or stalled), oldest first."""
+        self._check_open()
+        return await self._expired_leases(max(1, check_seq(limit, "limit")))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -368,7 +320,11 @@ class QuandaStore(ABC):
     async def _get_message(self, message_id: str) -> MessageRecord: ...
 
     @abstractmethod
-    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken: ...
+    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None,
+                      fence: Fence | None) -> QuandaToken:
+        """With a fence (a job's write): refused (QuandaFencedError, nothing written) unless the job's lease
+        still has it — checked in the append's transaction on SQLite and PostgreSQL — and unless the message
+        was written by no higher fence; the message then remembers it."""
 
     @abstractmethod
     async def _select_tokens(self, message_id: str, gt: int, limit: int) -> list[QuandaToken]: ...
@@ -376,10 +332,6 @@ class QuandaStore(ABC):
     @abstractmethod
     async def _select_messages(self, role: str | None, immutable: bool | None,
                                limit: int) -> list[MessageRecord]: ...
-
-    @abstractmethod
-    async def _poll_last_seqs(self, message_ids: list[str]) -> dict[str, int] | None:
-        """last_seq of the given messages if anything may have changed since the last call, else None."""
 
     @abstractmethod
     async def _insert_record(self, kind: str, key: str, data: dict[str, Any]) -> bool: ...
@@ -394,26 +346,48 @@ class QuandaStore(ABC):
     async def _delete_record(self, kind: str, key: str) -> bool: ...
 
     @abstractmethod
-    async def _list_records(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]: ...
+    async def _list_records(self, kind: str, prefix: str, *, limit: int | None = None, last: bool = False,
+                            after: str | None = None, before: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        ...
 
     @abstractmethod
-    async def _commit_records(self, ops: list[RecordOp]) -> bool: ...
+    async def _delete_messages(self, message_ids: list[str]) -> int: ...
+
+    @abstractmethod
+    async def _commit_records(self, ops: list[RecordOp]) -> bool:
+        """The unit; a leading ("check", "lease", key, {"fence": n}) op refuses it (QuandaFencedError) unless the
+        lease `key` has that fence, checked in the same transaction."""
+
+    @abstractmethod
+    async def _acquire_lease(self, key: str, holder: str, ttl_s: float, data: str) -> Lease | None: ...
+
+    @abstractmethod
+    async def _renew_lease(self, key: str, fence: int, ttl_s: float) -> bool: ...
+
+    @abstractmethod
+    async def _release_lease(self, key: str, fence: int) -> bool: ...
+
+    @abstractmethod
+    async def _get_lease(self, key: str) -> Lease | None: ...
+
+    @abstractmethod
+    async def _expired_leases(self, limit: int) -> list[Lease]: ...
 
     @abstractmethod
     async def _bump_counter(self, key: str) -> int: ...
 
     @abstractmethod
-    async def _publish_fact(self, topic: str, blob: str) -> None:
-        """Make the fact (its JSON text) visible to other processes' `_poll_facts` (or push it to them)."""
-
-    @abstractmethod
-    async def _start_facts(self) -> None:
-        """Remember where the fact log ends now: `_poll_facts` reports what other processes publish after."""
-
-    @abstractmethod
-    async def _poll_facts(self) -> list[tuple[str, str]]:
-        """Facts other processes published since the last call (or `_start_facts`), in order, as
-        (topic, JSON text)."""
-
-    @abstractmethod
     async def _close(self) -> None: ...
+
+
+def _check_holder(holder: object) -> str:
+    if not isinstance(holder, str) or not 1 <= len(holder) <= 64:
+        raise QuandaError("a lease holder is a string of 1 to 64 characters")
+    return check_text(holder, "lease holder")
+
+
+def _check_ttl(ttl_s: object) -> float:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or \
+            not 0 < ttl_s <= 86400:
+        raise QuandaError(f"a lease runs for more than 0 and at most 86,400 seconds, not {ttl_s!r:.40}")
+    return float(ttl_s)

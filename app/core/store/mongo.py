@@ -22,18 +22,24 @@ and the translation of driver errors are in `mongo_client.py`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import random
 import time
 from typing import Any
 
-from bson import ObjectId
+from bson import Int64, ObjectId
 
-from ..errors import QuandaError, QuandaImmutableError, QuandaLimitError, QuandaNotFoundError, QuandaStoreError
+from ..errors import (QuandaError, QuandaFencedError, QuandaImmutableError, QuandaLimitError, QuandaNotFoundError,
+                      QuandaStoreError)
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
 from .base import MessageRecord, utf8_len
 from .mongo_client import _WRITE_RETRIES, _translated
-from .mongo_facts import FACTS_KEPT_S, MongoFacts
+from .fencing import Fence
+from .migrations import SchemaStatus
+from .mongo_facts import MongoFacts
+from .mongo_migrations import apply_migrations
 from .mongo_layout import (
     COUNTERS,
     FACTS,
@@ -75,11 +81,16 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
     poll_max = 0.1
     atomic_records = False  # True where the server has transactions, once `open()` has found out
 
-    def __init__(self, client: Any, database: str = "quanda", **limits: int):
+    def __init__(self, client: Any, database: str = "quanda", migrate: bool = True, **limits: Any):
         super().__init__(**limits)
+        self.migrate = migrate  # apply pending migrations on opening (else only read where the schema stands)
+        self.schema: SchemaStatus | None = None
         self._client = client
         self._db = client[database]
         self._messages = self._db[MESSAGES]
+        # the messages as the primary has them now (readConcern local): why a conditional update just failed
+        # there, which a majority snapshot lagging behind it may not show yet
+        self._latest = self._messages
         self._facts = self._db[FACTS]
         self._counters = self._db[COUNTERS]
         self.max_document_bytes = MAX_DOCUMENT_BYTES
@@ -89,17 +100,19 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
             with _translated("cannot reach MongoDB"):
                 await self._db.command("ping")
                 hello = await self._hello()
-                await self._messages.create_index([("role", 1), ("immutable", 1), ("created_at", -1), ("_id", -1)],
-                                                  name="role_immutable_newest")
-                await self._messages.create_index([("immutable", 1), ("created_at", -1), ("_id", -1)],
-                                                  name="immutable_newest")
-                await self._facts.create_index("at", name="prune", expireAfterSeconds=FACTS_KEPT_S)
+                self.schema = await apply_migrations(self._db, self.origin, self.timeout_s, apply=self.migrate)
         except QuandaError:
             await self._close()
             raise
         self._transactions = bool(hello.get("setName") or hello.get("msg") == "isdbgrid") and \
             hello.get("logicalSessionTimeoutMinutes") is not None
         self.atomic_records = self._transactions
+        self._server_clock = bool(hello)  # leases on the server's clock ($$NOW); mongomock has none
+        if hello:  # (mongomock-motor's with_options returns a collection that is not async)
+            from pymongo import ReadPreference
+            from pymongo.read_concern import ReadConcern
+            self._latest = self._messages.with_options(read_concern=ReadConcern("local"),
+                                                       read_preference=ReadPreference.PRIMARY)
         log.info("MongoDB %s: %s", self._db.name, "replica set or sharded cluster (change streams, transactions)"
                  if self._transactions else "no transactions here (a standalone server?): polling, ordered units")
         return self
@@ -124,7 +137,7 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
             "_id": oid, "role": role, "created_at": now, "updated_at": now, "immutable": False,
             "last_seq": len(tokens), "content": content, "content_seq": len(tokens),
             "content_bytes": utf8_len(content), "tail_bytes": 0, "estimate": None, "estimate_bson": 0,
-            "warning": "", "warning_bson": _value_bson(""), "bson_size": 0, "tokens": tokens}
+            "warning": "", "warning_bson": _value_bson(""), "fence": Int64(0), "bson_size": 0, "tokens": tokens}
         doc["bson_size"] = len(bson.encode(doc))  # once per message; appends keep it up to date
         needed = doc["bson_size"] + 2 + SEAL_ENTRY_BSON + len(str(len(tokens)))
         if needed > self.max_document_bytes:
@@ -133,29 +146,40 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
             await self._messages.insert_one(doc)
         return MessageRecord(str(oid), role, content, None, "", False, len(tokens), now, now)
 
-    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken:
+    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None,
+                      fenced_by: Fence | None) -> QuandaToken:
         from pymongo import ReturnDocument
 
         oid = ObjectId(message_id)
+        fence = None if fenced_by is None else fenced_by.fence  # the message's fence only (one document)
         text_bytes = utf8_len(text)
         if kind == OVERRIDE and text_bytes > self.max_message_bytes:
             raise self._over_message_limit(message_id, text_bytes)
         sizes = (_entry_bson(kind, text_bytes, estimate), text_bytes, _value_bson(estimate))
-        for _ in range(_WRITE_RETRIES):
+        for attempt in range(_WRITE_RETRIES):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.01 * attempt))  # another writer got in: let it finish
+            query, fields = self._append_filter(oid, kind, *sizes), self._append_fields(kind, text, estimate, *sizes)
+            if fence is not None:  # refused below a newer job's fence, and raising the message's
+                query["fence"] = {"$lte": Int64(fence)}
+                fields["fence"] = {"$max": ["$fence", {"$literal": Int64(fence)}]}
             with _translated(f"append to message {message_id}"):
                 doc = await self._messages.find_one_and_update(
-                    self._append_filter(oid, kind, *sizes), [{"$set": self._append_fields(kind, text, estimate, *sizes)}],
-                    projection=_after_append_projection(), return_document=ReturnDocument.AFTER)
+                    query, [{"$set": fields}], projection=_after_append_projection(),
+                    return_document=ReturnDocument.AFTER)
             if doc is not None:
                 token = QuandaToken(kind, text, estimate, doc["last_seq"])
                 self._publish(message_id, [token])
                 if _fold_due(kind, doc):
                     await self._fold_quietly(oid, doc["content_seq"], doc["last_seq"])
                 return token
-            with _translated(f"read message {message_id}"):
-                state = await self._messages.find_one({"_id": oid}, _state_projection())
+            with _translated(f"read message {message_id}"):  # why it was refused: the primary's latest state,
+                state = await self._latest.find_one({"_id": oid}, _state_projection())  # not a lagging snapshot
             if state is None:
                 raise QuandaNotFoundError(f"no message with id {message_id!r}")
+            if fence is not None and state.get("fence", 0) > fence:
+                raise QuandaFencedError(f"message {message_id} was taken over by a newer job (fence "
+                                        f"{state['fence']}, this one's {fence}); nothing was written")
             if state["immutable"]:
                 if kind == IMMUTABLE:
                     return QuandaToken(IMMUTABLE, "", None, state["last_seq"])

@@ -81,7 +81,10 @@ class MongoFacts(QuandaStore):
         """The facts from `_fact_cursor + 1` up to `next_present` are missing (publishers between taking a seq
         and inserting, or crashed there). Wait FACT_GAP_WAIT_S, then fill the hole with tombstones — the same
         for every listener: a publisher still alive then gets a duplicate key and publishes again. True when
-        the hole is filled (read again)."""
+        a tombstone went in (read again). When every seq of the hole turns out to be there already, this
+        listener's reads lag behind the primary (replication lag: the facts are written, not yet visible to a
+        majority read): it waits FACT_GAP_WAIT_S more, rather than reading again at once, and again, for as
+        long as the lag lasts."""
         from pymongo.errors import DuplicateKeyError
         missing = self._fact_cursor + 1
         now = time.monotonic()
@@ -94,11 +97,16 @@ class MongoFacts(QuandaStore):
             log.warning("facts %d to %d are gone (pruned?); skipping them", missing, next_present - 1)
             self._fact_cursor = next_present - 1
             return True
-        log.warning("fact seqs %d to %d never arrived; giving them up", missing, next_present - 1)
+        filled = 0
         for seq in range(missing, next_present):
             with _translated("give up a fact seq"):
                 try:
                     await self._facts.insert_one({"_id": seq, "gap": True, "at": datetime.now(timezone.utc)})
+                    filled += 1
                 except DuplicateKeyError:
                     pass  # it arrived after all (or another listener filled it)
-        return True
+        if filled:
+            log.warning("fact seqs %d to %d never arrived; gave %d up", missing, next_present - 1, filled)
+            return True
+        self._fact_gap = (missing, now)  # all there, not yet visible here: lag; look again later
+        return False

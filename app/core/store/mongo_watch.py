@@ -3,8 +3,11 @@
 One change stream on the database, projected down to what readers need (the collection, the document key
 and the new `last_seq`), matching `update` and `replace` events (servers log a pipeline update as a
 replacement when that is smaller, and MongoDB 4.4 reports them so), wakes readers and fact listeners of
-other processes. A stream that breaks is reopened with backoff, polling once meanwhile; where the server
-has none (a standalone; mongomock) the base class polls.
+other processes. A stream that breaks is reopened with backoff, polling once meanwhile — a failover's
+errors (HostUnreachable, NotWritablePrimary, a primary stepping down …) included: only the server saying
+it has no change streams (not a replica set, no `$changeStream` stage, no privilege: `UNSUPPORTED_CODES`)
+or a client without them (mongomock) make the base class poll instead, and even then the stream is tried
+again every CHANGE_RECHECK_S (a standalone made a replica set, a privilege granted), never given up for good.
 """
 
 from __future__ import annotations
@@ -26,15 +29,21 @@ log = logging.getLogger("quanda.store.mongo")
 
 CHANGE_WAIT_MS = 1000  # a change stream's getMore waits this long for events (the watcher's idle tick)
 CHANGE_RETRY_S = (0.05, 5.0)  # reopening a broken change stream: first delay, doubling up to the second
+CHANGE_RECHECK_S = 60.0  # where the server has no change streams: polling, and trying one again this often
+# the server has no change streams: 40573 "only supported on replica sets", 40324 unknown pipeline stage
+# ($changeStream before 3.6), 13 Unauthorized, 115 CommandNotSupported, 20 IllegalOperation
+UNSUPPORTED_CODES = frozenset({40573, 40324, 13, 115, 20})
 _UNKNOWN_PROGRESS = 1 << 62  # an event that does not say the new last_seq: assume there is news
 
 
 def _change_streams_unsupported(exc: BaseException) -> bool:
-    """Whether opening a change stream failed for good: a client without a usable watch() (mongomock's
-    database answers `.watch` with a collection named so), or the server said no (not a replica set, no
-    $changeStream stage, no privilege) rather than being out of reach."""
+    """Whether opening a change stream failed because there are none here: a client without a usable
+    watch() (mongomock's database answers `.watch` with a collection named so), or the server said so (not a
+    replica set, no $changeStream stage, no privilege) — not a failover's passing error."""
     from pymongo.errors import OperationFailure
-    return isinstance(exc, (NotImplementedError, AttributeError, TypeError, OperationFailure))
+    if isinstance(exc, OperationFailure):
+        return exc.code in UNSUPPORTED_CODES
+    return isinstance(exc, (NotImplementedError, AttributeError, TypeError))
 
 
 async def _aclose_quietly(stack: contextlib.AsyncExitStack) -> None:
@@ -102,8 +111,11 @@ class MongoWatcher(QuandaStore):
             if outcome == "idle":
                 return  # `_watcher_exiting` was set when the decision was taken, before the stream closed
             if outcome == "unsupported":
-                await super()._watch()
-                return
+                try:
+                    await asyncio.wait_for(super()._watch(), CHANGE_RECHECK_S)
+                    return  # nobody needs the watcher any more
+                except asyncio.TimeoutError:
+                    continue  # polled long enough: try a change stream again
             if outcome == "followed":  # it worked for a while: reopen at once
                 retry = CHANGE_RETRY_S[0]
             await self._poll_once()

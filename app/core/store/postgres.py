@@ -12,6 +12,13 @@ token log; a checkpoint is written every CHECKPOINT_EVERY chunks (`postgres_writ
 override and seal (as on SQLite). An UPDATE that leaves the TOASTed content alone copies only its pointer.
 
 Text. User text is stored as UTF-8 in `bytea` columns (why: `postgres_schema.py`).
+
+PgBouncer. In session mode (a server connection per client connection) nothing changes. In transaction
+mode (`?pool_mode=transaction` in the URL: a server connection per transaction) two things would break,
+and are avoided: asyncpg's named prepared statements (statements are not cached: `statement_cache_size=0`,
+each is prepared unnamed, within its transaction), and `LISTEN`, which lives in a session — the listening
+connection goes to `listen_url` instead, a direct URL of the database server; without one the store refuses
+to open, saying so. Everything else the store does is one statement or one transaction at a time.
 """
 
 from __future__ import annotations
@@ -26,14 +33,15 @@ from urllib.parse import urlsplit
 from ..errors import QuandaError, QuandaNotFoundError, QuandaStoreError
 from ..token import QuandaToken
 from .base import MessageRecord, new_id
-from .postgres_client import CONNECT_TIMEOUT_S, _channel, _NoResetConnection, _quote, _translated, asyncpg, split_url
+from .postgres_client import (_channel, _NoResetConnection, _quote, _translated, asyncpg, connection_broken, keep_alive,
+                              pool_mode_of, split_url)
 from .postgres_facts import PostgresFacts
 from .postgres_listener import PostgresListener
 from .postgres_records import PostgresRecords
-from .postgres_schema import _DDL, _MESSAGE_SELECT, SCHEMA_VERSION
+from .migrations import SchemaStatus
+from .postgres_migrations import apply_migrations
+from .postgres_schema import _MESSAGE_SELECT
 from .postgres_writer import _STOP, PostgresWriter
-
-POOL_MAX = 8
 
 
 def _decode(value: bytes | None) -> str | None:
@@ -50,17 +58,29 @@ def _record(row: Any) -> MessageRecord:
 class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRecords):
     _loop: asyncio.AbstractEventLoop  # the event loop the store was opened on
 
-    def __init__(self, url: str, **limits: int):
+    def __init__(self, url: str, pool_size: int = 8, migrate: bool = True, listen_url: str = "", **limits: Any):
         super().__init__(**limits)
+        self.pool_size = pool_size
+        self.migrate = migrate  # apply pending migrations on opening (else only read where the schema stands)
+        self.schema: SchemaStatus | None = None
         if asyncpg is None:
             raise QuandaError("the PostgreSQL store needs asyncpg: pip install -e '.[postgres]'")
         self.url = url
-        self._dsn, self.schema = split_url(url)
-        self._s = _quote(self.schema)
-        self.channel = _channel(self.schema)
+        self._dsn, self.schema_name = split_url(url)
+        self.pool_mode = pool_mode_of(url)
+        if self.pool_mode == "transaction" and not listen_url:
+            raise QuandaError("PgBouncer in transaction mode (pool_mode=transaction) cannot carry LISTEN, which the "
+                              "store needs to hear other servers' writes: set QUANDA_PG_LISTEN_URL to a direct URL "
+                              "of the PostgreSQL server (or use PgBouncer's session mode)")
+        self._listen_dsn = split_url(listen_url)[0] if listen_url else self._dsn
+        # transaction pooling: no named prepared statements (a statement prepared on one server connection
+        # would be missing on the next); asyncpg then prepares each one unnamed
+        self._connect_options: dict[str, Any] = {"statement_cache_size": 0} if self.pool_mode == "transaction" else {}
+        self._s = _quote(self.schema_name)
+        self.channel = _channel(self.schema_name)
         s = self._s
-        self._sql_append = (f"SELECT statuses, vals FROM {s}.quanda_append($1, $2, $3::text[], $4::text[], "
-                            f"$5::bytea[], $6::bytea[], $7, $8, $9)")
+        self._sql_append = (f"SELECT statuses, vals FROM {s}.quanda_append2($1, $2, $3::text[], $4::text[], "
+                            f"$5::bytea[], $6::bytea[], $7::text[], $8::bigint[], $9, $10)")
         self._sql_message = _MESSAGE_SELECT.format(s=s)
         self._pool: Any = None
 
@@ -68,11 +88,18 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
 
     async def open(self) -> "PostgresStore":
         self._loop = asyncio.get_running_loop()
+        timeout = self.timeout_s
+
+        async def tune(conn: Any) -> None:
+            keep_alive(conn, timeout)
         try:
-            with _translated(f"connecting to {self._safe_url()}"):
-                self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_MAX,
-                                                       timeout=CONNECT_TIMEOUT_S, connection_class=_NoResetConnection)
-                await self._ensure_schema()
+            with _translated(f"connecting to {self._safe_url()}", timeout):
+                async with asyncio.timeout(timeout):
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self.pool_size,
+                                                           timeout=timeout, command_timeout=timeout, init=tune,
+                                                           connection_class=_NoResetConnection,
+                                                           **self._connect_options)
+            await self._ensure_schema()
         except BaseException:
             if self._pool is not None:
                 self._pool.terminate()
@@ -85,22 +112,10 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
         return f"postgresql://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
     async def _ensure_schema(self) -> None:
-        """Create the tables and functions unless this schema has them at this version; several processes
-        opening at once are serialised by an advisory lock."""
-        lock_key = int.from_bytes(hashlib.sha1(f"quanda:{self.schema}".encode()).digest()[:8], "big", signed=True)
-        async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
-                exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{self._s}.quanda_meta")
-                if exists:
-                    version = await conn.fetchval(f"SELECT value FROM {self._s}.quanda_meta WHERE key = 'version'")
-                    if version == SCHEMA_VERSION:
-                        return
-                if self.schema != "public":
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._s}")
-                await conn.execute(_DDL.format(s=self._s))
-                await conn.execute(f"INSERT INTO {self._s}.quanda_meta VALUES ('version', $1) ON CONFLICT (key) "
-                                   f"DO UPDATE SET value = EXCLUDED.value", SCHEMA_VERSION)
+        """Apply the pending migrations (`postgres_migrations.py`) once, under an advisory lock of the schema."""
+        lock_key = int.from_bytes(hashlib.sha1(f"quanda:{self.schema_name}".encode()).digest()[:8], "big", signed=True)
+        async with self._conn("migrate the schema") as conn:
+            self.schema = await apply_migrations(conn, self._s, lock_key, apply=self.migrate)
 
     async def _close(self) -> None:
         if self._writer is not None and not self._writer.done():
@@ -113,28 +128,40 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
                 with contextlib.suppress(BaseException):
                     await task
         if self._writer_conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer_conn.close(), CONNECT_TIMEOUT_S)
+            try:
+                await asyncio.wait_for(self._writer_conn.close(), self.timeout_s)
+            except (Exception, asyncio.TimeoutError):
+                self._writer_conn.terminate()
             self._writer_conn = None
+        if self._deadlines is not None:
+            self._deadlines.close()
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(self._pool.close(), self.timeout_s)
             except (Exception, asyncio.TimeoutError):
                 self._pool.terminate()
             self._pool = None
 
     @contextlib.asynccontextmanager
     async def _conn(self, what: str) -> AsyncIterator[Any]:
-        """A pooled connection, with driver errors translated."""
-        if self._pool is None or self._closed:
+        """A pooled connection for one store call, with driver errors translated and the store's deadline on
+        the whole call: waiting for a connection (or making one) and every statement. A connection that
+        failed other than by an error the server sent (a timeout, a lost socket, a cancellation) is
+        terminated at once: asyncpg would otherwise wait for the cancellation of its query, which it sends
+        over a new connection that a silent network never lets through."""
+        pool = self._pool
+        if pool is None or self._closed:
             raise QuandaStoreError("the store is closed")
-        with _translated(what):
-            async with self._pool.acquire() as conn:
-                try:
-                    yield conn
-                except asyncpg.InternalClientError:
-                    conn.terminate()  # stuck mid-operation: the pool must not hand it out again
-                    raise
+        timeout = self.timeout_s
+        with _translated(what, timeout):
+            async with asyncio.timeout(timeout):
+                async with pool.acquire(timeout=timeout) as conn:
+                    try:
+                        yield conn
+                    except BaseException as exc:
+                        if connection_broken(exc):
+                            conn.terminate()  # the pool must not hand it out again, nor wait on it
+                        raise
 
     # -- messages -------------------------------------------------------------------------------------
 

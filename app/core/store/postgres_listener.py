@@ -18,18 +18,18 @@ from typing import Any
 
 from ..errors import QuandaError
 from .base import QuandaStore
-from .postgres_client import CONNECT_TIMEOUT_S, DRIVER_ERRORS, asyncpg
+from .postgres_client import DRIVER_ERRORS, asyncpg, keep_alive
 
 log = logging.getLogger("quanda.store.postgres")
 
-HEARTBEAT_S = 5.0  # the listener pings its connection this often (a silently dead socket is noticed)
+HEARTBEAT_S = 2.0  # the listener pings its connection this often (a silently dead socket is noticed)
 RECONNECT_S = (0.05, 5.0)  # the listener's reconnection backoff, doubling
 
 
 class PostgresListener(QuandaStore):
     """The listener and the watcher for `PostgresStore` (see the module docstring)."""
 
-    _dsn: str  # PostgresStore's
+    _listen_dsn: str  # PostgresStore's: the database server itself (never PgBouncer in transaction mode)
     channel: str
     _on_fact: Callable[[str], None]  # PostgresFacts'
 
@@ -66,11 +66,14 @@ class PostgresListener(QuandaStore):
         delay = RECONNECT_S[0]
         while not self._closed:
             conn = None
+            timeout = self.timeout_s
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn: lost.set())
-                await conn.add_listener(self.channel, self._on_notify)
+                async with asyncio.timeout(timeout):
+                    conn = await asyncpg.connect(self._listen_dsn, timeout=timeout, command_timeout=timeout)
+                    keep_alive(conn, timeout)
+                    lost = asyncio.Event()
+                    conn.add_termination_listener(lambda _conn: lost.set())
+                    await conn.add_listener(self.channel, self._on_notify)
                 self._listener_conn = conn
                 self._set_listening(True)
                 delay = RECONNECT_S[0]
@@ -78,13 +81,18 @@ class PostgresListener(QuandaStore):
                     try:
                         await asyncio.wait_for(lost.wait(), HEARTBEAT_S)
                     except asyncio.TimeoutError:
-                        await conn.execute("SELECT 1", timeout=HEARTBEAT_S)
+                        async with asyncio.timeout(timeout):  # a silent network: no answer, no error either
+                            await conn.execute("SELECT 1")
                 if not self._closed:
                     log.warning("PostgreSQL listener connection lost: polling until it is back")
             except DRIVER_ERRORS as exc:
                 if not self._closed:
-                    log.warning("PostgreSQL listener: %s: %s (polling; reconnecting in %.2fs)",
-                                type(exc).__name__, exc, delay)
+                    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                        problem = f"PostgreSQL did not answer the listener within {timeout:g} s"
+                    else:
+                        problem = f"PostgreSQL listener: {type(exc).__name__}: {exc}"
+                    log.warning("%s (polling; reconnecting in %.2fs)", problem, delay)
+                    self._trouble(problem)
             finally:
                 self._listener_conn = None
                 self._set_listening(False)

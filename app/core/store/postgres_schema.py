@@ -1,22 +1,22 @@
-"""The PostgreSQL store's schema: its tables, its PL/pgSQL functions and the query that reads a message,
-as SQL text formatted with the (quoted) schema name `{s}`; and the contract of the functions with the
-Python side (the status codes of `quanda_append`, the SQLSTATE of `quanda_commit_records`).
+"""The PostgreSQL store's first schema (migration 1, as shipped before migrations existed: never changed, a
+newer migration replaces what it must) and the query that reads a message, as SQL text formatted with the
+(quoted) schema name `{s}`; and the contract of the functions with the Python side (the status codes of
+`quanda_append2`, the SQLSTATEs of `quanda_commit_records2`; both in `postgres_migrations.py`).
 
-`quanda_append` appends a batch of tokens in one call (`postgres_writer.py`); `quanda_commit_records` runs
-a unit of record operations (`postgres_records.py`). User text is stored as UTF-8 in `bytea` columns:
-PostgreSQL's `text` cannot hold U+0000, which the core accepts, and bytewise order is code point order
-(Python's), whatever the database's collation.
+User text is stored as UTF-8 in `bytea` columns: PostgreSQL's `text` cannot hold U+0000, which the core
+accepts, and bytewise order is code point order (Python's), whatever the database's collation.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1"
 _CLAIM_TAKEN = "QU001"  # SQLSTATE raised by quanda_commit_records when an insert finds its key taken
+_FENCED = "QU002"  # SQLSTATE raised by quanda_commit_records2 when the job's lease has another fence
+_RETRIED = ("40P01", "40001")  # deadlock, serialization failure: the unit is tried again
 
-# status codes of quanda_append, one per write
-_OK, _NOT_FOUND, _IMMUTABLE, _OVER_LIMIT, _SEALED = 0, 1, 2, 3, 4
+# status codes of quanda_append2, one per write
+_OK, _NOT_FOUND, _IMMUTABLE, _OVER_LIMIT, _SEALED, _FENCED_OUT = 0, 1, 2, 3, 4, 5
 
-_DDL = """
+V1_DDL = """
 CREATE TABLE IF NOT EXISTS {s}.quanda_meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS {s}.quanda_messages (
     id text COLLATE "C" PRIMARY KEY,

@@ -1,19 +1,14 @@
 """SQLite backend: the embedded default.
 
-Writes are group-committed: every write asked for during one turn of the event loop joins one
-`BEGIN IMMEDIATE` transaction, committed at the end of that turn *on the event loop itself* when SQLite's
-write lock is free at once (that connection has no busy timeout): in WAL mode with `synchronous=NORMAL` a
-commit is a write into the page cache, microseconds, less than handing the batch to a thread and back would
-cost (two wake-ups and two hand-overs of the GIL). When another connection holds the lock (another process),
-the batch goes to the writer thread, which waits for the lock (busy timeout), and later batches follow it
-there until it is idle, so writes commit in the order they were asked for. One operation that fails fails
-alone (the others are committed without it); a writer — the thread or the loop's connection — that breaks
-fails the writes it holds at once and is started afresh. Several processes may share the file;
-`BEGIN IMMEDIATE` serialises them, so seqs are assigned and committed in order and a reader never sees a
-later token without the earlier. Reads run on the event loop's own connection: a WAL read of one row takes
-microseconds. Other processes' commits are noticed by polling `PRAGMA data_version`.
+Every statement runs on a thread of the store (the writer, the reader, the checkpointer: `sqlite_writer.py`),
+never on the event loop, which waits for an answer at most LOOP_BUDGET_S and otherwise goes on serving: a
+slow or frozen disk, or another process holding the write lock, stalls the store's calls (each fails at its
+deadline), not the server. Writes are group-committed: every write asked for during one turn of the event
+loop joins one `BEGIN IMMEDIATE` transaction. Several processes may share the file; `BEGIN IMMEDIATE`
+serialises them, so seqs are assigned and committed in order and a reader never sees a later token without
+the earlier. Other processes' commits are noticed by polling `PRAGMA data_version`.
 
-A chunk is one insert, one page of the database written, like the cheapest commit SQLite has: the process
+A chunk is one insert, one page of the database written, like the cheapest commit SQLite has: the writer
 remembers each message's state as it last wrote it (`_known`) and inserts the token with the next seq; if
 anyone wrote the message since (another process, a seal), that seq is taken (every change is a token) and the
 insert fails, so the state is read again from the row and the chunks after it. The message row is the state
@@ -25,8 +20,8 @@ chunks after it read from the token log; it is checkpointed at every override an
 multiples of a power of two growing with the message (`_checkpoint_due`), so copying it costs O(1) per chunk
 amortised and a reader never has more than CHECKPOINT_MAX chunks to add.
 
-The schema, its statements and the row helpers are in `sqlite_schema.py`; the write path (group commit, the
-writer and checkpointer threads) in `sqlite_writer.py`.
+The schema, its statements and the row helpers are in `sqlite_schema.py`, its migrations in
+`sqlite_migrations.py`; the threads in `sqlite_writer.py`; records, counters and leases in `sqlite_records.py`.
 """
 
 from __future__ import annotations
@@ -39,26 +34,27 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
+from ..errors import QuandaFencedError, QuandaImmutableError, QuandaNotFoundError, QuandaStoreError
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
-from ..validation import encode_record
 from .base import MessageRecord, new_id, utf8_len
+from .fencing import Fence
+from .migrations import SchemaStatus
 from .sqlite_schema import (_INSERT_TOKEN, _LAST_SEQS, _MESSAGE_COLUMNS, _MESSAGES, _SET_CONTENT, _SYNC,
                             _SYNC_BY_KIND, CHECKPOINT_EVERY, FACTS_KEPT_S, KNOWN_MAX, PRUNE_EVERY,
-                            SYNC_EVERY_S, _checkpoint, _checkpoint_due, _connect, _record, _state)
-from .sqlite_writer import _STOP, SQLiteWriter
+                            SYNC_EVERY_S, _checkpoint, _checkpoint_due, _connect, _record, _state, open_writer)
+from .sqlite_records import SQLiteRecords, _check_lease
+from .sqlite_writer import _STOP
 
 log = logging.getLogger("quanda.store.sqlite")
 
 
-class SQLiteStore(SQLiteWriter):
-    def __init__(self, path: str, **limits: int):
+class SQLiteStore(SQLiteRecords):
+    def __init__(self, path: str, migrate: bool = True, **limits: Any):
         super().__init__(path, **limits)
-        self._reader: sqlite3.Connection | None = None
-        self._record_tables: set[str] = set()
+        self.migrate = migrate  # apply pending migrations on opening (else only read where the schema stands)
+        self.schema: SchemaStatus | None = None
         self._data_version: int | None = None
         self._fact_cursor = 0
-        self._facts_version: int | None = None
         self._published = 0
 
     async def open(self) -> "SQLiteStore":
@@ -66,12 +62,11 @@ class SQLiteStore(SQLiteWriter):
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(directory, exist_ok=True)
-            writer = await asyncio.to_thread(self._open_writer)
-            self._reader = _connect(self.path)
-            self._inline = self._open_inline()
+            writer, self.schema = await asyncio.to_thread(open_writer, self.path, self.timeout_s, self.migrate)
+            reader = await asyncio.to_thread(_connect, self.path, self.timeout_s)
         except (OSError, sqlite3.Error) as exc:
             raise QuandaStoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        self._start_writing(writer)
+        self._start_threads(writer, reader)
         return self
 
     # -- messages -------------------------------------------------------------------------------------
@@ -91,13 +86,19 @@ class SQLiteStore(SQLiteWriter):
 
         return await self._write(op)
 
-    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None) -> QuandaToken:
+    async def _append(self, message_id: str, kind: str, text: str, estimate: str | None,
+                      fenced_by: Fence | None) -> QuandaToken:
         max_bytes, known = self.max_message_bytes, self._known
         size = utf8_len(text) if kind in (CHUNK, OVERRIDE) else 0
+        fence = None if fenced_by is None else fenced_by.fence
 
         def op(conn: sqlite3.Connection) -> QuandaToken:
             now = time.time()
+            if fenced_by is not None:
+                _check_lease(conn, fenced_by)
             mine = known.get(message_id) if kind == CHUNK else None
+            if mine is not None and fence is not None and fence != mine.fence:
+                mine = None  # a new fence is written to the row (a lower one refused): the long way
             state = None
             if mine is not None and mine.content_bytes + size <= max_bytes:
                 # the next seq after this process's last write: taken already if anyone wrote the message since
@@ -109,6 +110,12 @@ class SQLiteStore(SQLiteWriter):
                     del known[message_id]
             if state is None:
                 state, immutable = _state(conn, message_id)
+                if fence is not None and fence != state.fence:
+                    if fence < state.fence:
+                        raise QuandaFencedError(f"message {message_id} was taken over by a newer job (fence "
+                                                f"{state.fence}, this one's {fence}); nothing was written")
+                    conn.execute("UPDATE quanda_messages SET fence = ? WHERE id = ?", (fence, message_id))
+                    state.fence = fence
                 if immutable:
                     if kind == IMMUTABLE:
                         return QuandaToken(IMMUTABLE, "", None, state.last_seq)
@@ -145,17 +152,19 @@ class SQLiteStore(SQLiteWriter):
         return await self._write(op, publish=message_id)
 
     async def _get_message(self, message_id: str) -> MessageRecord:
-        records = self._read_records("WHERE id = ?", (message_id,))
+        records = await self._read_records("WHERE id = ?", (message_id,))
         if not records:
             raise QuandaNotFoundError(f"no message with id {message_id!r}")
         return records[0]
 
     async def _select_tokens(self, message_id: str, gt: int, limit: int) -> list[QuandaToken]:
-        rows = self._read("SELECT kind, text, estimate, seq FROM quanda_tokens WHERE message_id = ? AND seq > ? "
-                          "ORDER BY seq LIMIT ?", (message_id, gt, limit))
-        if not rows and self._read("SELECT 1 FROM quanda_messages WHERE id = ?", (message_id,), one=True) is None:
-            raise QuandaNotFoundError(f"no message with id {message_id!r}")
-        return [QuandaToken(*row) for row in rows]
+        def read(conn: sqlite3.Connection) -> list[QuandaToken]:
+            rows = conn.execute("SELECT kind, text, estimate, seq FROM quanda_tokens WHERE message_id = ? AND "
+                                "seq > ? ORDER BY seq LIMIT ?", (message_id, gt, limit)).fetchall()
+            if not rows and conn.execute("SELECT 1 FROM quanda_messages WHERE id = ?", (message_id,)).fetchone() is None:
+                raise QuandaNotFoundError(f"no message with id {message_id!r}")
+            return [QuandaToken(*row) for row in rows]
+        return await self._run_read(read)
 
     async def _select_messages(self, role: str | None, immutable: bool | None, limit: int) -> list[MessageRecord]:
         where, params = [], []
@@ -166,119 +175,65 @@ class SQLiteStore(SQLiteWriter):
             where.append("immutable = ?")
             params.append(int(immutable))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return self._read_records(f"{clause} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
+        return await self._read_records(f"{clause} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
+
+    async def _poll_once(self) -> bool:
+        """One hop to the reader thread per poll: `PRAGMA data_version`, and only if it moved, the last seqs of
+        the messages followed here and the facts published after the cursor."""
+        message_ids = json.dumps(list(self._subscriptions)) if self._subscriptions else None
+        facts_from = self._fact_cursor if self._fact_listeners else None
+
+        def poll(conn: sqlite3.Connection) -> tuple[dict[str, int] | None, list | None]:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._data_version:
+                return None, None
+            self._data_version = version
+            # the log's last seq (a row is synced only now and then while chunks come)
+            seqs = None if message_ids is None else {
+                mid: seq for mid, seq in conn.execute(_LAST_SEQS, (message_ids,)) if seq is not None}
+            facts = None if facts_from is None else conn.execute(
+                "SELECT id, origin, topic, data FROM quanda_facts WHERE id > ? ORDER BY id", (facts_from,)).fetchall()
+            return seqs, facts
+
+        seqs, rows = await self._run_read(poll)
+        woke = bool(seqs) and self._remote_progress(seqs)
+        if rows and self._fact_listeners and self._fact_cursor == facts_from:
+            self._fact_cursor = rows[-1][0]
+            facts = [(topic, data) for _id, origin, topic, data in rows if origin != self.origin]
+            if facts:
+                self._remote_facts(facts)
+                woke = True
+        return woke
 
     async def _poll_last_seqs(self, message_ids: list[str]) -> dict[str, int] | None:
-        version = self._read("PRAGMA data_version", (), one=True)[0]
-        if version == self._data_version:
-            return None
-        self._data_version = version
-        # the log's last seq (a row is synced only now and then while chunks come)
-        return {mid: seq for mid, seq in self._read(_LAST_SEQS, (json.dumps(message_ids),)) if seq is not None}
+        return None  # `_poll_once` reads them, in the same hop as the facts
 
-    def _read_records(self, where: str, params: tuple) -> list[MessageRecord]:
+    async def _read_records(self, where: str, params: tuple) -> list[MessageRecord]:
         """Rows and their not yet checkpointed chunks, read in one snapshot (a WAL read transaction)."""
-        reader = self._reader
-        if reader is None or self._closed:
-            raise QuandaStoreError("the store is closed")
-        try:
-            reader.execute("BEGIN")
+        def read(conn: sqlite3.Connection) -> list[MessageRecord]:
+            conn.execute("BEGIN")
             try:
-                rows = reader.execute(f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES} {where}", params).fetchall()
-                return [_record(reader, row) for row in rows]
+                rows = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES} {where}", params).fetchall()
+                return [_record(conn, row) for row in rows]
             finally:
-                reader.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise QuandaStoreError(f"SQLite read failed: {exc}") from exc
+                conn.execute("COMMIT")
+        return await self._run_read(read)
 
-    def _read(self, sql: str, params: tuple | list, one: bool = False) -> Any:
-        if self._reader is None or self._closed:
-            raise QuandaStoreError("the store is closed")
-        try:
-            cursor = self._reader.execute(sql, params)
+    async def _read(self, sql: str, params: tuple | list, one: bool = False) -> Any:
+        def read(conn: sqlite3.Connection) -> Any:
+            cursor = conn.execute(sql, params)
             return cursor.fetchone() if one else cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise QuandaStoreError(f"SQLite read failed: {exc}") from exc
-
-    # -- records --------------------------------------------------------------------------------------
-
-    async def _ensure_table(self, kind: str) -> str:
-        table = f"quanda_{kind}"
-        if kind not in self._record_tables:
-            await self._write(lambda conn: conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, data TEXT NOT NULL, "
-                f"updated_at REAL NOT NULL) WITHOUT ROWID"))
-            self._record_tables.add(kind)
-        return table
-
-    async def _insert_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
-        table, blob = await self._ensure_table(kind), _dump(data)
-        return await self._write(lambda conn: conn.execute(
-            f"INSERT OR IGNORE INTO {table} VALUES (?, ?, ?)", (key, blob, time.time())).rowcount == 1)
-
-    async def _put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
-        table, blob = await self._ensure_table(kind), _dump(data)
-        await self._write(lambda conn: conn.execute(
-            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)", (key, blob, time.time())))
-
-    async def _get_record(self, kind: str, key: str) -> dict[str, Any] | None:
-        table = await self._ensure_table(kind)
-        row = self._read(f"SELECT data FROM {table} WHERE key = ?", (key,), one=True)
-        return json.loads(row[0]) if row else None
-
-    async def _delete_record(self, kind: str, key: str) -> bool:
-        table = await self._ensure_table(kind)
-        return await self._write(lambda conn: conn.execute(f"DELETE FROM {table} WHERE key = ?", (key,)).rowcount == 1)
-
-    async def _list_last_records(self, kind: str, prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
-        table = await self._ensure_table(kind)
-        rows = self._read(f"SELECT key, data FROM {table} WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT ?",
-                          (len(prefix), prefix, count))
-        return [(key, json.loads(blob)) for key, blob in reversed(rows)]
+        return await self._run_read(read)
 
     async def _delete_messages(self, message_ids: list[str]) -> int:
-        def delete(conn) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
             marks = ",".join("?" * len(message_ids))
             for table, column in (("quanda_tokens", "message_id"), ("quanda_content", "message_id")):
                 conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", message_ids)
             for message_id in message_ids:
-                self._known.pop(message_id, None)
+                self._known.pop(message_id, None)  # (the writer thread's: this runs there)
             return conn.execute(f"DELETE FROM quanda_messages WHERE id IN ({marks})", message_ids).rowcount
         return await self._write(delete) if message_ids else 0
-
-    async def _list_records(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
-        table = await self._ensure_table(kind)
-        rows = self._read(f"SELECT key, data FROM {table} WHERE substr(key, 1, ?) = ? ORDER BY key",
-                          (len(prefix), prefix))
-        return [(key, json.loads(blob)) for key, blob in rows]
-
-    async def _commit_records(self, ops: list) -> bool:
-        statements = []
-        for verb, kind, key, data in ops:
-            table = await self._ensure_table(kind)
-            if verb == "delete":
-                statements.append((f"DELETE FROM {table} WHERE key = ?", (key,), False))
-            else:
-                sql = "INSERT OR IGNORE" if verb == "insert" else "INSERT OR REPLACE"
-                statements.append((f"{sql} INTO {table} VALUES (?, ?, ?)", (key, _dump(data), time.time()),
-                                   verb == "insert"))
-
-        def op(conn: sqlite3.Connection) -> bool:
-            conn.execute("SAVEPOINT records")
-            for sql, params, must_insert in statements:
-                if conn.execute(sql, params).rowcount != 1 and must_insert:
-                    conn.execute("ROLLBACK TO records")
-                    conn.execute("RELEASE records")
-                    return False
-            conn.execute("RELEASE records")
-            return True
-
-        return await self._write(op)
-
-    async def _bump_counter(self, key: str) -> int:
-        return await self._write(lambda conn: conn.execute(
-            "INSERT INTO quanda_counters VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET value = value + 1 "
-            "RETURNING value", (key,)).fetchone()[0])
 
     # -- facts ----------------------------------------------------------------------------------------
 
@@ -297,36 +252,35 @@ class SQLiteStore(SQLiteWriter):
         await self._write(op)
 
     async def _start_facts(self) -> None:
-        self._fact_cursor = self._read("SELECT COALESCE(MAX(id), 0) FROM quanda_facts", (), one=True)[0]
+        self._fact_cursor = (await self._read("SELECT COALESCE(MAX(id), 0) FROM quanda_facts", (), one=True))[0]
+        self._data_version = None  # the next poll reads the facts after the cursor
 
     async def _poll_facts(self) -> list[tuple[str, str]]:
-        version = self._read("PRAGMA data_version", (), one=True)[0]
-        if version == self._facts_version:
-            return []
-        self._facts_version = version
-        rows = self._read("SELECT id, origin, topic, data FROM quanda_facts WHERE id > ? ORDER BY id",
-                          (self._fact_cursor,))
-        if rows:
-            self._fact_cursor = rows[-1][0]
-        return [(topic, data) for _id, origin, topic, data in rows if origin != self.origin]
+        return []  # `_poll_once` reads them, in the same hop as the last seqs
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def _close(self) -> None:
-        self._flush()  # the writes asked for this turn still go (to the thread, if it is busy)
+        """The writes asked for this turn still go; each thread gets the store's deadline to end (a thread
+        stuck on a frozen disk is left behind: it is a daemon)."""
+        self._flush()
+        threads = []
         if self._thread is not None:
             self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
+            threads.append(self._thread)
             self._thread = None
+        if self._reader_thread is not None:
+            self._reads.put(_STOP)
+            threads.append(self._reader_thread)
+            self._reader_thread = None
+        if threads:
             self._checkpoint_wanted.set()
-            await asyncio.to_thread(self._checkpointer.join)
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        if self._inline is not None:
-            self._inline.close()
-            self._inline = None
+            threads.append(self._checkpointer)
+            for thread in threads:
+                await asyncio.to_thread(thread.join, self.timeout_s)
+                if thread.is_alive():
+                    log.warning("SQLite thread %s did not end within %g s; left behind", thread.name,
+                                self.timeout_s)
+        if self._deadlines is not None:
+            self._deadlines.close()
 
-
-def _dump(data: dict[str, Any]) -> str:
-    return encode_record(data)

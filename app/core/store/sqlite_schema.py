@@ -9,51 +9,16 @@ from typing import Any, Callable
 from ..errors import QuandaNotFoundError
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING
 from .base import MessageRecord
+from .migrations import SchemaStatus
+from .sqlite_migrations import apply_migrations
 
-BUSY_TIMEOUT_MS = 30_000
+WAL_SIZE_LIMIT = 16 << 20  # bytes the WAL file is cut back to when it restarts after a full checkpoint
 CHECKPOINT_EVERY = 64  # chunks after a content checkpoint before the next one (at least)...
 CHECKPOINT_RATIO = 4  # ...and at least 1/CHECKPOINT_RATIO of the tokens before it...
 CHECKPOINT_MAX = 8192  # ...but never more than this many (a reader rebuilds the content from them)
 SYNC_EVERY_S = 1.0  # a message row is synced with its chunks at least this often while they come
 KNOWN_MAX = 4096  # messages whose last write this process remembers (see `_known`)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS quanda_messages (
-    id TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    content_bytes INTEGER NOT NULL,
-    content_seq INTEGER NOT NULL DEFAULT 0,
-    estimate TEXT,
-    warning TEXT NOT NULL DEFAULT '',
-    immutable INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS quanda_messages_role ON quanda_messages(role, immutable);
-CREATE TABLE IF NOT EXISTS quanda_tokens (
-    message_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    text TEXT NOT NULL,
-    estimate TEXT,
-    PRIMARY KEY (message_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quanda_content (
-    message_id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    content TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quanda_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quanda_facts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    origin TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    data TEXT NOT NULL,
-    at REAL NOT NULL
-);
-"""
 FACTS_KEPT_S = 120  # facts older than this are pruned (a listener more than this behind has lost them anyway)
 PRUNE_EVERY = 256
 
@@ -67,7 +32,8 @@ _MESSAGES = "quanda_messages AS m LEFT JOIN quanda_content AS c ON c.message_id 
 _TAIL = "SELECT text FROM quanda_tokens WHERE message_id = ? AND seq > ? AND kind = 'chunk' ORDER BY seq"
 _REPLAY = "SELECT seq, kind, text, estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? ORDER BY seq"
 _INSERT_TOKEN = "INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)"
-_STATE = "SELECT last_seq, immutable, content_bytes, estimate, updated_at FROM quanda_messages WHERE id = ?"
+_STATE = "SELECT last_seq, immutable, content_bytes, estimate, updated_at, fence FROM quanda_messages WHERE id = ?"
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock: the machine's, as SQLite reads it
 _SINCE = ("SELECT seq, length(CAST(text AS BLOB)), estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? "
           "ORDER BY seq")
 _SYNC = "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = ?4, updated_at = ?5 WHERE id = ?1"
@@ -91,12 +57,35 @@ _LAST_SEQS = ("SELECT j.value, (SELECT seq FROM quanda_tokens WHERE message_id =
 Op = Callable[[sqlite3.Connection], Any]
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A connection as every thread of the store uses it: WAL, `synchronous=NORMAL`, a lock held elsewhere
+    waited for at most `timeout_s`, the WAL cut back to WAL_SIZE_LIMIT when it restarts."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
+
+
+def writer_busy_s(timeout_s: float) -> float:
+    """How long the writer waits for a write lock held elsewhere: within the writes' deadline, so that they
+    fail saying nothing was written rather than "may still be applied"."""
+    return 0.9 * timeout_s
+
+
+def open_writer(path: str, timeout_s: float, migrate: bool = True) -> tuple[sqlite3.Connection, SchemaStatus]:
+    """The writer thread's connection, with the schema migrated (unless `migrate` is False: then only where
+    it stands is read); checkpoints (which fsync) are left to their own thread, not run inside a commit a
+    writer is waiting on."""
+    conn = _connect(path, writer_busy_s(timeout_s))
+    try:
+        status = apply_migrations(conn, apply=migrate)
+    except BaseException:
+        conn.close()
+        raise
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    return conn, status
 
 
 def _tail(conn: sqlite3.Connection, message_id: str, after_seq: int) -> str:
@@ -114,13 +103,14 @@ def _checkpoint_due(seq: int) -> bool:
 
 
 class _State:
-    """A mutable message's state as an append sees it: its last seq, content bytes and estimate, and when its
-    row was last synced."""
+    """A mutable message's state as an append sees it: its last seq, content bytes and estimate, when its
+    row was last synced, and the highest fence that wrote it."""
 
-    __slots__ = ("last_seq", "content_bytes", "estimate", "synced_at")
+    __slots__ = ("last_seq", "content_bytes", "estimate", "synced_at", "fence")
 
-    def __init__(self, last_seq: int, content_bytes: int, estimate: str | None, synced_at: float):
+    def __init__(self, last_seq: int, content_bytes: int, estimate: str | None, synced_at: float, fence: int):
         self.last_seq, self.content_bytes, self.estimate, self.synced_at = last_seq, content_bytes, estimate, synced_at
+        self.fence = fence
 
 
 def _state(conn: sqlite3.Connection, message_id: str) -> tuple[_State, bool]:
@@ -129,10 +119,10 @@ def _state(conn: sqlite3.Connection, message_id: str) -> tuple[_State, bool]:
     row = conn.execute(_STATE, (message_id,)).fetchone()
     if row is None:
         raise QuandaNotFoundError(f"no message with id {message_id!r}")
-    last_seq, immutable, content_bytes, estimate, synced_at = row
+    last_seq, immutable, content_bytes, estimate, synced_at, fence = row
     for last_seq, size, estimate in conn.execute(_SINCE, (message_id, last_seq)):
         content_bytes += size
-    return _State(last_seq, content_bytes, estimate, synced_at), bool(immutable)
+    return _State(last_seq, content_bytes, estimate, synced_at, fence), bool(immutable)
 
 
 def _checkpoint(conn: sqlite3.Connection, message_id: str, seq: int) -> None:

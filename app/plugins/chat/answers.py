@@ -22,14 +22,15 @@ import logging
 from quanda import metrics
 from quanda.commands import run_answer_commands
 from quanda.plugins import ClientError, Handle, Job
-from quanda.core import QuandaError, QuandaMessage, QuandaWriter
+from quanda.core import QuandaError, QuandaFencedError, QuandaMessage, QuandaWriter
 
 from . import conversation, prompt, tools
 
 log = logging.getLogger("quanda.chat")
 
 ROLE = "assistant"
-INTERRUPTED = "interrupted: the server stopped while writing this answer. Press Retry to regenerate it."
+INTERRUPTED = ("interrupted: the server writing this answer stopped, or lost the database, before it was done. "
+               "Press Retry to regenerate it.")
 UNFINISHED = ("stopped", "failed", "cut", "interrupted")
 
 
@@ -78,10 +79,8 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
         log.error("answer %s could not be written: %s", answer_id, exc)
         problem = ("the answer could not be stored; Retry, and check the server's log if it "
                    "happens again")
-        try:
-            await writer.warning(problem)
-        except QuandaError:
-            pass
+        # unmarked, the answer is left to its lease: whichever server recovers the job marks it (Retry works)
+        await writer.warning(problem)
     await finish(h, key, answer_id, writer, status, None, {**rounds.details(), "reason": problem})
 
 
@@ -100,6 +99,8 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
     if warning is not None:
         try:
             await writer.warning(warning)
+        except QuandaFencedError:
+            raise  # another server holds the answer now: nothing more is ours to write
         except QuandaError as exc:
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
     metrics.ANSWERS.labels(status).inc()
@@ -188,8 +189,11 @@ async def recover(h: Handle, job: Job) -> None:
             await h.publish("chat.state", message_id=record.id, state="done")
             await run_commands(h, found[0], record.id)
         return
-    if record.warning:
-        return  # stopped or failed before its server died: nothing was running
+    if record.warning:  # stopped or failed before its server died: nothing was running; say so if it could not
+        if found and found[1].get("status") == "generating":
+            await conversation.update_entry(h.store, found[0], status="failed")
+            await h.publish("chat.state", message_id=record.id, state="failed")
+        return
     await QuandaWriter(QuandaMessage(h.store, record)).warning(INTERRUPTED)
     metrics.ANSWERS.labels("interrupted").inc()
     if found:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from quanda.core import QuandaError, QuandaStore
@@ -145,7 +146,8 @@ async def update_entry(store: QuandaStore, key: str, **changes: Any) -> dict[str
 async def entries(store: QuandaStore, owner: str, limit: int | None = None, *, cid: str | None = None,
                   superseded: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """The entries of the owner's current conversation (or of `cid`, which the caller has checked is the
-    owner's), oldest first; the last `limit`; without superseded ones unless asked."""
+    owner's), oldest first; the last `limit` (read from the end: as many records as that takes, not the whole
+    conversation); without superseded ones unless asked."""
     cid = cid or await current(store, owner)
     if not limit:
         found = await store.list_records(KIND, prefix=f"{cid}:")
@@ -159,12 +161,25 @@ async def entries(store: QuandaStore, owner: str, limit: int | None = None, *, c
         reading *= 2
 
 
+async def newest_first(store: QuandaStore, cid: str, page: int = 50) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A conversation's entries from the newest back, read a page at a time (range scans from the end)."""
+    before = None
+    while True:
+        found = await store.list_records(KIND, prefix=f"{cid}:", limit=page, last=True, before=before)
+        for item in reversed(found):
+            yield item
+        if len(found) < page:
+            return
+        before = found[0][0]
+
+
 async def find_answer(store: QuandaStore, owner: str, message_id: str) -> tuple[str, dict[str, Any]] | None:
-    """The entry of an answer: in the current conversation, else in any other of the owner's."""
+    """The entry of an answer: in the current conversation, else in any other of the owner's (newest first:
+    an answer being stopped, retried or recovered is near the end)."""
     cid = await current(store, owner)
     cids = [cid] + [c["cid"] for c in await conversations(store, owner) if c["cid"] != cid]
     for each in cids:
-        for key, entry in reversed(await entries(store, owner, cid=each, superseded=True)):
+        async for key, entry in newest_first(store, each):
             if entry.get("message_id") == message_id and entry.get("type") == "assistant":
                 return key, entry
     return None
@@ -172,8 +187,8 @@ async def find_answer(store: QuandaStore, owner: str, message_id: str) -> tuple[
 
 async def last_question(store: QuandaStore, owner: str) -> str | None:
     """The message id of the last question of the current conversation (not counting replaced ones)."""
-    for _key, entry in reversed(await entries(store, owner)):
-        if entry.get("type") == "q":
+    async for _key, entry in newest_first(store, await current(store, owner)):
+        if entry.get("type") == "q" and not entry.get("superseded"):
             return entry.get("message_id")
     return None
 
