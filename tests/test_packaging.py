@@ -41,7 +41,7 @@ def test_the_wheel_serves_the_whole_app_from_an_empty_folder(tmp_path):
     assert no_app.returncode != 0 and "No module named 'app'" in no_app.stderr
     help_text = subprocess.run([venv / "bin" / "quanda", "--help"], cwd=tmp_path, capture_output=True, text=True,
                                timeout=60).stdout
-    for command in ("serve", "tui", "users", "tokens"):
+    for command in ("serve", "tui", "users", "tokens", "migrate"):
         assert f"quanda {command}" in help_text, help_text
     with served_by([venv / "bin" / "quanda", "serve"], tmp_path) as (url, client):
         page = client.get(url + "/").text
@@ -54,7 +54,8 @@ def test_the_wheel_serves_the_whole_app_from_an_empty_folder(tmp_path):
     assert (tmp_path / "data" / "quanda.db").exists(), "the embedded store lives in the working directory"
 
 
-@pytest.mark.parametrize("command", [["quanda", "serve", "--help"], ["quanda", "tui", "--help"]])
+@pytest.mark.parametrize("command", [["quanda", "serve", "--help"], ["quanda", "tui", "--help"],
+                                     ["quanda", "migrate", "--help"]])
 def test_console_script_subcommands_answer(command):
     venv = installed_wheel()
     shown = subprocess.run([venv / "bin" / command[0], *command[1:]], capture_output=True, text=True, timeout=60)
