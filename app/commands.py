@@ -44,10 +44,11 @@ _FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[^\n`]*)\n(?P<bod
 
 @dataclass(frozen=True)
 class Field:
-    type: type
+    type: type  # str, int, float or bool
     required: bool = False
     max_len: int = 200
     min_value: int = 1
+    description: str = ""  # shown to the model in the tool's schema
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class Change:
     result: CommandResult
     ops: tuple = ()  # RecordOp tuples: ("insert" | "put" | "delete", kind, key, data)
     facts: tuple = ()  # (topic, fact) pairs
+    # A host's action (app/host.py): its effect is outside the store, so it cannot commit with the claim. It
+    # runs once the claim is made, given the call's key, and says what it did; `rerun` (the action declared
+    # itself idempotent under that key): a claim its claimer left unfinished runs the effect again.
+    effect: Callable[[str], Awaitable[CommandResult]] | None = None
+    rerun: bool = False
 
     @classmethod
     def refused(cls, why: str) -> "Change":
@@ -82,10 +88,11 @@ class CommandSpec:
     example: str = ""
     run: Callable[..., Awaitable[Change]] | None = None
     description: str = ""
+    name: str = ""  # the tool's name, when not `<target>_<action>` (a host's action: its function's name)
 
     @property
     def tool_name(self) -> str:
-        return f"{self.target}_{self.action}"
+        return self.name or f"{self.target}_{self.action}"
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,9 @@ def validate(command: dict | None, specs: dict[tuple[str, str], CommandSpec]) ->
                 return None, f"{name!r} must be non-empty text"
             if len(value) > rule.max_len:
                 return None, f"{name!r} is too long ({len(value)} > {rule.max_len} characters)"
+        elif rule.type is float:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return None, f"{name!r} must be a number"
         elif not isinstance(value, rule.type):
             return None, f"{name!r} must be {rule.type.__name__}"
     return spec, ""
@@ -229,6 +239,8 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     """Run a planned command exactly once under `key`; None when another caller already ran it and has
     nothing left to finish. Posts the ✓/✗ result line (once) as an ambient event, unless `post_line` is
     False (a tool call's line is written into its answer instead)."""
+    if plan.effect is not None:
+        return await run_effect_once(h, key, message_id, command, plan, post_line)
     store = h.store
     fence = current_fence()
     claim = {"message_id": message_id, "command": command, "state": "applying", "ok": plan.result.ok,
@@ -253,6 +265,8 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
         claim = await store.get_record(CLAIM_KIND, key)
         if claim is None:  # the plan's own ops were refused (a change meanwhile): say so, claim nothing
             return CommandResult(False, "command not run: the data changed meanwhile")
+        if claim.get("effect"):  # a host's action, claimed before: its own rules
+            return await run_effect_once(h, key, message_id, command, plan, post_line)
         if claim["state"] == "applying":
             if not claimer_gone(h, claim):
                 return None  # its claimer is still at work
@@ -268,6 +282,50 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     if post_line:
         await h.ctx.post_event(h.owner, result_line(result), key=f"{key}:{claim['line_at']}")
     return result if finished_here else None
+
+
+INTERRUPTED = ("was interrupted: the server stopped while it ran, so it may or may not have taken effect; it is "
+               "not run again")
+
+
+async def run_effect_once(h: Any, key: str, message_id: str, command: dict | None, plan: Change,
+                          post_line: bool) -> CommandResult | None:
+    """A host's action under `key`: claimed before it runs, run once, its result recorded. A claim found still
+    "applying" whose claimer is gone (a crash between the claim and the result) is reported as interrupted,
+    not run again — unless the action is idempotent under the key (`plan.rerun`): then it runs again."""
+    store, fence = h.store, current_fence()
+    name = (command or {}).get("action", "the action")
+    claim = {"message_id": message_id, "command": command, "state": "applying", "effect": True, "ok": False,
+             "result": "", "before": None, "after": None, "ops": [], "facts": [list(f) for f in plan.facts],
+             "line_at": time.time_ns(), "claimed_at": time.time(),
+             "lease": fence and fence.lease_key, "fence": fence and fence.fence}
+    if await store.insert_record(CLAIM_KIND, key, claim):
+        crash_point(h, "after_claim")
+        result = await plan.effect(key)
+    else:
+        claim = await store.get_record(CLAIM_KIND, key)
+        if claim["state"] != "applying":
+            result = None
+        elif not claimer_gone(h, claim):
+            return None  # its claimer is still at work
+        elif plan.rerun and plan.effect is not None:
+            result = await plan.effect(key)
+        else:
+            result = CommandResult(False, f"{claim['command'].get('action', name) if claim['command'] else name} "
+                                   f"{INTERRUPTED}")
+    if result is not None:
+        claim = {**claim, "state": "done", "ok": result.ok, "result": result.text, "before": result.before,
+                 "after": result.after}
+        await store.commit_records([("put", CLAIM_KIND, key, claim)])
+        crash_point(h, "after_effect")
+        if result.ok:
+            for topic, fact in claim["facts"]:
+                await h.publish(topic, **fact)
+    recorded = CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
+    crash_point(h, "before_result_line")
+    if post_line:
+        await h.ctx.post_event(h.owner, result_line(recorded), key=f"{key}:{claim['line_at']}")
+    return recorded if result is not None else None
 
 
 def claimer_gone(h: Any, claim: dict) -> bool:
@@ -378,7 +436,7 @@ async def run_answer_commands(h: Any, message_id: str, text: str) -> list[Comman
         if finding.position >= MAX_COMMANDS:
             plan = Change.refused(f"command {finding.position + 1} ignored: at most {MAX_COMMANDS} commands run "
                                   "per answer")
-        elif await h.store.get_record(CLAIM_KIND, key) is not None:
+        elif (claim := await h.store.get_record(CLAIM_KIND, key)) is not None and not claim.get("effect"):
             plan = Change.refused("")  # already claimed: run_once finishes what a crash left undone
         else:
             plan = await plan_command(h, finding.command, finding.error, specs)

@@ -13,7 +13,7 @@ import pytest
 from ag_ui.core import Event, EventType, RunAgentInput, UserMessage
 from pydantic import TypeAdapter
 
-from quanda.plugins.chat.agui_events import Cursor
+from quanda.chat.agui_events import Cursor
 from tests.llm_server import LLMTestServer, Reply
 from tests.servers import AppServer
 

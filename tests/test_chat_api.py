@@ -302,7 +302,7 @@ async def test_accounts_keep_each_conversation_to_its_user(tmp_path, llm):
 
 
 async def test_a_quiet_message_stream_sends_keepalives_and_ends_with_its_reader():
-    from quanda.plugins.http_api import with_keepalives
+    from quanda.http_api import with_keepalives
     from quanda.core import QuandaError
 
     gate = asyncio.Event()

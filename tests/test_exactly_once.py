@@ -13,8 +13,8 @@ import pytest
 from quanda.commands import run_answer_commands
 from quanda.config import Settings
 from quanda.context import AppContext
-from quanda.plugins import load_plugins
-from quanda.plugins.chat import conversation
+from quanda.plugin import load_plugins
+from quanda.chat import conversation
 from quanda.plugins.todo import todos
 from tests.backends import NO_POSTGRES, POSTGRES_URL, postgres_test_url
 from tests.llm_server import LLMTestServer, Reply

@@ -15,8 +15,8 @@ from quanda.core import QuandaMessage, QuandaStoreError, QuandaWriter
 from quanda.core.store.fencing import fenced
 from quanda.jobs import Jobs
 from quanda.llm import OllamaDriver
-from quanda.plugins import load_plugins
-from quanda.plugins.chat import ChatState, answers, conversation
+from quanda.plugin import load_plugins
+from quanda.chat import ChatState, answers, conversation
 from quanda.plugins.todo import todos
 from quanda.server import PluginHost
 from tests.backends import make_store

@@ -7,7 +7,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from quanda.config import Settings
-from quanda.plugins import BUILTIN_PLUGINS, Plugin, PluginError, load_plugins, plugin_fields, validate
+from quanda.api import Plugin, PluginError
+from quanda.plugin import BUILTIN_PLUGINS, load_plugins, plugin_fields, validate
 from quanda.server import create_app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -94,11 +95,11 @@ def test_readme_names_every_setting_and_plugin():
 
 
 def test_builtin_list_is_explicit():
-    assert all(name.startswith("quanda.plugins.") for name in BUILTIN_PLUGINS)
+    assert BUILTIN_PLUGINS == ("quanda.plugins.todo", "quanda.plugins.simulator", "quanda.chat", "quanda.http_api")
 
 
 def test_entry_point_plugins_are_loaded_and_broken_ones_fail_loudly(monkeypatch):
-    import quanda.plugins as plugins_module
+    import quanda.plugin as plugins_module
 
     class EntryPoint:
         def __init__(self, name, value, loaded):

@@ -41,7 +41,7 @@ from quanda import metrics
 from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
 from quanda.llm import COMPLETED, CUT_REASONS, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent, LLMUnavailable
-from quanda.plugins import Handle
+from quanda.context import Handle
 from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
 from . import client_tools, conversation, turns, window
