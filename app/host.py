@@ -178,6 +178,11 @@ class Quanda:
         """An ambient event ("You added the note 'milk'"): the assistant sees it, the sidebar shows it."""
         await self._context().post_event(workspace, text)
 
+    async def workspace_of(self, request: Any) -> str | None:
+        """The workspace a request of the host's own routes acts for (what Quanda's routes see too)."""
+        from quanda.access import connection_owner
+        return await connection_owner(request)
+
     async def changed(self, workspace: str) -> None:
         """Redraw the `live` parts in every tab of `workspace`, on every server (after a change by hand)."""
         await self._context().publish(workspace, self.changed_topic)
