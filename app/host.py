@@ -256,7 +256,11 @@ class Quanda:
             parts = []
             for fn in self.readables:
                 limit = fn.__quanda_readable__
-                text = str(await _value(fn, h.owner))
+                try:
+                    text = str(await _value(fn, h.owner))
+                except Exception:  # noqa: BLE001 - the host's bug must not stop the answer
+                    log.exception("readable %s failed", fn.__name__)
+                    text = "(unavailable)"
                 if len(text) > limit:
                     text = text[:limit] + f"\n(cut at {limit} characters)"
                 title = (inspect.getdoc(fn) or fn.__name__).split("\n")[0]

@@ -33,30 +33,30 @@ def rows(workspace: str) -> list:
 def add_contact(workspace: str, name: str, email: str = "") -> str:
     """Add a contact to the user's address book."""
     row = contacts.insert(workspace=workspace, name=name.strip(), email=email.strip())
-    return f"Added the contact {row.name} (id {row.id})."
+    return f"Added the contact {row['name']} (id {row['id']})."
 
 
 @q.action
 def delete_contact(workspace: str, id: int) -> str:
     """Delete the contact with this id."""
-    found = [c for c in rows(workspace) if c.id == id]
+    found = [c for c in rows(workspace) if c["id"] == id]
     if not found:
         raise ClientError(f"there is no contact with id {id}")
     contacts.delete(id)
-    return f"Deleted the contact {found[0].name} (id {id})."
+    return f"Deleted the contact {found[0]['name']} (id {id})."
 
 
 @q.readable
 def address_book(workspace: str) -> str:
     """The user's contacts now"""
-    return "\n".join(f"- id {c.id}: {c.name} {c.email}".rstrip() for c in rows(workspace)) or "(no contacts)"
+    return "\n".join(f"- id {c['id']}: {c['name']} {c['email']}".rstrip() for c in rows(workspace)) or "(no contacts)"
 
 
 @q.live
 def ContactList(workspace: str):
     items = rows(workspace)
-    return Ul(*[Li(Span(c.name, cls="contact-name"), " ", Span(c.email, cls="muted"), " ",
-                   Button("Delete", hx_post=f"/contacts/{c.id}/delete", hx_swap="none", cls="secondary small"))
+    return Ul(*[Li(Span(c["name"], cls="contact-name"), " ", Span(c["email"], cls="muted"), " ",
+                   Button("Delete", hx_post=f"/contacts/{c['id']}/delete", hx_swap="none", cls="secondary small"))
                 for c in items] or [Li("No contacts yet.", cls="muted")], id="contacts")
 
 

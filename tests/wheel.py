@@ -46,11 +46,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def served_by(command: Sequence[object], cwd: Path, **env: str) -> Iterator[tuple[str, httpx.Client]]:
-    """Run `command` (a server that reads QUANDA_PORT) in `cwd` until it answers; yield its URL and a client."""
+    """Run `command` (a server that reads QUANDA_PORT, or names it as "$QUANDA_PORT") in `cwd` until it answers;
+    yield its URL and a client."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(cwd / f"server-{port}.log", "wb")
-    proc = subprocess.Popen([str(c) for c in command], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([str(port) if c == "$QUANDA_PORT" else str(c) for c in command], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                             env=clean_env(QUANDA_PORT=str(port), **env))
     try:
         with httpx.Client(timeout=10) as client:
