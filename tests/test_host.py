@@ -15,7 +15,8 @@ from starlette.websockets import WebSocketDisconnect
 from quanda.api import ClientError, Field, Quanda, action
 from quanda.chat import conversation
 from quanda.chat.prompt import system_prompt
-from quanda.commands import CLAIM_KIND, claimed_result, plan_tool_call, run_once, tool_definitions, tool_specs
+from quanda.commands import (CLAIM_KIND, claimed_result, plan_tool_call, run_answer_commands, run_once,
+                             tool_definitions, tool_specs)
 from quanda.config import Settings
 
 ORIGIN = "http://127.0.0.1"
@@ -196,3 +197,16 @@ def test_readable_state_goes_into_the_prompt_bounded(tmp_path):
         host.rows["alice"] = [f"person {i}" for i in range(40)]
         prompt = client.portal.call(system_prompt, h)
         assert "person 0, person 1" in prompt and "person 39" not in prompt and "(cut at 60 characters)" in prompt
+
+
+def test_a_model_without_tools_is_taught_the_actions_as_json_commands_which_run_once_too(tmp_path):
+    host = Contacts(tmp_path)
+    with host.client() as client:
+        h = client.app.state.ctx.handle("alice")
+        taught = client.portal.call(system_prompt, h)
+        assert '{"action": "add_contact", "target": "contacts", "args": {"name": str, "email": str?}}' in taught
+        text = 'Sure.\n```json\n{"action": "add_contact", "target": "contacts", "args": {"name": "Ada"}}\n```'
+        first = client.portal.call(run_answer_commands, h, "answer-9", text)
+        again = client.portal.call(run_answer_commands, h, "answer-9", text)
+        assert [r.text for r in first] == ["Added Ada."] and again == []
+        assert host.calls == [("alice", "Ada", "", "answer-9:0")]
