@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -227,11 +226,14 @@ async def apply_change(h: Any, change: Change) -> CommandResult:
     return change.result
 
 
-def crash_point(h: Any, name: str) -> None:
-    """Test-only: the process kills itself here when QUANDA_TEST_CRASH_AT names this point (inert unset)."""
-    if h.settings.test_crash_at == name:
-        log.warning("QUANDA_TEST_CRASH_AT=%s: killing the process", name)
-        os._exit(137)
+# The points of a command's run where a crash matters ("after_claim", "after_effect", "before_result_line").
+# Nothing in the app sets this: the tests do (tests/crashes.py), to kill a server exactly there.
+crash_hook: Callable[[str], None] | None = None
+
+
+def crash_point(name: str) -> None:
+    if crash_hook is not None:
+        crash_hook(name)
 
 
 async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan: Change,
@@ -252,15 +254,15 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     if store.atomic_records:  # claim and effect in one transaction
         committed = await store.commit_records([("insert", CLAIM_KIND, key, claim), *plan.ops, done])
         if committed:
-            crash_point(h, "after_claim")
+            crash_point("after_claim")
     else:  # claim first; a crash before the ops leaves it "applying" for the next run to finish
         committed = await store.insert_record(CLAIM_KIND, key, claim)
         if committed:
-            crash_point(h, "after_claim")
+            crash_point("after_claim")
             await store.commit_records([*plan.ops, done])
     finished_here = committed
     if committed:
-        crash_point(h, "after_effect")
+        crash_point("after_effect")
     else:
         claim = await store.get_record(CLAIM_KIND, key)
         if claim is None:  # the plan's own ops were refused (a change meanwhile): say so, claim nothing
@@ -278,7 +280,7 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
         for topic, fact in claim["facts"]:
             await h.publish(topic, **fact)
     result = CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
-    crash_point(h, "before_result_line")
+    crash_point("before_result_line")
     if post_line:
         await h.ctx.post_event(h.owner, result_line(result), key=f"{key}:{claim['line_at']}")
     return result if finished_here else None
@@ -300,7 +302,7 @@ async def run_effect_once(h: Any, key: str, message_id: str, command: dict | Non
              "line_at": time.time_ns(), "claimed_at": time.time(),
              "lease": fence and fence.lease_key, "fence": fence and fence.fence}
     if await store.insert_record(CLAIM_KIND, key, claim):
-        crash_point(h, "after_claim")
+        crash_point("after_claim")
         result = await plan.effect(key)
     else:
         claim = await store.get_record(CLAIM_KIND, key)
@@ -317,12 +319,12 @@ async def run_effect_once(h: Any, key: str, message_id: str, command: dict | Non
         claim = {**claim, "state": "done", "ok": result.ok, "result": result.text, "before": result.before,
                  "after": result.after}
         await store.commit_records([("put", CLAIM_KIND, key, claim)])
-        crash_point(h, "after_effect")
+        crash_point("after_effect")
         if result.ok:
             for topic, fact in claim["facts"]:
                 await h.publish(topic, **fact)
     recorded = CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
-    crash_point(h, "before_result_line")
+    crash_point("before_result_line")
     if post_line:
         await h.ctx.post_event(h.owner, result_line(recorded), key=f"{key}:{claim['line_at']}")
     return recorded if result is not None else None
