@@ -358,8 +358,13 @@ async def plan_command(h: Any, command: dict | None, error: str, specs: dict) ->
     spec, why = validate(command, specs) if command is not None else (None, error)
     if spec is None:
         return Change.refused(f"command not run: {why}")
+    return await plan_valid(h, spec, command.get("args", {}))
+
+
+async def plan_valid(h: Any, spec: CommandSpec, args: dict) -> Change:
+    """The change of a command its schema accepted (checked once, by whoever found it)."""
     try:
-        return await spec.run(h, command.get("args", {}))
+        return await spec.run(h, args)
     except Exception as exc:  # noqa: BLE001 - a plugin bug must not stop the other commands
         log.exception("command %s %s failed to plan", spec.target, spec.action)
         return Change.refused(f"command failed: {type(exc).__name__}")
@@ -416,7 +421,17 @@ async def plan_tool_call(h: Any, call: dict, specs: dict[str, CommandSpec]) -> t
     command, why = tool_call_command(call, specs)
     if command is None:
         return None, Change.refused(f"{call.get('name') or 'tool call'} not run: {why}")
-    return command, await plan_command(h, command, "", {(command["target"], command["action"]): specs[call["name"]]})
+    return await plan_checked_call(h, call, specs)
+
+
+async def plan_checked_call(h: Any, call: dict, specs: dict[str, CommandSpec]) -> tuple[dict | None, Change]:
+    """(the command, its change) for a tool call `tool_call_command` accepted when it was recorded: not checked
+    again (a tool no plugin offers any more is refused)."""
+    spec = specs.get(call.get("name"))
+    if spec is None:
+        return None, Change.refused(f"{call.get('name')} not run: no plugin offers this tool any more")
+    command = {"action": spec.action, "target": spec.target, "args": call["arguments"]}
+    return command, await plan_valid(h, spec, call["arguments"])
 
 
 def _storable(value: Any) -> bool:
