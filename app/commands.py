@@ -88,6 +88,8 @@ class CommandSpec:
     run: Callable[..., Awaitable[Change]] | None = None
     description: str = ""
     name: str = ""  # the tool's name, when not `<target>_<action>` (a host's action: its function's name)
+    # whether a call waits for the user's Approve (quanda.approvals): True, or a predicate of its arguments
+    approval: bool | Callable[[dict], bool] = False
 
     @property
     def tool_name(self) -> str:
@@ -447,6 +449,8 @@ async def run_answer_commands(h: Any, message_id: str, text: str) -> list[Comman
     specs = command_specs(h.ctx.plugins)
     if not specs:
         return []
+    from quanda import approvals  # approvals carry commands out: imported when the commands run
+
     results: list[CommandResult] = []
     for finding in extract(text):
         key = f"{message_id}:{finding.position}"
@@ -457,6 +461,13 @@ async def run_answer_commands(h: Any, message_id: str, text: str) -> list[Comman
             plan = Change.refused("")  # already claimed: run_once finishes what a crash left undone
         else:
             plan = await plan_command(h, finding.command, finding.error, specs)
+            spec = validate(finding.command, specs)[0] if plan.result.ok else None
+            if spec is not None and approvals.needs_approval(spec, finding.command.get("args", {})):
+                if await approvals.decision(h, key) is None:
+                    await approvals.ask(h, key, message_id, "command", f"{spec.action} {spec.target} "
+                                        f"{json.dumps(finding.command.get('args', {}))}: {plan.result.text}",
+                                        finding.command)
+                continue  # a decided one runs (once) where the decision is carried out
         result = await run_once(h, key, message_id, finding.command, plan)
         if result is not None:
             results.append(result)

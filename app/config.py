@@ -78,6 +78,9 @@ class Settings:
     draft_ttl_s: float = field(default=3600.0, metadata={"env": "QUANDA_DRAFT_TTL_S",
                                "doc": "Seconds a chat draft may sit untouched before it is sealed and removed from "
                                       "view (a tab still holding its text starts a new draft as you type)"})
+    approval_timeout_s: float = field(default=3600.0, metadata={"env": "QUANDA_APPROVAL_TIMEOUT_S",
+                                      "doc": "Seconds an action waiting for the user's Approve or Reject waits before "
+                                             "it counts as not approved (the answer goes on, saying so)"})
     api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
                            "doc": "Local mode: the HTTP API also accepts Authorization: Bearer <token> (acting "
                                   "for the local workspace); accounts mode uses per-user tokens instead"})

@@ -61,6 +61,7 @@ class Action:
     fields: dict[str, Field]
     injected: tuple[str, ...]
     idempotent: bool = False
+    approval: Any = False  # True, or a predicate of the call's arguments: the call waits for the user's Approve
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # the host may still call its function itself
         return self.fn(*args, **kwargs)
@@ -97,8 +98,10 @@ def _field(name: str, hint: Any, required: bool) -> Field:
     return Field(hint, required=required, max_len=MAX_TEXT if hint is str else 200, description=description)
 
 
-def action(fn: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False) -> Any:
-    """Make `fn` an Action: `@action`, or `@action(name=…, idempotent=True)`."""
+def action(fn: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False,
+           approval: bool | Callable[[dict], bool] = False) -> Any:
+    """Make `fn` an Action: `@action`, or `@action(name=…, idempotent=True, approval=True)` (`approval`: the
+    user approves each call first; or a predicate of the call's arguments saying which calls need it)."""
     def make(fn: Callable[..., Any]) -> Action:
         if isinstance(fn, Action):
             return fn
@@ -116,7 +119,7 @@ def action(fn: Callable[..., Any] | None = None, *, name: str | None = None, ide
             fields[pname] = _field(pname, hints[pname], param.default is param.empty)
         doc = inspect.getdoc(fn) or ""
         return Action(fn, name or fn.__name__, doc.split("\n\n")[0].replace("\n", " ").strip() or fn.__name__,
-                      fields, tuple(injected), idempotent)
+                      fields, tuple(injected), idempotent, approval)
     return make(fn) if fn is not None else make
 
 
@@ -153,9 +156,9 @@ class Quanda:
     # -- what the host declares ---------------------------------------------------------------------------
 
     def action(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-               idempotent: bool = False) -> Any:
+               idempotent: bool = False, approval: bool | Callable[[dict], bool] = False) -> Any:
         def add(fn: Callable[..., Any]) -> Action:
-            made = action(fn, name=name, idempotent=idempotent)
+            made = action(fn, name=name, idempotent=idempotent, approval=approval)
             self.actions.append(made)
             return made
         return add(fn) if fn is not None else add
@@ -244,7 +247,8 @@ class Quanda:
             return Change(CommandResult(True, ""), facts=((self.changed_topic, {"action": act.name}),),
                           effect=effect, rerun=act.idempotent)
         example = {"action": act.name, "target": self.name, "args": {n: f.type.__name__ for n, f in act.fields.items()}}
-        return CommandSpec(self.name, act.name, act.fields, json.dumps(example), plan, act.description, name=act.name)
+        return CommandSpec(self.name, act.name, act.fields, json.dumps(example), plan, act.description, name=act.name,
+                           approval=act.approval)
 
     def plugin(self):
         from quanda.plugin import Plugin

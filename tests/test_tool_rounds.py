@@ -141,7 +141,7 @@ def test_tools_are_made_from_every_plugins_command_specs():
     specs = tool_specs(load_plugins(entry_point_group=None, extra=[slow]))
     assert sorted(specs) == ["slow_wait", "todo_delete", "todo_insert", "todo_list", "todo_toggle", "todo_update"]
     delete = next(t for t in tool_definitions(specs) if t["function"]["name"] == "todo_delete")["function"]
-    assert delete["description"] == "Delete a todo."
+    assert delete["description"] == "Delete a todo (the user approves it first)."
     assert delete["parameters"]["properties"] == {"id": {"type": "integer", "minimum": 1}}
     assert delete["parameters"]["required"] == ["id"]
     clash = Plugin(name="clash", label="Clash", commands=[CommandSpec("todo", "insert", {}, run=Slow().run)])

@@ -20,6 +20,7 @@ import quanda.static
 from quanda.components.buttons import ws_button
 from quanda.components.chat import ChatView
 from quanda.components.conversations import ConversationList, ConversationView, SearchBox, SearchResults
+from quanda import approvals
 from quanda.context import AppContext, Handle
 from quanda.plugin import Plugin
 
@@ -40,6 +41,7 @@ class ChatState:
                                 elsewhere=lambda: turns.held_elsewhere(ctx.store, ctx.llm))
         self.tools = ToolBox(ctx.plugins)  # the plugins' commands as native tools
         self.sweeper: asyncio.Task | None = None
+        self.approvals: asyncio.Task | None = None  # carries out decisions left behind, expires old questions
         self._background: set[asyncio.Task] = set()
 
     def in_background(self, work) -> None:
@@ -57,6 +59,7 @@ class ChatState:
 async def startup(ctx: AppContext) -> None:
     state = ctx.state["chat"] = ChatState(ctx)
     state.sweeper = asyncio.create_task(drafts.sweep(ctx), name="chat-draft-sweeper")
+    state.approvals = asyncio.create_task(approvals.sweep(ctx), name="chat-approval-sweeper")
 
 
 async def page(h: Handle):
@@ -83,7 +86,7 @@ plugin = Plugin(
     page=page,
     startup=startup,
     ws_handlers={"chat.draft": actions.on_draft, "chat.send": actions.on_send, "chat.stop": actions.on_stop,
-                 "chat.retry": actions.on_retry, "chat.edit": actions.on_edit,
+                 "chat.retry": actions.on_retry, "chat.approve": actions.on_approve, "chat.reject": actions.on_reject, "chat.edit": actions.on_edit,
                  "chat.cancel_edit": actions.on_cancel_edit, "chat.new": actions.on_new,
                  "chat.continue": actions.on_continue, "chat.open": actions.on_open,
                  "chat.status": actions.on_status, "chat.regenerate": actions.on_regenerate,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from quanda import approvals
 from quanda.components import ids
 from quanda.components.answer import ConversationSettings, HorizonMarker
 from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine,
@@ -98,6 +99,8 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
             previous = []
         running = not is_answer or outcome.status_of(entry) != "generating" or await h.job_running(record.id)
         info = outcome.info(entry, record, last=key == last_answer, running=running) if is_answer else None
+        if info is not None and entry.get("approvals"):
+            info.approvals = await approvals.of_answer(h, record.id)
         if archived:
             items.append(ArchivedMessage(record, thinking, info))
             continue
@@ -265,7 +268,7 @@ async def on_status(h: Handle, data: dict) -> None:
     await h.send(await badge(h, oob=True))
 
 
-async def answer_info(h: Handle, message_id: str):
+async def answer_info(h: Handle, message_id: str, with_approvals: bool = False):
     """What the views show under an answer of the current conversation (None when it is not there)."""
     live = await conversation.entries(h.store, h.owner, limit=50)
     answers_here = [(key, entry) for key, entry in live if entry["type"] == answers.ROLE]
@@ -275,8 +278,21 @@ async def answer_info(h: Handle, message_id: str):
                 record = await h.store.get_message(message_id)
             except QuandaError:
                 record = None
-            return outcome.info(entry, record, last=i == len(answers_here) - 1)
+            info = outcome.info(entry, record, last=i == len(answers_here) - 1)
+            if entry.get("approvals") or with_approvals:
+                info.approvals = await approvals.of_answer(h, message_id)
+            return info
     return None
+
+
+@near(ids.CHAT_NOTICE)
+async def on_approve(h: Handle, data: dict) -> None:
+    await approvals.decide(h, data.get("key"), approve=True)
+
+
+@near(ids.CHAT_NOTICE)
+async def on_reject(h: Handle, data: dict) -> None:
+    await approvals.decide(h, data.get("key"), approve=False)
 
 
 @near(ids.CHAT_NOTICE)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from quanda import metrics
-from quanda.commands import run_answer_commands
+from quanda import approvals, metrics
+from quanda.commands import Change, command_specs, plan_command, run_answer_commands, run_once
 from quanda.context import ClientError, Handle
-from quanda.jobs import Job
+from quanda.jobs import Job, JobBusy
 from quanda.core import QuandaError, QuandaFencedError, QuandaMessage, QuandaWriter
 
 from . import conversation, prompt, tools
@@ -69,6 +69,8 @@ async def generate(h: Handle, key: str, answer_id: str, model: str, resume: bool
             if rounds.thinking is not None:
                 await rounds.thinking.make_immutable()
             await writer.make_immutable()
+        elif status == "waiting":
+            await conversation.update_entry(h.store, key, approvals=True)  # its cards are read from then on
         else:
             await writer.warning(problem)
             log.warning("answer %s failed: %s", answer_id, problem)
@@ -111,6 +113,8 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
         llm_status(h).answered(entry.get("model"))
     if status == "done":  # commands run only in answers the LLM finished normally
         await run_commands(h, key, answer_id)
+    if status == "waiting":  # a decision made while this job was ending could not resume it: do it now
+        h.ctx.state["chat"].in_background(resume_if_decided(h, answer_id))
     await h.publish("chat.state", message_id=answer_id, state=status)  # last: Retry is offered once it is over
     h.ctx.state["chat"].in_background(refresh_badge(h))  # not part of the job: the LLM may be slow to list
 
@@ -126,7 +130,10 @@ async def run_commands(h: Handle, key: str, answer_id: str) -> None:
     if not await tools.used_tools(h, answer_id):
         record = await h.store.get_message(answer_id)
         await run_answer_commands(h, answer_id, record.content)
-    await conversation.update_entry(h.store, key, commands="done")
+    asked = bool(await h.store.list_records(approvals.KIND, prefix=f"{answer_id}:", limit=1))
+    await conversation.update_entry(h.store, key, commands="done", **({"approvals": True} if asked else {}))
+    if asked:
+        await h.publish("chat.state", message_id=answer_id, state="done")
 
 
 async def start_thinking(h: Handle, key: str, answer_id: str) -> QuandaWriter:
@@ -159,6 +166,51 @@ async def retry(h: Handle, message_id: object) -> None:
     await h.start_job(ROLE, record.id, generate(h, key, record.id, model, resume=True))
 
 
+async def go_on(h: Handle, answer_id: str) -> None:
+    """Resume an answer that waits for an approval once it is decided (or a resumed one whose server died):
+    its recorded rounds are replayed, the decided call is settled, and the model goes on. ClientError when
+    its job is running (it settles the decision itself)."""
+    found = await conversation.find_answer(h.store, h.owner, answer_id)
+    record = await h.store.get_message(answer_id)
+    if found is None or record.immutable:  # gone or final: nothing can run there any more
+        for question in await approvals.of_answer(h, answer_id):
+            await approvals.settle(h, question["key"])
+        return
+    if await h.job_running(answer_id):
+        raise ClientError("that answer is being written")
+    key, entry = found
+    await conversation.update_entry(h.store, key, status="generating")
+    await h.publish("chat.state", message_id=answer_id, state="generating")
+    model = entry.get("model") or (await llm_status(h).choose())[0]
+    try:
+        await h.start_job(ROLE, answer_id, generate(h, key, answer_id, model, resume=True))
+    except JobBusy:
+        raise ClientError("that answer is being written") from None
+
+
+async def resume_if_decided(h: Handle, answer_id: str) -> None:
+    await h.ctx.jobs.settle(answer_id, h.settings.job_lease_s)
+    try:
+        questions = await approvals.of_answer(h, answer_id)
+        if any(q["decision"] and not q["settled"] for q in questions):
+            await go_on(h, answer_id)
+    except (ClientError, QuandaError):
+        pass  # resumed meanwhile, or the app is stopping: the sweeper does it
+
+
+async def run_approved_command(h: Handle, key: str, question: dict) -> None:
+    """A JSON command that waited for approval: run under its claim once approved, else refused (its ✓/✗
+    line is posted once, as any command's)."""
+    decided = await approvals.decision(h, key)
+    command = question["command"]
+    if decided == "approved":
+        plan = await plan_command(h, command, "", command_specs(h.ctx.plugins))
+    else:
+        plan = Change.refused(f"command not run: {approvals.REFUSED.get(decided, 'not approved')}")
+    await run_once(h, key, question["answer_id"], command, plan)
+    await approvals.settle(h, key)
+
+
 async def owned_answer(h: Handle, message_id: object):
     try:
         return await h.owned(message_id, roles=(ROLE,))
@@ -184,6 +236,11 @@ async def recover(h: Handle, job: Job) -> None:
     run what is left of its commands."""
     record = await h.store.get_message(job.message_id)
     found = await conversation.find_answer(h.store, h.owner, record.id)
+    if not record.immutable and found and any(not q["settled"] for q in await approvals.of_answer(h, record.id)):
+        # it waits for a decision, or one was made: the sweeper resumes it (this recovery holds its lease)
+        await conversation.update_entry(h.store, found[0], status="waiting", approvals=True)
+        await h.publish("chat.state", message_id=record.id, state="waiting")
+        return
     if record.immutable:  # sealed during generation means finished normally: finish its commands
         if found and found[1].get("status") in ("generating", "done") and found[1].get("commands") != "done":
             await conversation.update_entry(h.store, found[0], status="done")

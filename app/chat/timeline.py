@@ -41,7 +41,7 @@ MAX_SEEN = 64  # keys listed in a cursor (the newest ones; older count as seen)
 MAX_OPEN = 32  # open answers followed (the newest ones)
 TRACKED = 400  # the entries read per diff: answers older than that are not followed
 TERMINAL = ("done", "final")
-OPEN = ("generating",) + answers.UNFINISHED
+OPEN = ("generating", "waiting") + answers.UNFINISHED
 _KEY = r"\d{1,20}"
 _CURSOR = re.compile(rf"v1\.([0-9a-f]{{12}})\.({_KEY})\.((?:{_KEY}(?:,{_KEY})*)?)\."
                      rf"((?:{_KEY}=[a-z]{{1,12}}(?:\+t)?(?:,{_KEY}=[a-z]{{1,12}}(?:\+t)?)*)?)")

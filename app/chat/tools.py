@@ -37,7 +37,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from quanda import metrics
+from quanda import approvals, metrics
 from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_checked_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
 from quanda.llm import COMPLETED, CUT_REASONS, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent, LLMUnavailable
@@ -140,6 +140,7 @@ class RoundLoop:
         self.calls_seen = 0
         self.stopping = False
         self.client_tools: frozenset[str] = frozenset()  # a client's own tools (client_tools.py): never run here
+        self.waiting = False  # a call waits for the user's approval: the job ends, a decision resumes it
 
     # -- Retry ----------------------------------------------------------------------------------------------
 
@@ -147,14 +148,25 @@ class RoundLoop:
         """Rebuild the answer from its recorded rounds (Retry): nothing recorded runs again."""
         if thinking_id:
             self.thinking = QuandaWriter(await QuandaMessage.from_id(self.h.store, thinking_id))
-        for _key, record in await self.h.store.list_records(ROUND_KIND, prefix=f"{self.answer_id}:"):
+        recorded = await self.h.store.list_records(ROUND_KIND, prefix=f"{self.answer_id}:")
+        for index, (_key, record) in enumerate(recorded):
             self._add_text(record["text"])
             self._add_thinking(record["thinking"])
+            # the last round paused for an approval: its calls go on (the decided one, those after it)
+            go_on = index == len(recorded) - 1 and bool(await self.h.store.list_records(
+                approvals.KIND, prefix=f"{self.answer_id}:tool:{record['round']}:", limit=1))
             results = []
             for call in record["calls"]:
-                result = await self._settle(record["round"], call, run=False, why=INTERRUPTED)
+                result = await self._settle(record["round"], call, run=go_on and not client_tools.is_frontend(call),
+                                            why=INTERRUPTED)
+                if result is None:
+                    self.waiting = True
+                    await self._add_waiting(call)
+                    break
                 await self._add_line(result)
                 results.append(result_line(result))
+            if self.waiting:
+                break
             self.calls_seen += len(record["calls"])
             self.replayed += self.llm.tool_messages(record["calls"], results, record["text"], record["thinking"])
             self.round = record["round"] + 1
@@ -173,6 +185,8 @@ class RoundLoop:
             waited.append(True)
             await self.writer.warning(turns.WAITING)
 
+        if self.waiting:
+            return "waiting", ""
         async with turns.turn(self.h, waiting):
             if waited:
                 await self.writer.warning("")
@@ -230,6 +244,8 @@ class RoundLoop:
                 return "done", ""
             if await self._protected(self._act(turn)):
                 return "done", ""  # the client runs its own tools: the answer ends with their calls
+            if self.waiting:
+                return "waiting", ""  # a call waits for the user: the job ends, the decision resumes it
             if offered is None:  # calls in a request that offered no tools were all refused: the answer ends
                 return "done", ""
             self.round += 1
@@ -286,6 +302,10 @@ class RoundLoop:
             if client_tools.is_frontend(call):
                 continue
             result = await self._settle(self.round, call, run=not self.stopping, why=STOPPED)
+            if result is None:
+                self.waiting = True
+                await self._add_waiting(call, live=True)
+                return False
             await self._add_line(result, live=True)
             results.append(result_line(result))
         if len(results) < len(calls):
@@ -311,19 +331,30 @@ class RoundLoop:
             return {**data, "raw_arguments": _clean(raw)[:RAW_KEPT], "error": _clean(why)}
         return {**data, "arguments": call["arguments"]}
 
-    async def _settle(self, round_no: int, call: dict, run: bool, why: str) -> CommandResult:
+    async def _settle(self, round_no: int, call: dict, run: bool, why: str) -> CommandResult | None:
         """The call's one outcome: run it (when `run` and not claimed yet) or record it as not run (`why`);
-        a call claimed already keeps its recorded result."""
+        a call claimed already keeps its recorded result. None: it waits for the user's approval."""
         h, key = self.h, call_key(self.answer_id, round_no, call["position"])
         record = {"tool": call["name"], "call_id": call["id"], "round": round_no, "position": call["position"]}
         if run and "error" not in call:  # checked once, by _checked, when its round was recorded
             command, plan = await plan_checked_call(h, call, toolbox(h).specs)
+            spec = toolbox(h).specs.get(call["name"])
+            if plan.result.ok and approvals.needs_approval(spec, call["arguments"]) \
+                    and await claimed_result(h, key) is None:
+                decided = await approvals.decision(h, key)
+                if decided is None:
+                    await approvals.ask(h, key, self.answer_id, "tool", approval_text(call, plan), command)
+                    return None
+                if decided != "approved":
+                    plan = Change.refused(f"{call['name']} not run: {approvals.REFUSED[decided]}")
         elif "error" in call:
             command, plan = None, Change.refused(f"{call['name'] or 'tool call'} not run: {call['error']}")
         else:
             command, plan = None, Change.refused(f"{call['name']} not run: {why}")
         result = await run_once(h, key, self.answer_id, {**record, "command": command}, plan, post_line=False)
-        return result or await claimed_result(h, key) or plan.result
+        result = result or await claimed_result(h, key) or plan.result
+        await approvals.settle(h, key)
+        return result
 
     async def _protected(self, work: Awaitable[bool]) -> bool:
         """Run a round's calls so that Stop cannot cut one in half: a Stop lets the call under way finish,
@@ -367,17 +398,21 @@ class RoundLoop:
         if self.thinking_chunks is not None:
             await self.thinking_chunks.flush()
 
-    async def _add_line(self, result: CommandResult, live: bool = False) -> None:
+    async def _add_line(self, result: CommandResult, live: bool = False, mark: str = "") -> None:
         """The result line as its own paragraph, after what the answer says so far."""
         if self._ends_with(self.parts, "\n\n") or not self.parts:
             gap = ""
         else:
             gap = "\n" if self._ends_with(self.parts, "\n") else "\n\n"
-        text = gap + markdown_line(result_line(result)) + "\n\n"
+        text = gap + markdown_line(mark + result.text if mark else result_line(result)) + "\n\n"
         if live:
             await self._write(text)
         else:
             self.parts.append(text)
+
+    async def _add_waiting(self, call: dict, live: bool = False) -> None:
+        """The line saying a call waits for the user (replaced by its result line once decided)."""
+        await self._add_line(CommandResult(False, f"{call['name']} waits for your approval"), live=live, mark="⏸ ")
 
     def _add_thinking(self, text: str) -> str:
         """Append a round's (first) thinking, apart from the rounds' before it; returns what was appended."""
@@ -396,3 +431,9 @@ class RoundLoop:
         if self.thinking_chunks is None:
             self.thinking_chunks = ChunkStream(self.thinking)
         self.thinking_chunks.add(text)
+
+
+def approval_text(call: dict, plan: Change) -> str:
+    """What a call waiting for approval will do, as the card says it."""
+    args = ", ".join(f"{k}={v!r}" for k, v in (call.get("arguments") or {}).items())
+    return f"{call['name']}({args}): {plan.result.text}"

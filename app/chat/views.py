@@ -132,11 +132,19 @@ async def conversation_list(h: Handle):
                             await conversation.current(h.store, h.owner), oob=True)
 
 
+async def approval(h: Handle, fact: dict):
+    """An action asked or decided: the answer's footer, with its approval cards, again."""
+    info = await actions.answer_info(h, fact["answer_id"], with_approvals=True)
+    if info is None:
+        return None
+    return MessageActions(fact["answer_id"], info.status, oob=True, info=info)
+
+
 async def settings(h: Handle, fact: dict):
     return await manage.settings_view(h, fact)
 
 
 FACT_VIEWS = {"chat.event": event, "chat.settings": settings, "chat.message": message, "chat.state": state, "chat.thinking": thinking,
-              "chat.horizon": horizon,
+              "chat.horizon": horizon, "chat.approval": approval,
               "chat.draft": draft, drafts.GONE: draft_gone, "chat.sent": sent, "chat.badge": badge,
               actions.SWITCHED: switched, actions.CONVERSATIONS: conversations}

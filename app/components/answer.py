@@ -32,6 +32,7 @@ class AnswerInfo:
     version: int = 0
     versions: int = 1
     last: bool = False  # the last answer of the conversation (Regenerate is offered there)
+    approvals: list = field(default_factory=list)  # the actions it asked to run, each decided or not yet
 
     @property
     def retryable(self) -> bool:
@@ -68,9 +69,28 @@ def Outcome(info: AnswerInfo):
                cls="msg-outcome", data_outcome=info.status)
 
 
+DECIDED_LABEL = {"approved": "Approved", "rejected": "Rejected", "expired": "Not approved in time"}
+
+
+def ApprovalCard(question: dict):
+    """An action the assistant asked to run: what it will do, and Approve / Reject until it is decided."""
+    decided = question.get("decision")
+    if decided:
+        footer = Div(Strong(DECIDED_LABEL.get(decided, decided)), cls="approval-decided")
+    else:
+        values = {"key": question["key"]}
+        footer = Div(ws_button("Approve", "chat.approve", values, cls="small", data_testid="approve"),
+                     ws_button("Reject", "chat.reject", values, cls="secondary small", data_testid="reject"),
+                     cls="approval-buttons")
+    return Div(Div("The assistant asks to run an action", cls="approval-title"),
+               Div(question["what"], cls="approval-what"), footer,
+               cls="approval-card", role="group", aria_label="Approval", data_testid="approval",
+               data_decision=decided or "pending")
+
+
 def AnswerFooter(message_id: str, info: AnswerInfo, oob: bool = False):
     """Under an answer: how it ended, its usage, its versions, Retry / Regenerate where they work."""
-    parts = [Outcome(info)]
+    parts = [Outcome(info), *[ApprovalCard(q) for q in info.approvals]]
     if info.status != "generating":
         parts.append(UsageLine(info.usage) if info.usage else None)
     if info.versions > 1 and info.status != "generating":

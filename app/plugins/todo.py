@@ -284,7 +284,8 @@ COMMANDS = [
     CommandSpec("todo", "toggle", {"id": TODO_ID}, '{"action": "toggle", "target": "todo", "args": {"id": 3}}',
                 lambda h, args: plan_toggle(h, args["id"]), "Flip a todo between done and not done."),
     CommandSpec("todo", "delete", {"id": TODO_ID}, '{"action": "delete", "target": "todo", "args": {"id": 3}}',
-                lambda h, args: plan_delete(h, args["id"]), "Delete a todo."),
+                lambda h, args: plan_delete(h, args["id"]), "Delete a todo (the user approves it first).",
+                approval=True),
 ]
 
 plugin = Plugin(
