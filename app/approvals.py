@@ -71,11 +71,20 @@ async def settle(h: Handle, key: str) -> None:
 
 async def of_answer(h: Handle, answer_id: str) -> list[dict]:
     """The answer's questions, in order, each with its decision (None while pending)."""
-    found = []
-    for key, question in await h.store.list_records(KIND, prefix=f"{answer_id}:"):
-        found.append({"key": key, "what": question["what"], "source": question["source"],
-                      "decision": await decision(h, key), "settled": question.get("settled", False)})
-    return found
+    return [await as_json(h, key, question)
+            for key, question in await h.store.list_records(KIND, prefix=f"{answer_id}:")]
+
+
+async def as_json(h: Handle, key: str, question: dict) -> dict:
+    """A question as the page, the API, the terminal and the exports show it."""
+    return {"key": key, "answer_id": question["answer_id"], "what": question["what"], "source": question["source"],
+            "decision": await decision(h, key), "settled": question.get("settled", False)}
+
+
+async def one(h: Handle, key: str) -> dict | None:
+    """The owner's question under `key`, or None."""
+    question = await h.store.get_record(KIND, key) if isinstance(key, str) and 0 < len(key) <= 200 else None
+    return await as_json(h, key, question) if question and question.get("owner") == h.owner else None
 
 
 async def decide(h: Handle, key: object, approve: bool) -> str:

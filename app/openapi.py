@@ -41,8 +41,10 @@ CHAT_ENTRY = {
                    "at": {"type": ["number", "null"]}, "text": {"type": "string"},
                    "message_id": {"type": "string"},
                    "message": {"oneOf": [{"$ref": "#/components/schemas/MessageState"}, {"type": "null"}]},
-                   "status": {"enum": ["generating", "done", "stopped", "failed", "cut", "interrupted", "final"]},
-                   "outcome": {"enum": ["generating", "done", "stopped", "failed", "cut", "interrupted"]},
+                   "status": {"enum": ["generating", "waiting", "done", "stopped", "failed", "cut", "interrupted",
+                                       "final"]},
+                   "outcome": {"enum": ["generating", "waiting", "done", "stopped", "failed", "cut", "interrupted"]},
+                   "approvals": {"type": "array", "items": {"$ref": "#/components/schemas/Approval"}},
                    "reason": {"type": "string"}, "usage": {"oneOf": [{"$ref": "#/components/schemas/Usage"},
                                                                      {"type": "null"}]},
                    "version": {"type": "integer", "minimum": 1}, "versions": {"type": "integer", "minimum": 1},
@@ -72,6 +74,18 @@ SCHEMAS: dict[str, Any] = {
             "properties": {"text": {"type": "string", "maxLength": 32000}, "model": {"type": "string"}}},
     "Asked": {"type": "object", "required": ["question_id", "answer_id"],
               "properties": {"question_id": {"type": "string"}, "answer_id": {"type": "string"}}},
+    "Approval": {"type": "object", "required": ["key", "answer_id", "what", "source", "decision", "settled"],
+                 "description": "An action the assistant asked to run, waiting for the user's decision (`decision` "
+                                "null) or decided (approved, rejected, expired: not decided in time); `settled` once "
+                                "its outcome is written",
+                 "properties": {"key": {"type": "string"}, "answer_id": {"type": "string"},
+                                "what": {"type": "string"}, "source": {"enum": ["tool", "command"]},
+                                "decision": {"enum": ["approved", "rejected", "expired", None]},
+                                "settled": {"type": "boolean"}}},
+    "Approvals": {"type": "object", "required": ["approvals"],
+                  "properties": {"approvals": {"type": "array", "items": {"$ref": "#/components/schemas/Approval"}}}},
+    "Decided": {"type": "object", "required": ["key", "decision"],
+                "properties": {"key": {"type": "string"}, "decision": {"enum": ["approved", "rejected"]}}},
     "AnswerAction": {"type": "object", "required": ["answer_id", "status"],
                      "properties": {"answer_id": {"type": "string"}, "status": {"type": "string"}}},
     "Usage": {"type": "object", "description": "What an answer cost: the server's numbers where it gives them "
@@ -101,6 +115,8 @@ SCHEMAS: dict[str, Any] = {
                               "hooks": {"type": "array", "items": {"type": "string"}}}},
 }
 MESSAGE_ID = {"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}
+APPROVAL_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "The approval's key (from /api/chat/approvals or an answer's `approvals`)"}
 LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
                  "description": "Resume after this event (the `id:` of the last event received)"}
 
@@ -165,7 +181,7 @@ def paths() -> dict[str, dict[str, Any]]:
         "/api/chat/status": {"get": operation("The LLM status", {200: "ChatStatus"}, (401, 503), tag="chat")},
         "/api/chat/events": {"get": operation(
             "Follow the conversation: chat.snapshot, then chat.entry, chat.state, chat.thinking (ids are cursors), "
-            "chat.status, chat.error", {200: event_stream("SSE")}, params=(limit, LAST_EVENT_ID), tag="chat")},
+            "chat.status, chat.approval, chat.error", {200: event_stream("SSE")}, params=(limit, LAST_EVENT_ID), tag="chat")},
         "/api/chat/ask": {"post": operation("Ask in the conversation, as Send does", {201: "Asked"},
                                             (400, 401, 409, 503), body=json_body("Ask"), tag="chat")},
         "/api/chat/answers/{message_id}/stop": {"post": operation(
@@ -182,6 +198,15 @@ def paths() -> dict[str, dict[str, Any]]:
                              tag="chat"),
             "put": operation("Change the current conversation's settings", {200: "ConversationSettings"},
                              body=json_body("ConversationSettings"), tag="chat")},
+        "/api/chat/approvals": {"get": operation(
+            "The actions of the conversation's answers waiting for the user's Approve or Reject",
+            {200: "Approvals"}, (401, 503), tag="chat")},
+        "/api/chat/approvals/{key}/approve": {"post": operation(
+            "Approve an action: it runs once, and its answer goes on", {200: "Decided"}, (400, 401, 404, 409, 503),
+            params=(APPROVAL_KEY,), tag="chat")},
+        "/api/chat/approvals/{key}/reject": {"post": operation(
+            "Reject an action: it does not run, and the assistant is told", {200: "Decided"},
+            (400, 401, 404, 409, 503), params=(APPROVAL_KEY,), tag="chat")},
         "/api/chat/new": {"post": operation("Start a new conversation (the current one is kept)",
                                             {200: "NewConversation"}, (401, 409, 503), tag="chat")},
         "/api/ag-ui": {"post": operation(

@@ -19,11 +19,16 @@ page's session, or `Authorization: Bearer <token>`; 400 invalid, 401 no access, 
     POST /api/chat/new                    → 200 {"conversation"}: a new, empty conversation becomes the current
                                           one (in every tab too); 409 while an answer is being written
     GET  /api/chat/status                 {"ok", "text", "model", "models", "answering"}: the LLM status
+    GET  /api/chat/approvals              {"approvals": [...]}: the actions of the conversation's answers that
+                                          wait for the user's decision
+    POST /api/chat/approvals/{key}/approve → 200 {"key", "decision": "approved"}: the action runs (once); 409
+                                          when it was decided already (by any tab, client or server)
+    POST /api/chat/approvals/{key}/reject  → 200 {"key", "decision": "rejected"}: the model is told
 
 Following (`/api/chat/events`): without `Last-Event-ID` the first event is `chat.snapshot` (what
 `/conversation` returns); then `chat.entry` (a new entry), `chat.state` (an answer's status changed) and
 `chat.thinking` (an answer's thinking began), each with `id:` a cursor (see timeline.py) that resumes exactly
-after it; `chat.status` (the LLM status, no id: it is a state, sent at every connect and when it changes);
+after it; `chat.approval` (an action asked or decided: the question as `/approvals` lists it; no id, a state); `chat.status` (the LLM status, no id: it is a state, sent at every connect and when it changes);
 `: keep-alive` comments every KEEPALIVE_S; `signed-out` (`{"reason"}`, then the stream ends) when the token or
 session it was opened with is revoked. With `Last-Event-ID` the stream resumes from that cursor, or starts
 with a `chat.snapshot` when it cannot (`"reason"` says why). Answers' text streams on
@@ -40,6 +45,7 @@ from typing import Any
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, StreamingResponse
 
+from quanda import approvals
 from quanda.context import ClientError, Handle
 
 from quanda.access import handle_of
@@ -113,12 +119,14 @@ async def follow(request):
     limit = limit_of(request)
     resumed = request.headers.get("last-event-id")
     view = timeline.View.parse(resumed)
-    woke, badge = asyncio.Event(), [False]
+    woke, badge, asked = asyncio.Event(), [False], []
 
     def on_fact(topic: str, fact: dict) -> None:
         if fact.get("owner") != h.owner or not topic.startswith("chat.") or topic in QUIET_TOPICS:
             return
         badge[0] = badge[0] or topic == "chat.badge"
+        if topic == approvals.TOPIC and fact.get("key") not in asked:
+            asked.append(fact.get("key"))
         woke.set()
 
     async def stream():
@@ -140,6 +148,10 @@ async def follow(request):
                 if badge[0]:
                     badge[0] = False
                     yield sse("chat.status", await status_json(h))
+                while asked:
+                    question = await approvals.one(h, asked.pop(0))
+                    if question is not None:
+                        yield sse("chat.approval", question)
                 try:  # a fact wakes us; so does the keep-alive, which also re-reads (a fact lost is caught)
                     await asyncio.wait_for(woke.wait(), KEEPALIVE_S)
                 except asyncio.TimeoutError:
@@ -199,6 +211,40 @@ async def stop(request, message_id: str):
 @guarded
 async def retry(request, message_id: str):
     return await act_on_answer(request, message_id, answers.retry, "generating")
+
+
+@router.get("/api/chat/approvals")
+@guarded
+async def pending_approvals(request):
+    h = await handle_of(request)
+    found = []
+    for _key, entry in await conversation.entries(h.store, h.owner, limit=timeline.TRACKED):
+        if entry.get("type") == answers.ROLE and entry.get("approvals"):
+            found += [q for q in await approvals.of_answer(h, entry["message_id"]) if q["decision"] is None]
+    return JSONResponse({"approvals": found})
+
+
+async def decide(request, key: str, approve: bool):
+    h = await handle_of(request)
+    if await approvals.one(h, key) is None:
+        return error(404, "no such approval here")
+    try:
+        decision = await approvals.decide(h, key, approve)
+    except ClientError as exc:
+        return error(409, str(exc))
+    return JSONResponse({"key": key, "decision": decision})
+
+
+@router.post("/api/chat/approvals/{key}/approve")
+@guarded
+async def approve(request, key: str):
+    return await decide(request, key, True)
+
+
+@router.post("/api/chat/approvals/{key}/reject")
+@guarded
+async def reject(request, key: str):
+    return await decide(request, key, False)
 
 
 @router.post("/api/chat/new")

@@ -34,6 +34,8 @@ from quanda.context import Handle
 from quanda.core import QuandaError
 from quanda.core import MessageRecord
 
+from quanda import approvals
+
 from . import answers, conversation, outcome
 
 WINDOW_NS = 10 * 10**9  # how far out of key order two writers of entries may commit
@@ -160,8 +162,13 @@ async def entry_json(h: Handle, key: str, entry: dict[str, Any]) -> dict[str, An
         thinking = await record_of(h, entry["thinking_id"]) if entry.get("thinking_id") else None
         out.update(status=answer_status(entry, record), model=entry.get("model"),
                    thinking_id=entry.get("thinking_id"), thinking=message_json(thinking),
-                   **outcome.as_json(entry, record))
+                   **outcome.as_json(entry, record), approvals=await approvals_of(h, entry))
     return out
+
+
+async def approvals_of(h: Handle, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The actions an answer asked the user to approve, each with its decision (None while pending)."""
+    return await approvals.of_answer(h, entry["message_id"]) if entry.get("approvals") else []
 
 
 async def snapshot(h: Handle, limit: int) -> tuple[View, list[dict[str, Any]]]:
@@ -207,7 +214,7 @@ async def changes(h: Handle, view: View, limit: int) -> AsyncIterator[tuple[str,
         if now != status:
             view.track(ns, now, bool(entry.get("thinking_id")))
             yield "chat.state", {"key": str(ns), "message_id": entry.get("message_id"), "status": now,
-                                 **outcome.as_json(entry, record)}
+                                 **outcome.as_json(entry, record), "approvals": await approvals_of(h, entry)}
     for ns, key, entry in sorted(fresh, key=lambda item: item[0]):
         item = await entry_json(h, key, entry)
         view.add(ns)
