@@ -50,6 +50,7 @@ class QuandaTUI(Readers, App):
     .entry.event { margin: 0; }
     .event-text { color: $text-muted; text-style: italic; }
     .entry .warning { color: $warning; }
+    .entry .approvals { color: $warning; }
     .entry Markdown { margin: 0; padding: 0; }
     .thinking { color: $text-muted; }
     #problem { height: auto; max-height: 4; padding: 0 1; background: $error 30%; display: none; }
@@ -60,6 +61,8 @@ class QuandaTUI(Readers, App):
         Binding("ctrl+s", "send", "Send", priority=True),
         Binding("ctrl+t", "stop", "Stop", priority=True),
         Binding("ctrl+r", "retry", "Retry", priority=True),
+        Binding("ctrl+y", "decide(True)", "Approve", priority=True),
+        Binding("ctrl+x", "decide(False)", "Reject", priority=True),
         Binding("ctrl+n", "new_conversation", "New conversation", priority=True),
         Binding("ctrl+o", "toggle_thinking", "Thinking", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
@@ -258,6 +261,15 @@ class QuandaTUI(Readers, App):
                         severity="warning")
             return
         self.spawn(self.call(self.client.retry(entry.message.id), "Not retried"), "retry")
+
+    def action_decide(self, approve: bool) -> None:
+        """Approve or Reject the action the newest answer waits on."""
+        question = self.conv.pending_approval()
+        if question is None:
+            self.tell("No action waits for your approval.", severity="warning")
+            return
+        title = "Not approved" if approve else "Not rejected"
+        self.spawn(self.call(self.client.decide(question["key"], approve), title), "decide")
 
     def action_new_conversation(self) -> None:
         self.spawn(self.call(self.client.new_conversation(), "No new conversation"), "new")

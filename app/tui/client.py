@@ -16,6 +16,8 @@ where it comes from (`Origin`), as the server's door asks of session-authenticat
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import asyncio
 import json
 import random
@@ -154,6 +156,10 @@ class QuandaClient:
 
     async def retry(self, answer_id: str) -> dict[str, Any]:
         return (await self.request("POST", f"/api/chat/answers/{answer_id}/retry", {}))[1]
+
+    async def decide(self, key: str, approve: bool) -> dict[str, Any]:
+        verb = "approve" if approve else "reject"
+        return (await self.request("POST", f"/api/chat/approvals/{quote(key, safe='')}/{verb}", {}))[1]
 
     async def new_conversation(self) -> dict[str, Any]:
         return (await self.request("POST", "/api/chat/new", {}))[1]

@@ -93,6 +93,7 @@ class Entry:
     outcome: str = ""  # how it ended, kept after the seal: done, stopped, failed, cut, interrupted
     reason: str = ""  # why, for an unfinished one
     usage: dict[str, Any] | None = None
+    approvals: list[dict[str, Any]] = field(default_factory=list)  # actions it asked to run, decided or not
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Entry":
@@ -110,6 +111,12 @@ class Entry:
         if "outcome" in data:
             self.outcome, self.reason = data.get("outcome") or "", data.get("reason") or ""
             self.usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        if isinstance(data.get("approvals"), list):
+            self.approvals = [q for q in data["approvals"] if isinstance(q, dict) and isinstance(q.get("key"), str)]
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The actions that wait for the user's Approve or Reject."""
+        return [q for q in self.approvals if q.get("decision") is None]
 
 
 class Conversation:
@@ -141,6 +148,19 @@ class Conversation:
 
     def retryable(self) -> Entry | None:
         return next((e for e in reversed(self.entries) if e.type == ANSWER and e.status in RETRYABLE), None)
+
+    def pending_approval(self) -> dict[str, Any] | None:
+        """The oldest action of the newest answer that waits for a decision."""
+        return next((e.pending()[0] for e in reversed(self.entries) if e.type == ANSWER and e.pending()), None)
+
+    def set_approval(self, question: dict[str, Any]) -> None:
+        """An action asked or decided (a chat.approval event)."""
+        for entry in self.entries:
+            if entry.message is not None and entry.message.id == question.get("answer_id"):
+                entry.approvals = [q for q in entry.approvals if q.get("key") != question.get("key")] + [question]
+                entry.approvals.sort(key=lambda q: q["key"])
+                self._touch(entry.message)
+                return
 
     def last_answer(self) -> Entry | None:
         return next((e for e in reversed(self.entries) if e.type == ANSWER), None)

@@ -68,6 +68,8 @@ class Readers:
             self.conv.set_thinking(int(data["key"]), data.get("thinking"))
         elif name == "chat.status":
             self.conv.set_status(data)
+        elif name == "chat.approval":
+            self.conv.set_approval(data)
         elif name == "chat.error":
             self.show_problem("conversation", Problem(data.get("error", "the server had a problem"), "reconnecting"))
         self.sync_followers()

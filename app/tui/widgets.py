@@ -14,7 +14,7 @@ from .model import ANSWER, Entry, MessageState
 
 STATUS_TEXT = {"generating": "writing…", "done": "", "final": "", "stopped": "stopped",
                "failed": "failed — ^R retries", "cut": "cut off — ^R retries",
-               "interrupted": "interrupted — ^R retries"}
+               "interrupted": "interrupted — ^R retries", "waiting": "waiting for your approval"}
 FINAL_TEXT = {"stopped": "stopped", "failed": "failed", "cut": "cut off", "interrupted": "interrupted"}
 
 
@@ -84,6 +84,7 @@ class AnswerView(EntryView):
         yield Collapsible(title="Thinking", collapsed=True, classes="thinking")
         if self.entry.message is not None:
             yield MessageMarkdown(self.entry.message, classes="text")
+        yield Static("", classes="approvals")
         yield Static("", classes="warning")
 
     def header(self) -> str:
@@ -113,6 +114,9 @@ class AnswerView(EntryView):
                 thinking.title = title
         for md in self.query(MessageMarkdown):
             await md.draw()
+        approvals = self.query_one(".approvals", Static)
+        self.set_text(approvals, "\n".join(approval_line(q) for q in self.entry.approvals))
+        approvals.display = bool(self.entry.approvals)
         message = self.entry.message
         text = message.warning if message is not None else ""
         if not text and self.entry.outcome in FINAL_TEXT and self.entry.status == "final":
@@ -133,6 +137,18 @@ class AnswerView(EntryView):
             return False
         thinking.collapsed = not thinking.collapsed
         return True
+
+
+DECIDED = {"approved": "approved", "rejected": "rejected", "expired": "not approved in time"}
+
+
+def approval_line(question: dict) -> str:
+    """An action the assistant asked to run: waiting (^Y approves, ^X rejects) or how it was decided."""
+    what = escape(str(question.get("what", "")))
+    decision = question.get("decision")
+    if decision is None:
+        return f"[b]Approve?[/b] {what} — ^Y approve · ^X reject"
+    return f"[b]{escape(DECIDED.get(decision, str(decision)).capitalize())}:[/b] {what}"
 
 
 def view_for(entry: Entry) -> EntryView:

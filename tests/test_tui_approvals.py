@@ -1,0 +1,62 @@
+"""Approvals in the terminal client (Textual's headless pilot, the real app server, the scripted LLM): the
+answer shows the action that waits, ^Y approves it (it runs once, the answer goes on), ^X rejects the next one
+(the answer says so); with nothing waiting, the keys say so."""
+
+from textual.widgets import Static
+
+from quanda.tui.app import QuandaTUI
+from tests.llm_server import Chunk, Reply, ToolCall
+from tests.test_tui import SIZE, TOKEN, WAIT_S, connected, llm, server, type_text  # noqa: F401
+
+
+def call(name: str, args: dict) -> Reply:
+    return Reply(chunks=[Chunk(tool_calls=[ToolCall(name, args)])])
+
+
+async def ask(app, pilot, text: str):
+    before = app.conv.last_answer()
+    await type_text(pilot, text)
+    await pilot.press("ctrl+s")
+    await app.until(lambda: (a := app.conv.last_answer()) is not None and a is not before, WAIT_S, "the answer")
+    return app.conv.last_answer()
+
+
+async def settled(app, entry, text: str) -> None:
+    await app.until(lambda: entry.status in ("done", "final") and text in entry.message.content, WAIT_S,
+                    f"the answer to end saying {text!r}")
+
+
+def approvals_shown(app, entry) -> str:
+    return str(app.entry_view(entry).query_one(".approvals", Static).render())
+
+
+async def test_ctrl_y_approves_and_ctrl_x_rejects_the_waiting_action(server, llm):
+    llm.script = [call("todo_insert", {"name": "buy milk"}), Reply(chunks=["Added."]),
+                  call("todo_delete", {"id": 1}), Reply(chunks=["Gone."]),
+                  call("todo_insert", {"name": "buy eggs"}), Reply(chunks=["Added."]),
+                  call("todo_delete", {"id": 2}), Reply(chunks=["Kept."])]
+    app = QuandaTUI(server.url, TOKEN)
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(app)
+        await pilot.press("ctrl+y")
+        await app.until(lambda: True, WAIT_S, "a frame")
+        assert "No action waits for your approval." in [n.message for n in app._notifications]
+        await settled(app, await ask(app, pilot, "add milk"), "Added.")
+
+        deleting = await ask(app, pilot, "delete milk")
+        await app.until(lambda: deleting.status == "waiting" and app.conv.pending_approval() is not None, WAIT_S,
+                        "the delete to wait for approval")
+        await app.until(lambda: "Approve?" in approvals_shown(app, deleting), WAIT_S, "the approval shown")
+        assert "Deleted the todo 'buy milk' (id 1)" in approvals_shown(app, deleting)
+        await pilot.press("ctrl+y")
+        await settled(app, deleting, "Gone.")
+        assert deleting.message.content.count("✓ Deleted the todo 'buy milk' (id 1).") == 1
+        await app.until(lambda: "Approved:" in approvals_shown(app, deleting), WAIT_S, "the decision shown")
+
+        await settled(app, await ask(app, pilot, "add eggs"), "Added.")
+        kept = await ask(app, pilot, "delete eggs")
+        await app.until(lambda: app.conv.pending_approval() is not None, WAIT_S, "the second delete to wait")
+        await pilot.press("ctrl+x")
+        await settled(app, kept, "Kept.")
+        assert "✗ todo_delete not run: the user rejected it" in kept.message.content
+        await app.until(lambda: "Rejected:" in approvals_shown(app, kept), WAIT_S, "the rejection shown")
