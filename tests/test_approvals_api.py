@@ -78,6 +78,13 @@ async def test_reject_over_http_leaves_the_todo_and_the_answer_says_so(app, fres
         state = await chat.settled(answer, warning=False)
         assert state["content"] == f"Deleting. \n\n{REJECTED}\n\nOver."
         assert await chat.todos() == ["buy milk"]
+        convs = (await chat.client.get("/p/chat")).text
+        cid = convs.split('data-cid="', 1)[1].split('"', 1)[0]
+        exported = (await chat.client.get(f"/chat/export/{cid}.json")).json()
+        [mine] = [m for m in exported["messages"] if m.get("id") == answer]
+        assert mine["approvals"] == [{"what": question["what"], "source": "tool", "decision": "rejected"}]
+        markdown = (await chat.client.get(f"/chat/export/{cid}.md")).text
+        assert f"> Rejected: {question['what']}" in markdown
     tool_messages = [m["content"] for m in fresh_llm.chat_requests[-1].json["messages"] if m["role"] == "tool"]
     assert tool_messages == [REJECTED]
 

@@ -5,7 +5,7 @@ JSON: `{"format": "quanda.conversation/1", "id", "title", "created_at", "updated
 "created_at", "updated_at", "added_at", "tokens", "final", "warning", "status"?, "model"?, "thinking"?,
 "superseded"?}` for messages — an answer also has `"outcome"` (done, stopped, failed, cut, interrupted,
 generating), `"reason"` (why it ended, kept after the seal), `"usage"`, `"version"`, `"versions"` and, when
-regenerated, `"other_versions"` — and `{"role": "event", "content", "added_at"}` for the ambient events. Times are ISO 8601
+regenerated, `"other_versions"`, and the actions it asked the user to approve, `"approvals"` (`what`, `source`, `decision`) — and `{"role": "event", "content", "added_at"}` for the ambient events. Times are ISO 8601
 in UTC; `tokens` counts the writes in the message's token log (its last seq: for an answer, about one per
 piece the LLM streamed, plus the seal). Markdown: the same, readable.
 """
@@ -24,6 +24,8 @@ from quanda.access import handle_of
 from quanda.core import QuandaError
 
 from quanda.llm.usage import usage_text
+
+from quanda import approvals
 
 from . import conversation, outcome
 
@@ -57,6 +59,9 @@ async def conversation_data(h, conv: dict) -> dict:
                 item["other_versions"] = await other_versions(h, entry)
             if entry.get("model"):
                 item["model"] = entry["model"]
+            if entry.get("approvals"):
+                item["approvals"] = [{k: q[k] for k in ("what", "source", "decision")}
+                                     for q in await approvals.of_answer(h, record.id)]
             if entry.get("thinking_id"):
                 try:
                     item["thinking"] = (await h.store.get_message(entry["thinking_id"])).content
@@ -83,6 +88,9 @@ async def other_versions(h, entry: dict) -> list[dict]:
         out.append({"version": number, "id": record.id, "content": record.content,
                     **{k: v for k, v in outcome.as_json(version, record).items() if k not in ("version", "versions")}})
     return out
+
+
+APPROVAL_NOTE = {"approved": "Approved", "rejected": "Rejected", "expired": "Not approved in time"}
 
 
 def as_markdown(data: dict) -> str:
@@ -115,6 +123,8 @@ def as_markdown(data: dict) -> str:
                                    else "*(empty)*"), ""]
         if m.get("warning") or m.get("reason"):
             lines += [f"> ⚠ {m.get('warning') or m['reason']}", ""]
+        for q in m.get("approvals") or []:
+            lines += [f"> {APPROVAL_NOTE.get(q['decision'], 'Waiting for approval')}: {q['what']}", ""]
         if m.get("usage"):
             lines += [f"*{usage_text(m['usage'])}*", ""]
     return "\n".join(lines)
