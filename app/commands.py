@@ -71,6 +71,11 @@ class Change:
     # itself idempotent under that key): a claim its claimer left unfinished runs the effect again.
     effect: Callable[[str], Awaitable[CommandResult]] | None = None
     rerun: bool = False
+    # Undo (quanda.undo): a change of records can be taken back — the records its ops touched are put back as
+    # they were, unless one changed since — and `undo_facts` are published then (what the pages redraw). A
+    # change marked not `undoable` (or with no ops, or a host's effect) offers no Undo.
+    undoable: bool = True
+    undo_facts: tuple = ()
 
     @classmethod
     def refused(cls, why: str) -> "Change":
@@ -250,6 +255,7 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     claim = {"message_id": message_id, "command": command, "state": "applying", "ok": plan.result.ok,
              "result": plan.result.text, "before": plan.result.before, "after": plan.result.after,
              "ops": [list(op) for op in plan.ops], "facts": [list(f) for f in plan.facts],
+             "undo": await undo_record(store, plan),
              "line_at": time.time_ns(), "claimed_at": time.time(),
              "lease": fence and fence.lease_key, "fence": fence and fence.fence}
     done = ("put", CLAIM_KIND, key, {**claim, "state": "done"})
@@ -286,6 +292,19 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     if post_line:
         await h.ctx.post_event(h.owner, result_line(result), key=f"{key}:{claim['line_at']}")
     return result if finished_here else None
+
+
+async def undo_record(store: Any, plan: Change) -> dict | None:
+    """What an Undo of the change needs: each record its ops touch, as it is now and as the change leaves it
+    (None: absent), and the facts to publish then; None when it cannot be undone. (Read just before the
+    change commits: the change itself was planned from the same records.)"""
+    if not (plan.undoable and plan.result.ok and plan.ops):
+        return None
+    touched = []
+    for op, kind, key, data in plan.ops:
+        touched.append({"kind": kind, "key": key, "before": await store.get_record(kind, key),
+                        "after": data if op in ("insert", "put") else None})
+    return {"records": touched, "facts": [list(f) for f in plan.undo_facts]}
 
 
 INTERRUPTED = ("was interrupted: the server stopped while it ran, so it may or may not have taken effect; it is "

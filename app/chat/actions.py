@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from quanda import approvals
+from quanda import approvals, undo
 from quanda.components import ids
 from quanda.components.answer import ConversationSettings, HorizonMarker
 from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine,
@@ -101,6 +101,8 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
         info = outcome.info(entry, record, last=key == last_answer, running=running) if is_answer else None
         if info is not None and entry.get("approvals"):
             info.approvals = await approvals.of_answer(h, record.id)
+        if info is not None and entry.get("acted"):
+            info.results = await undo.results_of(h, record.id)
         if archived:
             items.append(ArchivedMessage(record, thinking, info))
             continue
@@ -281,6 +283,8 @@ async def answer_info(h: Handle, message_id: str, with_approvals: bool = False):
             info = outcome.info(entry, record, last=i == len(answers_here) - 1)
             if entry.get("approvals") or with_approvals:
                 info.approvals = await approvals.of_answer(h, message_id)
+            if entry.get("acted") or with_approvals:
+                info.results = await undo.results_of(h, message_id)
             return info
     return None
 
@@ -293,6 +297,11 @@ async def on_approve(h: Handle, data: dict) -> None:
 @near(ids.CHAT_NOTICE)
 async def on_reject(h: Handle, data: dict) -> None:
     await approvals.decide(h, data.get("key"), approve=False)
+
+
+@near(ids.CHAT_NOTICE)
+async def on_undo(h: Handle, data: dict) -> None:
+    await undo.undo(h, data.get("key"))
 
 
 @near(ids.CHAT_NOTICE)

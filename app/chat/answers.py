@@ -20,7 +20,7 @@ import asyncio
 import logging
 
 from quanda import approvals, metrics
-from quanda.commands import Change, command_specs, plan_command, run_answer_commands, run_once
+from quanda.commands import CLAIM_KIND, Change, command_specs, plan_command, run_answer_commands, run_once
 from quanda.context import ClientError, Handle
 from quanda.jobs import Job, JobBusy
 from quanda.core import QuandaError, QuandaFencedError, QuandaMessage, QuandaWriter
@@ -107,8 +107,10 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
         except QuandaError as exc:
             log.warning("could not mark answer %s %s: %s", answer_id, status, exc)
     metrics.ANSWERS.labels(status).inc()
+    acted = status in ("done", "waiting") and await ran_actions(h, answer_id)
     entry = await conversation.update_entry(h.store, key, status=status,
-                                            commands="pending" if status == "done" else None, **(details or {}))
+                                            commands="pending" if status == "done" else None, **(details or {}),
+                                            **({"acted": True} if acted else {}))
     if status == "done" and entry:
         llm_status(h).answered(entry.get("model"))
     if status == "done":  # commands run only in answers the LLM finished normally
@@ -117,6 +119,11 @@ async def finish(h: Handle, key: str, answer_id: str, writer: QuandaWriter, stat
         h.ctx.state["chat"].in_background(resume_if_decided(h, answer_id))
     await h.publish("chat.state", message_id=answer_id, state=status)  # last: Retry is offered once it is over
     h.ctx.state["chat"].in_background(refresh_badge(h))  # not part of the job: the LLM may be slow to list
+
+
+async def ran_actions(h: Handle, answer_id: str) -> bool:
+    """Whether the answer ran actions (their result cards show under it)."""
+    return bool(await h.store.list_records(CLAIM_KIND, prefix=f"{answer_id}:", limit=1))
 
 
 async def refresh_badge(h: Handle) -> None:
@@ -131,8 +138,10 @@ async def run_commands(h: Handle, key: str, answer_id: str) -> None:
         record = await h.store.get_message(answer_id)
         await run_answer_commands(h, answer_id, record.content)
     asked = bool(await h.store.list_records(approvals.KIND, prefix=f"{answer_id}:", limit=1))
-    await conversation.update_entry(h.store, key, commands="done", **({"approvals": True} if asked else {}))
-    if asked:
+    acted = await ran_actions(h, answer_id)
+    await conversation.update_entry(h.store, key, commands="done", **({"approvals": True} if asked else {}),
+                                    **({"acted": True} if acted else {}))
+    if asked or acted:
         await h.publish("chat.state", message_id=answer_id, state="done")
 
 
@@ -208,6 +217,9 @@ async def run_approved_command(h: Handle, key: str, question: dict) -> None:
     else:
         plan = Change.refused(f"command not run: {approvals.REFUSED.get(decided, 'not approved')}")
     await run_once(h, key, question["answer_id"], command, plan)
+    found = await conversation.find_answer(h.store, h.owner, question["answer_id"])
+    if found is not None and not found[1].get("acted"):
+        await conversation.update_entry(h.store, found[0], acted=True)
     await approvals.settle(h, key)
 
 

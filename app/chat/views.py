@@ -145,6 +145,6 @@ async def settings(h: Handle, fact: dict):
 
 
 FACT_VIEWS = {"chat.event": event, "chat.settings": settings, "chat.message": message, "chat.state": state, "chat.thinking": thinking,
-              "chat.horizon": horizon, "chat.approval": approval,
+              "chat.horizon": horizon, "chat.approval": approval, "chat.undo": approval,
               "chat.draft": draft, drafts.GONE: draft_gone, "chat.sent": sent, "chat.badge": badge,
               actions.SWITCHED: switched, actions.CONVERSATIONS: conversations}

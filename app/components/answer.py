@@ -33,6 +33,7 @@ class AnswerInfo:
     versions: int = 1
     last: bool = False  # the last answer of the conversation (Regenerate is offered there)
     approvals: list = field(default_factory=list)  # the actions it asked to run, each decided or not yet
+    results: list = field(default_factory=list)  # the actions it ran: what each did, Undo while it can
 
     @property
     def retryable(self) -> bool:
@@ -88,9 +89,24 @@ def ApprovalCard(question: dict):
                data_decision=decided or "pending")
 
 
+def ResultCard(result: dict):
+    """An action the assistant ran: what it did (the plugin's own view of it when it has one), and Undo while
+    it can be undone."""
+    if result.get("undone"):
+        tail = Strong("Undone", cls="result-undone")
+    elif result.get("undoable"):
+        tail = ws_button("Undo", "chat.undo", {"key": result["key"]}, cls="secondary small", data_testid="undo",
+                         title="Take this action back (refused if the data changed since)")
+    else:
+        tail = None
+    body = result.get("view") or Span(result["text"], cls="result-text")
+    return Div(body, tail, cls="result-card", role="group", aria_label="Action result", data_testid="result",
+               data_undone="1" if result.get("undone") else "0")
+
+
 def AnswerFooter(message_id: str, info: AnswerInfo, oob: bool = False):
     """Under an answer: how it ended, its usage, its versions, Retry / Regenerate where they work."""
-    parts = [Outcome(info), *[ApprovalCard(q) for q in info.approvals]]
+    parts = [Outcome(info), *[ResultCard(r) for r in info.results], *[ApprovalCard(q) for q in info.approvals]]
     if info.status != "generating":
         parts.append(UsageLine(info.usage) if info.usage else None)
     if info.versions > 1 and info.status != "generating":

@@ -81,7 +81,7 @@ async def plan_add(h: Handle, name: object) -> Change:
     item = {"id": await _next_id(h, items), "name": name, "done": False,
             "order": max((t["order"] for t in items), default=0) + 1}
     return Change(CommandResult(True, f"Added the todo '{name}' (id {item['id']}).", None, item),
-                  (_put(h, item),), _changed("add", item["id"]))
+                  (_put(h, item),), _changed("add", item["id"]), undo_facts=_changed("delete", item["id"]))
 
 
 async def plan_update(h: Handle, todo_id: int, name: object = None, done: object = None) -> Change:
@@ -104,7 +104,8 @@ async def plan_update(h: Handle, todo_id: int, name: object = None, done: object
         text = f"Marked the todo '{after['name']}' (id {todo_id}) {state}."
         if name is not None and after["name"] != before["name"]:
             text = f"Renamed the todo '{before['name']}' to '{after['name']}' and marked it {state} (id {todo_id})."
-    return Change(CommandResult(True, text, before, after), (_put(h, after),), _changed("update", todo_id))
+    return Change(CommandResult(True, text, before, after), (_put(h, after),), _changed("update", todo_id),
+                  undo_facts=_changed("update", todo_id))
 
 
 async def plan_toggle(h: Handle, todo_id: int) -> Change:
@@ -119,7 +120,8 @@ async def plan_delete(h: Handle, todo_id: int) -> Change:
     if before is None:
         return _no_such(todo_id)
     return Change(CommandResult(True, f"Deleted the todo '{before['name']}' (id {todo_id}).", before, None),
-                  (("delete", KIND, _key(h, todo_id), None),), _changed("delete", todo_id))
+                  (("delete", KIND, _key(h, todo_id), None),), _changed("delete", todo_id),
+                  undo_facts=_changed("add", todo_id))
 
 
 async def plan_move(h: Handle, todo_id: int, direction: str) -> Change:
@@ -138,7 +140,7 @@ async def plan_move(h: Handle, todo_id: int, direction: str) -> Change:
     a_order, b_order = (b["order"], a["order"]) if a["order"] != b["order"] else (b["order"], b["order"] + 1)
     moved = {**a, "order": a_order}
     return Change(CommandResult(True, text, a, moved), (_put(h, moved), _put(h, {**b, "order": b_order})),
-                  _changed("move", a["id"], b["id"]))
+                  _changed("move", a["id"], b["id"]), undo_facts=_changed("move", a["id"], b["id"]))
 
 
 async def plan_clear_done(h: Handle) -> Change:
@@ -149,7 +151,7 @@ async def plan_clear_done(h: Handle) -> Change:
     return Change(CommandResult(True, f"Cleared {len(done)} done todo{'s' if len(done) > 1 else ''}: {names}.",
                                 done, None),
                   tuple(("delete", KIND, _key(h, t["id"]), None) for t in done),
-                  _changed("delete", *(t["id"] for t in done)))
+                  _changed("delete", *(t["id"] for t in done)), undo_facts=_changed("add", *(t["id"] for t in done)))
 
 
 async def plan_toggle_all(h: Handle) -> Change:
@@ -161,7 +163,8 @@ async def plan_toggle_all(h: Handle) -> Change:
     changed = [{**t, "done": done} for t in items if t["done"] != done]
     return Change(CommandResult(True, f"Marked all {len(items)} todos {'done' if done else 'not done'}.",
                                 None, changed),
-                  tuple(_put(h, t) for t in changed), _changed("update", *(t["id"] for t in changed)))
+                  tuple(_put(h, t) for t in changed), _changed("update", *(t["id"] for t in changed)),
+                  undo_facts=_changed("update", *(t["id"] for t in changed)))
 
 
 async def plan_list(h: Handle) -> Change:
