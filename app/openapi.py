@@ -45,6 +45,7 @@ CHAT_ENTRY = {
                                        "final"]},
                    "outcome": {"enum": ["generating", "waiting", "done", "stopped", "failed", "cut", "interrupted"]},
                    "approvals": {"type": "array", "items": {"$ref": "#/components/schemas/Approval"}},
+                   "results": {"type": "array", "items": {"$ref": "#/components/schemas/ActionResult"}},
                    "reason": {"type": "string"}, "usage": {"oneOf": [{"$ref": "#/components/schemas/Usage"},
                                                                      {"type": "null"}]},
                    "version": {"type": "integer", "minimum": 1}, "versions": {"type": "integer", "minimum": 1},
@@ -82,6 +83,13 @@ SCHEMAS: dict[str, Any] = {
                                 "what": {"type": "string"}, "source": {"enum": ["tool", "command"]},
                                 "decision": {"enum": ["approved", "rejected", "expired", None]},
                                 "settled": {"type": "boolean"}}},
+    "ActionResult": {"type": "object", "required": ["key", "text", "undoable", "undone"],
+                     "description": "An action the assistant ran that changed something: what it did, whether "
+                                    "Undo can take it back now (`undoable`) or did (`undone`)",
+                     "properties": {"key": {"type": "string"}, "text": {"type": "string"},
+                                    "undoable": {"type": "boolean"}, "undone": {"type": "boolean"}}},
+    "Undone": {"type": "object", "required": ["key", "text"],
+               "properties": {"key": {"type": "string"}, "text": {"type": "string"}}},
     "Approvals": {"type": "object", "required": ["approvals"],
                   "properties": {"approvals": {"type": "array", "items": {"$ref": "#/components/schemas/Approval"}}}},
     "Decided": {"type": "object", "required": ["key", "decision"],
@@ -181,7 +189,7 @@ def paths() -> dict[str, dict[str, Any]]:
         "/api/chat/status": {"get": operation("The LLM status", {200: "ChatStatus"}, (401, 503), tag="chat")},
         "/api/chat/events": {"get": operation(
             "Follow the conversation: chat.snapshot, then chat.entry, chat.state, chat.thinking (ids are cursors), "
-            "chat.status, chat.approval, chat.error", {200: event_stream("SSE")}, params=(limit, LAST_EVENT_ID), tag="chat")},
+            "chat.status, chat.approval, chat.undo, chat.error", {200: event_stream("SSE")}, params=(limit, LAST_EVENT_ID), tag="chat")},
         "/api/chat/ask": {"post": operation("Ask in the conversation, as Send does", {201: "Asked"},
                                             (400, 401, 409, 503), body=json_body("Ask"), tag="chat")},
         "/api/chat/answers/{message_id}/stop": {"post": operation(
@@ -207,6 +215,10 @@ def paths() -> dict[str, dict[str, Any]]:
         "/api/chat/approvals/{key}/reject": {"post": operation(
             "Reject an action: it does not run, and the assistant is told", {200: "Decided"},
             (400, 401, 404, 409, 503), params=(APPROVAL_KEY,), tag="chat")},
+        "/api/chat/actions/{key}/undo": {"post": operation(
+            "Undo an action the assistant ran (once; refused with the reason when the data changed since)",
+            {200: "Undone"}, (400, 401, 404, 409, 503),
+            params=({**APPROVAL_KEY, "description": "The action's key (an answer's `results`)"},), tag="chat")},
         "/api/chat/new": {"post": operation("Start a new conversation (the current one is kept)",
                                             {200: "NewConversation"}, (401, 409, 503), tag="chat")},
         "/api/ag-ui": {"post": operation(

@@ -159,3 +159,38 @@ async def test_a_server_killed_between_approval_effect_and_result_leaves_one_of_
         assert list(await claims(second, answer)) == [f"{answer}:tool:0:0"]
     finally:
         second.stop()
+
+
+async def test_undo_over_http_restores_the_todo_once_and_a_second_undo_is_refused(app, fresh_llm):
+    fresh_llm.script = DELETE
+    async with Chat(app) as chat:
+        answer, question = await asked_delete(chat)
+        await chat.client.post(f"/api/chat/approvals/{question['key']}/approve")
+        await chat.settled(answer, warning=False)
+        [entry] = [e for e in (await chat.client.get("/api/chat/conversation")).json()["entries"]
+                   if e.get("message_id") == answer]
+        [result] = entry["results"]
+        assert result["text"] == DELETED[2:] and result["undoable"] and not result["undone"]
+        undone = await chat.client.post(f"/api/chat/actions/{result['key']}/undo")
+        assert undone.status_code == 200 and undone.json()["text"] == f"The user undid: {DELETED[2:]}"
+        assert await chat.todos() == ["buy milk"]
+        again = await chat.client.post(f"/api/chat/actions/{result['key']}/undo")
+        assert again.status_code == 409 and "undone already" in again.json()["error"]
+        assert (await chat.client.post("/api/chat/actions/nope:0/undo")).status_code == 404
+        assert (await chat.sidebar()).count(f"The user undid: {DELETED[2:]}") == 1  # the model is told, once
+
+
+async def test_undo_after_the_user_renamed_the_todo_is_refused_with_the_reason(app, fresh_llm):
+    fresh_llm.script = Rounds(Reply(chunks=[Chunk(tool_calls=[ToolCall("todo_insert", {"name": "buy milk"})])]),
+                              Reply(chunks=["Added."]))
+    async with Chat(app) as chat:
+        answer = await chat.ask("add milk")
+        await chat.settled(answer, warning=False)
+        async with chat.tab() as ws:
+            await chat.send(ws, "todo.edit", id="1", name="buy oat milk")
+            await frame_with(ws, "buy oat milk", "the rename")
+        [entry] = [e for e in (await chat.client.get("/api/chat/conversation")).json()["entries"]
+                   if e.get("message_id") == answer]
+        refused = await chat.client.post(f"/api/chat/actions/{entry['results'][0]['key']}/undo")
+        assert refused.status_code == 409 and "changed since" in refused.json()["error"]
+        assert await chat.todos() == ["buy oat milk"]

@@ -24,11 +24,15 @@ page's session, or `Authorization: Bearer <token>`; 400 invalid, 401 no access, 
     POST /api/chat/approvals/{key}/approve → 200 {"key", "decision": "approved"}: the action runs (once); 409
                                           when it was decided already (by any tab, client or server)
     POST /api/chat/approvals/{key}/reject  → 200 {"key", "decision": "rejected"}: the model is told
+    POST /api/chat/actions/{key}/undo     → 200 {"key", "text"}: an action the LLM ran (an answer's `results`)
+                                          taken back, once; 409 with the reason when it cannot be (undone
+                                          already, not undoable, the data changed since)
 
 Following (`/api/chat/events`): without `Last-Event-ID` the first event is `chat.snapshot` (what
 `/conversation` returns); then `chat.entry` (a new entry), `chat.state` (an answer's status changed) and
 `chat.thinking` (an answer's thinking began), each with `id:` a cursor (see timeline.py) that resumes exactly
-after it; `chat.approval` (an action asked or decided: the question as `/approvals` lists it; no id, a state); `chat.status` (the LLM status, no id: it is a state, sent at every connect and when it changes);
+after it; `chat.approval` (an action asked or decided: the question as `/approvals` lists it; no id, a state);
+`chat.undo` (`{"key", "answer_id"}`: an action was undone; no id); `chat.status` (the LLM status, no id: it is a state, sent at every connect and when it changes);
 `: keep-alive` comments every KEEPALIVE_S; `signed-out` (`{"reason"}`, then the stream ends) when the token or
 session it was opened with is revoked. With `Last-Event-ID` the stream resumes from that cursor, or starts
 with a `chat.snapshot` when it cannot (`"reason"` says why). Answers' text streams on
@@ -45,7 +49,7 @@ from typing import Any
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, StreamingResponse
 
-from quanda import approvals
+from quanda import approvals, undo
 from quanda.context import ClientError, Handle
 
 from quanda.access import handle_of
@@ -119,7 +123,7 @@ async def follow(request):
     limit = limit_of(request)
     resumed = request.headers.get("last-event-id")
     view = timeline.View.parse(resumed)
-    woke, badge, asked = asyncio.Event(), [False], []
+    woke, badge, asked, undone = asyncio.Event(), [False], [], []
 
     def on_fact(topic: str, fact: dict) -> None:
         if fact.get("owner") != h.owner or not topic.startswith("chat.") or topic in QUIET_TOPICS:
@@ -127,6 +131,8 @@ async def follow(request):
         badge[0] = badge[0] or topic == "chat.badge"
         if topic == approvals.TOPIC and fact.get("key") not in asked:
             asked.append(fact.get("key"))
+        if topic == undo.TOPIC:
+            undone.append({"key": fact.get("key"), "answer_id": fact.get("answer_id")})
         woke.set()
 
     async def stream():
@@ -152,6 +158,8 @@ async def follow(request):
                     question = await approvals.one(h, asked.pop(0))
                     if question is not None:
                         yield sse("chat.approval", question)
+                while undone:
+                    yield sse("chat.undo", undone.pop(0))
                 try:  # a fact wakes us; so does the keep-alive, which also re-reads (a fact lost is caught)
                     await asyncio.wait_for(woke.wait(), KEEPALIVE_S)
                 except asyncio.TimeoutError:
@@ -245,6 +253,17 @@ async def approve(request, key: str):
 @guarded
 async def reject(request, key: str):
     return await decide(request, key, False)
+
+
+@router.post("/api/chat/actions/{key}/undo")
+@guarded
+async def undo_action(request, key: str):
+    h = await handle_of(request)
+    try:
+        text = await undo.undo(h, key)
+    except ClientError as exc:
+        return error(404 if str(exc) == "no such action here" else 409, str(exc))
+    return JSONResponse({"key": key, "text": text})
 
 
 @router.post("/api/chat/new")

@@ -34,7 +34,7 @@ from quanda.context import Handle
 from quanda.core import QuandaError
 from quanda.core import MessageRecord
 
-from quanda import approvals
+from quanda import approvals, undo
 
 from . import answers, conversation, outcome
 
@@ -162,8 +162,16 @@ async def entry_json(h: Handle, key: str, entry: dict[str, Any]) -> dict[str, An
         thinking = await record_of(h, entry["thinking_id"]) if entry.get("thinking_id") else None
         out.update(status=answer_status(entry, record), model=entry.get("model"),
                    thinking_id=entry.get("thinking_id"), thinking=message_json(thinking),
-                   **outcome.as_json(entry, record), approvals=await approvals_of(h, entry))
+                   **outcome.as_json(entry, record), approvals=await approvals_of(h, entry),
+                   results=await results_of(h, entry))
     return out
+
+
+async def results_of(h: Handle, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The actions an answer ran that changed something: what each did, whether it can be undone or was."""
+    if not entry.get("acted"):
+        return []
+    return [{k: r[k] for k in ("key", "text", "undoable", "undone")} for r in await undo.results_of(h, entry["message_id"])]
 
 
 async def approvals_of(h: Handle, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -214,7 +222,8 @@ async def changes(h: Handle, view: View, limit: int) -> AsyncIterator[tuple[str,
         if now != status:
             view.track(ns, now, bool(entry.get("thinking_id")))
             yield "chat.state", {"key": str(ns), "message_id": entry.get("message_id"), "status": now,
-                                 **outcome.as_json(entry, record), "approvals": await approvals_of(h, entry)}
+                                 **outcome.as_json(entry, record), "approvals": await approvals_of(h, entry),
+                                 "results": await results_of(h, entry)}
     for ns, key, entry in sorted(fresh, key=lambda item: item[0]):
         item = await entry_json(h, key, entry)
         view.add(ns)

@@ -72,7 +72,8 @@ async def test_approve_pressed_in_two_tabs_at_once_deletes_once(app_server, llm,
         text = "".join(await bubble(tab).locator(".md").all_text_contents())
         assert text.count("✓ Deleted the todo 'buy milk' (id 1).") == 1, text
         await expect(card(tab)).to_contain_text("Approved")
-    assert len([r for r in llm.chat_requests]) == 2  # the model was asked once more, not twice
+    assert len(llm.chat_requests) == 2  # the model was asked once more, not twice
+    await refused_in_one(tab1, tab2, "already approved")  # the press that lost is told why
 
 
 async def test_a_reload_while_pending_shows_the_card_again(app_server, llm, browser):
@@ -85,3 +86,53 @@ async def test_a_reload_while_pending_shows_the_card_again(app_server, llm, brow
     await card(tab).get_by_role("button", name="Approve").click()
     await expect(tab.locator("#todo-list .todo-name")).to_have_count(0, timeout=EXPECT_MS)
     await expect(bubble(tab)).to_contain_text("That is done.", timeout=EXPECT_MS)
+
+
+async def refused_in_one(tab1, tab2, pattern: str) -> None:
+    """The tab whose press lost shows why (the notice under the chat); the other shows none."""
+    found = "(t) => new RegExp(t).test(document.getElementById('chat-notice').textContent)"
+    waits = [asyncio.ensure_future(tab.wait_for_function(found, arg=pattern, timeout=EXPECT_MS))
+             for tab in (tab1, tab2)]
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in pending:
+        wait.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    notices = [await tab.locator("#chat-notice").text_content() for tab in (tab1, tab2)]
+    assert len([n for n in notices if n]) == 1, notices
+
+
+def result_card(tab):
+    return bubble(tab).get_by_role("group", name="Action result")
+
+
+async def test_undo_restores_the_todo_once_and_a_second_undo_is_refused(app_server, llm, browser):
+    llm.script = DELETE
+    tab1, tab2 = await tabs(browser, app_server.url, 2)
+    await asked(tab1)
+    await card(tab1).get_by_role("button", name="Approve").click()
+    await expect(tab1.locator("#todo-list .todo-name")).to_have_count(0, timeout=EXPECT_MS)
+    for tab in (tab1, tab2):
+        await expect(result_card(tab).get_by_role("button", name="Undo")).to_be_visible(timeout=EXPECT_MS)
+    press = "document.querySelector('#msg-list [data-testid=undo]').click()"
+    await asyncio.gather(tab1.evaluate(press), tab2.evaluate(press))  # a second Undo, at the same time
+    for tab in (tab1, tab2):
+        await expect(tab.locator("#todo-list .todo-name")).to_have_text(["buy milk"], timeout=EXPECT_MS)
+        await expect(result_card(tab)).to_contain_text("Undone", timeout=EXPECT_MS)
+        await expect(result_card(tab).get_by_role("button", name="Undo")).to_have_count(0)
+        await expect(tab.locator("#msg-list .event-line").filter(has_text="The user undid")).to_have_count(1)
+    await refused_in_one(tab1, tab2, "undone already|changed since")
+
+
+async def test_undo_after_the_user_renamed_the_todo_is_refused_with_a_reason(app_server, llm, browser):
+    llm.script = Rounds(Reply(chunks=[Chunk(tool_calls=[ToolCall("todo_insert", {"name": "buy milk"})])]),
+                        Reply(chunks=["Added it."]))
+    [tab] = await tabs(browser, app_server.url, 1)
+    await ask(tab, "add buy milk")
+    await expect(result_card(tab).get_by_role("button", name="Undo")).to_be_visible(timeout=EXPECT_MS)
+    await tab.locator("#todo-1 .todo-name").dblclick()
+    await tab.locator("#todo-1-edit").fill("buy oat milk")
+    await tab.locator("#todo-1-edit").press("Enter")
+    await expect(tab.locator("#todo-1 .todo-name")).to_have_text("buy oat milk", timeout=EXPECT_MS)
+    await result_card(tab).get_by_role("button", name="Undo").click()
+    await expect(tab.locator("#chat-notice")).to_contain_text("changed since", timeout=EXPECT_MS)
+    await expect(tab.locator("#todo-list .todo-name")).to_have_text(["buy oat milk"])
