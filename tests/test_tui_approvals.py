@@ -60,3 +60,13 @@ async def test_ctrl_y_approves_and_ctrl_x_rejects_the_waiting_action(server, llm
         await settled(app, kept, "Kept.")
         assert "✗ todo_delete not run: the user rejected it" in kept.message.content
         await app.until(lambda: "Rejected:" in approvals_shown(app, kept), WAIT_S, "the rejection shown")
+
+        adding_eggs = app.conv.entries[-3]  # the answer that added the eggs (before the question "delete eggs")
+        assert "Added the todo 'buy eggs'" in adding_eggs.message.content
+        await app.until(lambda: "^Z undo" in approvals_shown(app, adding_eggs), WAIT_S, "Undo offered")
+        await pilot.press("ctrl+z")  # the newest action that can be undone: the eggs added
+        await app.until(lambda: "Undone:" in approvals_shown(app, adding_eggs), WAIT_S, "the add undone")
+        await pilot.press("ctrl+z")  # then the delete of the milk: it comes back
+        await app.until(lambda: "Undone:" in approvals_shown(app, deleting), WAIT_S, "the delete undone")
+        await app.until(lambda: any(e.type == "event" and "The user undid: Deleted the todo 'buy milk'" in e.text
+                                    for e in app.conv.entries), WAIT_S, "the model told")

@@ -63,6 +63,7 @@ class QuandaTUI(Readers, App):
         Binding("ctrl+r", "retry", "Retry", priority=True),
         Binding("ctrl+y", "decide(True)", "Approve", priority=True),
         Binding("ctrl+x", "decide(False)", "Reject", priority=True),
+        Binding("ctrl+z", "undo", "Undo", priority=True),
         Binding("ctrl+n", "new_conversation", "New conversation", priority=True),
         Binding("ctrl+o", "toggle_thinking", "Thinking", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
@@ -270,6 +271,14 @@ class QuandaTUI(Readers, App):
             return
         title = "Not approved" if approve else "Not rejected"
         self.spawn(self.call(self.client.decide(question["key"], approve), title), "decide")
+
+    def action_undo(self) -> None:
+        """Take back the newest action the assistant ran that can be (the server refuses with the reason)."""
+        result = self.conv.undoable()
+        if result is None:
+            self.tell("No action of the assistant can be undone.", severity="warning")
+            return
+        self.spawn(self.call(self.client.undo(result["key"]), "Not undone"), "undo")
 
     def action_new_conversation(self) -> None:
         self.spawn(self.call(self.client.new_conversation(), "No new conversation"), "new")

@@ -161,6 +161,9 @@ class QuandaClient:
         verb = "approve" if approve else "reject"
         return (await self.request("POST", f"/api/chat/approvals/{quote(key, safe='')}/{verb}", {}))[1]
 
+    async def undo(self, key: str) -> dict[str, Any]:
+        return (await self.request("POST", f"/api/chat/actions/{quote(key, safe='')}/undo", {}))[1]
+
     async def new_conversation(self) -> dict[str, Any]:
         return (await self.request("POST", "/api/chat/new", {}))[1]
 

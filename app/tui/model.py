@@ -94,6 +94,7 @@ class Entry:
     reason: str = ""  # why, for an unfinished one
     usage: dict[str, Any] | None = None
     approvals: list[dict[str, Any]] = field(default_factory=list)  # actions it asked to run, decided or not
+    results: list[dict[str, Any]] = field(default_factory=list)  # actions it ran: undoable, undone
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Entry":
@@ -111,6 +112,8 @@ class Entry:
         if "outcome" in data:
             self.outcome, self.reason = data.get("outcome") or "", data.get("reason") or ""
             self.usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        if isinstance(data.get("results"), list):
+            self.results = [r for r in data["results"] if isinstance(r, dict) and isinstance(r.get("key"), str)]
         if isinstance(data.get("approvals"), list):
             self.approvals = [q for q in data["approvals"] if isinstance(q, dict) and isinstance(q.get("key"), str)]
 
@@ -152,6 +155,23 @@ class Conversation:
     def pending_approval(self) -> dict[str, Any] | None:
         """The oldest action of the newest answer that waits for a decision."""
         return next((e.pending()[0] for e in reversed(self.entries) if e.type == ANSWER and e.pending()), None)
+
+    def undoable(self) -> dict[str, Any] | None:
+        """The newest action that Undo can take back."""
+        for entry in reversed(self.entries):
+            found = [r for r in entry.results if r.get("undoable")]
+            if entry.type == ANSWER and found:
+                return found[-1]
+        return None
+
+    def set_undone(self, key: str) -> None:
+        """An action was undone (a chat.undo event)."""
+        for entry in self.entries:
+            for result in entry.results:
+                if result.get("key") == key:
+                    result.update(undone=True, undoable=False)
+                    self._touch(entry.message)
+                    return
 
     def set_approval(self, question: dict[str, Any]) -> None:
         """An action asked or decided (a chat.approval event)."""

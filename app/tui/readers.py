@@ -70,6 +70,8 @@ class Readers:
             self.conv.set_status(data)
         elif name == "chat.approval":
             self.conv.set_approval(data)
+        elif name == "chat.undo":
+            self.conv.set_undone(data.get("key"))
         elif name == "chat.error":
             self.show_problem("conversation", Problem(data.get("error", "the server had a problem"), "reconnecting"))
         self.sync_followers()

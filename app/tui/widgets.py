@@ -115,8 +115,9 @@ class AnswerView(EntryView):
         for md in self.query(MessageMarkdown):
             await md.draw()
         approvals = self.query_one(".approvals", Static)
-        self.set_text(approvals, "\n".join(approval_line(q) for q in self.entry.approvals))
-        approvals.display = bool(self.entry.approvals)
+        lines = [result_line(r) for r in self.entry.results] + [approval_line(q) for q in self.entry.approvals]
+        self.set_text(approvals, "\n".join(lines))
+        approvals.display = bool(lines)
         message = self.entry.message
         text = message.warning if message is not None else ""
         if not text and self.entry.outcome in FINAL_TEXT and self.entry.status == "final":
@@ -140,6 +141,14 @@ class AnswerView(EntryView):
 
 
 DECIDED = {"approved": "approved", "rejected": "rejected", "expired": "not approved in time"}
+
+
+def result_line(result: dict) -> str:
+    """An action the assistant ran: what it did, and whether ^Z can take it back (or did)."""
+    text = escape(str(result.get("text", "")))
+    if result.get("undone"):
+        return f"[b]Undone:[/b] {text}"
+    return f"[b]Done:[/b] {text}" + (" — ^Z undo" if result.get("undoable") else "")
 
 
 def approval_line(question: dict) -> str:
