@@ -95,6 +95,9 @@ class CommandSpec:
     name: str = ""  # the tool's name, when not `<target>_<action>` (a host's action: its function's name)
     # whether a call waits for the user's Approve (quanda.approvals): True, or a predicate of its arguments
     approval: bool | Callable[[dict], bool] = False
+    # how a run of it shows in the answer (quanda.undo's result cards): `fn(result) -> FT`, where `result` has
+    # "text", "args", "before", "after" (the CommandResult's) and "undone"; None: its text
+    result_view: Callable[[dict], Any] | None = None
 
     @property
     def tool_name(self) -> str:

@@ -62,6 +62,7 @@ class Action:
     injected: tuple[str, ...]
     idempotent: bool = False
     approval: Any = False  # True, or a predicate of the call's arguments: the call waits for the user's Approve
+    result: Any = None  # fn(result) -> FT: how a run shows in the answer (result: text, args, before, after)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # the host may still call its function itself
         return self.fn(*args, **kwargs)
@@ -99,9 +100,10 @@ def _field(name: str, hint: Any, required: bool) -> Field:
 
 
 def action(fn: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False,
-           approval: bool | Callable[[dict], bool] = False) -> Any:
+           approval: bool | Callable[[dict], bool] = False, result: Callable[[dict], Any] | None = None) -> Any:
     """Make `fn` an Action: `@action`, or `@action(name=…, idempotent=True, approval=True)` (`approval`: the
-    user approves each call first; or a predicate of the call's arguments saying which calls need it)."""
+    user approves each call first; or a predicate of the call's arguments saying which calls need it; `result`:
+    the FT component a run shows as in the answer, given {"text", "args", "before", "after", "undone"})."""
     def make(fn: Callable[..., Any]) -> Action:
         if isinstance(fn, Action):
             return fn
@@ -119,7 +121,7 @@ def action(fn: Callable[..., Any] | None = None, *, name: str | None = None, ide
             fields[pname] = _field(pname, hints[pname], param.default is param.empty)
         doc = inspect.getdoc(fn) or ""
         return Action(fn, name or fn.__name__, doc.split("\n\n")[0].replace("\n", " ").strip() or fn.__name__,
-                      fields, tuple(injected), idempotent, approval)
+                      fields, tuple(injected), idempotent, approval, result)
     return make(fn) if fn is not None else make
 
 
@@ -156,9 +158,10 @@ class Quanda:
     # -- what the host declares ---------------------------------------------------------------------------
 
     def action(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-               idempotent: bool = False, approval: bool | Callable[[dict], bool] = False) -> Any:
+               idempotent: bool = False, approval: bool | Callable[[dict], bool] = False,
+               result: Callable[[dict], Any] | None = None) -> Any:
         def add(fn: Callable[..., Any]) -> Action:
-            made = action(fn, name=name, idempotent=idempotent, approval=approval)
+            made = action(fn, name=name, idempotent=idempotent, approval=approval, result=result)
             self.actions.append(made)
             return made
         return add(fn) if fn is not None else add
@@ -248,7 +251,7 @@ class Quanda:
                           effect=effect, rerun=act.idempotent)
         example = {"action": act.name, "target": self.name, "args": {n: f.type.__name__ for n, f in act.fields.items()}}
         return CommandSpec(self.name, act.name, act.fields, json.dumps(example), plan, act.description, name=act.name,
-                           approval=act.approval)
+                           approval=act.approval, result_view=act.result)
 
     def plugin(self):
         from quanda.plugin import Plugin

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import time
 
-from quanda.commands import CLAIM_KIND
+import logging
+
+from quanda.commands import CLAIM_KIND, command_specs
 from quanda.context import ClientError, Handle
 from quanda.core import QuandaError
+
+log = logging.getLogger("quanda.undo")
 
 KIND = "undo"
 TOPIC = "chat.undo"
@@ -28,10 +32,32 @@ async def results_of(h: Handle, answer_id: str) -> list[dict]:
         if claim.get("state") != "done" or not claim.get("ok") or not (claim.get("ops") or claim.get("effect")):
             continue  # refused, or changed nothing (a listing): no card
         undone = await h.store.get_record(KIND, key) is not None
-        found.append({"key": key, "text": claim["result"], "undone": undone,
-                      "undoable": bool(claim.get("undo")) and not undone,
-                      "command": claim.get("command"), "after": claim.get("after")})
+        result = {"key": key, "text": claim["result"], "undone": undone,
+                  "undoable": bool(claim.get("undo")) and not undone,
+                  "args": command_of(claim).get("args") or {}, "before": claim.get("before"),
+                  "after": claim.get("after")}
+        result["view"] = view_of(h, claim, result)
+        found.append(result)
     return found
+
+
+def command_of(claim: dict) -> dict:
+    """The JSON command a claim ran (a tool call's claim holds it inside the call's record)."""
+    command = claim.get("command") or {}
+    return command.get("command") or {} if "tool" in command else command
+
+
+def view_of(h: Handle, claim: dict, result: dict):
+    """The component the action's plugin (or host) gives for its result, or None (its text shows)."""
+    command = command_of(claim)
+    spec = command_specs(h.ctx.plugins).get((command.get("target"), command.get("action")))
+    if spec is None or spec.result_view is None:
+        return None
+    try:
+        return spec.result_view({k: result[k] for k in ("text", "args", "before", "after", "undone")})
+    except Exception:  # noqa: BLE001 - a plugin's view bug shows the text instead
+        log.exception("the result view of %s failed", spec.tool_name)
+        return None
 
 
 async def undo(h: Handle, key: object) -> str:

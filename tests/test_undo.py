@@ -100,3 +100,30 @@ async def test_an_action_marked_not_undoable_offers_no_undo_and_strangers_cannot
         with pytest.raises(ClientError, match="no such action"):
             await undo.undo(h.ctx.handle("owner-2") if key == added["key"] else h, key)
     assert [t["name"] for t in await todos(h)] == ["x"]
+
+
+async def test_a_result_shows_as_the_plugins_component_linking_to_the_row(make_handle, srv):
+    from fasthtml.common import to_xml
+
+    from quanda.components.answer import ResultCard
+    h = make_handle()
+    srv.script = calling(ToolCall("todo_insert", {"name": "buy <milk>"}))
+    answer_id = await ran(h)
+    [result] = await undo.results_of(h, answer_id)
+    card = to_xml(ResultCard(result))
+    assert 'href="/p/todo#todo-1"' in card and "buy &lt;milk&gt;" in card and 'data-testid="undo"' in card
+    await undo.undo(h, result["key"])
+    [result] = await undo.results_of(h, answer_id)
+    card = to_xml(ResultCard(result))
+    assert "Undone" in card and 'data-testid="undo"' not in card
+
+
+async def test_a_result_view_that_fails_shows_the_text(make_handle, srv):
+    async def stamp(h, args) -> Change:
+        return Change(CommandResult(True, "Stamped."), (("put", "stamp", h.owner, {"n": 1}),))
+
+    spec = CommandSpec("stamp", "now", {}, run=stamp, description="Stamp.", result_view=lambda result: 1 / 0)
+    h = make_handle(extra=[Plugin(name="stamp", label="Stamp", commands=[spec])])
+    srv.script = calling(ToolCall("stamp_now", {}))
+    [result] = await undo.results_of(h, await ran(h))
+    assert result["view"] is None and result["text"] == "Stamped."

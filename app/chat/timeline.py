@@ -171,7 +171,8 @@ async def results_of(h: Handle, entry: dict[str, Any]) -> list[dict[str, Any]]:
     """The actions an answer ran that changed something: what each did, whether it can be undone or was."""
     if not entry.get("acted"):
         return []
-    return [{k: r[k] for k in ("key", "text", "undoable", "undone")} for r in await undo.results_of(h, entry["message_id"])]
+    return [{k: r[k] for k in ("key", "text", "undoable", "undone")}
+            for r in await undo.results_of(h, entry["message_id"])]
 
 
 async def approvals_of(h: Handle, entry: dict[str, Any]) -> list[dict[str, Any]]:

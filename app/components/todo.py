@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from fasthtml.common import (H3, A, Article, Button, Div, Form, Hidden, Input, Label, Li, Nav, P, Span, Strong,
+from fasthtml.common import (H3, A, Del, Article, Button, Div, Form, Hidden, Input, Label, Li, Nav, P, Span, Strong,
                              Ul)
 
 from . import ids
@@ -116,3 +116,16 @@ def TodoPage(items: list[dict]):
         P("Double-click a todo (or press Enter on it) to edit it: Enter saves, Escape cancels.",
           cls="muted todo-help"),
         cls="card", id="todo-card", data_filter="all")
+
+
+def TodoResult(result: dict):
+    """An LLM's action on a todo, in its answer: the row as the action left it (as it was, for a delete),
+    a link to its place on the Todos page."""
+    item = result.get("after") if isinstance(result.get("after"), dict) else result.get("before")
+    if not isinstance(item, dict) or "id" not in item:
+        return Span(result.get("text", ""), cls="result-text")
+    gone = result.get("after") is None and not result.get("undone")
+    name = A(item.get("name", ""), href=f"/p/todo#{ids.todo_item_id(item['id'])}", cls="result-todo",
+             title="Show it on the Todos page", data_testid="result-link")
+    return Div(Span("✓ " if item.get("done") else "○ ", cls="result-todo-state"), Del(name) if gone else name,
+               Span(f" — {result.get('text', '')}", cls="result-text muted"), cls="result-todo-row")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 from quanda.components import ids
-from quanda.components.todo import AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage, TodoSummary
+from quanda.components.todo import AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage, TodoResult, TodoSummary
 from quanda.api import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change, near
 
 KIND = "todo"
@@ -279,16 +279,17 @@ COMMANDS = [
                 "List the user's todos with their ids."),
     CommandSpec("todo", "insert", {"name": Field(str, required=True, max_len=MAX_NAME)},
                 '{"action": "insert", "target": "todo", "args": {"name": "buy milk"}}',
-                lambda h, args: plan_add(h, args["name"]), "Add a todo."),
+                lambda h, args: plan_add(h, args["name"]), "Add a todo.", result_view=TodoResult),
     CommandSpec("todo", "update", {"id": TODO_ID, "name": Field(str, max_len=MAX_NAME), "done": Field(bool)},
                 '{"action": "update", "target": "todo", "args": {"id": 3, "name": "buy oat milk"}}',
                 lambda h, args: plan_update(h, args["id"], args.get("name"), args.get("done")),
-                "Rename a todo and/or mark it done or not done."),
+                "Rename a todo and/or mark it done or not done.", result_view=TodoResult),
     CommandSpec("todo", "toggle", {"id": TODO_ID}, '{"action": "toggle", "target": "todo", "args": {"id": 3}}',
-                lambda h, args: plan_toggle(h, args["id"]), "Flip a todo between done and not done."),
+                lambda h, args: plan_toggle(h, args["id"]), "Flip a todo between done and not done.",
+                result_view=TodoResult),
     CommandSpec("todo", "delete", {"id": TODO_ID}, '{"action": "delete", "target": "todo", "args": {"id": 3}}',
                 lambda h, args: plan_delete(h, args["id"]), "Delete a todo (the user approves it first).",
-                approval=True),
+                approval=True, result_view=TodoResult),
 ]
 
 plugin = Plugin(

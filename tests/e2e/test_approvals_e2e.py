@@ -137,3 +137,17 @@ async def test_undo_after_the_user_renamed_the_todo_is_refused_with_a_reason(app
     await result_card(tab).get_by_role("button", name="Undo").click()
     await expect(tab.locator("#chat-notice")).to_contain_text("changed since", timeout=EXPECT_MS)
     await expect(tab.locator("#todo-list .todo-name")).to_have_text(["buy oat milk"])
+
+
+async def test_a_result_card_shows_the_row_and_leads_to_its_place(app_server, llm, browser):
+    llm.script = Rounds(Reply(chunks=[Chunk(tool_calls=[ToolCall("todo_insert", {"name": "buy milk"})])]),
+                        Reply(chunks=["Added it."]))
+    [tab] = await tabs(browser, app_server.url, 1)
+    await tab.goto(app_server.url + "/p/chat")
+    await expect(tab.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+    await ask(tab, "add buy milk")
+    link = result_card(tab).get_by_role("link", name="buy milk")
+    await expect(link).to_be_visible(timeout=EXPECT_MS)
+    await link.click()
+    await expect(tab).to_have_url(app_server.url + "/p/todo#todo-1", timeout=EXPECT_MS)
+    await expect(tab.locator("#todo-1 .todo-name")).to_have_text("buy milk", timeout=EXPECT_MS)
