@@ -4,7 +4,8 @@ validated against the schemas plugins register, executed exactly once.
 Extraction (`extract`) scans the answer in one linear pass: ```json fences (an object, several objects or an
 array of them) and bare objects in the prose; other code fences (```python …) are examples, not commands.
 Inside an object, JSON strings are tracked, so braces in strings do not end it; outside, quotes are prose.
-Only objects with an "action" key are commands.
+Only objects with an "action" (or "operation") key are commands; the forms models write besides the one a
+command runs as are brought to it by `command_forms` (or refused there, saying why).
 
 Exactly once: each command has a key (`<message id>:<position>`). A command's operation first *plans* its
 change (`Change`: record ops, what to say, facts to publish) without writing; then the claim — a record
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from quanda import command_forms
 from quanda.core.store.fencing import current_fence
 from quanda.llm import tool_definition
 
@@ -119,8 +121,7 @@ def extract(text: str) -> list[Finding]:
     cursor = 0
     for fence in _FENCE_RE.finditer(text):
         _scan(text[cursor:fence.start()], findings)
-        lang = fence.group("lang").strip().lower()
-        if lang in ("json", ""):
+        if command_forms.is_command_tag(fence.group("lang")):
             _scan_json_block(fence.group("body"), findings)
         cursor = fence.end()
     _scan(text[cursor:], findings)
@@ -129,13 +130,13 @@ def extract(text: str) -> list[Finding]:
 
 def _scan_json_block(body: str, findings: list[Finding]) -> None:
     try:
-        value = json.loads(body)
+        value = command_forms.loads(body)
     except ValueError:
         _scan(body, findings)
         return
     for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, dict) and "action" in item:
-            findings.append(Finding(len(findings), item))
+        if command_forms.looks_like_command(item):
+            _found(item, findings)
 
 
 def _scan(text: str, findings: list[Finding]) -> None:
@@ -160,19 +161,25 @@ def _scan(text: str, findings: list[Finding]) -> None:
             depth -= 1
             if depth == 0:
                 _add(text[start:i + 1], findings)
-    if depth > 0 and '"action"' in text[start:]:
+    if depth > 0 and command_forms.mentions_command(text[start:]):
         findings.append(Finding(len(findings), None, "a command was cut off before its end (incomplete JSON)"))
 
 
 def _add(candidate: str, findings: list[Finding]) -> None:
     try:
-        value = json.loads(candidate)
+        value = command_forms.loads(candidate)
     except ValueError as exc:
-        if '"action"' in candidate:
+        if command_forms.mentions_command(candidate):
             findings.append(Finding(len(findings), None, f"malformed command JSON ({exc.msg})"))
         return
-    if isinstance(value, dict) and "action" in value:
-        findings.append(Finding(len(findings), value))
+    if command_forms.looks_like_command(value):
+        _found(value, findings)
+
+
+def _found(value: dict, findings: list[Finding]) -> None:
+    """A command in any accepted form (command_forms), in the one form it runs as; or why it cannot run."""
+    command, why = command_forms.canonical(value)
+    findings.append(Finding(len(findings), command, why))
 
 
 def validate(command: dict | None, specs: dict[tuple[str, str], CommandSpec]) -> tuple[CommandSpec | None, str]:
