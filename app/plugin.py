@@ -34,7 +34,7 @@ ENTRY_POINT_GROUP = "quanda.plugins"
 BUILTIN_PLUGINS = ("quanda.plugins.todo", "quanda.plugins.simulator", "quanda.chat", "quanda.http_api")
 ASSET_SUFFIXES = (".js", ".css")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-HOOKS = ("page", "startup", "prompt_context", "sidebar", "on_event", "on_navigate", "ask")
+HOOKS = ("page", "startup", "prompt_context", "sidebar", "on_event", "on_navigate", "ask", "suggest")
 
 
 class PluginError(Exception):
@@ -62,6 +62,7 @@ class Plugin:
     on_event: Callable[[Handle, str], Awaitable[None]] | None = None  # an ambient event happened ("You added …")
     on_navigate: Callable[[Handle, str | None], Awaitable[None]] | None = None  # a tab opened a plugin's page (its name; None: home). Not an ambient event: a plugin that wants the LLM told posts one itself
     ask: Callable[..., Awaitable[str]] | None = None  # ask(h, question, model) -> answer id (the HTTP API's /answer)
+    suggest: Callable[[Handle], Awaitable[list[str]]] | None = None  # prompts to suggest under the chat's input, from its state
     assets: Sequence[str | Path] = ()  # its own .js/.css files: served at /static/plugins/<name>/<file>, linked in every page's head
 
     def asset_urls(self) -> list[tuple[str, Path]]:

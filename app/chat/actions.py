@@ -113,9 +113,11 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
 
 
 async def sidebar(h: Handle):
+    from .suggest import view as suggestions  # (suggest imports answers, as this module does)
     return ChatSidebar(await history(h, limit=HISTORY_ENTRIES * 2), await badge(h),
                        await chat_input(h, restore=True),
-                       ConversationSettings(await conversation.settings_of(h.store, h.owner)))
+                       ConversationSettings(await conversation.settings_of(h.store, h.owner)),
+                       await suggestions(h, oob=False))
 
 
 async def on_event(h: Handle, text: str, key: str | None = None) -> None:
@@ -266,8 +268,10 @@ async def on_open(h: Handle, data: dict) -> None:
 
 
 async def on_status(h: Handle, data: dict) -> None:
-    """A tab asks for the badge (every QUANDA_LLM_CHECK_S seconds, see static/chat.js)."""
-    await h.send(await badge(h, oob=True))
+    """A tab asks for the badge (every QUANDA_LLM_CHECK_S seconds, see static/chat.js), and with it the
+    suggestions (none while the LLM is unreachable)."""
+    from .suggest import view as suggestions
+    await h.send(await badge(h, oob=True), await suggestions(h))
 
 
 async def answer_info(h: Handle, message_id: str, with_approvals: bool = False):

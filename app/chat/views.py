@@ -18,13 +18,13 @@ from quanda.context import Handle
 from quanda.core import QuandaError
 from quanda.render import render_markdown
 
-from . import actions, answers, conversation, drafts, manage
+from . import actions, answers, conversation, drafts, manage, suggest
 
 CHAT_PAGE = "chat"
 
 
 async def event(h: Handle, fact: dict):
-    return EventLine(fact["text"], oob=True)
+    return [EventLine(fact["text"], oob=True), await suggest.view(h)]
 
 
 async def message(h: Handle, fact: dict):
@@ -61,7 +61,8 @@ async def state(h: Handle, fact: dict):
     if fact["state"] == "generating":
         fragments.append(SendSlot(fact["message_id"], oob=True))
     else:  # the answer ended: Stop gives way to Send, and "an answer is still being written" is no longer true
-        fragments += [SendSlot(await actions.answering(h), oob=True), FieldNotice(ids.CHAT_NOTICE)]
+        fragments += [SendSlot(await actions.answering(h), oob=True), FieldNotice(ids.CHAT_NOTICE),
+                      await suggest.view(h)]
     return fragments
 
 
@@ -110,7 +111,7 @@ async def horizon(h: Handle, fact: dict):
 
 
 async def badge(h: Handle, fact: dict):
-    return await actions.badge(h, oob=True)
+    return [await actions.badge(h, oob=True), await suggest.view(h)]
 
 
 async def switched(h: Handle, fact: dict):

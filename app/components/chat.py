@@ -311,7 +311,15 @@ def MessageList(history: list, oob: bool = False):
               hx_swap_oob="innerHTML" if oob else None)
 
 
-def ChatSidebar(history: list, status=None, chat_input=None, settings=None):
+def Suggestions(prompts: list[str], oob: bool = False):
+    """Prompts to ask with one click (none: an empty element, kept for the next update)."""
+    buttons = [ws_button(text, "chat.send", {"text": text}, cls="suggestion secondary small", data_testid="suggestion",
+                         title="Ask this") for text in prompts]
+    return Div(*buttons, id=ids.CHAT_SUGGESTIONS, cls="chat-suggestions", role="group", aria_label="Suggestions",
+               hx_swap_oob="true" if oob else None)
+
+
+def ChatSidebar(history: list, status=None, chat_input=None, settings=None, suggestions=None):
     return Aside(
         Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS),
             ws_button("New", "chat.new", cls="secondary small", id=ids.CHAT_NEW,
@@ -322,6 +330,7 @@ def ChatSidebar(history: list, status=None, chat_input=None, settings=None):
                    data_jump_for=ids.MSG_LIST, title="Jump to the latest message and follow it"),
             cls="msg-list-wrap"),
         chat_input if chat_input is not None else Div(id=ids.CHAT_FORM),
+        suggestions if suggestions is not None else Suggestions([]),
         settings,
         id="sidebar", aria_label="Chat",
     )

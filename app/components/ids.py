@@ -61,6 +61,7 @@ def msg_thinking_id(message_id: str) -> str:
 CHAT_INPUT = "chat-input"
 CHAT_FORM = "chat-form"
 CHAT_NOTICE = "chat-notice"
+CHAT_SUGGESTIONS = "chat-suggestions"
 CHAT_TURN = "chat-turn"
 CHAT_EDITING = "chat-editing"
 CHAT_CANCEL_EDIT = "chat-cancel-edit"

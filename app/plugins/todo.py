@@ -271,6 +271,24 @@ async def prompt_context(h: Handle) -> str:
     return "The user's todo list now:\n" + "\n".join(lines) + more
 
 
+async def suggest(h: Handle) -> list[str]:
+    """Prompts from the list as it is now (the chat shows up to three)."""
+    items = await todos(h)
+    open_items = [t for t in items if not t["done"]]
+    done = [t for t in items if t["done"]]
+    found = []
+    if not items:
+        found.append("Add three things I need to do this week to my todos")
+    if open_items:
+        many = len(open_items) > 1
+        found.append(f"{len(open_items)} todo{'s are' if many else ' is'} open: which should I do first?")
+    if done:
+        found.append(f"Delete the {len(done)} done todo{'s' if len(done) > 1 else ''}")
+    if open_items:
+        found.append(f"Mark '{open_items[0]['name'][:40]}' done")
+    return found
+
+
 # -- what the LLM can do --------------------------------------------------------------------------------------
 
 TODO_ID = Field(int, required=True)
@@ -303,5 +321,6 @@ plugin = Plugin(
     commands=COMMANDS,
     system_prompt="The Todos page is the user's todo list; you can change it with the todo commands.",
     prompt_context=prompt_context,
+    suggest=suggest,
     assets=(str(files("quanda.static") / "todo.js"),),  # the filters and the inline editor
 )
