@@ -8,7 +8,7 @@ loaded on first use, so `import quanda` stays cheap for the core and the command
 # imports the API (tests/test_public_api.py checks that the two lists agree)
 PUBLIC = frozenset({
     "AppContext", "Handle", "Job", "Plugin", "PluginError", "ClientError", "handle_of", "near", "FieldNotice",
-    "Change", "CommandResult", "CommandSpec", "Field", "apply_change",
+    "Change", "CommandResult", "CommandSpec", "Field", "apply_change", "speak_up",
     "ChunkStream", "MessageRecord", "QuandaError", "QuandaImmutableError", "QuandaMessage", "QuandaNotFoundError",
     "QuandaReader", "QuandaStoreError", "QuandaToken", "QuandaWriter",
     "Action", "Quanda", "action", "readable",

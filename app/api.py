@@ -24,11 +24,21 @@ from quanda.jobs import Job
 from quanda.notices import near
 from quanda.plugin import Plugin, PluginError
 
+
+async def speak_up(h: Handle, reason: str) -> bool:
+    """Ask the assistant to speak now (seed 001's `chatq`): `reason` shows in the conversation as an ambient
+    event, then the assistant answers. Not while an answer is being written, the user types or the LLM is
+    unreachable: False then (nothing was said)."""
+    if "chat" not in h.ctx.state:
+        return False
+    from quanda.chat.speakup import speak
+    return await speak(h, str(reason)[:300])
+
 __all__ = [
     # plugins
     "AppContext", "Handle", "Job", "Plugin", "PluginError", "ClientError", "handle_of", "near", "FieldNotice",
     # commands the LLM may run (plugins) — hosts write `@action` functions instead
-    "Change", "CommandResult", "CommandSpec", "Field", "apply_change",
+    "Change", "CommandResult", "CommandSpec", "Field", "apply_change", "speak_up",
     # the core's messages
     "ChunkStream", "MessageRecord", "QuandaError", "QuandaImmutableError", "QuandaMessage", "QuandaNotFoundError",
     "QuandaReader", "QuandaStoreError", "QuandaToken", "QuandaWriter",

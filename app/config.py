@@ -81,6 +81,11 @@ class Settings:
     approval_timeout_s: float = field(default=3600.0, metadata={"env": "QUANDA_APPROVAL_TIMEOUT_S",
                                       "doc": "Seconds an action waiting for the user's Approve or Reject waits before "
                                              "it counts as not approved (the answer goes on, saying so)"})
+    speak_up_events: int = field(default=3, metadata={"env": "QUANDA_SPEAK_UP_EVENTS",
+                                 "doc": "Speaking up (opt-in per workspace): at most one unprompted answer per this "
+                                        "many ambient events"})
+    speak_up_interval_s: float = field(default=60.0, metadata={"env": "QUANDA_SPEAK_UP_INTERVAL_S",
+                                       "doc": "Speaking up: at most one unprompted answer per this many seconds"})
     api_token: str = field(default="", metadata={"env": "QUANDA_API_TOKEN",
                            "doc": "Local mode: the HTTP API also accepts Authorization: Bearer <token> (acting "
                                   "for the local workspace); accounts mode uses per-user tokens instead"})

@@ -184,6 +184,12 @@ class Quanda:
         """An ambient event ("You added the note 'milk'"): the assistant sees it, the sidebar shows it."""
         await self._context().post_event(workspace, text)
 
+    async def speak_up(self, workspace: str, reason: str) -> bool:
+        """Ask the assistant to speak now, `reason` shown in the conversation (False: not now — an answer is
+        being written, the user types, or the LLM is unreachable)."""
+        from quanda.api import speak_up
+        return await speak_up(self._context().handle(workspace), reason)
+
     async def workspace_of(self, request: Any) -> str | None:
         """The workspace a request of the host's own routes acts for (what Quanda's routes see too)."""
         from quanda.access import connection_owner

@@ -87,7 +87,7 @@ plugin = Plugin(
     startup=startup,
     ws_handlers={"chat.draft": actions.on_draft, "chat.send": actions.on_send, "chat.stop": actions.on_stop,
                  "chat.retry": actions.on_retry, "chat.approve": actions.on_approve, "chat.reject": actions.on_reject,
-                 "chat.undo": actions.on_undo, "chat.edit": actions.on_edit,
+                 "chat.undo": actions.on_undo, "chat.speak_up": actions.on_speak_up, "chat.edit": actions.on_edit,
                  "chat.cancel_edit": actions.on_cancel_edit, "chat.new": actions.on_new,
                  "chat.continue": actions.on_continue, "chat.open": actions.on_open,
                  "chat.status": actions.on_status, "chat.regenerate": actions.on_regenerate,

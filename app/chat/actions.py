@@ -4,12 +4,13 @@ fills. Refusals show in the chat's own notice, above its input (`near`)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from quanda import approvals, undo
 from quanda.components import ids
 from quanda.components.answer import ConversationSettings, HorizonMarker
-from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine,
+from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine, SpeakUpToggle,
                                     PreviousVersion, StatusBadge)
 from quanda.components.conversations import ConversationView
 from quanda.context import ClientError, Handle
@@ -18,6 +19,8 @@ from quanda.core import QuandaError, QuandaWriter, QuandaMessage
 from quanda.render import render_markdown
 
 from . import answers, conversation, drafts, outcome, versions
+
+log = logging.getLogger("quanda.chat")
 
 MAX_QUESTION_CHARS = 32_000
 HISTORY_ENTRIES = 60
@@ -113,11 +116,12 @@ async def history(h: Handle, cid: str | None = None, archived: bool = False, lim
 
 
 async def sidebar(h: Handle):
+    from .speakup import enabled
     from .suggest import view as suggestions  # (suggest imports answers, as this module does)
     return ChatSidebar(await history(h, limit=HISTORY_ENTRIES * 2), await badge(h),
                        await chat_input(h, restore=True),
                        ConversationSettings(await conversation.settings_of(h.store, h.owner)),
-                       await suggestions(h, oob=False))
+                       await suggestions(h, oob=False), SpeakUpToggle(await enabled(h)))
 
 
 async def on_event(h: Handle, text: str, key: str | None = None) -> None:
@@ -132,6 +136,11 @@ async def on_event(h: Handle, text: str, key: str | None = None) -> None:
                                                               time.time_ns()), {**entry, "at": time.time()})]):
         return
     await h.publish("chat.event", text=text)
+    from .speakup import after_event  # (speakup starts answers, as this module does)
+    try:
+        await after_event(h, text)
+    except (ClientError, QuandaError) as exc:  # speaking up is a courtesy: the event is in either way
+        log.warning("speaking up after an event failed: %s", exc)
 
 
 @near(ids.CHAT_NOTICE, clear_on_success=False)
@@ -291,6 +300,13 @@ async def answer_info(h: Handle, message_id: str, with_approvals: bool = False):
                 info.results = await undo.results_of(h, message_id)
             return info
     return None
+
+
+@near(ids.CHAT_NOTICE)
+async def on_speak_up(h: Handle, data: dict) -> None:
+    """Turn speaking up on or off for the workspace (off: silenced)."""
+    from .speakup import set_enabled
+    await set_enabled(h, data.get("on") in (True, "1", "true"))
 
 
 @near(ids.CHAT_NOTICE)

@@ -10,7 +10,7 @@ from fasthtml.common import Div
 
 from quanda.components import ids
 from quanda.components.answer import HorizonGone, HorizonMarker
-from quanda.components.chat import (AppendToList, ChatMessage, DraftPreview, EditingBanner, EventLine,
+from quanda.components.chat import (SpeakUpToggle, AppendToList, ChatMessage, DraftPreview, EditingBanner, EventLine,
                                     MessageActions, MessageList, SendSlot, ThinkingSection, TurnField)
 from quanda.components.conversations import ConversationList
 from quanda.components.notice import FieldNotice
@@ -141,11 +141,15 @@ async def approval(h: Handle, fact: dict):
     return MessageActions(fact["answer_id"], info.status, oob=True, info=info)
 
 
+async def speak_up(h: Handle, fact: dict):
+    return SpeakUpToggle(bool(fact.get("on")), oob=True)
+
+
 async def settings(h: Handle, fact: dict):
     return await manage.settings_view(h, fact)
 
 
 FACT_VIEWS = {"chat.event": event, "chat.settings": settings, "chat.message": message, "chat.state": state, "chat.thinking": thinking,
-              "chat.horizon": horizon, "chat.approval": approval, "chat.undo": approval,
+              "chat.horizon": horizon, "chat.approval": approval, "chat.undo": approval, "chat.speak_up": speak_up,
               "chat.draft": draft, drafts.GONE: draft_gone, "chat.sent": sent, "chat.badge": badge,
               actions.SWITCHED: switched, actions.CONVERSATIONS: conversations}

@@ -319,11 +319,21 @@ def Suggestions(prompts: list[str], oob: bool = False):
                hx_swap_oob="true" if oob else None)
 
 
-def ChatSidebar(history: list, status=None, chat_input=None, settings=None, suggestions=None):
+def SpeakUpToggle(on: bool, oob: bool = False):
+    """Whether the assistant may answer on its own after what the user does (pressing it silences it)."""
+    return ws_button("Speak up: on" if on else "Speak up: off", "chat.speak_up", {"on": not on},
+                     id=ids.CHAT_SPEAK_UP, cls="secondary small", aria_pressed="true" if on else "false",
+                     title="Let the assistant answer on its own after what you do (rate-limited); press again to "
+                           "silence it" if not on else "Silence the assistant: it answers only when asked",
+                     hx_swap_oob="true" if oob else None)
+
+
+def ChatSidebar(history: list, status=None, chat_input=None, settings=None, suggestions=None, speak_up=None):
     return Aside(
         Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS),
             ws_button("New", "chat.new", cls="secondary small", id=ids.CHAT_NEW,
                       title="Start a new conversation (this one is kept: see the Chat page)"),
+            speak_up if speak_up is not None else SpeakUpToggle(False),
             cls="chat-head"),
         Div(MessageList(history),
             Button("↓ Jump to latest", type="button", id=ids.CHAT_JUMP, cls="jump", hidden=True,
