@@ -30,29 +30,38 @@ def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Future | None:
     except BaseException:
         coro.close()
         raise
-    return asyncio.ensure_future(_drive_on(coro, waits_for))
+    return _Driver(coro, waits_for).task
 
 
-async def _drive_on(coro: Coroutine[Any, Any, None], waits_for: Any) -> None:
-    """What a task does with a coroutine that yielded `waits_for` (an asyncio future, or None for a bare
-    yield): wait for it, resume the coroutine (which reads the future's result or exception itself), until it
-    ends; a cancellation of this task reaches the coroutine."""
-    while True:
-        try:
-            if waits_for is None:
+class _Driver:
+    """What a task does with a coroutine that yielded `waits_for` (an asyncio future, or None for a bare yield):
+    waits for it and resumes the coroutine (which reads the future's result or exception itself) until it ends.
+    Cancelling the task — even before it started — cancels what the coroutine waits for, and the coroutine
+    sees a CancelledError."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waits_for: Any):
+        self.coro, self.waits_for = coro, waits_for
+        self.task = asyncio.ensure_future(self._run())
+        self.task.add_done_callback(self._stopped)
+
+    async def _run(self) -> None:
+        while True:
+            if self.waits_for is None:
                 await asyncio.sleep(0)
             else:
-                await asyncio.wait((waits_for,))
-        except asyncio.CancelledError:
-            if waits_for is not None and not waits_for.done():
-                waits_for.cancel()  # the coroutine, resumed, sees its await cancelled
-            else:
-                try:
-                    waits_for = coro.throw(asyncio.CancelledError())
-                except StopIteration:
-                    return
-                continue
-        try:
-            waits_for = coro.send(None)
-        except StopIteration:
+                await asyncio.wait((self.waits_for,))
+            try:
+                self.waits_for = self.coro.send(None)
+            except StopIteration:
+                return
+
+    def _stopped(self, task: asyncio.Future) -> None:
+        if not task.cancelled() or self.coro.cr_frame is None:  # ended by itself
             return
+        if self.waits_for is not None:
+            self.waits_for.cancel()
+        try:
+            self.coro.throw(asyncio.CancelledError())
+        except (StopIteration, asyncio.CancelledError):
+            return
+        self.coro.close()  # it would wait again, for a task that is gone
