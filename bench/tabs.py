@@ -182,10 +182,15 @@ async def open_tab(port: int, cookie: str, fanout: Fanout, source: str) -> Tab:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024 / 1e6
-    return float("nan")
+    """VmRSS of the server: of its workers too with --workers (their supervisor included)."""
+    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                    if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    total = 0.0
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024 / 1e6
+    return total
 
 
 async def add_and_wait(tabs: list[Tab], fanout: Fanout, name: str, timeout: float) -> tuple[list[float], float]:
@@ -217,6 +222,12 @@ async def measure(variant: str, env: dict, counts: list[int], adds: int, log: Pa
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_http(base + "/-/health", server, log)
+        if env.get("QUANDA_WORKERS"):  # until every worker serves (the first one answers /-/health alone)
+            deadline = time.monotonic() + 60
+            while log.read_text().count("Application startup complete") < int(env["QUANDA_WORKERS"]):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the workers did not start")
+                await asyncio.sleep(0.1)  # other processes starting: no event to wait on
         import httpx
         async with httpx.AsyncClient() as http:  # one browser: its session cookie in every tab
             await http.get(base + "/")
