@@ -224,7 +224,9 @@ async def measure(variant: str, env: dict, counts: list[int], adds: int, log: Pa
         await wait_http(base + "/-/health", server, log)
         if env.get("QUANDA_WORKERS"):  # until every worker serves (the first one answers /-/health alone)
             deadline = time.monotonic() + 60
-            while log.read_text().count("Application startup complete") < int(env["QUANDA_WORKERS"]):
+            while sum(1 for line in Path("/proc/net/tcp").read_text().splitlines()[1:]  # sockets listening
+                      if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A") < int(
+                      env["QUANDA_WORKERS"]):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the workers did not start")
                 await asyncio.sleep(0.1)  # other processes starting: no event to wait on

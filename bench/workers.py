@@ -58,6 +58,12 @@ async def one_run(count: int, args: argparse.Namespace, tmp: Path, run: int) -> 
     try:
         await wait_http(llm_base + "/api/tags", llm, tmp / f"{name}-llm.log")
         await wait_http(base + "/-/plugins", server, tmp / f"{name}-server.log")
+        deadline = time.monotonic() + 60
+        while sum(1 for line in Path("/proc/net/tcp").read_text().splitlines()[1:]  # every worker listening
+                  if int(line.split()[1].split(":")[1], 16) == app_port and line.split()[3] == "0A") < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the workers did not all start")
+            await asyncio.sleep(0.05)  # other processes starting: no event to wait on
         pids = workers_of(server.pid) if count > 1 else [server.pid]
         limits = httpx.Limits(max_connections=4 * args.answers, max_keepalive_connections=4 * args.answers)
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60,
