@@ -1,6 +1,6 @@
 """Tokens/s at saturation with 1 and with N server processes on one port (`quanda serve --workers N`).
 
-    python bench/workers.py [--workers 1,2] [--answers 40] [--chunks 10000] [--rate 0] [--repeat 3]
+    python bench/workers.py [--workers 1,2] [--answers 40] [--chunks 10000] [--rate 0] [--repeat 3] [--postgres URL]
 
 Per run: the paced Ollama-wire LLM server (`bench.common.llm_serve`, its own process), the app served by
 `python -m quanda serve --workers N` (SQLite in a temporary folder, the API token set), and this client, all on
@@ -11,6 +11,9 @@ socket each, as bench/load.py does); the connections land on the workers as the 
 line per write would make the Python LLM server, not the app, the bottleneck; `--rate` paces them instead), far
 more than one process can take in, so the figure is what the server side gets through: tokens written and delivered
 per second of wall time, from /go to the last completion. Every SSE stream and stored answer is checked whole.
+
+On SQLite the workers share one database file, whose writes take turns under one lock; with `--postgres URL`
+the same runs on a scratch schema of PostgreSQL, where they do not.
 
 Cores: the workers' CPU (utime + stime, all threads) over the wall time; and the LLM server's and this client's,
 which share the same cores. On this 2-core machine the LLM server and the client take a good part of the second
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import MODEL, MachineLoad, answer_chunks, cpu_seconds, free_port, table, verdict, wait_http  # noqa: E402
+from bench.cross_server import drop_schema, scratch_schema  # noqa: E402
 from bench.load import TOKEN, follow, sse_text  # noqa: E402
 
 
@@ -41,14 +45,14 @@ def workers_of(pid: int) -> list[int]:
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-async def one_run(count: int, args: argparse.Namespace, tmp: Path, run: int) -> dict:
+async def one_run(count: int, args: argparse.Namespace, tmp: Path, run: int, store: str) -> dict:
     import httpx
 
     app_port, llm_port = free_port(), free_port()
     base, llm_base = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{llm_port}"
-    name = f"w{count}-{run}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "QUANDA_PORT": str(app_port),
-           "QUANDA_DB_URL": f"sqlite:///{tmp}/{name}.db", "OLLAMA_HOST": llm_base, "OLLAMA_MODEL": MODEL,
+    name = f"w{count}-{run}-{store}"
+    db_url = scratch_schema(args.postgres) if store == "PostgreSQL" else f"sqlite:///{tmp}/{name}.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "QUANDA_PORT": str(app_port), "QUANDA_DB_URL": db_url, "OLLAMA_HOST": llm_base, "OLLAMA_MODEL": MODEL,
            "QUANDA_API_TOKEN": TOKEN, "QUANDA_WORKERS": str(count)}
     logs = [open(tmp / f"{name}-llm.log", "wb"), open(tmp / f"{name}-server.log", "wb")]
     llm = subprocess.Popen([sys.executable, str(ROOT / "bench" / "load.py"), "--llm-serve", str(llm_port)], cwd=tmp,
@@ -103,11 +107,13 @@ async def one_run(count: int, args: argparse.Namespace, tmp: Path, run: int) -> 
                     process.kill()
         for log in logs:
             log.close()
+        if store == "PostgreSQL":
+            await drop_schema(db_url)
     script = "".join(answer_chunks(args.chunks))
     whole = sum(sse_text(b) == script for b in bodies)
     stored_whole = sum(r["content"] == script and r["immutable"] for r in stored)
     tokens = args.answers * args.chunks
-    return {"workers": count, "run": run, "wall": wall, "tokens": tokens, "rate": tokens / wall,
+    return {"store": store, "workers": count, "run": run, "wall": wall, "tokens": tokens, "rate": tokens / wall,
             "cores": sum(cpu.values()) / wall, "per_worker": [c / wall for c in cpu.values()],
             "llm_cores": llm_cpu / wall, "client_cores": me_cpu / wall, "whole": whole, "stored": stored_whole,
             "us_per_token": sum(cpu.values()) * 1e6 / tokens}
@@ -119,10 +125,12 @@ async def main(args: argparse.Namespace) -> int:
     load = MachineLoad((os.getpid(),)).start()
     rows = []
     try:
-        for run in range(args.repeat):  # interleaved: 1, 2, 1, 2 … so that the machine's moods fall on both
-            for count in counts:
-                rows.append(await one_run(count, args, tmp, run))
-                print(f"  {count} worker(s), run {run + 1}: {rows[-1]['rate']:,.0f} tokens/s", flush=True)
+        stores = ["SQLite"] + (["PostgreSQL"] if args.postgres else [])
+        for store in stores:
+            for run in range(args.repeat):  # interleaved: 1, 2, 1, 2 … so that the machine's moods fall on both
+                for count in counts:
+                    rows.append(await one_run(count, args, tmp, run, store))
+                    print(f"  {store}, {count} worker(s), run {run + 1}: {rows[-1]['rate']:,.0f} tokens/s", flush=True)
         load.stop()
     except BaseException:
         print(f"logs kept in {tmp}", file=sys.stderr)
@@ -132,23 +140,24 @@ async def main(args: argparse.Namespace) -> int:
                "sent unpaced, 100 lines a write")
     print(f"\nTokens/s at saturation: {args.answers} answers at once through the HTTP API, each {args.chunks:,} chunks "
           f"{offered}, followed over SSE; "
-          f"`quanda serve --workers N`, SQLite.\nMachine: {os.cpu_count()} cores; load average {load.loadavg} at the "
+          f"`quanda serve --workers N`.\nMachine: {os.cpu_count()} cores; load average {load.loadavg} at the "
           f"start. Rerun on a quiet machine before quoting.\n")
-    print(table(["workers", "run", "tokens", "wall s", "tokens/s", "workers' cores", "each worker", "CPU µs/token",
+    print(table(["store", "workers", "run", "tokens", "wall s", "tokens/s", "workers' cores", "each worker", "CPU µs/token",
                  "LLM server cores", "client cores", "whole (SSE / stored)"],
-                [[str(r["workers"]), str(r["run"] + 1), f"{r['tokens']:,}", f"{r['wall']:.2f}", f"{r['rate']:,.0f}",
+                [[r["store"], str(r["workers"]), str(r["run"] + 1), f"{r['tokens']:,}", f"{r['wall']:.2f}", f"{r['rate']:,.0f}",
                   f"{r['cores']:.2f}", " / ".join(f"{c:.2f}" for c in r["per_worker"]), f"{r['us_per_token']:.0f}",
                   f"{r['llm_cores']:.2f}", f"{r['client_cores']:.2f}",
                   f"{r['whole']} / {r['stored']} of {args.answers}"] for r in rows]))
-    best = {c: max(r["rate"] for r in rows if r["workers"] == c) for c in counts}
     print()
     ok = all(r["whole"] == args.answers and r["stored"] == args.answers for r in rows)
     print(verdict(ok, "every SSE stream and stored answer whole, every run"))
-    if 1 in best:
+    for store in stores:
+        best = {c: max(r["rate"] for r in rows if r["workers"] == c and r["store"] == store) for c in counts}
+        cores = {c: max(r["cores"] for r in rows if r["workers"] == c and r["store"] == store) for c in counts}
         for c in counts:
-            if c > 1:
-                print(f"info  {c} workers / 1: {best[c] / best[1]:.2f}x tokens/s (best run of each: "
-                      f"{best[c]:,.0f} / {best[1]:,.0f})")
+            if c > 1 and 1 in best:
+                print(f"info  {store}: {c} workers / 1: {best[c] / best[1]:.2f}x tokens/s (best run of each: "
+                      f"{best[c]:,.0f} / {best[1]:,.0f}; the workers' cores at most {cores[c]:.2f} / {cores[1]:.2f})")
     return 0 if ok else 1
 
 
@@ -158,6 +167,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--answers", type=int, default=40)
     parser.add_argument("--chunks", type=int, default=10000, help="chunks per answer")
     parser.add_argument("--rate", type=float, default=0.0, help="chunks/s offered per answer (0: as fast as the LLM server writes, 100 lines a write)")
+    parser.add_argument("--postgres", default=os.environ.get("QUANDA_BENCH_POSTGRES_URL", ""),
+                        help="also on PostgreSQL (a scratch schema of this database)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per worker count, interleaved")
     return parser.parse_args()
 
