@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import sys
 
 import uvicorn
@@ -83,9 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         from quanda.workers import serve_workers
 
         session_secret(settings)  # made once, here: every worker signs sessions with the same key
-        os.environ.update(QUANDA_HOST=settings.host, QUANDA_PORT=str(settings.port))  # what the workers read
         try:
-            raise SystemExit(serve_workers(settings.workers, settings.host, settings.port, log_options))
+            raise SystemExit(serve_workers(settings, log_options))
         except OSError as exc:  # the port is taken
             print(f"quanda serve: not starting: {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -27,7 +27,7 @@ import signal
 import socket
 import tempfile
 import threading
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("quanda.workers")
 
@@ -56,18 +56,15 @@ def reuseport_socket(host: str, port: int, listen: bool) -> socket.socket:
     return sock
 
 
-def worker(index: int, log_options: dict[str, Any]) -> None:
+def worker(index: int, settings: Any, make_app: Callable[[Any], Any], log_options: dict[str, Any]) -> None:
     """One worker process: the app on its own SO_REUSEPORT socket, until SIGTERM or SIGINT."""
     import uvicorn
 
     from quanda import logs
-    from quanda.config import Settings
     from quanda.serve import freeze_startup, server_options
-    from quanda.server import create_app
 
-    settings = Settings.from_env()
     logs.setup(settings.log_format)
-    the_app = create_app(settings)
+    the_app = make_app(settings)
     freeze_startup()
     sock = reuseport_socket(settings.host, settings.port, listen=True)
     config = uvicorn.Config(the_app, host=settings.host, port=settings.port, log_level="info",
@@ -77,14 +74,16 @@ def worker(index: int, log_options: dict[str, Any]) -> None:
 
 
 class Supervisor:
-    def __init__(self, count: int, host: str, port: int, log_options: dict[str, Any]):
-        self.count, self.host, self.port, self.log_options = count, host, port, log_options
+    def __init__(self, settings: Any, make_app: Callable[[Any], Any], log_options: dict[str, Any]):
+        self.settings, self.make_app, self.log_options = settings, make_app, log_options
+        self.count, self.host, self.port = settings.workers, settings.host, settings.port
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, Any] = {}
         self.stopping = threading.Event()
 
     def start(self, index: int) -> None:
-        process = self.context.Process(target=worker, args=(index, self.log_options), name=f"quanda-worker-{index}")
+        process = self.context.Process(target=worker, args=(index, self.settings, self.make_app, self.log_options),
+                                       name=f"quanda-worker-{index}")
         process.start()
         self.workers[index] = process
 
@@ -136,13 +135,16 @@ def mark_dead(pid: int | None) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def serve_workers(count: int, host: str, port: int, log_options: dict[str, Any]) -> int:
-    """Run `count` workers until SIGTERM/SIGINT; the exit status."""
+def serve_workers(settings: Any, log_options: dict[str, Any], make_app: Callable[[Any], Any] | None = None) -> int:
+    """Run `settings.workers` workers of `make_app(settings)` (default: `create_app`; a module-level function: each
+    worker imports it) until SIGTERM/SIGINT; the exit status."""
+    if make_app is None:
+        from quanda.server import create_app as make_app
     made = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quanda-metrics-")
     try:
-        return Supervisor(count, host, port, log_options).run()
+        return Supervisor(settings, make_app, log_options).run()
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
