@@ -299,7 +299,8 @@ async def main(args: argparse.Namespace) -> int:
     if not args.only_ours:
         before = package_tree(args.before, work / "before")
         variants.append((f"before ({args.before})", {**env, "QUANDA_DB_URL": f"sqlite:///{work}/before.db",
-                                                     "PYTHONPATH": str(before), "QUANDA_BENCH_CWD": str(before)}))
+                                                     "PYTHONPATH": os.pathsep.join(filter(None, [str(before), os.environ.get("PYTHONPATH")])),
+                                                     "QUANDA_BENCH_CWD": str(before)}))
     rows: list[dict] = []
     try:
         for name, variant_env in variants:
