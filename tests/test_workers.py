@@ -165,3 +165,15 @@ def test_a_port_taken_is_said_at_once(tmp_path, workers):
     done = subprocess.run([sys.executable, str(ROOT / "main.py"), "--workers", "2"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 1 and "not starting" in done.stderr, done.stderr
+
+
+def test_a_worker_that_dies_is_replaced(workers):
+    first = workers.workers()
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT
+    while not (len(now := workers.workers()) == 2 and first[0] not in now and workers.listening() == 2):
+        assert time.monotonic() < deadline, f"no new worker: {now}\n{workers.log()}"
+        time.sleep(0.05)  # the supervisor notices within half a second: no event to wait on
+    assert first[1] in now and workers.healthy()
+    assert "exited with -9: starting another" in workers.log()
+    assert workers.stop(signal.SIGTERM) == 0
