@@ -104,7 +104,8 @@ def bench_plugin():
 
     from bench.common import follow_full_handler, served
 
-    ids, Notice, Plugin = served("components.ids"), served("components.layout").Notice, served("plugins").Plugin
+    ids, Notice = served("components.ids"), served("components.layout").Notice
+    Plugin = getattr(served("plugins"), "Plugin", None) or served("api").Plugin  # older trees: app.plugins
     core, render_markdown = served("core"), served("render").render_markdown
     QuandaError, QuandaMessage, QuandaReader = core.QuandaError, core.QuandaMessage, core.QuandaReader
 

@@ -1,4 +1,4 @@
-"""`python main.py --workers 2`, run as the README's "Several processes on one machine" block says: two server
+"""`python main.py --workers 2`, run as docs/several-servers.md's "Several processes on one machine" block says: two server
 processes on one port, peers through the store — a tab on each sees the other's change live, a scrape of either
 counts both — and all of them stop cleanly on SIGTERM or SIGINT."""
 
@@ -19,11 +19,11 @@ import websockets
 from tests.servers import ROOT, free_port
 
 TIMEOUT = 30
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "several-servers.md"
 
 
 def readme_command() -> list[str]:
-    section = README.read_text().split("### Several processes on one machine", 1)[1]
+    section = PAGE.read_text().split("## Several processes on one machine", 1)[1]
     words = re.search(r"```bash\n(.*?)```", section, re.S).group(1).split()
     assert words[:2] == ["python", "main.py"], words
     return [sys.executable, str(ROOT / "main.py"), *words[2:]]

@@ -15,9 +15,7 @@ import random
 from quanda.components.simulator import (SimBar, SimRun, SimStatus, SimStopForm, SimulatorCard, SimulatorView,
                                       progress_of)
 from quanda.components import ids
-from quanda.plugins import ClientError, Handle, Job, Plugin
-from quanda.plugins.notices import near
-from quanda.core import QuandaError, QuandaMessage, QuandaWriter
+from quanda.api import ClientError, Handle, Job, Plugin, QuandaError, QuandaMessage, QuandaWriter, near
 
 log = logging.getLogger("quanda.simulator")
 
