@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         from quanda.workers import serve_workers
 
         session_secret(settings)  # made once, here: every worker signs sessions with the same key
+        create_app(settings)  # what would stop every worker (a setting refused, a broken plugin) stops the start here
         try:
             raise SystemExit(serve_workers(settings, log_options))
         except OSError as exc:  # the port is taken

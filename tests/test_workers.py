@@ -177,3 +177,12 @@ def test_a_worker_that_dies_is_replaced(workers):
     assert first[1] in now and workers.healthy()
     assert "exited with -9: starting another" in workers.log()
     assert workers.stop(signal.SIGTERM) == 0
+
+
+def test_settings_every_worker_would_refuse_stop_the_start(tmp_path):
+    env = {**os.environ, "QUANDA_PORT": str(free_port()), "PYTHONPATH": str(ROOT), "QUANDA_HOST": "0.0.0.0",
+           "QUANDA_DB_URL": f"sqlite:///{tmp_path / 'q.db'}"}
+    env.pop("QUANDA_SECRET", None)
+    done = subprocess.run(readme_command(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode != 0 and "QUANDA_SECRET" in done.stderr, done.stderr[-2000:]
+    assert "with 2 workers" not in done.stderr  # refused before the supervisor started any
