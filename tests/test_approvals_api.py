@@ -178,6 +178,12 @@ async def test_undo_over_http_restores_the_todo_once_and_a_second_undo_is_refuse
         assert again.status_code == 409 and "undone already" in again.json()["error"]
         assert (await chat.client.post("/api/chat/actions/nope:0/undo")).status_code == 404
         assert (await chat.sidebar()).count(f"The user undid: {DELETED[2:]}") == 1  # the model is told, once
+        convs = (await chat.client.get("/p/chat")).text
+        cid = convs.split('data-cid="', 1)[1].split('"', 1)[0]
+        [mine] = [m for m in (await chat.client.get(f"/chat/export/{cid}.json")).json()["messages"]
+                  if m.get("id") == answer]
+        assert mine["results"] == [{"text": DELETED[2:], "undone": True}]
+        assert f"> Undone: {DELETED[2:]}" in (await chat.client.get(f"/chat/export/{cid}.md")).text
 
 
 async def test_undo_after_the_user_renamed_the_todo_is_refused_with_the_reason(app, fresh_llm):

@@ -5,7 +5,8 @@ JSON: `{"format": "quanda.conversation/1", "id", "title", "created_at", "updated
 "created_at", "updated_at", "added_at", "tokens", "final", "warning", "status"?, "model"?, "thinking"?,
 "superseded"?}` for messages — an answer also has `"outcome"` (done, stopped, failed, cut, interrupted,
 generating), `"reason"` (why it ended, kept after the seal), `"usage"`, `"version"`, `"versions"` and, when
-regenerated, `"other_versions"`, and the actions it asked the user to approve, `"approvals"` (`what`, `source`, `decision`) — and `{"role": "event", "content", "added_at"}` for the ambient events. Times are ISO 8601
+regenerated, `"other_versions"`, the actions it asked the user to approve, `"approvals"` (`what`, `source`, `decision`), and the actions it
+ran that changed something, `"results"` (`text`, `undone`) — and `{"role": "event", "content", "added_at"}` for the ambient events. Times are ISO 8601
 in UTC; `tokens` counts the writes in the message's token log (its last seq: for an answer, about one per
 piece the LLM streamed, plus the seal). Markdown: the same, readable.
 """
@@ -25,7 +26,7 @@ from quanda.core import QuandaError
 
 from quanda.llm.usage import usage_text
 
-from quanda import approvals
+from quanda import approvals, undo
 
 from . import conversation, outcome
 
@@ -62,6 +63,8 @@ async def conversation_data(h, conv: dict) -> dict:
             if entry.get("approvals"):
                 item["approvals"] = [{k: q[k] for k in ("what", "source", "decision")}
                                      for q in await approvals.of_answer(h, record.id)]
+            if entry.get("acted"):
+                item["results"] = [{k: r[k] for k in ("text", "undone")} for r in await undo.results_of(h, record.id)]
             if entry.get("thinking_id"):
                 try:
                     item["thinking"] = (await h.store.get_message(entry["thinking_id"])).content
@@ -123,6 +126,8 @@ def as_markdown(data: dict) -> str:
                                    else "*(empty)*"), ""]
         if m.get("warning") or m.get("reason"):
             lines += [f"> ⚠ {m.get('warning') or m['reason']}", ""]
+        for r in m.get("results") or []:
+            lines += [f"> {'Undone' if r['undone'] else 'Done'}: {r['text']}", ""]
         for q in m.get("approvals") or []:
             lines += [f"> {APPROVAL_NOTE.get(q['decision'], 'Waiting for approval')}: {q['what']}", ""]
         if m.get("usage"):
