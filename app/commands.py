@@ -100,6 +100,8 @@ class CommandSpec:
     # how a run of it shows in the answer (quanda.undo's result cards): `fn(result) -> FT`, where `result` has
     # "text", "args", "before", "after" (the CommandResult's) and "undone"; None: its text
     result_view: Callable[[dict], Any] | None = None
+    # a host's action (its effect outside the store): how to take a run back, `await undo(h, args, key, text)`
+    undo: Callable[..., Awaitable[str]] | None = None
 
     @property
     def tool_name(self) -> str:

@@ -63,6 +63,7 @@ class Action:
     idempotent: bool = False
     approval: Any = False  # True, or a predicate of the call's arguments: the call waits for the user's Approve
     result: Any = None  # fn(result) -> FT: how a run shows in the answer (result: text, args, before, after)
+    undo: Any = None  # fn(the call's args, workspace?, key?, result?) -> text: takes a run back (Undo); None: none
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # the host may still call its function itself
         return self.fn(*args, **kwargs)
@@ -80,6 +81,23 @@ class Action:
             log.exception("action %s failed", self.name)
             return CommandResult(False, f"{self.name} failed ({type(exc).__name__})")
         return CommandResult(True, out if isinstance(out, str) and out.strip() else f"{self.name} done")
+
+
+    async def take_back(self, h: Handle, args: dict, key: str, result: str) -> str:
+        """Call the action's `undo` with the call's arguments (and what it asks for by name); its text, or
+        ClientError saying why not (the host's bug: that it failed)."""
+        wants = inspect.signature(self.undo).parameters
+        extra = {"workspace": h.owner, "key": key, "result": result}
+        try:
+            out = self.undo(**args, **{name: value for name, value in extra.items() if name in wants})
+            if inspect.isawaitable(out):
+                out = await out
+        except ClientError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the host's bug is logged; the user is told it failed
+            log.exception("undo of action %s failed", self.name)
+            raise ClientError(f"the undo of {self.name} failed ({type(exc).__name__})") from None
+        return out if isinstance(out, str) and out.strip() else f"Undid {self.name}."
 
 
 def _field(name: str, hint: Any, required: bool) -> Field:
@@ -100,10 +118,13 @@ def _field(name: str, hint: Any, required: bool) -> Field:
 
 
 def action(fn: Callable[..., Any] | None = None, *, name: str | None = None, idempotent: bool = False,
-           approval: bool | Callable[[dict], bool] = False, result: Callable[[dict], Any] | None = None) -> Any:
+           approval: bool | Callable[[dict], bool] = False, result: Callable[[dict], Any] | None = None,
+           undo: Callable[..., Any] | None = None) -> Any:
     """Make `fn` an Action: `@action`, or `@action(name=…, idempotent=True, approval=True)` (`approval`: the
     user approves each call first; or a predicate of the call's arguments saying which calls need it; `result`:
-    the FT component a run shows as in the answer, given {"text", "args", "before", "after", "undone"})."""
+    the FT component a run shows as in the answer, given {"text", "args", "before", "after", "undone"}; `undo`:
+    how to take a run back — called once with the call's arguments (and `workspace`, `key`, `result`: the text
+    the run returned, when it names them), it says what it undid or raises ClientError("why not"))."""
     def make(fn: Callable[..., Any]) -> Action:
         if isinstance(fn, Action):
             return fn
@@ -121,7 +142,7 @@ def action(fn: Callable[..., Any] | None = None, *, name: str | None = None, ide
             fields[pname] = _field(pname, hints[pname], param.default is param.empty)
         doc = inspect.getdoc(fn) or ""
         return Action(fn, name or fn.__name__, doc.split("\n\n")[0].replace("\n", " ").strip() or fn.__name__,
-                      fields, tuple(injected), idempotent, approval, result)
+                      fields, tuple(injected), idempotent, approval, result, undo)
     return make(fn) if fn is not None else make
 
 
@@ -159,9 +180,9 @@ class Quanda:
 
     def action(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
                idempotent: bool = False, approval: bool | Callable[[dict], bool] = False,
-               result: Callable[[dict], Any] | None = None) -> Any:
+               result: Callable[[dict], Any] | None = None, undo: Callable[..., Any] | None = None) -> Any:
         def add(fn: Callable[..., Any]) -> Action:
-            made = action(fn, name=name, idempotent=idempotent, approval=approval, result=result)
+            made = action(fn, name=name, idempotent=idempotent, approval=approval, result=result, undo=undo)
             self.actions.append(made)
             return made
         return add(fn) if fn is not None else add
@@ -257,7 +278,8 @@ class Quanda:
                           effect=effect, rerun=act.idempotent)
         example = {"action": act.name, "target": self.name, "args": {n: f.type.__name__ for n, f in act.fields.items()}}
         return CommandSpec(self.name, act.name, act.fields, json.dumps(example), plan, act.description, name=act.name,
-                           approval=act.approval, result_view=act.result)
+                           approval=act.approval, result_view=act.result,
+                           undo=act.take_back if act.undo is not None else None)
 
     def plugin(self):
         from quanda.plugin import Plugin

@@ -6,7 +6,9 @@ otherwise the user (or another action) changed it since, and the Undo is refused
 than overwrite the newer data. The Undo is claimed under the action's own key (kind "undo",
 insert-if-absent) in the same unit as the restored records, so two tabs or two servers pressing it at once
 undo once. The model is told as an ambient event ("The user undid: …"); the plugin's `undo_facts` redraw
-the pages. A change marked not undoable, or a host's action (its effect is outside the store), offers none.
+the pages. A change marked not undoable offers none. A host's action (its effect is outside the store) is undone by the
+function it declares (`@action(undo=…)`): claimed first, so it runs once; it refuses (ClientError) when the
+data changed since, and that releases the claim; without one, it offers no Undo.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ async def results_of(h: Handle, answer_id: str) -> list[dict]:
     for key, claim in await h.store.list_records(CLAIM_KIND, prefix=f"{answer_id}:"):
         if claim.get("state") != "done" or not claim.get("ok") or not (claim.get("ops") or claim.get("effect")):
             continue  # refused, or changed nothing (a listing): no card
-        undone = await h.store.get_record(KIND, key) is not None
+        mark = await h.store.get_record(KIND, key)  # "undoing": a host's undo under way (or cut by a crash)
+        undone = mark is not None and mark.get("state", "done") == "done"
         result = {"key": key, "text": claim["result"], "undone": undone,
-                  "undoable": bool(claim.get("undo")) and not undone,
+                  "undoable": bool(claim.get("undo") or _effect_undo(h, claim)) and mark is None,
                   "args": command_of(claim).get("args") or {}, "before": claim.get("before"),
                   "after": claim.get("after")}
         result["view"] = view_of(h, claim, result)
@@ -60,9 +63,22 @@ def view_of(h: Handle, claim: dict, result: dict):
         return None
 
 
+def _spec_of(h: Handle, claim: dict):
+    command = command_of(claim)
+    return command_specs(h.ctx.plugins).get((command.get("target"), command.get("action")))
+
+
+def _effect_undo(h: Handle, claim: dict):
+    """A host's action's own undo, when it declared one."""
+    spec = _spec_of(h, claim) if claim.get("effect") else None
+    return spec.undo if spec is not None else None
+
+
 async def undo(h: Handle, key: object) -> str:
     """Take the action back (once); ClientError saying why not."""
     claim = await _claim_of(h, key)
+    if _effect_undo(h, claim) is not None:
+        return await _undo_effect(h, key, claim)
     if not claim.get("undo"):
         raise ClientError("that action cannot be undone")
     if await h.store.get_record(KIND, key) is not None:
@@ -78,6 +94,25 @@ async def undo(h: Handle, key: object) -> str:
     for topic, fact in claim["undo"]["facts"]:
         await h.publish(topic, **fact)
     text = f"The user undid: {claim['result']}"
+    await h.post_event(text, key=f"{key}:undo")
+    await h.publish(TOPIC, key=key, answer_id=claim["message_id"])
+    return text
+
+
+async def _undo_effect(h: Handle, key: str, claim: dict) -> str:
+    """A host's action undone by its own function: claimed first ("undoing"), so it runs once; a refusal
+    (ClientError: the data changed since) releases the claim, and says why."""
+    if not await h.store.insert_record(KIND, key, {"owner": h.owner, "at": time.time(), "state": "undoing"}):
+        raise ClientError("that action was undone already")
+    try:
+        said = await _effect_undo(h, claim)(h, command_of(claim).get("args") or {}, key, claim["result"])
+    except ClientError as exc:
+        await h.store.delete_record(KIND, key)
+        raise ClientError(f"Undo refused: {exc}") from None
+    await h.store.put_record(KIND, key, {"owner": h.owner, "at": time.time(), "state": "done"})
+    for topic, fact in claim.get("facts") or []:
+        await h.publish(topic, **fact)  # the host's live parts redraw
+    text = f"The user undid: {claim['result']} ({said})"
     await h.post_event(text, key=f"{key}:undo")
     await h.publish(TOPIC, key=key, answer_id=claim["message_id"])
     return text
