@@ -125,7 +125,8 @@ def TodoResult(result: dict):
     if not isinstance(item, dict) or "id" not in item:
         return Span(result.get("text", ""), cls="result-text")
     gone = result.get("after") is None and not result.get("undone")
+    how = "added" if result.get("before") is None else "deleted" if result.get("after") is None else "changed"
     name = A(item.get("name", ""), href=f"/p/todo#{ids.todo_item_id(item['id'])}", cls="result-todo",
              title="Show it on the Todos page", data_testid="result-link")
     return Div(Span("✓ " if item.get("done") else "○ ", cls="result-todo-state"), Del(name) if gone else name,
-               Span(f" — {result.get('text', '')}", cls="result-text muted"), cls="result-todo-row")
+               Span(f" {how}", cls="result-text muted"), cls="result-todo-row")
