@@ -30,6 +30,7 @@ log = logging.getLogger("quanda.approvals")
 
 KIND = "approval"
 DECISION = "approval_decision"
+OPEN = "approval_open"  # the questions not settled yet, the only ones the sweeper reads (settled ones stay)
 TOPIC = "chat.approval"
 DECISIONS = ("approved", "rejected", "expired")
 REFUSED = {"rejected": "the user rejected it", "expired": "it was not approved in time"}
@@ -52,7 +53,7 @@ async def ask(h: Handle, key: str, answer_id: str, source: str, what: str, comma
     """Record the question (once) and show it in every tab."""
     question = {"owner": h.owner, "answer_id": answer_id, "source": source, "what": what, "command": command,
                 "asked_at": time.time(), "settled": False}
-    if await h.store.insert_record(KIND, key, question):
+    if await h.store.commit_records([("insert", KIND, key, question), ("put", OPEN, key, {"owner": h.owner})]):
         await h.publish(TOPIC, key=key, answer_id=answer_id)
 
 
@@ -65,7 +66,7 @@ async def settle(h: Handle, key: str) -> None:
     """The question's outcome is written (its result line): nothing is left to carry out."""
     question = await h.store.get_record(KIND, key)
     if question is not None and not question.get("settled"):
-        await h.store.put_record(KIND, key, {**question, "settled": True})
+        await h.store.commit_records([("put", KIND, key, {**question, "settled": True}), ("delete", OPEN, key, None)])
         await h.publish(TOPIC, key=key, answer_id=question["answer_id"])
 
 
@@ -123,8 +124,10 @@ async def carry_out(h: Handle, key: str, question: dict) -> None:
 async def sweep_once(ctx: AppContext) -> None:
     """Carry out decisions a crash left behind, and expire questions nobody answered in time."""
     horizon = time.time() - ctx.settings.approval_timeout_s
-    for key, question in await ctx.store.list_records(KIND):
-        if question.get("settled"):
+    for key, _open in await ctx.store.list_records(OPEN):
+        question = await ctx.store.get_record(KIND, key)
+        if question is None or question.get("settled"):
+            await ctx.store.delete_record(OPEN, key)
             continue
         h = ctx.handle(question["owner"])
         if await decision(h, key) is None:

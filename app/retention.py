@@ -6,6 +6,7 @@
 - Records versions before leases left behind: `job_reaped` claims (leases are taken, not claimed, now) and
   their `job` lease records, once expired longer ago than the retention window.
 - Health probes (kind "health", one per server process that ever ran) older than the window.
+- The claims that kept speaking up to once per interval (kind "speak_up_once", chat/speakup.py) older than it.
 
 One server sweeps at a time: it holds the store lease "quanda:retention" (taken on the database's clock like a
 job's) while it does. The sweep pages through each kind (range scans of PAGE keys), never a whole table at
@@ -54,7 +55,8 @@ async def sweep(store: QuandaStore, retention_s: float, now: float | None = None
         return probe.get("at", now) < horizon
 
     deleted = {"command": await _delete_where(store, "command", claim_done),
-               "health": await _delete_where(store, "health", old_probe)}
+               "health": await _delete_where(store, "health", old_probe),
+               "speak_up_once": await _delete_where(store, "speak_up_once", old_probe)}
     for kind in LEGACY_KINDS:
         deleted[kind] = await _delete_where(store, kind, legacy)
     return deleted

@@ -68,9 +68,13 @@ async def test_finished_claims_of_final_answers_are_deleted_after_the_retention_
     await store.put_record("job", live.id, {"kind": "assistant", "owner": OWNER, "server": "x", "expires": now - 9 * day})
     await store.put_record("health", "an-old-process", {"at": now - 9 * day, "nonce": "x"})
     await store.put_record("health", store.origin, {"at": now, "nonce": "y"})
+    await store.put_record("speak_up_once", f"{OWNER}:1", {"at": now - 9 * day})  # spoke up long ago
+    await store.put_record("speak_up_once", f"{OWNER}:2", {"at": now})
     deleted = await sweep(store, retention_s=7 * day, now=now)
-    assert deleted == {"command": 1, "health": 1, "job_reaped": 3, "job": 1}
+    assert deleted == {"command": 1, "health": 1, "speak_up_once": 1, "job_reaped": 3, "job": 1}
+    assert [k for k, _ in await store.list_records("speak_up_once")] == [f"{OWNER}:2"]
     assert sorted(k for k, _ in await store.list_records("command")) == sorted(set(claims) - {f"{final.id}:0"})
     assert await store.list_records("job_reaped") == [] and await store.list_records("job") == []
     assert [k for k, _ in await store.list_records("health")] == [store.origin]
-    assert await sweep(store, retention_s=7 * day, now=now) == {"command": 0, "health": 0, "job_reaped": 0, "job": 0}
+    assert await sweep(store, retention_s=7 * day, now=now) == {"command": 0, "health": 0, "speak_up_once": 0,
+                                                                "job_reaped": 0, "job": 0}
