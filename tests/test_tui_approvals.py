@@ -70,3 +70,25 @@ async def test_ctrl_y_approves_and_ctrl_x_rejects_the_waiting_action(server, llm
         await app.until(lambda: "Undone:" in approvals_shown(app, deleting), WAIT_S, "the delete undone")
         await app.until(lambda: any(e.type == "event" and "The user undid: Deleted the todo 'buy milk'" in e.text
                                     for e in app.conv.entries), WAIT_S, "the model told")
+
+
+async def test_ctrl_z_after_the_todo_changed_shows_why_it_was_refused(server, llm):
+    from quanda.core import open_store
+
+    llm.script = [call("todo_insert", {"name": "call mum"}), Reply(chunks=["Added."])]
+    app = QuandaTUI(server.url, TOKEN)
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(app)
+        adding = await ask(app, pilot, "add call mum")
+        await settled(app, adding, "Added.")
+        await app.until(lambda: "^Z undo" in approvals_shown(app, adding), WAIT_S, "Undo offered")
+        store = await open_store(f"sqlite:///{server.workdir}/data/quanda.db")  # another writer: a second server
+        try:
+            [(key, todo)] = [(k, t) for k, t in await store.list_records("todo") if t["name"] == "call mum"]
+            await store.put_record("todo", key, {**todo, "name": "call dad"})
+        finally:
+            await store.close()
+        await pilot.press("ctrl+z")
+        await app.until(lambda: any("changed since" in n.message for n in app._notifications), WAIT_S,
+                        "the refusal's reason")
+        assert "Undone:" not in approvals_shown(app, adding)
