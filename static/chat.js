@@ -1,6 +1,9 @@
 // The chat sidebar's keys and timers (static file: the page runs under a strict CSP).
 // - Enter sends, Shift+Enter adds a line (and nothing is sent while an answer is written: Send is Stop then);
-//   Escape cancels the edit of a question. The box empties as a question is sent; a refused one comes back.
+//   Escape cancels the edit of a question, else leaves the box. The box empties as a question is sent; a refused
+//   one comes back.
+// - "/" anywhere but in a text field focuses the chat's box (as GitHub's "/" does its search), and so does the
+//   "Skip to chat" link, the page's first stop for Tab.
 // - The LLM status badge is asked for again every data-check-s seconds while the tab is visible.
 (function () {
   "use strict";
@@ -13,12 +16,34 @@
       var send = document.getElementById("chat-send");
       if (send && !send.disabled && input.value.trim()) send.click();
     } else if (e.key === "Escape") {
+      e.preventDefault();
       var cancel = document.getElementById("chat-cancel-edit");
-      if (cancel) {
-        e.preventDefault();
-        cancel.click();
-      }
+      if (cancel) cancel.click();
+      else input.blur();
     }
+  });
+
+  function typing(el) {
+    return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
+  }
+
+  function focusChat() {
+    document.dispatchEvent(new CustomEvent("quanda:show-chat"));  // on a phone, the chat is a tab away
+    var input = document.getElementById("chat-input");
+    if (!input) return false;
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+    return true;
+  }
+
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented || typing(e.target)) return;
+    if (focusChat()) e.preventDefault();
+  });
+
+  document.addEventListener("click", function (e) {
+    var link = e.target.closest ? e.target.closest("a.skip-link") : null;
+    if (link && focusChat()) e.preventDefault();  // (the URL's hash is the todo filter's: left alone)
   });
 
   // Sending: the box empties as the question goes (htmx has read the form by now: this listener runs after

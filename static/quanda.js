@@ -280,22 +280,52 @@
     if (e.target.closest && e.target.closest(".notice-close")) clearNotice("ws-notice");
   });
 
+  // Focus survives the swap of the element holding it: the same element (by id), else the same control (by
+  // data-testid) in the element swapped in, else its first control (Stop gives way to Send); and when the
+  // element left for good (a deleted row), the next row (or the previous one) takes it, as in a list app.
   var refocus = null;
+  var FOCUSABLE = "button:not([disabled]), input:not([disabled]):not([type=hidden]), textarea, select, a[href], [tabindex]";
+
+  function visible(el) { return !!el && el.getClientRects().length > 0; }
+
+  function neighbour(el) {
+    for (var n = el.nextElementSibling; n; n = n.nextElementSibling) if (visible(n) && n.matches(FOCUSABLE)) return n.id;
+    for (var p = el.previousElementSibling; p; p = p.previousElementSibling) if (visible(p) && p.matches(FOCUSABLE)) return p.id;
+    return null;
+  }
+
   document.addEventListener("htmx:oobBeforeSwap", function (e) {
     var active = document.activeElement, target = e.detail.target;
-    if (active && active.id && active !== document.body && target.contains(active)) {
-      refocus = {id: active.id, start: active.selectionStart, end: active.selectionEnd};
-    }
+    if (refocus || !active || active === document.body || !target.contains(active)) return;
+    refocus = {id: active.id, start: active.selectionStart, end: active.selectionEnd, target: target.id,
+               testid: active.dataset ? active.dataset.testid : null, next: neighbour(target)};
   });
+
+  function focusTarget(r) {
+    var el = r.id && document.getElementById(r.id);
+    if (el && visible(el)) return el;
+    var holder = r.target && document.getElementById(r.target);
+    if (holder) {
+      el = r.testid && holder.querySelector('[data-testid="' + r.testid + '"]');
+      if (el && visible(el)) return el;
+      if (holder.matches(FOCUSABLE) && !r.testid) return holder;
+      el = Array.prototype.find.call(holder.querySelectorAll(FOCUSABLE), visible);
+      if (el) return el;
+    }
+    return r.next ? document.getElementById(r.next) : null;
+  }
 
   function restoreFocus() {
     if (!refocus) return;
-    var el = document.getElementById(refocus.id), active = document.activeElement;
-    if (el && el !== active && (!active || active === document.body)) {
-      el.focus();
-      try { el.setSelectionRange(refocus.start, refocus.end); } catch (err) { /* not a text field */ }
-    }
+    var r = refocus, active = document.activeElement;
     refocus = null;
+    if (active && active !== document.body) return;  // the person has moved on already
+    var el = focusTarget(r);
+    if (!el) return;
+    el.focus();
+    if (el.id === r.id) {
+      try { el.setSelectionRange(r.start, r.end); } catch (err) { /* not a text field */ }
+    }
   }
 
   // -- wiring ------------------------------------------------------------------------------------------------

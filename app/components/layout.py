@@ -35,6 +35,7 @@ def Page(plugins, main_content, sidebar, current: str | None = None, title: str 
     return (
         Title(title),
         Div(
+            A("Skip to chat", href=f"#{ids.CHAT_INPUT}", cls="skip-link", title="Or press / anywhere"),
             Header(Menu(plugins, current), account) if account is not None else Header(Menu(plugins, current)),
             Div(id=ids.NOTICE),
             Div(Main(PageContent(current, main_content), id=ids.MAIN), sidebar, cls="layout"),
