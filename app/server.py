@@ -54,6 +54,7 @@ HEADERS = (
     Script(src="/static/htmx.min.js"),
     Script(src="/static/htmx-ext-ws.js"),
     Script(src="/static/quanda.js"),
+    Script(src="/static/connection.js"),
     Script(src="/static/code.js"),
     Script(src="/static/chat.js"), Script(src="/static/todo.js"), Link(rel="icon", href="/static/favicon.svg"),
     Link(rel="stylesheet", href="/static/app.css"),

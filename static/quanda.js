@@ -11,7 +11,7 @@
 //   goes when the tab navigates. Focus survives the swap of the element holding it.
 (function () {
   "use strict";
-  var socket = null;
+  var socket = null, open = false;
   var toldPage = null, told = {};  // the page and streams the server was last told about
   var gone = new Set();  // ids of elements that left the page with a navigation or a redraw
   var aliases = new Map();  // compact form: alias -> element id, for this socket's views
@@ -41,7 +41,7 @@
 
   // Tell the server what the tab shows, if that changed (`all`: after the socket (re)opens, resume every stream).
   function sync(all) {
-    if (!socket) return;
+    if (!socket || !open) return;  // (told again in full when the socket reopens)
     var fresh = [], streams = markers(fresh), page = pageName(), ids = Object.keys(streams);
     var same = !all && !fresh.length && page === toldPage && ids.length === Object.keys(told).length &&
       ids.every(function (id) { return told[id]; });
@@ -52,9 +52,16 @@
     ids.forEach(function (id) { told[id] = true; });
   }
 
+  var STATE_TITLE = {open: "Live: connected", closed: "Connection lost", connecting: "Connecting…",
+                     "signed-out": "Signed out"};
+
   function setState(state) {
+    open = state === "open";
     var el = document.getElementById("ws-state");
-    if (el) el.dataset.state = state;
+    if (!el) return;
+    el.dataset.state = state;
+    el.title = STATE_TITLE[state] || state;
+    el.setAttribute("aria-label", el.title);
   }
 
   // -- frames -----------------------------------------------------------------------------------------------
@@ -396,7 +403,7 @@
 
   // For the page's other scripts (static/chat.js, static/todo.js).
   window.Quanda = {
-    send: function (data) { if (socket) socket.send(JSON.stringify(data)); return !!socket; },
+    send: function (data) { if (socket && open) socket.send(JSON.stringify(data)); return !!socket && open; },
     stick: stick
   };
 })();

@@ -15,6 +15,12 @@ def Notice(text: str, kind: str = "error"):
                id=ids.NOTICE, cls=f"notice {kind}", role="alert", hx_swap_oob="true")
 
 
+def ConnectionDot():
+    """The live connection's state, a dot in the header after the menu (not inside it: the menu is redrawn) (static/quanda.js keeps it)."""
+    return Span(id="ws-state", cls="ws-state", data_state="connecting", title="Connecting…", role="img",
+                aria_label="Connecting…")
+
+
 def Menu(plugins, current: str | None = None, oob: bool = False):
     return Nav(
         Strong("Quanda", cls="brand"),
@@ -36,10 +42,10 @@ def Page(plugins, main_content, sidebar, current: str | None = None, title: str 
         Title(title),
         Div(
             A("Skip to chat", href=f"#{ids.CHAT_INPUT}", cls="skip-link", title="Or press / anywhere"),
-            Header(Menu(plugins, current), account) if account is not None else Header(Menu(plugins, current)),
+            Header(Menu(plugins, current), ConnectionDot(), *([account] if account is not None else [])),
+            Div(id="connection", cls="connection", hidden=True),  # lost, retrying, queued (static/connection.js)
             Div(id=ids.NOTICE),
             Div(Main(PageContent(current, main_content), id=ids.MAIN), sidebar, cls="layout"),
-            Span(id="ws-state", cls="ws-state", data_state="connecting", title="Live connection"),
             id="app", hx_ext="ws,quanda", ws_connect="/ws",
         ),
     )
