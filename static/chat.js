@@ -4,7 +4,9 @@
 //   one comes back.
 // - "/" anywhere but in a text field focuses the chat's box (as GitHub's "/" does its search), and so does the
 //   "Skip to chat" link, the page's first stop for Tab.
-// - The LLM status badge is asked for again every data-check-s seconds while the tab is visible.
+// - The LLM status badge is asked for again every data-check-s seconds while the tab is visible. With no model
+//   to answer (the badge's data-model empty), Send is off and the line under it says why; the model picker
+//   the server sends with the badge replaces the tab's only when its list of models changed.
 (function () {
   "use strict";
 
@@ -64,6 +66,33 @@
     if (input && !input.value && lastSent) input.value = lastSent;
     lastSent = "";
   });
+
+  function noModel() {
+    var badge = document.getElementById("llm-status");
+    return !!badge && badge.hasAttribute("data-model") && !badge.dataset.model && !badge.dataset.busy;
+  }
+
+  function applyModelState() {
+    var none = noModel(), send = document.getElementById("chat-send"), reason = document.getElementById("send-reason");
+    if (send && send.disabled !== none) {
+      send.disabled = none;
+      send.title = none && reason ? reason.textContent : "Send (Enter; Shift+Enter for a new line)";
+    }
+    if (reason) reason.hidden = !(none && send);
+  }
+
+  function optionValues(select) {
+    return Array.prototype.map.call(select.options, function (o) { return o.value; }).join("\n");
+  }
+
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var target = e.detail.target, fresh = e.detail.fragment && e.detail.fragment.firstElementChild;
+    if (!target || target.id !== "model-picker" || !fresh || fresh.tagName !== "SELECT") return;
+    if (optionValues(fresh) === optionValues(target) && fresh.disabled === target.disabled) e.detail.shouldSwap = false;
+  });
+
+  document.addEventListener("htmx:wsAfterMessage", applyModelState);
+  document.addEventListener("DOMContentLoaded", applyModelState);
 
   var timer = null;
 
