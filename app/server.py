@@ -56,7 +56,8 @@ HEADERS = (
     Script(src="/static/quanda.js"),
     Script(src="/static/connection.js"),
     Script(src="/static/code.js"),
-    Script(src="/static/chat.js"), Script(src="/static/todo.js"), Link(rel="icon", href="/static/favicon.svg"),
+    Script(src="/static/chat.js"), Script(src="/static/todo.js"), Script(src="/static/simulator.js"),
+    Link(rel="icon", href="/static/favicon.svg"),
     Link(rel="stylesheet", href="/static/app.css"),
 )
 

@@ -12,8 +12,8 @@ import asyncio
 import logging
 import random
 
-from quanda.components.simulator import (SimBar, SimRun, SimStatus, SimStopForm, SimulatorCard, SimulatorView,
-                                      progress_of)
+from quanda.components.simulator import (SimBar, SimRun, SimStartForm, SimStatus, SimStopForm, SimulatorCard,
+                                         SimulatorView, progress_of, run_fields)
 from quanda.components import ids
 from quanda.plugins import ClientError, Handle, Job, Plugin
 from quanda.plugins.notices import near
@@ -104,7 +104,8 @@ async def on_start(h: Handle, data: dict) -> None:
         raise ClientError("a run is already going: stop it first")
     message = await QuandaMessage.create(h.store, role=ROLE)
     await h.own(message.id, ROLE)
-    await h.store.put_record(RUN_KIND, h.owner, {"message_id": message.id, "chunks": chunks})
+    await h.store.put_record(RUN_KIND, h.owner, {"message_id": message.id, "chunks": chunks,
+                                                 "delay_min": round(low * 1000), "delay_max": round(high * 1000)})
     await h.start_job(ROLE, message.id, simulate(h, message, chunks, low, high))
     await h.publish("sim.started", message_id=message.id)
     await h.post_event(f"Stream simulator started: {chunks} chunks.")
@@ -124,7 +125,9 @@ async def show_started(h: Handle, fact: dict):
     record, run = await current_run(h)
     if record is None or record.id != fact["message_id"]:
         return None
-    return [SimRun(record, run, oob=True), SimStopForm(record.id, oob=True)]
+    # the fields belong to the run: every tab shows the values it runs with
+    return [SimRun(record, run, oob=True), SimStopForm(record.id, oob=True),
+            SimStartForm(run_fields(run), oob=True)]
 
 
 async def show_ended(h: Handle, fact: dict):
