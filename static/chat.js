@@ -25,6 +25,13 @@
     }
   });
 
+  // Edit: the question stays where it was while the input takes its text and the edit bar appears.
+  document.addEventListener("click", function (e) {
+    var edit = e.target.closest ? e.target.closest("#msg-list .edit-q") : null;
+    var question = edit && edit.closest("li.msg"), answer = question && question.nextElementSibling;
+    if (question && window.Quanda) window.Quanda.anchor(question, answer && answer.querySelector(".msg-role"));
+  }, true);
+
   function typing(el) {
     return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
   }

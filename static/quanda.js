@@ -222,8 +222,37 @@
     });
   }
 
+  // An element to hold in place in its box for a moment (the question being edited, while the input grows
+  // around it): the box scrolls so that it stays where the person saw it, instead of following the end.
+  var anchors = new WeakMap();
+
+  // `alsoShow`: an element below it that must stay in view too (the box scrolls just enough for it).
+  function anchor(target, alsoShow) {
+    var box = target && target.closest ? target.closest(".follow-scroll") : null;
+    if (!box) return;
+    anchors.set(box, {el: target, also: alsoShow, until: Date.now() + 3000,
+                      offset: target.getBoundingClientRect().top - box.getBoundingClientRect().top});
+  }
+
+  function holdAnchor(el, s) {
+    var a = anchors.get(el);
+    if (!a) return false;
+    if (Date.now() > a.until || !a.el.isConnected) {
+      anchors.delete(el);
+      return false;
+    }
+    var box = el.getBoundingClientRect(), shift = a.el.getBoundingClientRect().top - box.top - a.offset;
+    if (a.also && a.also.isConnected) shift = Math.max(shift, a.also.getBoundingClientRect().bottom - box.bottom);
+    el.scrollTop += shift;
+    s.lastTop = el.scrollTop;
+    s.stuck = nearBottom(el);
+    showJump(el, s);
+    return true;
+  }
+
   function follow(el) {
     var s = stickiness(el);
+    if (holdAnchor(el, s)) return;
     if (s.stuck && el.scrollTop !== el.scrollHeight - el.clientHeight) {
       el.scrollTop = el.scrollHeight;
       s.lastTop = el.scrollTop;
@@ -252,10 +281,21 @@
     follow(el);
   }
 
+  ["wheel", "touchmove", "keydown"].forEach(function (type) {  // the person scrolls: no anchor holds any more
+    document.addEventListener(type, function (e) {
+      var box = e.target.closest ? e.target.closest(".follow-scroll") : null;
+      if (box) anchors.delete(box);
+    }, {capture: true, passive: true});
+  });
+
   document.addEventListener("scroll", function (e) {
     var el = e.target;
     if (!el.classList || !el.classList.contains("follow-scroll")) return;
     var s = stickiness(el);
+    if (anchors.has(el)) {  // (the scroll holdAnchor made)
+      s.lastTop = el.scrollTop;
+      return;
+    }
     if (nearBottom(el)) s.stuck = true;
     else if (el.scrollTop < s.lastTop - 2) s.stuck = false;  // the reader scrolled up: stop following
     s.lastTop = el.scrollTop;
@@ -403,6 +443,7 @@
 
   // For the page's other scripts (static/chat.js, static/todo.js).
   window.Quanda = {
+    anchor: anchor,
     send: function (data) { if (socket && open) socket.send(JSON.stringify(data)); return !!socket && open; },
     stick: stick
   };
