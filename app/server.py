@@ -57,6 +57,7 @@ HEADERS = (
     Script(src="/static/connection.js"),
     Script(src="/static/code.js"),
     Script(src="/static/chat.js"), Script(src="/static/todo.js"), Script(src="/static/simulator.js"),
+    Script(src="/static/phone.js"),
     Link(rel="icon", href="/static/favicon.svg"),
     Link(rel="stylesheet", href="/static/app.css"),
 )

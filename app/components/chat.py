@@ -343,6 +343,8 @@ def ChatSidebar(history: list, status=None, chat_input=None, settings=None):
         Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS),
             ws_button("New", "chat.new", cls="secondary small", id=ids.CHAT_NEW,
                       title="Start a new conversation (this one is kept: see the Chat page)"),
+            Button("×", type="button", cls="chat-close secondary small", aria_label="Close the chat",
+                   title="Back to the page"),  # (a phone's drawer only: app.css)
             cls="chat-head"),
         Div(MessageList(history),
             Button("↓ Jump to latest", type="button", id=ids.CHAT_JUMP, cls="jump", hidden=True,

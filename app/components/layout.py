@@ -46,6 +46,9 @@ def Page(plugins, main_content, sidebar, current: str | None = None, title: str 
             Div(id="connection", cls="connection", hidden=True),  # lost, retrying, queued (static/connection.js)
             Div(id=ids.NOTICE),
             Div(Main(PageContent(current, main_content), id=ids.MAIN), sidebar, cls="layout"),
+            # on a phone the chat is a drawer over the page, this button away (static/phone.js, app.css)
+            Button(Span("Chat"), Span(cls="unread-dot", aria_hidden="true"), type="button", cls="chat-toggle",
+                   aria_controls="sidebar", aria_expanded="false", title="Open the chat"),
             id="app", hx_ext="ws,quanda", ws_connect="/ws",
         ),
     )
