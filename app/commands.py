@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -44,10 +43,11 @@ _FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[^\n`]*)\n(?P<bod
 
 @dataclass(frozen=True)
 class Field:
-    type: type
+    type: type  # str, int, float or bool
     required: bool = False
     max_len: int = 200
     min_value: int = 1
+    description: str = ""  # shown to the model in the tool's schema
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class Change:
     result: CommandResult
     ops: tuple = ()  # RecordOp tuples: ("insert" | "put" | "delete", kind, key, data)
     facts: tuple = ()  # (topic, fact) pairs
+    # A host's action (app/host.py): its effect is outside the store, so it cannot commit with the claim. It
+    # runs once the claim is made, given the call's key, and says what it did; `rerun` (the action declared
+    # itself idempotent under that key): a claim its claimer left unfinished runs the effect again.
+    effect: Callable[[str], Awaitable[CommandResult]] | None = None
+    rerun: bool = False
 
     @classmethod
     def refused(cls, why: str) -> "Change":
@@ -82,10 +87,11 @@ class CommandSpec:
     example: str = ""
     run: Callable[..., Awaitable[Change]] | None = None
     description: str = ""
+    name: str = ""  # the tool's name, when not `<target>_<action>` (a host's action: its function's name)
 
     @property
     def tool_name(self) -> str:
-        return f"{self.target}_{self.action}"
+        return self.name or f"{self.target}_{self.action}"
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,9 @@ def validate(command: dict | None, specs: dict[tuple[str, str], CommandSpec]) ->
                 return None, f"{name!r} must be non-empty text"
             if len(value) > rule.max_len:
                 return None, f"{name!r} is too long ({len(value)} > {rule.max_len} characters)"
+        elif rule.type is float:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return None, f"{name!r} must be a number"
         elif not isinstance(value, rule.type):
             return None, f"{name!r} must be {rule.type.__name__}"
     return spec, ""
@@ -217,11 +226,14 @@ async def apply_change(h: Any, change: Change) -> CommandResult:
     return change.result
 
 
-def crash_point(h: Any, name: str) -> None:
-    """Test-only: the process kills itself here when QUANDA_TEST_CRASH_AT names this point (inert unset)."""
-    if h.settings.test_crash_at == name:
-        log.warning("QUANDA_TEST_CRASH_AT=%s: killing the process", name)
-        os._exit(137)
+# The points of a command's run where a crash matters ("after_claim", "after_effect", "before_result_line").
+# Nothing in the app sets this: the tests do (tests/crashes.py), to kill a server exactly there.
+crash_hook: Callable[[str], None] | None = None
+
+
+def crash_point(name: str) -> None:
+    if crash_hook is not None:
+        crash_hook(name)
 
 
 async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan: Change,
@@ -229,6 +241,8 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     """Run a planned command exactly once under `key`; None when another caller already ran it and has
     nothing left to finish. Posts the ✓/✗ result line (once) as an ambient event, unless `post_line` is
     False (a tool call's line is written into its answer instead)."""
+    if plan.effect is not None:
+        return await run_effect_once(h, key, message_id, command, plan, post_line)
     store = h.store
     fence = current_fence()
     claim = {"message_id": message_id, "command": command, "state": "applying", "ok": plan.result.ok,
@@ -240,19 +254,21 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
     if store.atomic_records:  # claim and effect in one transaction
         committed = await store.commit_records([("insert", CLAIM_KIND, key, claim), *plan.ops, done])
         if committed:
-            crash_point(h, "after_claim")
+            crash_point("after_claim")
     else:  # claim first; a crash before the ops leaves it "applying" for the next run to finish
         committed = await store.insert_record(CLAIM_KIND, key, claim)
         if committed:
-            crash_point(h, "after_claim")
+            crash_point("after_claim")
             await store.commit_records([*plan.ops, done])
     finished_here = committed
     if committed:
-        crash_point(h, "after_effect")
+        crash_point("after_effect")
     else:
         claim = await store.get_record(CLAIM_KIND, key)
         if claim is None:  # the plan's own ops were refused (a change meanwhile): say so, claim nothing
             return CommandResult(False, "command not run: the data changed meanwhile")
+        if claim.get("effect"):  # a host's action, claimed before: its own rules
+            return await run_effect_once(h, key, message_id, command, plan, post_line)
         if claim["state"] == "applying":
             if not claimer_gone(h, claim):
                 return None  # its claimer is still at work
@@ -264,10 +280,54 @@ async def run_once(h: Any, key: str, message_id: str, command: dict | None, plan
         for topic, fact in claim["facts"]:
             await h.publish(topic, **fact)
     result = CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
-    crash_point(h, "before_result_line")
+    crash_point("before_result_line")
     if post_line:
         await h.ctx.post_event(h.owner, result_line(result), key=f"{key}:{claim['line_at']}")
     return result if finished_here else None
+
+
+INTERRUPTED = ("was interrupted: the server stopped while it ran, so it may or may not have taken effect; it is "
+               "not run again")
+
+
+async def run_effect_once(h: Any, key: str, message_id: str, command: dict | None, plan: Change,
+                          post_line: bool) -> CommandResult | None:
+    """A host's action under `key`: claimed before it runs, run once, its result recorded. A claim found still
+    "applying" whose claimer is gone (a crash between the claim and the result) is reported as interrupted,
+    not run again — unless the action is idempotent under the key (`plan.rerun`): then it runs again."""
+    store, fence = h.store, current_fence()
+    name = (command or {}).get("action", "the action")
+    claim = {"message_id": message_id, "command": command, "state": "applying", "effect": True, "ok": False,
+             "result": "", "before": None, "after": None, "ops": [], "facts": [list(f) for f in plan.facts],
+             "line_at": time.time_ns(), "claimed_at": time.time(),
+             "lease": fence and fence.lease_key, "fence": fence and fence.fence}
+    if await store.insert_record(CLAIM_KIND, key, claim):
+        crash_point("after_claim")
+        result = await plan.effect(key)
+    else:
+        claim = await store.get_record(CLAIM_KIND, key)
+        if claim["state"] != "applying":
+            result = None
+        elif not claimer_gone(h, claim):
+            return None  # its claimer is still at work
+        elif plan.rerun and plan.effect is not None:
+            result = await plan.effect(key)
+        else:
+            result = CommandResult(False, f"{claim['command'].get('action', name) if claim['command'] else name} "
+                                   f"{INTERRUPTED}")
+    if result is not None:
+        claim = {**claim, "state": "done", "ok": result.ok, "result": result.text, "before": result.before,
+                 "after": result.after}
+        await store.commit_records([("put", CLAIM_KIND, key, claim)])
+        crash_point("after_effect")
+        if result.ok:
+            for topic, fact in claim["facts"]:
+                await h.publish(topic, **fact)
+    recorded = CommandResult(claim["ok"], claim["result"], claim["before"], claim["after"])
+    crash_point("before_result_line")
+    if post_line:
+        await h.ctx.post_event(h.owner, result_line(recorded), key=f"{key}:{claim['line_at']}")
+    return recorded if result is not None else None
 
 
 def claimer_gone(h: Any, claim: dict) -> bool:
@@ -298,8 +358,13 @@ async def plan_command(h: Any, command: dict | None, error: str, specs: dict) ->
     spec, why = validate(command, specs) if command is not None else (None, error)
     if spec is None:
         return Change.refused(f"command not run: {why}")
+    return await plan_valid(h, spec, command.get("args", {}))
+
+
+async def plan_valid(h: Any, spec: CommandSpec, args: dict) -> Change:
+    """The change of a command its schema accepted (checked once, by whoever found it)."""
     try:
-        return await spec.run(h, command.get("args", {}))
+        return await spec.run(h, args)
     except Exception as exc:  # noqa: BLE001 - a plugin bug must not stop the other commands
         log.exception("command %s %s failed to plan", spec.target, spec.action)
         return Change.refused(f"command failed: {type(exc).__name__}")
@@ -356,7 +421,17 @@ async def plan_tool_call(h: Any, call: dict, specs: dict[str, CommandSpec]) -> t
     command, why = tool_call_command(call, specs)
     if command is None:
         return None, Change.refused(f"{call.get('name') or 'tool call'} not run: {why}")
-    return command, await plan_command(h, command, "", {(command["target"], command["action"]): specs[call["name"]]})
+    return await plan_checked_call(h, call, specs)
+
+
+async def plan_checked_call(h: Any, call: dict, specs: dict[str, CommandSpec]) -> tuple[dict | None, Change]:
+    """(the command, its change) for a tool call `tool_call_command` accepted when it was recorded: not checked
+    again (a tool no plugin offers any more is refused)."""
+    spec = specs.get(call.get("name"))
+    if spec is None:
+        return None, Change.refused(f"{call.get('name')} not run: no plugin offers this tool any more")
+    command = {"action": spec.action, "target": spec.target, "args": call["arguments"]}
+    return command, await plan_valid(h, spec, call["arguments"])
 
 
 def _storable(value: Any) -> bool:
@@ -378,7 +453,7 @@ async def run_answer_commands(h: Any, message_id: str, text: str) -> list[Comman
         if finding.position >= MAX_COMMANDS:
             plan = Change.refused(f"command {finding.position + 1} ignored: at most {MAX_COMMANDS} commands run "
                                   "per answer")
-        elif await h.store.get_record(CLAIM_KIND, key) is not None:
+        elif (claim := await h.store.get_record(CLAIM_KIND, key)) is not None and not claim.get("effect"):
             plan = Change.refused("")  # already claimed: run_once finishes what a crash left undone
         else:
             plan = await plan_command(h, finding.command, finding.error, specs)

@@ -130,9 +130,6 @@ class Settings:
     log_format: str = field(default="human", metadata={"env": "QUANDA_LOG_FORMAT",
                             "doc": "human: one readable line per log record; json: one JSON object per line "
                                    "with the request, answer and job ids (app/logs.py)"})
-    test_crash_at: str = field(default="", metadata={"env": "QUANDA_TEST_CRASH_AT",
-                               "doc": "Test only: kill the process at a named point of running a command "
-                                      "(after_claim, after_effect, before_result_line); inert when unset"})
 
     def __post_init__(self) -> None:
         if not self.db_timeout_s > 0:

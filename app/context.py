@@ -14,7 +14,7 @@ from quanda import ownership
 from quanda.config import Settings
 from quanda.jobs import Jobs
 from quanda.core import QuandaStore
-from quanda.core.store.base import MessageRecord
+from quanda.core import MessageRecord
 
 Send = Callable[..., Awaitable[None]]
 

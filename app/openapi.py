@@ -5,7 +5,7 @@ bodies and their errors; a served description lists only the routes the app has 
 chat leaves the chat's out). tests/test_openapi.py checks it both ways against the routes that exist and
 validates real responses against it. AG-UI's `RunAgentInput` comes from the protocol's own types.
 
-Access and errors are the API's (app/plugins/http_api.py): the page's session cookie or a bearer token; every
+Access and errors are the API's (app/http_api.py): the page's session cookie or a bearer token; every
 error body is `{"error": "..."}`.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from quanda.core import QuandaNotFoundError, QuandaStore
-from quanda.core.store.base import MessageRecord
+from quanda.core import MessageRecord
 
 KIND = "owner"
 

@@ -2,7 +2,7 @@
 
     python bench/chat_stream.py [--tokens 1800] [--slow-tokens 300] [--rates 50,500,2000] [--fanout 20]
                                 [--repeat 3] [--paragraph-words 400,4000] [--concurrent 50]
-                                [--concurrent-tokens 300] [--no-deflate] [--only-ours] [--before]
+                                [--concurrent-tokens 300] [--no-deflate] [--only-ours] [--before [--before-commit C]]
                                 [--frame-interval S] [--profile PATH] [--py-spy PATH] [--metrics-off]
 
 Exit status 1 when a target of issue 10 / SPEC §10 is missed (each printed as PASS or FAIL below the tables).
@@ -104,7 +104,8 @@ def bench_plugin():
 
     from bench.common import follow_full_handler, served
 
-    ids, Notice, Plugin = served("components.ids"), served("components.layout").Notice, served("plugins").Plugin
+    ids, Notice = served("components.ids"), served("components.layout").Notice
+    Plugin = getattr(served("plugins"), "Plugin", None) or served("api").Plugin  # older trees: app.plugins
     core, render_markdown = served("core"), served("render").render_markdown
     QuandaError, QuandaMessage, QuandaReader = core.QuandaError, core.QuandaMessage, core.QuandaReader
 
@@ -408,6 +409,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only-ours", action="store_true", help="skip the baseline rows")
     parser.add_argument("--before", action="store_true",
                         help="add rows for the app before issue 10 (commit e1594fc, from git history), as ours")
+    parser.add_argument("--before-commit", default=BEFORE_COMMIT, metavar="COMMIT",
+                        help="with --before: the commit whose app the 'before' rows run (default: %(default)s)")
     parser.add_argument("--frame-interval", type=float, default=None,
                         help="experiment: override quanda.follow.FRAME_INTERVAL_S in the server (default: as shipped)")
     parser.add_argument("--metrics-off", action="store_true",
@@ -468,9 +471,10 @@ async def main(args: argparse.Namespace) -> int:
     server = subprocess.Popen([sys.executable, me, "--serve", str(app_port), f"sqlite:///{tmp}/bench.db", llm_base,
                                *knobs], cwd=tmp, stdout=app_log, stderr=subprocess.STDOUT, env=env)
     servers = {"ours": (base, server), "baseline": (base, server)}
-    owner_dbs = {"ours": f"sqlite:///{tmp}/bench.db", "baseline": f"sqlite:///{tmp}/bench.db", "before": None}
+    owner_dbs = {"ours": f"sqlite:///{tmp}/bench.db", "baseline": f"sqlite:///{tmp}/bench.db",
+                 "before": None if args.before_commit == BEFORE_COMMIT else f"sqlite:///{tmp}/before.db"}  # accounts since
     if args.before:  # the app as it was before issue 10, on a port of its own
-        before_dir = checkout_before(tmp / "before")
+        before_dir = checkout_before(tmp / "before", args.before_commit)
         if before_dir is None:
             raise SystemExit("--before needs git (the app is extracted from the repository's history)")
         before_port = free_port()
@@ -508,7 +512,7 @@ async def main(args: argparse.Namespace) -> int:
         if "before" in servers:
             await wait_http(servers["before"][0] + "/-/plugins", servers["before"][1], tmp / "before-server.log")
             await one_run(servers["before"][0], llm_base, Spec("before", "warm-up", 1, 1, WARM_UP_TOKENS, TARGET_RATE), deflate,
-                          servers["before"][1].pid, run_no, None)
+                          servers["before"][1].pid, run_no, owner_dbs["before"])
         load.start()
         for spec in plan_rows(args):
             runs = []
@@ -542,7 +546,8 @@ def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shi
            total: float) -> int:
     names = {"ours": "ours (ChatView, coalesced)", "no-metrics": "ours, metrics off (bench only)",
              "baseline": "baseline (full re-render + resend per token)",
-             "before": f"before issue 10 ({BEFORE_COMMIT})"}
+             "before": f"before issue 10 ({BEFORE_COMMIT})" if args.before_commit == BEFORE_COMMIT
+             else f"before ({args.before_commit})"}
     interval = args.frame_interval if args.frame_interval is not None else shipped_interval
     knobs_text = "".join([f"; EXPERIMENT: FRAME_INTERVAL_S={args.frame_interval}"
                           if args.frame_interval is not None else "", "; EXPERIMENT: profiled" if args.profile else "",
@@ -596,7 +601,7 @@ def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shi
     def with_base(r: dict, key: str, fmt: str) -> str:
         where = (r["spec"].label, r["spec"].owners, r["spec"].tabs, r["spec"].rate)
         b, old = base.get(where), befores.get(where)
-        return "".join([f" (before issue 10: {fmt.format(old[key])})" if old else "",
+        return "".join([f" (before: {fmt.format(old[key])})" if old else "",
                         f" (baseline {fmt.format(b[key])})" if b else ""])
 
     for r in ours:
@@ -607,7 +612,7 @@ def report(args: argparse.Namespace, results: list[dict], load: MachineLoad, shi
         old = befores.get((s.label, s.owners, s.tabs, s.rate))
         check(ratio <= BYTES_TARGET, f"bytes <= {BYTES_TARGET:.0f}x final HTML, {where}: raw {ratio:.2f}x, wire "
               f"{r['wire'] / r['final']:.2f}x, {r['bytes'] / max(r['frames'], 1):.0f} B per frame"
-              + (f" (before issue 10: raw {old['bytes'] / old['final']:.2f}x)" if old else "")
+              + (f" (before: raw {old['bytes'] / old['final']:.2f}x)" if old else "")
               + (f" (baseline raw {b['bytes'] / b['final']:.1f}x)" if b else ""))
         if s.rate == TARGET_RATE and s.kind == "mixed":
             check(r["p99"] <= P99_TARGET_MS, f"p99 token->frame <= {P99_TARGET_MS:.0f} ms, {where}: {r['p99']:.1f} ms "

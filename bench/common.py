@@ -320,7 +320,7 @@ def follow_full_handler(role: str, full_resend: FullResend):
     """A plugin ws action `{"action": ..., "tab": n, "streams": {id: seq}}` that streams each message of
     `role` the owner holds through `full_resend(h, message_id, seq)` (one frame per token, no coalescing),
     outside the hub's followers; the same ownership check as the hub's `follow`."""
-    from quanda.plugins import ClientError
+    from quanda.api import ClientError
     from quanda.core import QuandaError
 
     tasks: dict[tuple[str, object, str], asyncio.Task] = {}

@@ -45,7 +45,7 @@ TARGET_MS = 50.0
 def bench_plugin():
     from fasthtml.common import Div
 
-    from quanda.plugins import ClientError, Handle, Plugin
+    from quanda.api import ClientError, Handle, Plugin
     from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
     async def write(h: Handle, message: QuandaMessage, tokens: int, rate: float) -> None:

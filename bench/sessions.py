@@ -45,7 +45,7 @@ def ping_plugin():
     """A plugin with one ws action, `bench.ping`: answers `<div id="bench-pong">`."""
     from fasthtml.common import Div
 
-    from quanda.plugins import Plugin
+    from quanda.api import Plugin
 
     async def on_ping(h, data: dict) -> None:
         await h.send(Div(id="bench-pong"))

@@ -73,7 +73,7 @@ def bench_plugin():
     from quanda.components import ids
     from quanda.components.layout import Notice
     from quanda.components.simulator import SimStatus, SimulatorView
-    from quanda.plugins import ClientError, Plugin
+    from quanda.api import ClientError, Plugin
     from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
     from bench.common import follow_full_handler, pct
 

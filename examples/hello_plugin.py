@@ -8,7 +8,7 @@ Install it as a package with an entry point (pyproject.toml):
 
 from fasthtml.common import H3, APIRouter, Article, Button, Form, Hidden, P, Span
 
-from quanda.plugins import Handle, Plugin, handle_of
+from quanda.api import Handle, Plugin, handle_of
 
 router = APIRouter()
 

@@ -34,7 +34,9 @@ class AppServer:
 
     def start(self) -> "AppServer":
         self.log = open(self.workdir / f"server-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "main.py")], cwd=self.workdir, env=self.env,
+        # with QUANDA_TEST_CRASH_AT, main.py with the test's crash hook installed (tests/crashes.py)
+        command = ["-m", "tests.crashes"] if self.env.get("QUANDA_TEST_CRASH_AT") else [str(ROOT / "main.py")]
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=self.workdir, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -13,27 +13,15 @@ import pytest
 from ag_ui.core import Event, EventType, RunAgentInput, UserMessage
 from pydantic import TypeAdapter
 
-from quanda.plugins.chat.agui_events import Cursor
-from tests.llm_server import LLMTestServer, Reply
-from tests.servers import AppServer
+from quanda.chat.agui_events import Cursor
+from tests.llm_server import Reply
 
 TOKEN = "agui-token"
+# the module's app server (tests/conftest.py)
+SERVER_ENV = {"QUANDA_API_TOKEN": TOKEN, "QUANDA_AGUI_STOP_GRACE_S": "0.3"}
 WAIT_S = 20
 EVENTS = TypeAdapter(Event)
 
-
-@pytest.fixture(scope="module")
-def llm():
-    with LLMTestServer(Reply(chunks=["ok"])) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, llm):
-    server = AppServer(tmp_path_factory.mktemp("agui-py"), QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
-                       OLLAMA_MODEL="quanda-test", QUANDA_AGUI_STOP_GRACE_S="0.3").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -17,10 +17,12 @@ import subprocess
 import httpx
 import pytest
 
-from tests.llm_server import Chunk, LLMTestServer, Reply, Rounds, ToolCall
+from tests.llm_server import Chunk, Reply, Rounds, ToolCall
 from tests.servers import ROOT, AppServer
 
 TOKEN = "agui-client-token"
+# the module's app server (tests/conftest.py)
+SERVER_ENV = {"QUANDA_API_TOKEN": TOKEN, "QUANDA_AGUI_STOP_GRACE_S": "0.5"}
 CLIENT_DIR = ROOT / "tests" / "agui"
 REQUIRED = os.environ.get("QUANDA_TEST_AGUI") == "1"
 RUN_S = 60
@@ -42,19 +44,6 @@ def _client_installed():
     if problem:
         pytest.skip(problem)
 
-
-@pytest.fixture(scope="module")
-def llm():
-    with LLMTestServer(Reply(chunks=["ok"])) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, llm):
-    server = AppServer(tmp_path_factory.mktemp("agui"), QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
-                       OLLAMA_MODEL="quanda-test", QUANDA_AGUI_STOP_GRACE_S="0.5").start()
-    yield server
-    server.stop()
 
 
 async def scenario(server: AppServer, name: str, thread: str) -> dict:

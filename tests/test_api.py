@@ -5,24 +5,14 @@ import json
 import httpx
 import pytest
 
-from tests.llm_server import LLMTestServer, Reply
+from tests.llm_server import Reply
 from tests.servers import AppServer
 
 TOKEN = "s3cret-token-for-tests"
+# the module's app server (tests/conftest.py)
+SERVER_ENV = {"QUANDA_API_TOKEN": TOKEN}
+LLM_REPLY = Reply(chunks=["Four", "."])
 
-
-@pytest.fixture(scope="module")
-def llm():
-    with LLMTestServer(Reply(chunks=["Four", "."])) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, llm):
-    server = AppServer(tmp_path_factory.mktemp("api"), QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
-                       OLLAMA_MODEL="quanda-test").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,25 +8,14 @@ import json
 import httpx
 import pytest
 
-from tests.llm_server import Chunk, LLMTestServer, Reply
+from tests.llm_server import Chunk, Reply
 from tests.servers import ACCOUNTS, AppServer, add_user
 
 TOKEN = "chat-api-token"
+# the module's app server (tests/conftest.py)
+SERVER_ENV = {"QUANDA_API_TOKEN": TOKEN}
 WAIT_S = 20
 
-
-@pytest.fixture(scope="module")
-def llm():
-    with LLMTestServer(Reply(chunks=["ok"])) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, llm):
-    server = AppServer(tmp_path_factory.mktemp("chat-api"), QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
-                       OLLAMA_MODEL="quanda-test").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -302,7 +291,7 @@ async def test_accounts_keep_each_conversation_to_its_user(tmp_path, llm):
 
 
 async def test_a_quiet_message_stream_sends_keepalives_and_ends_with_its_reader():
-    from quanda.plugins.http_api import with_keepalives
+    from quanda.http_api import with_keepalives
     from quanda.core import QuandaError
 
     gate = asyncio.Event()

@@ -7,9 +7,10 @@ import pytest
 
 from quanda.config import Settings
 from quanda.llm import LLMUnavailable
-from quanda.plugins import AppContext, load_plugins
-from quanda.plugins.chat import conversation, drafts, export
-from quanda.plugins.chat.status import LLMStatus
+from quanda.api import AppContext
+from quanda.plugin import load_plugins
+from quanda.chat import conversation, drafts, export
+from quanda.chat.status import LLMStatus
 from quanda.core import QuandaMessage, QuandaWriter
 
 OWNER = "a" * 32

@@ -11,24 +11,13 @@ import httpx
 import pytest
 import websockets
 
-from tests.llm_server import LLMTestServer, Raw, Reply
+from tests.llm_server import Raw, Reply
 from tests.servers import AppServer
 
 TOKEN = "failure-tests-token"
+# the module's app server (tests/conftest.py)
+SERVER_ENV = {"QUANDA_API_TOKEN": TOKEN, "QUANDA_LLM_STALL_S": "1"}
 
-
-@pytest.fixture(scope="module")
-def llm():
-    with LLMTestServer(Reply(chunks=["ok"])) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, llm):
-    server = AppServer(tmp_path_factory.mktemp("fail"), QUANDA_API_TOKEN=TOKEN, OLLAMA_HOST=llm.url,
-                       OLLAMA_MODEL="quanda-test", QUANDA_LLM_STALL_S="1").start()
-    yield server
-    server.stop()
 
 
 async def answer_and_wait(server, question="Hi", model=None):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from quanda.plugins.chat.requests import looks_like_request
+from quanda.chat.requests import looks_like_request
 
 ACTIONS, TARGETS = {"insert", "update", "delete", "toggle", "list"}, {"todo"}
 

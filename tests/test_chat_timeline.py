@@ -1,4 +1,4 @@
-"""The conversation cursor (app/plugins/chat/timeline.py) on every backend: a diff from any cursor sends each
+"""The conversation cursor (app/chat/timeline.py) on every backend: a diff from any cursor sends each
 change once, including entries whose writers committed out of the order of their keys; what it cannot bring
 up to date starts over with a snapshot; a cursor is self-contained and bounded."""
 
@@ -8,7 +8,7 @@ import pytest
 
 from quanda.config import Settings
 from quanda.context import AppContext
-from quanda.plugins.chat import conversation, timeline
+from quanda.chat import conversation, timeline
 from quanda.core import QuandaMessage, QuandaWriter
 
 

@@ -1,4 +1,4 @@
-"""The prompt fitted to the model's window (app/plugins/chat/window.py), on the real stores: whatever the
+"""The prompt fitted to the model's window (app/chat/window.py), on the real stores: whatever the
 conversation's length and the plugins' live state, the system prompt, the bounded state, the latest question
 and room for the answer fit; older turns go first; the window comes from the conversation, the server or
 QUANDA_LLM_CONTEXT; reading the last N entries reads N."""
@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from quanda.config import Settings
 from quanda.context import AppContext
 from quanda.core import QuandaMessage, QuandaWriter
-from quanda.plugins import Plugin, load_plugins
-from quanda.plugins.chat import conversation, window
+from quanda.api import Plugin
+from quanda.plugin import load_plugins
+from quanda.chat import conversation, window
 
 OWNER = "w1"
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from quanda.commands import MAX_COMMANDS, apply_change, extract, run_answer_commands, validate
 from quanda.config import Settings
 from quanda.context import AppContext
-from quanda.plugins import load_plugins
+from quanda.plugin import load_plugins
 from quanda.plugins.todo import COMMANDS, plan_add, todos
 from tests.backends import make_store, store_target
 
@@ -181,7 +181,7 @@ async def test_at_most_twenty_commands_per_answer(store):
 
 
 async def test_system_prompt_is_layered_and_replaceable(store, tmp_path):
-    from quanda.plugins.chat.prompt import system_prompt
+    from quanda.chat.prompt import system_prompt
 
     ctx = context(store)
     h = ctx.handle("s3")

@@ -13,10 +13,11 @@ import pytest
 from quanda.commands import run_answer_commands
 from quanda.config import Settings
 from quanda.context import AppContext
-from quanda.plugins import load_plugins
-from quanda.plugins.chat import conversation
+from quanda.plugin import load_plugins
+from quanda.chat import conversation
 from quanda.plugins.todo import todos
 from tests.backends import NO_POSTGRES, POSTGRES_URL, postgres_test_url
+from tests.crashes import crash_at
 from tests.llm_server import LLMTestServer, Reply
 from tests.servers import AppServer
 
@@ -109,14 +110,9 @@ async def test_without_transactions_a_claim_left_applying_is_finished_once(tmp_p
     store = await make_store("mongomock", tmp_path)
     try:
         assert not store.atomic_records
-        crashing = AppContext(Settings(test_crash_at="after_claim", job_lease_s=0), store,
-                              load_plugins(entry_point_group=None))
-
-        def die(code):
-            raise Crashed()
-        monkeypatch.setattr("quanda.commands.os._exit", die)
+        crashing = AppContext(Settings(job_lease_s=0), store, load_plugins(entry_point_group=None))
         h = crashing.handle("local")
-        with pytest.raises(Crashed):
+        with crash_at("after_claim", Crashed), pytest.raises(Crashed):
             await run_answer_commands(h, "a" * 24, "".join(ANSWER))
         assert await todos(h) == []  # claimed, nothing applied yet
         recovering = AppContext(Settings(job_lease_s=0), store, load_plugins(entry_point_group=None))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from quanda.core import QuandaMessage, QuandaWriter
-from quanda.plugins.chat import conversation
+from quanda.chat import conversation
 from quanda.retention import sweep
 
 OWNER = "local"

@@ -15,11 +15,12 @@ from quanda.core import QuandaMessage, QuandaStoreError, QuandaWriter
 from quanda.core.store.fencing import fenced
 from quanda.jobs import Jobs
 from quanda.llm import OllamaDriver
-from quanda.plugins import load_plugins
-from quanda.plugins.chat import ChatState, answers, conversation
+from quanda.plugin import load_plugins
+from quanda.chat import ChatState, answers, conversation
 from quanda.plugins.todo import todos
 from quanda.server import PluginHost
 from tests.backends import make_store
+from tests.crashes import crash_at
 from tests.llm_server import LLMTestServer, Reply
 from tests.reliability.harness import eventually
 
@@ -79,12 +80,8 @@ async def test_without_transactions_a_recovery_right_after_a_crash_runs_each_com
         key = await conversation.add_entry(store, OWNER, {"type": "assistant", "message_id": answer.id,
                                                           "status": "done", "commands": "pending"})
         lease = await store.acquire_lease(answer.id, "the-dead-server", 0.05, {"kind": "assistant", "owner": OWNER})
-        crashing = context(store, job_lease_s=10.0, test_crash_at=point)
-
-        def die(code):
-            raise Crashed()
-        monkeypatch.setattr("quanda.commands.os._exit", die)
-        with fenced(answer.id, lease.fence), pytest.raises(Crashed):
+        crashing = context(store, job_lease_s=10.0)
+        with fenced(answer.id, lease.fence), crash_at(point, Crashed), pytest.raises(Crashed):
             await answers.run_commands(crashing.handle(OWNER), key, answer.id)
         await lease_expired(store, answer.id)  # a short lease stands in for the 10 s: the claim is seconds old
         await jobs_of(context(store, job_lease_s=10.0), 10.0).reap()  # another server recovers the job

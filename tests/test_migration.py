@@ -9,8 +9,8 @@ from quanda.accounts import Accounts
 from quanda.config import Settings
 from quanda.context import AppContext
 from quanda.migrate import adopt, legacy_sessions, migrate
-from quanda.plugins import load_plugins
-from quanda.plugins.chat import conversation
+from quanda.plugin import load_plugins
+from quanda.chat import conversation
 from quanda.plugins.todo import todos
 from quanda.core import open_store
 

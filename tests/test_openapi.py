@@ -54,7 +54,7 @@ def test_the_description_names_every_route_and_no_other(tmp_path, spec):
 
 def test_a_host_without_the_chat_is_described_without_it(tmp_path):
     app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'q.db'}"), entry_point_group=None,
-                     builtin=("quanda.plugins.http_api",))
+                     builtin=("quanda.http_api",))
     from starlette.testclient import TestClient
     with TestClient(app, base_url="http://127.0.0.1") as client:
         paths = client.get("/api/openapi.json").json()["paths"]

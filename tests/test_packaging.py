@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import ROOT
-from tests.wheel import installed_wheel, served_by
+from tests.wheel import clean_env, installed_wheel, served_by
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -41,7 +41,7 @@ def test_the_wheel_serves_the_whole_app_from_an_empty_folder(tmp_path):
     assert no_app.returncode != 0 and "No module named 'app'" in no_app.stderr
     help_text = subprocess.run([venv / "bin" / "quanda", "--help"], cwd=tmp_path, capture_output=True, text=True,
                                timeout=60).stdout
-    for command in ("serve", "tui", "users", "tokens"):
+    for command in ("serve", "tui", "users", "tokens", "migrate"):
         assert f"quanda {command}" in help_text, help_text
     with served_by([venv / "bin" / "quanda", "serve"], tmp_path) as (url, client):
         page = client.get(url + "/").text
@@ -54,7 +54,8 @@ def test_the_wheel_serves_the_whole_app_from_an_empty_folder(tmp_path):
     assert (tmp_path / "data" / "quanda.db").exists(), "the embedded store lives in the working directory"
 
 
-@pytest.mark.parametrize("command", [["quanda", "serve", "--help"], ["quanda", "tui", "--help"]])
+@pytest.mark.parametrize("command", [["quanda", "serve", "--help"], ["quanda", "tui", "--help"],
+                                     ["quanda", "migrate", "--help"]])
 def test_console_script_subcommands_answer(command):
     venv = installed_wheel()
     shown = subprocess.run([venv / "bin" / command[0], *command[1:]], capture_output=True, text=True, timeout=60)
@@ -64,3 +65,36 @@ def test_console_script_subcommands_answer(command):
 def test_python_m_quanda_is_the_same_command_line():
     shown = subprocess.run([sys.executable, "-m", "quanda", "--help"], capture_output=True, text=True, timeout=60)
     assert "quanda serve" in shown.stdout
+
+
+HOST_PACKAGE = '''
+from fasthtml.common import FastHTML, Main, P
+
+from quanda.api import Quanda
+
+q = Quanda()
+app = FastHTML(default_hdrs=False)
+q.mount(app)
+
+
+@app.get("/")
+def home():
+    return Main(P("the host's own page"), q.sidebar())
+'''
+
+
+def test_a_host_project_with_its_own_app_package_installs_and_mounts_quanda(tmp_path):
+    """The most common name of a FastHTML project's package is `app`: the wheel must not take it."""
+    venv = installed_wheel()
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text(HOST_PACKAGE)
+    which = subprocess.run([venv / "bin" / "python", "-c", "import app, quanda; print(app.__file__, quanda.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60, env=clean_env())
+    host_file, quanda_file = which.stdout.split()
+    assert host_file == str(tmp_path / "app" / "__init__.py") and "site-packages" in quanda_file, which
+    with served_by([venv / "bin" / "python", "-m", "uvicorn", "app:app", "--port", "$QUANDA_PORT"], tmp_path) as (
+            url, client):
+        page = client.get(url + "/").text
+        assert "the host's own page" in page and 'ws-connect="/ws"' in page
+        assert client.get(url + "/static/quanda.js").status_code == 200
+        assert {p["name"] for p in client.get(url + "/-/plugins").json()} == {"app", "chat", "api"}

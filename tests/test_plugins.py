@@ -7,10 +7,18 @@ import pytest
 from starlette.testclient import TestClient
 
 from quanda.config import Settings
-from quanda.plugins import BUILTIN_PLUGINS, Plugin, PluginError, load_plugins, plugin_fields, validate
+from quanda.api import Plugin, PluginError
+from quanda.plugin import BUILTIN_PLUGINS, load_plugins, plugin_fields, validate
 from quanda.server import create_app
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+
+
+def documented() -> str:
+    """The README and every docs/ page."""
+    return "\n".join([README.read_text(), *(p.read_text() for p in sorted(DOCS.glob("*.md")))])
 
 
 def make_client(tmp_path, **kwargs):
@@ -77,28 +85,29 @@ def test_readme_example_plugin_loads_and_serves(tmp_path):
 
 def test_readme_shows_the_example_plugin_verbatim():
     example = (Path(__file__).resolve().parent.parent / "examples" / "hello_plugin.py").read_text()
-    readme = README.read_text()
+    page = (DOCS / "plugins.md").read_text()
     body = example.split('"""', 2)[2].strip()
-    assert body in readme, "README's 'Writing a plugin' must show examples/hello_plugin.py"
+    assert body in page, "docs/plugins.md's 'Writing a plugin' must show examples/hello_plugin.py"
 
 
 def test_readme_names_every_setting_and_plugin():
-    readme = README.read_text()
+    readme, docs = README.read_text(), documented()
     for variable, _default, _doc in Settings.documented():
-        assert f"`{variable}`" in readme, f"README does not document {variable}"
+        assert f"`{variable}`" in readme, f"README's configuration table does not document {variable}"
     for plugin in load_plugins(entry_point_group=None):
-        assert plugin.label in readme, f"README does not mention the {plugin.label} plugin"
+        assert plugin.label in docs, f"the docs do not mention the {plugin.label} plugin"
+    plugin_guide = (DOCS / "plugins.md").read_text()
     for hook in plugin_fields():
-        assert f"`{hook}" in readme, f"README's plugin guide does not document the {hook} hook"
-    assert re.search(r"htmx\.org.*2\.\d+\.\d+", readme) and re.search(r"htmx-ext-ws.*2\.\d+\.\d+", readme)
+        assert f"`{hook}" in plugin_guide, f"docs/plugins.md does not document the {hook} hook"
+    assert re.search(r"htmx\.org.*2\.\d+\.\d+", docs) and re.search(r"htmx-ext-ws.*2\.\d+\.\d+", docs)
 
 
 def test_builtin_list_is_explicit():
-    assert all(name.startswith("quanda.plugins.") for name in BUILTIN_PLUGINS)
+    assert BUILTIN_PLUGINS == ("quanda.plugins.todo", "quanda.plugins.simulator", "quanda.chat", "quanda.http_api")
 
 
 def test_entry_point_plugins_are_loaded_and_broken_ones_fail_loudly(monkeypatch):
-    import quanda.plugins as plugins_module
+    import quanda.plugin as plugins_module
 
     class EntryPoint:
         def __init__(self, name, value, loaded):
@@ -121,10 +130,10 @@ def test_entry_point_plugins_are_loaded_and_broken_ones_fail_loudly(monkeypatch)
 
 
 def test_readme_layout_lists_every_module():
-    layout = README.read_text().split("### Layout", 1)[1].split("```", 2)[1]
+    layout = (DOCS / "app.md").read_text().split("## Layout", 1)[1].split("```", 2)[1]
     root = README.parent
     for path in sorted((root / "app").rglob("*.py")):
         name = str(path.relative_to(root))
         if path.name == "__init__.py" and len([l for l in path.read_text().splitlines() if l.strip()]) < 5:
             continue  # an empty package marker
-        assert f"\n{name} " in layout, f"README's layout does not list {name}"
+        assert f"\n{name} " in layout, f"docs/app.md's layout does not list {name}"

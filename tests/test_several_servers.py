@@ -1,4 +1,4 @@
-"""The README's "Running several servers" block, run as written (its database URL and ports swapped for the
+"""docs/several-servers.md's block, run as written (its database URL and ports swapped for the
 test's own): the servers start, share one truth, and a todo added through one shows on the others."""
 
 import re
@@ -15,11 +15,11 @@ import websockets.sync.client as ws_client
 from tests.backends import NO_POSTGRES, POSTGRES_URL, drop_postgres_schemas, postgres_test_url
 from tests.servers import ROOT, free_port
 
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "several-servers.md"
 
 
 def readme_block() -> list[str]:
-    section = README.read_text().split("## Running several servers", 1)[1]
+    section = PAGE.read_text()
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines()
 
 

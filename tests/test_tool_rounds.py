@@ -14,9 +14,10 @@ from quanda.config import Settings
 from quanda.context import AppContext
 from quanda.jobs import Jobs
 from quanda.llm import OllamaDriver, OpenAIDriver
-from quanda.plugins import Plugin, load_plugins
-from quanda.plugins.chat import ChatState, answers, conversation
-from quanda.plugins.chat.tools import MAX_TOOL_ROUNDS, ROUND_KIND, markdown_line, offered_tools, round_key
+from quanda.api import Plugin
+from quanda.plugin import load_plugins
+from quanda.chat import ChatState, answers, conversation
+from quanda.chat.tools import MAX_TOOL_ROUNDS, ROUND_KIND, markdown_line, offered_tools, round_key
 from quanda.plugins.todo import todos
 from quanda.render import render_markdown
 from tests.llm_server import Chunk, LLMTestServer, Reply, Rounds, ToolCall

@@ -173,7 +173,7 @@ async def test_thinking_streams_into_a_collapsed_section(server, llm):
 
 
 async def test_cut_connections_mid_answer_resume_with_no_gap_and_no_duplicate(server, llm):
-    script = words(150)
+    script = words(300)
     llm.script = Reply(chunks=script, delay=0.02)
     async with CuttableProxy(server.port) as proxy:
         app = QuandaTUI(proxy.url, TOKEN)
@@ -184,6 +184,12 @@ async def test_cut_connections_mid_answer_resume_with_no_gap_and_no_duplicate(se
             for mark in ("w20 ", "w60 "):
                 await app.until(lambda: (a := app.conv.last_answer()) is not None and mark in a.message.content,
                                 WAIT_S, f"{mark!r} to arrive")
+                # both streams back (the conversation's and the answer's: each reconnects after its own
+                # backoff), so the cut below has connections to cut
+                await app.until(lambda: app.connected and not app.problems
+                                and app.conv.last_answer().message.id in app.followers,
+                                WAIT_S, "the conversation and the answer to be followed again")
+                assert app.conv.last_answer().status == "generating", "the answer ended before the cut"
                 logged = app.problems_shown
                 proxy.cut()  # every connection reset, as when a network drops
                 await app.until(lambda: app.problems_shown > logged, WAIT_S, "the cut to be shown")
@@ -344,12 +350,11 @@ def test_the_readme_session_names_what_the_command_line_has():
     import sys
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### The terminal client", 1)[1].split("\n## ", 1)[0]
+    section = (Path(__file__).resolve().parent.parent / "docs" / "terminal.md").read_text()
     shown = subprocess.run([sys.executable, "-m", "quanda.tui", "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     for flag in set(re.findall(r"`(--[a-z]+)", section)):
-        assert flag in shown.stdout, f"the README names {flag}; `python -m quanda.tui --help` does not"
+        assert flag in shown.stdout, f"docs/terminal.md names {flag}; `python -m quanda.tui --help` does not"
     assert "pip install -e '.[tui]'" in section and "python -m quanda.tui" in section and "python main.py" in section
     for key, action in (("^S", "send"), ("^T", "stop"), ("^R", "retry"), ("^N", "new_conversation"),
                         ("^Q", "quit"), ("^O", "toggle_thinking")):

@@ -24,15 +24,16 @@ INSTALL_TIMEOUT_S = 600
 
 @functools.cache
 def installed_wheel() -> Path:
-    """A venv, in a temporary folder, with the wheel of this checkout installed (not editable) and its
-    dependencies from the package index; returns the venv's folder."""
+    """A venv, in a temporary folder, with the wheel of this checkout installed (not editable) with its
+    `examples` extra (fastlite, for the example hosts) and its dependencies from the package index; returns the
+    venv's folder."""
     where = Path(tempfile.mkdtemp(prefix="quanda-wheel-"))
     atexit.register(shutil.rmtree, where, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(where / "dist"), str(ROOT)],
                    check=True, cwd=where, timeout=INSTALL_TIMEOUT_S)
     wheel = next((where / "dist").glob("quanda-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=INSTALL_TIMEOUT_S)
-    subprocess.run([where / "venv" / "bin" / "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], check=True, cwd=where,
+    subprocess.run([where / "venv" / "bin" / "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[examples]"], check=True, cwd=where,
                    timeout=INSTALL_TIMEOUT_S, env=clean_env())
     return where / "venv"
 
@@ -45,11 +46,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def served_by(command: Sequence[object], cwd: Path, **env: str) -> Iterator[tuple[str, httpx.Client]]:
-    """Run `command` (a server that reads QUANDA_PORT) in `cwd` until it answers; yield its URL and a client."""
+    """Run `command` (a server that reads QUANDA_PORT, or names it as "$QUANDA_PORT") in `cwd` until it answers;
+    yield its URL and a client."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(cwd / f"server-{port}.log", "wb")
-    proc = subprocess.Popen([str(c) for c in command], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([str(port) if c == "$QUANDA_PORT" else str(c) for c in command], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                             env=clean_env(QUANDA_PORT=str(port), **env))
     try:
         with httpx.Client(timeout=10) as client:

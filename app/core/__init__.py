@@ -9,11 +9,12 @@ from .message import QuandaMessage
 from .reader import QuandaReader
 from .replay import MessageState, replay
 from .store import DEFAULT_URL, QuandaStore, open_store
+from .store.base import MessageRecord
 from .token import QuandaToken
 from .writer import ChunkStream, QuandaWriter
 
 __all__ = [
-    "ChunkStream", "DEFAULT_URL", "MessageState", "QuandaError", "QuandaFencedError", "QuandaImmutableError",
+    "ChunkStream", "DEFAULT_URL", "MessageRecord", "MessageState", "QuandaError", "QuandaFencedError", "QuandaImmutableError",
     "QuandaLimitError", "QuandaMessage", "QuandaNotFoundError", "QuandaReader", "QuandaSchemaError", "QuandaStore",
     "QuandaStoreError", "QuandaTimeoutError", "QuandaToken", "QuandaWriter",
     "open_store", "replay",

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from importlib.resources import files
 
 from quanda.components.simulator import (SimBar, SimRun, SimStartForm, SimStatus, SimStopForm, SimulatorCard,
                                          SimulatorView, progress_of, run_fields)
 from quanda.components import ids
-from quanda.plugins import ClientError, Handle, Job, Plugin
-from quanda.plugins.notices import near
-from quanda.core import QuandaError, QuandaMessage, QuandaWriter
+from quanda.api import ClientError, Handle, Job, Plugin, QuandaError, QuandaMessage, QuandaWriter, near
 
 log = logging.getLogger("quanda.simulator")
 
@@ -156,4 +155,5 @@ plugin = Plugin(
     fact_views={"sim.started": show_started, "sim.ended": show_ended},
     recover={ROLE: recover},
     system_prompt="The stream simulator runs a long job that streams progress; the user starts and stops it.",
+    assets=(str(files("quanda.static") / "simulator.js"),),  # the fields kept per tab
 )

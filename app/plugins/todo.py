@@ -14,10 +14,11 @@ Refusals show under the add form (`near`).
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from quanda.components import ids
 from quanda.components.todo import AppendTodo, MoveTodo, RemoveTodo, TodoItem, TodoPage, TodoSummary
-from quanda.plugins import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change
-from quanda.plugins.notices import near
+from quanda.api import Change, ClientError, CommandResult, CommandSpec, Field, Handle, Plugin, apply_change, near
 
 KIND = "todo"
 MAX_NAME = 200
@@ -297,4 +298,5 @@ plugin = Plugin(
     commands=COMMANDS,
     system_prompt="The Todos page is the user's todo list; you can change it with the todo commands.",
     prompt_context=prompt_context,
+    assets=(str(files("quanda.static") / "todo.js"),),  # the filters and the inline editor
 )

@@ -178,7 +178,7 @@ def test_a_handler_that_fails_is_answered_500_with_the_headers_and_no_detail(tmp
     from starlette.testclient import TestClient
 
     from quanda.config import Settings
-    from quanda.plugins import Plugin
+    from quanda.api import Plugin
     from quanda.server import create_app
 
     router = APIRouter()

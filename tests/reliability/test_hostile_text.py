@@ -111,7 +111,7 @@ class Watched:
         url = request.url
         allowed = url.startswith(self.origin + "/") or url.startswith(self.origin.replace("http", "ws") + "/ws")
         path = url[len(self.origin):] if url.startswith(self.origin) else url
-        if not allowed or not re.match(r"(/|/p/\w+|/static/[\w.-]+|/ws)(\?.*)?$", path) or "xss" in url.lower():
+        if not allowed or not re.match(r"(/|/p/\w+|/static/(plugins/\w+/)?[\w.-]+|/ws)(\?.*)?$", path) or "xss" in url.lower():
             self.requests.append(f"{request.method} {url}")
 
     async def check(self, where: str) -> None:

@@ -15,8 +15,8 @@ from quanda.components import ids
 from quanda.components.answer import ConversationSettings
 from quanda.components.conversations import ConversationView, SearchResults
 from quanda.core import QuandaError
-from quanda.plugins import ClientError, Handle
-from quanda.plugins.notices import near
+from quanda.context import ClientError, Handle
+from quanda.notices import near
 
 from . import actions, conversation
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quanda.plugins import Handle
+from quanda.context import Handle
 
 KIND = "answer_tools"
 RESULT_KIND = "client_tool_result"  # what the client sent back for one of its calls, keyed by the call's id

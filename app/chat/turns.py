@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
 from quanda.core import QuandaError
-from quanda.plugins import Handle
+from quanda.context import Handle
 
 log = logging.getLogger("quanda.chat.turns")
 

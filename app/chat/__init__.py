@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from fasthtml.common import H2, APIRouter, Div, P, Section
+
+import quanda.static
 
 from quanda.components.buttons import ws_button
 from quanda.components.chat import ChatView
 from quanda.components.conversations import ConversationList, ConversationView, SearchBox, SearchResults
-from quanda.plugins import AppContext, Handle, Plugin
+from quanda.context import AppContext, Handle
+from quanda.plugin import Plugin
 
 from . import actions, agui, answers, api, conversation, drafts, export, manage, turns, views
 from .status import LLMStatus
@@ -91,4 +95,5 @@ plugin = Plugin(
     sidebar=actions.sidebar,
     on_event=actions.on_event,
     ask=actions.ask,
+    assets=(str(Path(quanda.static.__file__).parent / "chat.js"),),  # the input's keys, the badge's checks
 )

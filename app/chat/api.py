@@ -1,7 +1,7 @@
 """The chat over HTTP: what a terminal (`python -m quanda.tui`) or any client needs to be a peer of the browser
 tabs — the same conversation, live in both, Stop and Retry from either.
 
-JSON in and out; access, errors and limits as for the rest of the HTTP API (app/plugins/http_api.py): the
+JSON in and out; access, errors and limits as for the rest of the HTTP API (app/http_api.py): the
 page's session, or `Authorization: Bearer <token>`; 400 invalid, 401 no access, 404 unknown or someone else's,
 409 refused in the answer's current state, 503 the store failed.
 
@@ -40,8 +40,10 @@ from typing import Any
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, StreamingResponse
 
-from quanda.plugins import ClientError, Handle, handle_of
-from quanda.plugins.http_api import body_json, error, guarded
+from quanda.context import ClientError, Handle
+
+from quanda.access import handle_of
+from quanda.http_api import body_json, error, guarded
 from quanda.revocation import revocable
 from quanda.core import QuandaError, QuandaMessage
 

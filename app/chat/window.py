@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quanda.plugins import Handle
+from quanda.context import Handle
 
 from . import prompt
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from quanda.core import QuandaError, QuandaMessage, QuandaWriter
-from quanda.plugins import ClientError, Handle
+from quanda.context import ClientError, Handle
 
 from . import answers, conversation
 

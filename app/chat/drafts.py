@@ -15,11 +15,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from quanda.plugins import AppContext, Handle
+from quanda.context import AppContext, Handle
 from quanda.core import QuandaError, QuandaImmutableError, QuandaMessage, QuandaWriter
 
 if TYPE_CHECKING:
-    from quanda.core.store.base import MessageRecord
+    from quanda.core import MessageRecord
 
 log = logging.getLogger("quanda.chat")
 

@@ -21,7 +21,8 @@ import logging
 
 from quanda import metrics
 from quanda.commands import command_specs, run_answer_commands
-from quanda.plugins import ClientError, Handle, Job
+from quanda.context import ClientError, Handle
+from quanda.jobs import Job
 from quanda.core import QuandaError, QuandaFencedError, QuandaMessage, QuandaWriter
 
 from . import conversation, prompt, tools

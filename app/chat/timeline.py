@@ -30,9 +30,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from quanda.plugins import Handle
+from quanda.context import Handle
 from quanda.core import QuandaError
-from quanda.core.store.base import MessageRecord
+from quanda.core import MessageRecord
 
 from . import answers, conversation, outcome
 

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response
 
-from quanda.plugins import handle_of
+from quanda.access import handle_of
 from quanda.core import QuandaError
 
 from quanda.llm.usage import usage_text

@@ -14,7 +14,7 @@ from quanda.components.chat import (AppendToList, ChatMessage, DraftPreview, Edi
                                     MessageActions, MessageList, SendSlot, ThinkingSection, TurnField)
 from quanda.components.conversations import ConversationList
 from quanda.components.notice import FieldNotice
-from quanda.plugins import Handle
+from quanda.context import Handle
 from quanda.core import QuandaError
 from quanda.render import render_markdown
 

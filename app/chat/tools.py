@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from quanda import metrics
-from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_tool_call, result_line,
+from quanda.commands import (MAX_COMMANDS, Change, CommandResult, claimed_result, plan_checked_call, result_line,
                           run_once, tool_call_command, tool_definitions, tool_specs)
 from quanda.llm import COMPLETED, CUT_REASONS, DELTA, ERROR, REASONING, TOOL_CALL, TOOLS_REJECTED, LLMEvent, LLMUnavailable
-from quanda.plugins import Handle
+from quanda.context import Handle
 from quanda.core import ChunkStream, QuandaMessage, QuandaWriter
 
 from . import client_tools, conversation, turns, window
@@ -316,8 +316,8 @@ class RoundLoop:
         a call claimed already keeps its recorded result."""
         h, key = self.h, call_key(self.answer_id, round_no, call["position"])
         record = {"tool": call["name"], "call_id": call["id"], "round": round_no, "position": call["position"]}
-        if run and "error" not in call:
-            command, plan = await plan_tool_call(h, call, toolbox(h).specs)
+        if run and "error" not in call:  # checked once, by _checked, when its round was recorded
+            command, plan = await plan_checked_call(h, call, toolbox(h).specs)
         elif "error" in call:
             command, plan = None, Change.refused(f"{call['name'] or 'tool call'} not run: {call['error']}")
         else:

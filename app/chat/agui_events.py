@@ -41,7 +41,7 @@ from ag_ui.core import (ActivityMessage, AssistantMessage, FunctionCall, Message
 from ag_ui.encoder import EventEncoder
 
 from quanda.commands import claimed_result, result_line
-from quanda.plugins import Handle
+from quanda.context import Handle
 from quanda.core import QuandaError, QuandaMessage, QuandaReader
 
 from . import client_tools, conversation, tools

@@ -12,7 +12,7 @@ import logging
 from typing import Awaitable, Callable
 
 from quanda.components.notice import FieldNotice
-from quanda.plugins import ClientError, Handle
+from quanda.context import ClientError, Handle
 from quanda.core import QuandaError, QuandaStoreError
 
 log = logging.getLogger("quanda.plugins")

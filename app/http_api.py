@@ -20,7 +20,9 @@ from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from quanda.client_json import ClientJSONError, parse_client_json
-from quanda.plugins import ClientError, Plugin, handle_of
+from quanda.context import ClientError
+from quanda.plugin import Plugin
+from quanda.access import handle_of
 from quanda.revocation import revocable
 from quanda.core import (QuandaError, QuandaImmutableError, QuandaLimitError, QuandaMessage, QuandaNotFoundError,
                         QuandaReader, QuandaStoreError)

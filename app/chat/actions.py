@@ -11,8 +11,8 @@ from quanda.components.answer import ConversationSettings, HorizonMarker
 from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine,
                                     PreviousVersion, StatusBadge, ModelPicker)
 from quanda.components.conversations import ConversationView
-from quanda.plugins import ClientError, Handle
-from quanda.plugins.notices import near
+from quanda.context import ClientError, Handle
+from quanda.notices import near
 from quanda.core import QuandaError, QuandaWriter, QuandaMessage
 from quanda.render import render_markdown
 

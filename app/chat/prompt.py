@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quanda.commands import describe
-from quanda.plugins import Handle
+from quanda.context import Handle
 from quanda.core import QuandaError
 
 from . import conversation
 
 HISTORY_ENTRIES = 200  # the most a prompt looks back; the window usually keeps fewer (see window.py)
-BASE_PROMPT = ("You are the assistant inside Quanda, a local app with a todo list and a stream simulator. "
+BASE_PROMPT = ("You are the assistant inside Quanda, a chat beside the user's app (its parts are described below). "
                "You see the user's actions as [UI event] lines; when they press Poke, react briefly to what they just "
                "did. Answer briefly, in Markdown.")
 

@@ -40,8 +40,9 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, StreamingResponse
 
 from quanda.llm.tools import TOOL_NAME_RE
-from quanda.plugins import ClientError, Handle, handle_of
-from quanda.plugins.http_api import body_json, error
+from quanda.context import ClientError, Handle
+from quanda.access import handle_of
+from quanda.http_api import body_json, error
 from quanda.revocation import revocable
 from quanda.core import QuandaError, QuandaMessage, QuandaNotFoundError
 
