@@ -34,6 +34,7 @@ class AnswerInfo:
     last: bool = False  # the last answer of the conversation (Regenerate is offered there)
     approvals: list = field(default_factory=list)  # the actions it asked to run, each decided or not yet
     results: list = field(default_factory=list)  # the actions it ran: what each did, Undo while it can
+    unchanged: bool = False  # its question asked for a change and it ran no command
 
     @property
     def retryable(self) -> bool:
@@ -106,7 +107,12 @@ def ResultCard(result: dict):
 
 def AnswerFooter(message_id: str, info: AnswerInfo, oob: bool = False):
     """Under an answer: how it ended, its usage, its versions, Retry / Regenerate where they work."""
-    parts = [Outcome(info), *[ResultCard(r) for r in info.results], *[ApprovalCard(q) for q in info.approvals]]
+    parts = [Outcome(info)]
+    if info.unchanged:
+        parts.append(Div("Nothing was changed.", cls="msg-unchanged", data_testid="unchanged",
+                         title="Your question looked like a request, but this answer ran no command: ask again "
+                               "(e.g. name the todo), or do it by hand"))
+    parts += [*[ResultCard(r) for r in info.results], *[ApprovalCard(q) for q in info.approvals]]
     if info.status != "generating":
         parts.append(UsageLine(info.usage) if info.usage else None)
     if info.versions > 1 and info.status != "generating":
