@@ -496,7 +496,8 @@ async def run_answer_commands(h: Any, message_id: str, text: str) -> list[Comman
             if spec is not None and approvals.needs_approval(spec, finding.command.get("args", {})):
                 if await approvals.decision(h, key) is None:
                     await approvals.ask(h, key, message_id, "command", f"{spec.action} {spec.target} "
-                                        f"{json.dumps(finding.command.get('args', {}))}: {plan.result.text}",
+                                        f"{json.dumps(finding.command.get('args', {}))} — once approved: "
+                                        f"{plan.result.text}",
                                         finding.command)
                 continue  # a decided one runs (once) where the decision is carried out
         result = await run_once(h, key, message_id, finding.command, plan)

@@ -18,7 +18,7 @@ from tests.test_tool_rounds import (MODEL, TIMEOUT, answer, content, entry, fini
 
 DELETE = Rounds(Reply(chunks=["Deleting. ", Chunk(tool_calls=[ToolCall("todo_delete", {"id": 1})])]),
                 Reply(chunks=["Over."]))
-WAITING = "⏸ todo_delete waits for your approval"
+WAITING = "… todo_delete waits for your approval"
 
 
 async def with_milk(h) -> None:
@@ -50,7 +50,7 @@ async def test_a_delete_waits_for_approve_then_runs_once_and_the_answer_goes_on(
     assert not waiting.immutable and WAITING in waiting.content and not waiting.warning
     assert not await h.job_running(answer_id)  # no job, no lease held while the user thinks
     [question] = await approvals.of_answer(h, answer_id)
-    assert question["decision"] is None and "Deleted the todo 'buy milk' (id 1)" in question["what"]
+    assert question["decision"] is None and "once approved: Deleted the todo 'buy milk' (id 1)" in question["what"]
     assert len(srv.chat_requests) == 1
 
     assert await approvals.decide(h, question["key"], approve=True) == "approved"

@@ -412,7 +412,7 @@ class RoundLoop:
 
     async def _add_waiting(self, call: dict, live: bool = False) -> None:
         """The line saying a call waits for the user (replaced by its result line once decided)."""
-        await self._add_line(CommandResult(False, f"{call['name']} waits for your approval"), live=live, mark="⏸ ")
+        await self._add_line(CommandResult(False, f"{call['name']} waits for your approval"), live=live, mark="… ")
 
     def _add_thinking(self, text: str) -> str:
         """Append a round's (first) thinking, apart from the rounds' before it; returns what was appended."""
@@ -436,4 +436,4 @@ class RoundLoop:
 def approval_text(call: dict, plan: Change) -> str:
     """What a call waiting for approval will do, as the card says it."""
     args = ", ".join(f"{k}={v!r}" for k, v in (call.get("arguments") or {}).items())
-    return f"{call['name']}({args}): {plan.result.text}"
+    return f"{call['name']}({args}) — once approved: {plan.result.text}"

@@ -120,7 +120,7 @@ def AnswerFooter(message_id: str, info: AnswerInfo, oob: bool = False):
     if info.retryable:
         parts.append(Form(Hidden(name="action", value="chat.retry"), Hidden(name="message_id", value=message_id),
                           Button("Retry", cls="secondary small", data_testid="retry"), ws_send=True))
-    if info.last and info.status != "generating":
+    if info.last and info.status not in ("generating", "waiting"):
         parts.append(ws_button("Regenerate", "chat.regenerate", {"message_id": message_id}, cls="secondary small",
                                data_testid="regenerate",
                                title="Ask again: a new version of this answer (the others are kept)"))
