@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from fasthtml.common import H2, FastHTML, JSONResponse, P, RedirectResponse, Section
 from starlette.middleware import Middleware
