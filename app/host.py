@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import types
 import typing
@@ -243,8 +242,7 @@ class Quanda:
                 return await act.run(h.owner, args, key)
             return Change(CommandResult(True, ""), facts=((self.changed_topic, {"action": act.name}),),
                           effect=effect, rerun=act.idempotent)
-        example = {"action": act.name, "target": self.name, "args": {n: f.type.__name__ for n, f in act.fields.items()}}
-        return CommandSpec(self.name, act.name, act.fields, json.dumps(example), plan, act.description, name=act.name)
+        return CommandSpec(self.name, act.name, act.fields, "", plan, act.description, name=act.name)
 
     def plugin(self):
         from quanda.plugin import Plugin
