@@ -19,6 +19,9 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"env": "QUANDA_HOST",
                       "doc": "Address to bind; anything but loopback requires QUANDA_SECRET"})
     port: int = field(default=5001, metadata={"env": "QUANDA_PORT", "doc": "Port to serve on"})
+    workers: int = field(default=1, metadata={"env": "QUANDA_WORKERS",
+                         "doc": "Server processes on the port (`quanda serve --workers N`): peers through the "
+                                "store, one core each; 1 serves in the process itself"})
     secret: str = field(default="", metadata={"env": "QUANDA_SECRET",
                         "doc": "Session-signing key (required when not bound to loopback)"})
     auth: str = field(default="local", metadata={"env": "QUANDA_AUTH",

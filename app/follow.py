@@ -16,6 +16,7 @@ from fasthtml.common import to_xml
 
 from quanda import metrics
 from quanda.components.layout import Notice
+from quanda.fanout import send_to_all
 from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaToken
 
 log = logging.getLogger("quanda.follow")
@@ -52,9 +53,7 @@ class Follower:
             self.task.cancel()
 
     async def _send(self, fragments: list[Any]) -> None:
-        text = "".join(to_xml(f, indent=False) for f in fragments)
-        for conn in list(self.conns):
-            await conn.send_text(text)
+        await send_to_all(list(self.conns), "".join(to_xml(f, indent=False) for f in fragments))
 
     async def _run(self) -> None:
         try:

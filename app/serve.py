@@ -1,5 +1,6 @@
 """Serve the app: `quanda serve` (or `python main.py` in a checkout) serves http://127.0.0.1:5001 on the embedded
-SQLite store; the settings come from the environment (quanda/config.py), --host and --port override two of them."""
+SQLite store; the settings come from the environment (quanda/config.py), --host, --port and --workers override
+three of them (`--workers N`: N processes on the port, app/workers.py)."""
 
 import argparse
 import asyncio
@@ -62,15 +63,31 @@ def main(argv: list[str] | None = None) -> None:
                                      "environment variables).")
     parser.add_argument("--host", help="address to bind (QUANDA_HOST)")
     parser.add_argument("--port", type=int, help="port to serve on (QUANDA_PORT)")
+    parser.add_argument("--workers", type=int, help="server processes on the port, peers through the store "
+                        "(QUANDA_WORKERS; default 1)")
     args = parser.parse_args(argv)
-    settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    given = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+    settings = Settings.from_env(**given)
     log_options = logs.setup(settings.log_format)
+    if settings.workers < 1:
+        parser.error(f"--workers must be at least 1, not {settings.workers}")
     try:
         asyncio.run(migrate_first(settings))
     except QuandaError as exc:
         logging.getLogger("quanda.serve").error("not starting: %s", exc)
         print(f"quanda serve: not starting: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    if settings.workers > 1:
+        from quanda.server import session_secret
+        from quanda.workers import serve_workers
+
+        session_secret(settings)  # made once, here: every worker signs sessions with the same key
+        create_app(settings)  # what would stop every worker (a setting refused, a broken plugin) stops the start here
+        try:
+            raise SystemExit(serve_workers(settings, log_options))
+        except OSError as exc:  # the port is taken
+            print(f"quanda serve: not starting: {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+            raise SystemExit(1) from None
     the_app = create_app(settings)
     freeze_startup()
     uvicorn.run(the_app, host=settings.host, port=settings.port, log_level="info", **server_options(settings),

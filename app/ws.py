@@ -27,6 +27,7 @@ from quanda.components.auth import SignedOut
 from quanda.components.layout import Notice
 from quanda.context import ClientError, Handle
 from quanda.ownership import role_if_owned
+from quanda.fanout import send_to_all
 from quanda.follow import Follower, StreamView
 from quanda.core import QuandaError, QuandaStoreError
 from quanda.core.validation import check_seq
@@ -188,13 +189,16 @@ class Hub:
                 pass
 
     async def _render_facts(self) -> None:
-        """One fact at a time, in order: rendered once per page shown by the owner's tabs here."""
+        """One fact at a time, in order: rendered once per view — the owner and the page a tab shows, all that a
+        fact view is handed (`Handle(owner, page)`, no tab of its own) — and the same text sent to every tab with
+        that view. Nothing of a fact's rendering differs per tab; what does (the streams a tab follows, from the
+        seq its page holds) is the followers' (app/follow.py), shared too by the tabs that hold the same seq."""
         while True:
             topic, fact = await self._facts.get()
-            conns = [c for c in self.owners.get(fact["owner"], ()) if not c.closed]
             by_page: dict[str | None, list[Connection]] = {}
-            for conn in conns:
-                by_page.setdefault(conn.page, []).append(conn)
+            for conn in self.owners.get(fact["owner"], ()):
+                if not conn.closed:
+                    by_page.setdefault(conn.page, []).append(conn)
             for page, tabs in by_page.items():
                 try:
                     fragments = await self.render_fact(topic, fact, self.handle(fact["owner"], page=page))
@@ -202,8 +206,7 @@ class Hub:
                     log.exception("rendering fact %s failed", topic)
                     continue
                 if fragments:
-                    text = "".join(to_xml(f, indent=False) for f in fragments)
-                    await asyncio.gather(*(tab.send_text(text) for tab in tabs))
+                    await send_to_all(tabs, "".join(to_xml(f, indent=False) for f in fragments))
 
     async def on_store_health(self, ok: bool) -> None:
         """Every tab here hears when the database goes away and when it is back."""

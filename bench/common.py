@@ -131,10 +131,11 @@ def llm_serve(port: int) -> None:
     `POST /api/chat` gets its headers at once, then waits for a plan from `GET /go?tokens&rate&kind&streams`
     (one plan per waiting request; `GET /waiting` counts the requests waiting) and streams the scripted answer as chunked NDJSON, one line per chunk,
     written as Ollama's Go encoder does (`<>&` escaped). Chunk i is due at start + i/rate (time.sleep, no
-    busy wait); the server records `time.monotonic_ns()` right before the line goes to the socket (the
+    busy wait; rate 0: no pacing, the lines written 100 at a time); the server records `time.monotonic_ns()` right before the line goes to the socket (the
     *send stamp*; CLOCK_MONOTONIC is shared by every process on the machine). A request is named by the
     tag `(bench <tag>)` in its last user message (else by its arrival number); `GET /stamps` serves
     {tag: {"sent": [...], "due": [...]}} of the streams since the last `GET /reset`."""
+    import functools
     import http.server
     import queue
     import threading
@@ -155,6 +156,14 @@ def llm_serve(port: int) -> None:
 
     def http_chunk(data: bytes) -> bytes:
         return f"{len(data):X}\r\n".encode() + data + b"\r\n"
+
+    @functools.lru_cache(maxsize=4)
+    def unpaced_blocks(tokens: int, kind: str) -> list[tuple[bytes, int]]:
+        """The answer's lines encoded once, 100 a block (so that writing them costs this server next to nothing)."""
+        chunks = answer_chunks(tokens, kind)
+        return [(b"".join(http_chunk(go_json({"model": MODEL, "created_at": now_text, "message": {
+                    "role": "assistant", "content": text}, "done": False})) for text in chunks[at:at + 100]),
+                 len(chunks[at:at + 100])) for at in range(0, len(chunks), 100)]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -231,7 +240,13 @@ def llm_serve(port: int) -> None:
             due: list[int] = []
             try:
                 start = time.monotonic_ns()
-                for i, text in enumerate(chunks):
+                if rate <= 0:  # unpaced (a saturation bench): the lines in blocks of 100, as fast as the socket takes them
+                    for block, lines in unpaced_blocks(tokens, kind):
+                        stamp = time.monotonic_ns()
+                        self.wfile.write(block)
+                        sent += [stamp] * lines
+                    due = list(sent)
+                for i, text in enumerate(chunks if rate > 0 else []):
                     due_ns = start + int(i * 1e9 / rate)
                     wait = due_ns - time.monotonic_ns()
                     if wait > 0:

@@ -3,7 +3,7 @@
     python bench/load.py [--mode api] [--answers 50] [--chunks 530] [--rate 200] [--variants ours,before]
                          [--py-spy PATH]
     python bench/load.py --mode ws [--sessions 50] [--rate 200] [--seconds 30] [--todo-sessions 5]
-                         [--todo-rate 2] [--no-rebuild] [--window 3]
+                         [--todo-rate 2] [--no-rebuild] [--window 3] [--workers N]
 
 Exit status 1 when a target is missed.
 
@@ -202,6 +202,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--todo-rate", type=float, default=2.0, help="ws: todo actions/s of each todo session")
     parser.add_argument("--no-rebuild", action="store_true",
                         help="ws: skip rebuilding each page from its frames after the run")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="ws: server processes on the port (quanda serve --workers; CPU and RSS summed)")
     parser.add_argument("--window", type=float, default=3.0,
                         help="ws: seconds of the server's before and after windows (CPU, RSS)")
     parser.add_argument("--variants", default="ours,before", help="ours (this tree), before (commit e1594fc)")
@@ -215,6 +217,9 @@ async def main(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="quanda-loadbench-"))
     if args.mode == "ws":
         from bench.load_ws import run
+        from bench.sessions import WORKERS_ENV
+
+        os.environ[WORKERS_ENV] = str(args.workers)  # read by the server bench.sessions starts
 
         try:
             status = await run(args, tmp)

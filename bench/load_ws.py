@@ -34,19 +34,30 @@ import time
 from pathlib import Path
 
 from bench.common import MachineLoad, answer_chunks, cpu_seconds, new_owners, pct, table, verdict
-from bench.sessions import LIMITS_NOTE, ChatSession, Servers, TodoSession, rss_mb
+from bench.sessions import LIMITS_NOTE, ChatSession, Servers, TodoSession, server_pids
+from bench.sessions import rss_mb as process_rss_mb
 
 P99_TARGET_MS = 100.0
 nan = float("nan")
 
 
+def rss_mb(pid: int) -> float:
+    """The server's RSS: summed over its workers with --workers."""
+    return sum(process_rss_mb(p) for p in server_pids(pid))
+
+
+def server_cpu(pid: int) -> float:
+    """The server's CPU seconds: summed over its workers with --workers."""
+    return sum(cpu_seconds(p) for p in server_pids(pid))
+
+
 async def server_window(pid: int, seconds: float) -> dict:
     """The server's CPU (cores) and RSS over a quiet window."""
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, t0 = server_cpu(pid), time.perf_counter()
     await asyncio.sleep(seconds)  # a measurement window, not a synchronisation
     wall = time.perf_counter() - t0
     rss = rss_mb(pid)
-    return {"wall": wall, "cpu": cpu_seconds(pid) - cpu0, "rss": rss, "rss_peak": rss}
+    return {"wall": wall, "cpu": server_cpu(pid) - cpu0, "rss": rss, "rss_peak": rss}
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> int:
@@ -56,7 +67,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
     load = MachineLoad(())
     async with Servers(tmp) as s:
         pid = s.server.pid
-        load.pids = (pid, s.llm.pid)
+        load.pids = (*server_pids(pid), s.llm.pid)
         owners = await new_owners(s.base, args.sessions + args.todo_sessions, s.db_url)
         chat_owners, todo_owners = owners[:args.sessions], owners[args.sessions:]
         async with httpx.AsyncClient(timeout=60) as http:
@@ -97,11 +108,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
             sampler = asyncio.create_task(sample_rss())
             stop = asyncio.Event()
             todo_tasks = [asyncio.create_task(t.run(args.todo_rate, stop)) for t in todos]
-            cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+            cpu0, t0 = server_cpu(pid), time.perf_counter()
             others0 = cpu_seconds(os.getpid()), cpu_seconds(s.llm.pid)
             await s.go(tokens, args.rate, args.sessions)
             answered = await asyncio.gather(*(c.answer(120 + 3 * args.seconds) for c in chats), return_exceptions=True)
-            wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+            wall, cpu = time.perf_counter() - t0, server_cpu(pid) - cpu0
             ours = [(cpu_seconds(p) - c) / wall for p, c in zip((os.getpid(), s.llm.pid), others0)]
             stop.set()
             await asyncio.wait_for(asyncio.gather(*todo_tasks), 30)
@@ -157,7 +168,8 @@ def report(args, tokens, chats, todos, first_pages, stamps, stored, failures, be
           f"an answer of {tokens:,} tokens at {args.rate:,.0f} tokens/s ({args.seconds:g} s) from the paced LLM "
           f"server, while {len(todos)} more sessions use the todo app at {args.todo_rate:g} actions/s each.\n"
           f"Latency = first frame holding the token - the LLM server's send stamp. Server: uvicorn, the shipped "
-          f"plugins, SQLite; {LIMITS_NOTE}.\nMachine: {load.describe()} (this process, the LLM server and the app "
+          f"plugins, SQLite, {getattr(args, 'workers', 1)} process(es) (--workers; CPU and RSS summed over them); "
+          f"{LIMITS_NOTE}.\nMachine: {load.describe()} (this process, the LLM server and the app "
           f"count as ours).\n")
     print(table(["sessions", "tokens delivered", "tokens/s delivered", "p50 ms", "p99 ms", "max ms", "first p50 ms",
                  "whole: stored / seen / page", "errors"],

@@ -313,6 +313,7 @@ LIMITS_NOTE = ("the server runs with QUANDA_AUTH=accounts (a user per session) a
                f"127.0.0.1, QUANDA_WS_MAX_PER_ADDRESS={WS_LIMITS['ws_max_per_address']} and "
                f"QUANDA_WS_HANDSHAKES_PER_S={WS_LIMITS['ws_handshakes_per_s']:g} (shipped: 200 and 20); "
                "the per-tab and per-owner limits are as shipped")
+WORKERS_ENV = "QUANDA_BENCH_WORKERS"  # the server runs this many worker processes (`quanda serve --workers`)
 TRACEMALLOC_ENV = "QUANDA_BENCH_TRACEMALLOC"  # a directory: the server traces allocations, dumps on SIGUSR1
 
 
@@ -325,7 +326,6 @@ def serve(port: int, db_url: str, llm_url: str) -> None:
     import signal
 
     from quanda.config import Settings
-    from quanda.server import create_app
     from bench.common import ACCOUNTS, MODEL, serve_app
 
     logging.basicConfig(level=logging.WARNING)
@@ -343,8 +343,32 @@ def serve(port: int, db_url: str, llm_url: str) -> None:
                 pass
 
         signal.signal(signal.SIGUSR1, dump)
-    settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, **ACCOUNTS, **WS_LIMITS)
-    serve_app(create_app(settings, entry_point_group=None, extra_plugins=[ping_plugin()]), port, settings=settings)
+    settings = Settings(db_url=db_url, port=port, ollama_host=llm_url, ollama_model=MODEL, **ACCOUNTS, **WS_LIMITS,
+                        workers=int(os.environ.get(WORKERS_ENV) or 1))
+    if settings.workers > 1:
+        from quanda.workers import serve_workers
+
+        serve_workers(settings, {}, make_app=bench_app)
+        return
+    serve_app(bench_app(settings), port, settings=settings)
+
+
+def bench_app(settings: Any) -> Any:
+    """The app as the bench serves it (a function of the module: each worker of `--workers` imports it)."""
+    from quanda.server import create_app
+
+    return create_app(settings, entry_point_group=None, extra_plugins=[ping_plugin()])
+
+
+def server_pids(pid: int) -> list[int]:
+    """The server's processes: itself, and its workers when it runs several (`quanda.workers`)."""
+    from pathlib import Path
+
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid] + [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 class Servers:
@@ -381,10 +405,23 @@ class Servers:
         try:
             await wait_http(self.llm_base + "/api/tags", self.llm, self.tmp / "llm.log")
             await wait_http(self.base + "/-/health", self.server, self.tmp / "server.log")
+            await self._every_worker_listening(app_port, int(os.environ.get(WORKERS_ENV) or 1))
         except BaseException:
             await self.__aexit__()
             raise
         return self
+
+    async def _every_worker_listening(self, port: int, workers: int) -> None:
+        import asyncio
+        import time
+        from pathlib import Path
+
+        deadline = time.monotonic() + 60
+        while sum(1 for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                  if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A") < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{workers} workers did not all listen within 60 s")
+            await asyncio.sleep(0.05)  # other processes starting: no event to wait on
 
     async def __aexit__(self, *exc: Any) -> None:
         from bench.common import stop_process
