@@ -58,3 +58,12 @@ def test_the_package_and_the_core_reexport_them():
     assert quanda.Quanda is Quanda and quanda.core.MessageRecord is MessageRecord
     assert quanda.PUBLIC == set(importlib.import_module("quanda.api").__all__)
     assert "MessageRecord" in quanda.core.__all__
+
+
+def test_plugins_and_examples_do_not_reach_into_the_app_context():
+    """`Handle.ctx` is the app's own (the LLM driver, every plugin, the jobs): a plugin uses the Handle's methods."""
+    reaching = [f"{path.relative_to(ROOT)}:{node.lineno}"
+                for path in sorted([*(ROOT / "app" / "plugins").rglob("*.py"), *(ROOT / "examples").rglob("*.py")])
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Attribute) and node.attr == "ctx"]
+    assert reaching == []
