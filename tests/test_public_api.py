@@ -67,3 +67,15 @@ def test_plugins_and_examples_do_not_reach_into_the_app_context():
                 for node in ast.walk(ast.parse(path.read_text()))
                 if isinstance(node, ast.Attribute) and node.attr == "ctx"]
     assert reaching == []
+
+
+def test_no_store_module_imports_another_ones_private_names():
+    """The store backends share through their documented base and, within one backend's family of modules, names
+    without a leading underscore (app/core/store/__init__.py)."""
+    private = []
+    for path in sorted((ROOT / "app" / "core" / "store").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("quanda")):
+                private += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []
