@@ -191,6 +191,7 @@ class Quanda:
         holds the live connection (keep the host's `live` elements where it is rendered, or beside it)."""
         return Div(Div(Span("Loading the chat…", cls="muted"), id="sidebar", hx_get="/-/quanda/sidebar",
                        hx_trigger="load", hx_swap="outerHTML"),
+                   Div(id="connection", cls="connection", hidden=True),  # lost, retrying (static/connection.js)
                    Div(id=ids.NOTICE),
                    Span(id="ws-state", cls="ws-state", data_state="connecting", title="Live connection"),
                    id="quanda", hx_ext="ws,quanda", ws_connect="/ws", **kwargs)

@@ -55,7 +55,9 @@ HEADERS = (
     Script(src="/static/htmx.min.js"),
     Script(src="/static/htmx-ext-ws.js"),
     Script(src="/static/quanda.js"),
+    Script(src="/static/connection.js"),  # the offline banner and what waits to be sent
     Script(src="/static/code.js"),
+    Script(src="/static/phone.js"),  # the chat as a drawer on a phone (the reference page's layout)
     Link(rel="icon", href="/static/favicon.svg"),
     Link(rel="stylesheet", href="/static/app.css"),
 )

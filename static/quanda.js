@@ -11,7 +11,7 @@
 //   goes when the tab navigates. Focus survives the swap of the element holding it.
 (function () {
   "use strict";
-  var socket = null;
+  var socket = null, open = false;
   var toldPage = null, told = {};  // the page and streams the server was last told about
   var gone = new Set();  // ids of elements that left the page with a navigation or a redraw
   var aliases = new Map();  // compact form: alias -> element id, for this socket's views
@@ -41,7 +41,7 @@
 
   // Tell the server what the tab shows, if that changed (`all`: after the socket (re)opens, resume every stream).
   function sync(all) {
-    if (!socket) return;
+    if (!socket || !open) return;  // (told again in full when the socket reopens)
     var fresh = [], streams = markers(fresh), page = pageName(), ids = Object.keys(streams);
     var same = !all && !fresh.length && page === toldPage && ids.length === Object.keys(told).length &&
       ids.every(function (id) { return told[id]; });
@@ -52,9 +52,16 @@
     ids.forEach(function (id) { told[id] = true; });
   }
 
+  var STATE_TITLE = {open: "Live: connected", closed: "Connection lost", connecting: "Connecting…",
+                     "signed-out": "Signed out"};
+
   function setState(state) {
+    open = state === "open";
     var el = document.getElementById("ws-state");
-    if (el) el.dataset.state = state;
+    if (!el) return;
+    el.dataset.state = state;
+    el.title = STATE_TITLE[state] || state;
+    el.setAttribute("aria-label", el.title);
   }
 
   // -- frames -----------------------------------------------------------------------------------------------
@@ -215,8 +222,37 @@
     });
   }
 
+  // An element to hold in place in its box for a moment (the question being edited, while the input grows
+  // around it): the box scrolls so that it stays where the person saw it, instead of following the end.
+  var anchors = new WeakMap();
+
+  // `alsoShow`: an element below it that must stay in view too (the box scrolls just enough for it).
+  function anchor(target, alsoShow) {
+    var box = target && target.closest ? target.closest(".follow-scroll") : null;
+    if (!box) return;
+    anchors.set(box, {el: target, also: alsoShow, until: Date.now() + 3000,
+                      offset: target.getBoundingClientRect().top - box.getBoundingClientRect().top});
+  }
+
+  function holdAnchor(el, s) {
+    var a = anchors.get(el);
+    if (!a) return false;
+    if (Date.now() > a.until || !a.el.isConnected) {
+      anchors.delete(el);
+      return false;
+    }
+    var box = el.getBoundingClientRect(), shift = a.el.getBoundingClientRect().top - box.top - a.offset;
+    if (a.also && a.also.isConnected) shift = Math.max(shift, a.also.getBoundingClientRect().bottom - box.bottom);
+    el.scrollTop += shift;
+    s.lastTop = el.scrollTop;
+    s.stuck = nearBottom(el);
+    showJump(el, s);
+    return true;
+  }
+
   function follow(el) {
     var s = stickiness(el);
+    if (holdAnchor(el, s)) return;
     if (s.stuck && el.scrollTop !== el.scrollHeight - el.clientHeight) {
       el.scrollTop = el.scrollHeight;
       s.lastTop = el.scrollTop;
@@ -245,10 +281,21 @@
     follow(el);
   }
 
+  ["wheel", "touchmove", "keydown"].forEach(function (type) {  // the person scrolls: no anchor holds any more
+    document.addEventListener(type, function (e) {
+      var box = e.target.closest ? e.target.closest(".follow-scroll") : null;
+      if (box) anchors.delete(box);
+    }, {capture: true, passive: true});
+  });
+
   document.addEventListener("scroll", function (e) {
     var el = e.target;
     if (!el.classList || !el.classList.contains("follow-scroll")) return;
     var s = stickiness(el);
+    if (anchors.has(el)) {  // (the scroll holdAnchor made)
+      s.lastTop = el.scrollTop;
+      return;
+    }
     if (nearBottom(el)) s.stuck = true;
     else if (el.scrollTop < s.lastTop - 2) s.stuck = false;  // the reader scrolled up: stop following
     s.lastTop = el.scrollTop;
@@ -280,22 +327,52 @@
     if (e.target.closest && e.target.closest(".notice-close")) clearNotice("ws-notice");
   });
 
+  // Focus survives the swap of the element holding it: the same element (by id), else the same control (by
+  // data-testid) in the element swapped in, else its first control (Stop gives way to Send); and when the
+  // element left for good (a deleted row), the next row (or the previous one) takes it, as in a list app.
   var refocus = null;
+  var FOCUSABLE = "button:not([disabled]), input:not([disabled]):not([type=hidden]), textarea, select, a[href], [tabindex]";
+
+  function visible(el) { return !!el && el.getClientRects().length > 0; }
+
+  function neighbour(el) {
+    for (var n = el.nextElementSibling; n; n = n.nextElementSibling) if (visible(n) && n.matches(FOCUSABLE)) return n.id;
+    for (var p = el.previousElementSibling; p; p = p.previousElementSibling) if (visible(p) && p.matches(FOCUSABLE)) return p.id;
+    return null;
+  }
+
   document.addEventListener("htmx:oobBeforeSwap", function (e) {
     var active = document.activeElement, target = e.detail.target;
-    if (active && active.id && active !== document.body && target.contains(active)) {
-      refocus = {id: active.id, start: active.selectionStart, end: active.selectionEnd};
-    }
+    if (refocus || !active || active === document.body || !target.contains(active)) return;
+    refocus = {id: active.id, start: active.selectionStart, end: active.selectionEnd, target: target.id,
+               testid: active.dataset ? active.dataset.testid : null, next: neighbour(target)};
   });
+
+  function focusTarget(r) {
+    var el = r.id && document.getElementById(r.id);
+    if (el && visible(el)) return el;
+    var holder = r.target && document.getElementById(r.target);
+    if (holder) {
+      el = r.testid && holder.querySelector('[data-testid="' + r.testid + '"]');
+      if (el && visible(el)) return el;
+      if (holder.matches(FOCUSABLE) && !r.testid) return holder;
+      el = Array.prototype.find.call(holder.querySelectorAll(FOCUSABLE), visible);
+      if (el) return el;
+    }
+    return r.next ? document.getElementById(r.next) : null;
+  }
 
   function restoreFocus() {
     if (!refocus) return;
-    var el = document.getElementById(refocus.id), active = document.activeElement;
-    if (el && el !== active && (!active || active === document.body)) {
-      el.focus();
-      try { el.setSelectionRange(refocus.start, refocus.end); } catch (err) { /* not a text field */ }
-    }
+    var r = refocus, active = document.activeElement;
     refocus = null;
+    if (active && active !== document.body) return;  // the person has moved on already
+    var el = focusTarget(r);
+    if (!el) return;
+    el.focus();
+    if (el.id === r.id) {
+      try { el.setSelectionRange(r.start, r.end); } catch (err) { /* not a text field */ }
+    }
   }
 
   // -- wiring ------------------------------------------------------------------------------------------------
@@ -366,7 +443,8 @@
 
   // For the page's other scripts (static/chat.js, static/todo.js).
   window.Quanda = {
-    send: function (data) { if (socket) socket.send(JSON.stringify(data)); return !!socket; },
+    anchor: anchor,
+    send: function (data) { if (socket && open) socket.send(JSON.stringify(data)); return !!socket && open; },
     stick: stick
   };
 })();

@@ -1,4 +1,5 @@
 // Todos as in TodoMVC (static file: the page runs under a strict CSP).
+// - Up/Down move the focus from row to row.
 // - Inline editing: double-click a name, press Enter on a focused row, or ✎; Enter (or leaving the box) saves,
 //   Escape cancels. An unchanged name sends nothing; an empty one deletes the todo (the server decides).
 // - An edit in progress survives updates of its own row from elsewhere (the row's view is patched around the
@@ -42,6 +43,12 @@
     if (el.matches && el.matches("li.todo") && e.key === "Enter" && !el.classList.contains("editing")) {
       e.preventDefault();
       startEdit(el);
+    } else if (el.matches && el.matches("li.todo") && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
+      e.preventDefault();  // from row to row, as in a list (hidden rows of a filter are skipped)
+      var step = e.key === "ArrowDown" ? "nextElementSibling" : "previousElementSibling";
+      for (var next = el[step]; next; next = next[step]) {
+        if (next.getClientRects().length) { next.focus(); break; }
+      }
     } else if (el.matches && el.matches("li.todo input.edit") && e.key === "Escape") {
       e.preventDefault();
       var row = rowOf(el);

@@ -370,8 +370,34 @@ FRAGMENTS = [
     "JaVaScRiPt:", "java\tscript:", "[x](javascript:alert(1))", "![x](javascript:alert(1))",
     "[x](&#106;avascript:alert(1))", "<javascript:alert(1)>", "[r]: javascript:x", "[x][r]", "http://a.b/c",
     "//evil/x.png", "mailto:a@b", "data:text/html,<script>", " onerror=", "\"onmouseover=\"x", "\r\n", "é", "\x00",
+    "https://x.org/a?b=1&c=2", "see https://x.org.", "(https://x.org/p)", "https://x.org/\"onmouseover=x",
+    "https://x.org/<script>", "www.x.org",
 ]
 markdownish = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=6)), max_size=40).map("".join)
+
+
+HOSTS = st.from_regex(r"[a-z0-9]{1,10}\.[a-z]{2,5}(/[a-zA-Z0-9_~%-]{0,10}){0,2}(\?[a-z]=[a-z0-9]{1,4})?",
+                      fullmatch=True)
+PROSE = st.text(alphabet="abc xyz,;", max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PROSE, st.sampled_from(["http", "https"]), HOSTS, PROSE, st.sampled_from(["", ".", ",", ")", ";"]))
+def test_a_bare_http_or_https_url_becomes_a_safe_link_to_exactly_itself(before, scheme, host, after, punct):
+    url = f"{scheme}://{host}"
+    out = render_markdown(f"{before} {url}{punct} {after}")
+    assert_safe(out)
+    assert hrefs(out) == [url], out
+    assert 'target="_blank"' in out and ">" + html.escape(url, quote=False) + "</a>" in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(PROSE, st.sampled_from(["javascript", "JavaScript", "data", "vbscript", "file", "ftp", "ws", "jav\tascript"]),
+       st.text(max_size=20), PROSE)
+def test_a_bare_url_of_any_other_scheme_stays_text(before, scheme, rest, after):
+    out = render_markdown(f"{before} {scheme}:{rest} {after}")
+    assert_safe(out)
+    assert all(h.lower().startswith(("http://", "https://")) for h in hrefs(out)), out
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

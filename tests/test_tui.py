@@ -64,7 +64,7 @@ async def connected(app):
 
 async def type_text(pilot, text):
     for ch in text:
-        await pilot.press("enter" if ch == "\n" else "space" if ch == " " else ch)
+        await pilot.press("ctrl+j" if ch == "\n" else "space" if ch == " " else ch)  # ^J adds a line
 
 
 async def test_type_send_stream_stop_retry_quit(server, llm):
@@ -74,7 +74,7 @@ async def test_type_send_stream_stop_retry_quit(server, llm):
     async with app.run_test(size=SIZE) as pilot:
         await connected(app)
         await type_text(pilot, "Count\nslowly")
-        await pilot.press("ctrl+s")
+        await pilot.press("enter")  # Enter sends, as in the browser
         await app.until(lambda: (a := app.conv.last_answer()) is not None and a.message.content.count(" ") > 5,
                         WAIT_S, "the answer to start streaming")
         question = app.conv.entries[-2]
@@ -304,6 +304,44 @@ async def test_problems_say_what_to_do(tmp_path, case):
     finally:
         if server:
             server.stop()
+
+
+async def test_enter_sends_and_ctrl_j_or_alt_enter_adds_a_line(server, llm):
+    llm.script = Reply(chunks=["Two ", "lines."])
+    app = QuandaTUI(server.url, TOKEN)
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(app)
+        await pilot.press("ctrl+n")
+        await app.until(lambda: app.conv.entries == [], WAIT_S, "a new, empty conversation")
+        await type_text(pilot, "one")
+        await pilot.press("ctrl+j")
+        await type_text(pilot, "two")
+        await pilot.press("alt+enter")
+        await type_text(pilot, "three")
+        assert app.query_one("#input").text == "one\ntwo\nthree" and app.conv.last_answer() is None
+        await pilot.press("enter")
+        await app.until(lambda: (a := app.conv.last_answer()) is not None and a.status == "done", WAIT_S,
+                        "the answer to the question Enter sent")
+        assert app.conv.entries[-2].message.content == "one\ntwo\nthree"
+        assert app.query_one("#input").text == ""
+        await pilot.press("ctrl+q")
+
+
+async def test_the_footer_shows_every_key_within_80_columns(server):
+    from textual.widgets._footer import FooterKey
+
+    app = QuandaTUI(server.url, TOKEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await connected(app)
+        await pilot.pause()
+        keys = sorted(app.query(FooterKey), key=lambda k: k.region.x)
+        shown = {k.description: k.key_display for k in keys}
+        assert shown == {"Send": "⏎", "New line": "^j", "Stop": "^t", "Retry": "^r", "New": "^n",
+                         "Thinking": "^o", "Quit": "^q"}, shown
+        for left, right in zip(keys, keys[1:]):
+            assert left.region.right <= right.region.x, f"{left.description!r} overlaps {right.description!r}"
+        assert keys[-1].region.right <= 80, f"{keys[-1].description!r} is cut at 80 columns"
+        await pilot.press("ctrl+q")
 
 
 def test_the_readme_session_names_what_the_command_line_has():

@@ -9,7 +9,7 @@ import time
 from quanda.components import ids
 from quanda.components.answer import ConversationSettings, HorizonMarker
 from quanda.components.chat import (ArchivedMessage, ChatInput, ChatMessage, ChatSidebar, EventLine,
-                                    PreviousVersion, StatusBadge)
+                                    PreviousVersion, StatusBadge, ModelPicker)
 from quanda.components.conversations import ConversationView
 from quanda.context import ClientError, Handle
 from quanda.notices import near
@@ -65,7 +65,8 @@ async def chat_input(h: Handle, wanted_model: object = None, oob: bool = False, 
 
 async def badge(h: Handle, oob: bool = False):
     status = await answers.llm_status(h).check()
-    return StatusBadge(status.ok, status.text, oob=oob, check_s=h.settings.llm_check_s)
+    return StatusBadge(status.ok, status.text, oob=oob, check_s=h.settings.llm_check_s, model=status.model,
+                       busy=status.busy)
 
 
 async def history(h: Handle, cid: str | None = None, archived: bool = False, limit: int | None = None) -> list:
@@ -261,8 +262,14 @@ async def on_open(h: Handle, data: dict) -> None:
 
 
 async def on_status(h: Handle, data: dict) -> None:
-    """A tab asks for the badge (every QUANDA_LLM_CHECK_S seconds, see static/chat.js)."""
-    await h.send(await badge(h, oob=True))
+    """A tab asks for the badge (every QUANDA_LLM_CHECK_S seconds, see static/chat.js), and the model picker
+    with it: a server that came up (or lost its models) changes what can be picked."""
+    status = await answers.llm_status(h).check()
+    wanted = (await conversation.settings_of(h.store, h.owner)).get("model")
+    models = status.models or ([status.model] if status.model else [])
+    model = wanted if isinstance(wanted, str) and wanted in models else status.model
+    await h.send(StatusBadge(status.ok, status.text, oob=True, check_s=h.settings.llm_check_s, model=status.model,
+                             busy=status.busy), ModelPicker(model, models, oob=True))
 
 
 async def answer_info(h: Handle, message_id: str):

@@ -20,12 +20,13 @@ import asyncio
 import logging
 
 from quanda import metrics
-from quanda.commands import run_answer_commands
+from quanda.commands import command_specs, run_answer_commands
 from quanda.context import ClientError, Handle
 from quanda.jobs import Job
 from quanda.core import QuandaError, QuandaFencedError, QuandaMessage, QuandaWriter
 
 from . import conversation, prompt, tools
+from .requests import looks_like_request
 
 log = logging.getLogger("quanda.chat")
 
@@ -122,11 +123,28 @@ async def refresh_badge(h: Handle) -> None:
 
 async def run_commands(h: Handle, key: str, answer_id: str) -> None:
     """The JSON commands in a finished answer's text; none in an answer that made native tool calls (those
-    ran already, and a model that does both must not act twice)."""
-    if not await tools.used_tools(h, answer_id):
+    ran already, and a model that does both must not act twice). An answer to a request that ran no command
+    and said nothing of one is marked `unchanged` (its footer says "Nothing was changed.")."""
+    acted = await tools.used_tools(h, answer_id)
+    if not acted:
         record = await h.store.get_message(answer_id)
-        await run_answer_commands(h, answer_id, record.content)
-    await conversation.update_entry(h.store, key, commands="done")
+        acted = bool(await run_answer_commands(h, answer_id, record.content))
+    unchanged = not acted and await asked_for_change(h, key)
+    await conversation.update_entry(h.store, key, commands="done", **({"unchanged": True} if unchanged else {}))
+
+
+async def asked_for_change(h: Handle, key: str) -> bool:
+    """Whether the question this answer answers (the entry right before it; none for a Poke) asked for one."""
+    found = await conversation.entries(h.store, h.owner, limit=8)
+    at = next((i for i, (k, _) in enumerate(found) if k == key), None)
+    if not at or found[at - 1][1].get("type") != "q":
+        return False
+    try:
+        question = await h.store.get_message(found[at - 1][1]["message_id"])
+    except QuandaError:
+        return False
+    specs = command_specs(h.ctx.plugins)
+    return looks_like_request(question.content, {a for _, a in specs}, {t for t, _ in specs})
 
 
 async def start_thinking(h: Handle, key: str, answer_id: str) -> QuandaWriter:

@@ -36,7 +36,8 @@ def info(entry: dict[str, Any], record, last: bool = False, running: bool = True
     versions = entry.get("versions") or []
     return AnswerInfo(status=status, reason=reason_of(entry, record) if status in answers.UNFINISHED else "",
                       sealed=bool(record is not None and record.immutable), usage=entry.get("usage") or {},
-                      version=int(entry.get("shown", 0)), versions=max(1, len(versions)), last=last)
+                      version=int(entry.get("shown", 0)), versions=max(1, len(versions)), last=last,
+                      unchanged=bool(entry.get("unchanged")) and status == "done")
 
 
 def as_json(entry: dict[str, Any], record) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class AnswerInfo:
     version: int = 0
     versions: int = 1
     last: bool = False  # the last answer of the conversation (Regenerate is offered there)
+    unchanged: bool = False  # its question asked for a change and it ran no command
 
     @property
     def retryable(self) -> bool:
@@ -71,6 +72,10 @@ def Outcome(info: AnswerInfo):
 def AnswerFooter(message_id: str, info: AnswerInfo, oob: bool = False):
     """Under an answer: how it ended, its usage, its versions, Retry / Regenerate where they work."""
     parts = [Outcome(info)]
+    if info.unchanged:
+        parts.append(Div("Nothing was changed.", cls="msg-unchanged", data_testid="unchanged",
+                         title="Your question looked like a request, but this answer ran no command: ask again "
+                               "(e.g. name the todo), or do it by hand"))
     if info.status != "generating":
         parts.append(UsageLine(info.usage) if info.usage else None)
     if info.versions > 1 and info.status != "generating":

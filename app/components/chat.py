@@ -18,6 +18,7 @@ from quanda.render import MarkdownStream, render_markdown
 from . import ids
 from .answer import AnswerFooter, AnswerInfo, Outcome, UsageLine
 from .buttons import ws_button
+from .model_name import model_label
 from .notice import FieldNotice
 from .stream import StreamMarker
 
@@ -104,14 +105,33 @@ def AppendToList(*items):
     return Ul(*items, hx_swap_oob=f"beforeend:#{ids.MSG_LIST}")
 
 
-def SendSlot(answering: str | None = None, oob: bool = False):
-    """Send, or Stop in its place while an answer is being written."""
+NO_MODEL_REASON = "Send is off: there is no model to answer (see the status at the top of the chat)."
+
+
+def SendSlot(answering: str | None = None, oob: bool = False, no_model: bool = False):
+    """Send, or Stop in its place while an answer is being written; Send is off, saying why, with no model
+    (static/chat.js turns it on and off as the status badge changes)."""
     if answering:
         button = ws_button("Stop", "chat.stop", {"message_id": answering}, cls="stop", id=ids.CHAT_STOP,
                            title="Stop the answer (the LLM stops generating)", data_testid="stop")
     else:
-        button = Button("Send", type="submit", id=ids.CHAT_SEND, title="Send (Enter; Shift+Enter for a new line)")
+        button = Button("Send", type="submit", id=ids.CHAT_SEND, disabled=no_model,
+                        title=NO_MODEL_REASON if no_model else "Send (Enter; Shift+Enter for a new line)",
+                        aria_describedby=ids.SEND_REASON)
     return Span(button, id=ids.SEND_SLOT, cls="send-slot", hx_swap_oob="true" if oob else None)
+
+
+def ModelPicker(model: str = "", models: list[str] | None = None, oob: bool = False):
+    """The models the server has, each by its short name with the full one in a tooltip; with none, it says
+    so (static/chat.js keeps the tab's choice when the list it gets again is the same)."""
+    names = models or ([model] if model else [])
+    if not names:
+        return Select(Option("No model available", value="", selected=True), name="model", id=ids.MODEL_PICKER,
+                      title="No model available: the LLM server is not running or lists none (see the status)",
+                      aria_label="Model", disabled=True, hx_swap_oob="true" if oob else None)
+    options = [Option(model_label(m), value=m, selected=m == model, title=m) for m in names]
+    return Select(*options, name="model", id=ids.MODEL_PICKER, title=model or "Model", aria_label="Model",
+                  hx_swap_oob="true" if oob else None)
 
 
 def ChatInput(model: str = "", models: list[str] | None = None, turn: int = 0, oob: bool = False, *,
@@ -120,21 +140,23 @@ def ChatInput(model: str = "", models: list[str] | None = None, turn: int = 0, o
     the chat's notice. `turn` counts the questions sent, so a draft typed before a Send that arrives after it
     is recognised as stale. `text` and `preview`: the draft being typed; `editing`: the id of the question
     being edited (sent with the form)."""
-    options = [Option(m, value=m, selected=m == model) for m in (models or ([model] if model else []))]
+    no_model = not model and not models
     return Form(
         Hidden(name="action", value="chat.send"),
         TurnField(turn),
         FieldNotice(ids.CHAT_NOTICE, oob=False),
         EditingBanner(editing),
-        Textarea(text, name="text", id=ids.CHAT_INPUT, placeholder="Ask, or tell the assistant what to do…",
-                 rows="2", aria_label="Your question", ws_send=True, hx_trigger="input changed delay:250ms",
+        Textarea(text, name="text", id=ids.CHAT_INPUT, placeholder="Ask, or tell the assistant what to do…  ( / )",
+                 rows="2", aria_label="Your question", aria_keyshortcuts="/",
+                 title="Enter sends, Shift+Enter adds a line, Escape leaves; / comes back here from anywhere", ws_send=True, hx_trigger="input changed delay:250ms",
                  hx_vals='{"action": "chat.draft"}'),
         Div(NotStr(preview), id=ids.DRAFT_PREVIEW, cls="md draft-preview"),
-        Div(SendSlot(answering),
+        Div(SendSlot(answering, no_model=no_model),
             Button("Poke", type="submit", id="chat-poke", cls="secondary", name="poke", value="1",
                    title="Ask the assistant to react to what you just did"),
-            Select(*options, name="model", id=ids.MODEL_PICKER, title="Model", aria_label="Model"),
+            ModelPicker(model, models),
             cls="chat-buttons"),
+        Div(NO_MODEL_REASON, id=ids.SEND_REASON, cls="send-reason muted", hidden=not no_model or bool(answering)),
         ws_send=True, id=ids.CHAT_FORM, data_notice=ids.CHAT_NOTICE, data_stick=ids.MSG_LIST,
         hx_swap_oob="true" if oob else None,
     )
@@ -158,10 +180,15 @@ def DraftPreview(html: str):
     return Div(NotStr(html), id=ids.DRAFT_PREVIEW, cls="md draft-preview", hx_swap_oob="true")
 
 
-def StatusBadge(ok: bool, text: str, oob: bool = False, check_s: float | None = None):
-    """Whether the LLM answers; the tab asks again every `check_s` seconds (static/chat.js)."""
-    return Div(Span("●", cls="dot", aria_hidden="true"), Span(text, cls="llm-text"), id=ids.LLM_STATUS,
-               cls=f"llm-status {'ok' if ok else 'bad'}", title=text, role="status",
+def StatusBadge(ok: bool, text: str, oob: bool = False, check_s: float | None = None, model: str = "",
+                busy: bool = False):
+    """Whether the LLM answers, the whole text shown (it wraps: the hint is the useful half), a model by its
+    short name (the full text in the tooltip); `data-model` empty (and not busy) means there is no model to
+    answer, and the tab turns Send off (static/chat.js). The tab asks again every `check_s` seconds."""
+    shown = text.replace(model, model_label(model)) if model else text
+    return Div(Span("●", cls="dot", aria_hidden="true"), Span(shown, cls="llm-text"), id=ids.LLM_STATUS,
+               cls=f"llm-status {'ok' if ok else 'bad'}", title=text, role="status", data_model=model,
+               data_busy="1" if busy else None,
                data_check_s=f"{check_s:g}" if check_s else None, hx_swap_oob="true" if oob else None)
 
 
@@ -177,6 +204,8 @@ def ChatSidebar(history: list, status=None, chat_input=None, settings=None):
         Div(H2("Chat"), status if status is not None else Div(id=ids.LLM_STATUS),
             ws_button("New", "chat.new", cls="secondary small", id=ids.CHAT_NEW,
                       title="Start a new conversation (this one is kept: see the Chat page)"),
+            Button("×", type="button", cls="chat-close secondary small", aria_label="Close the chat",
+                   title="Back to the page"),  # (a phone's drawer only: app.css)
             cls="chat-head"),
         Div(MessageList(history),
             Button("↓ Jump to latest", type="button", id=ids.CHAT_JUMP, cls="jump", hidden=True,

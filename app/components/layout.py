@@ -15,6 +15,12 @@ def Notice(text: str, kind: str = "error"):
                id=ids.NOTICE, cls=f"notice {kind}", role="alert", hx_swap_oob="true")
 
 
+def ConnectionDot():
+    """The live connection's state, a dot in the header after the menu (not inside it: the menu is redrawn) (static/quanda.js keeps it)."""
+    return Span(id="ws-state", cls="ws-state", data_state="connecting", title="Connecting…", role="img",
+                aria_label="Connecting…")
+
+
 def Menu(plugins, current: str | None = None, oob: bool = False):
     return Nav(
         Strong("Quanda", cls="brand"),
@@ -35,10 +41,14 @@ def Page(plugins, main_content, sidebar, current: str | None = None, title: str 
     return (
         Title(title),
         Div(
-            Header(Menu(plugins, current), account) if account is not None else Header(Menu(plugins, current)),
+            A("Skip to chat", href=f"#{ids.CHAT_INPUT}", cls="skip-link", title="Or press / anywhere"),
+            Header(Menu(plugins, current), ConnectionDot(), *([account] if account is not None else [])),
+            Div(id="connection", cls="connection", hidden=True),  # lost, retrying, queued (static/connection.js)
             Div(id=ids.NOTICE),
             Div(Main(PageContent(current, main_content), id=ids.MAIN), sidebar, cls="layout"),
-            Span(id="ws-state", cls="ws-state", data_state="connecting", title="Live connection"),
+            # on a phone the chat is a drawer over the page, this button away (static/phone.js, app.css)
+            Button(Span("Chat"), Span(cls="unread-dot", aria_hidden="true"), type="button", cls="chat-toggle",
+                   aria_controls="sidebar", aria_expanded="false", title="Open the chat"),
             id="app", hx_ext="ws,quanda", ws_connect="/ws",
         ),
     )

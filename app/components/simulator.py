@@ -52,19 +52,35 @@ def SimStopForm(running_id: str | None = None, oob: bool = False):
                 ws_send=True, id="sim-stop-form", hx_swap_oob="true" if oob else None)
 
 
-def SimForm(error: str = "", running_id: str | None = None):
-    stop = SimStopForm(running_id)
-    start = Form(
+DEFAULT_FIELDS = {"chunks": 200, "delay_min": 5, "delay_max": 20}
+
+
+def run_fields(run: dict | None) -> dict:
+    """The fields as a run has them (older run records hold only the chunks), else the defaults."""
+    return {name: (run or {}).get(name, default) for name, default in DEFAULT_FIELDS.items()}
+
+
+def SimStartForm(fields: dict | None = None, oob: bool = False):
+    """The run's fields and Start. While a run goes they show its values; idle, the tab puts back what was
+    typed in it (static/simulator.js), else they show the last run's."""
+    values = {**DEFAULT_FIELDS, **(fields or {})}
+    return Form(
         Hidden(name="action", value="sim.start"),
-        Label("Chunks", Input(type="number", name="chunks", value="200", min="1", max="10000", id="sim-chunks")),
-        Label("Delay min (ms)", Input(type="number", name="delay_min", value="5", min="0", max="10000",
-                                      id="sim-delay-min")),
-        Label("Delay max (ms)", Input(type="number", name="delay_max", value="20", min="0", max="10000",
-                                      id="sim-delay-max")),
+        Label("Chunks", Input(type="number", name="chunks", value=str(values["chunks"]), min="1", max="10000",
+                              id="sim-chunks")),
+        Label("Delay min (ms)", Input(type="number", name="delay_min", value=str(values["delay_min"]), min="0",
+                                      max="10000", id="sim-delay-min")),
+        Label("Delay max (ms)", Input(type="number", name="delay_max", value=str(values["delay_max"]), min="0",
+                                      max="10000", id="sim-delay-max")),
         Button("Start", type="submit", id="sim-start"),
         ws_send=True, id="sim-start-form", cls="sim-form", data_notice=ids.SIM_NOTICE,
+        hx_swap_oob="true" if oob else None,
     )
-    return Div(start, FieldNotice(ids.SIM_NOTICE, error, oob=False), stop, id="sim-controls")
+
+
+def SimForm(error: str = "", running_id: str | None = None, fields: dict | None = None):
+    return Div(SimStartForm(fields), SimStopForm(running_id),
+               FieldNotice(ids.SIM_NOTICE, error, oob=False), id="sim-controls")
 
 
 def run_progress(record, run: dict | None) -> tuple[int, int] | None:
@@ -93,5 +109,6 @@ def SimRun(record=None, run: dict | None = None, oob: bool = False):
 
 def SimulatorCard(record=None, run: dict | None = None, error: str = ""):
     running = record.id if record is not None and not record.immutable else None
-    return Article(H3("Stream simulator"), SimForm(error, running), SimRun(record, run), id=ids.sim_card_id(),
+    return Article(H3("Stream simulator"), SimForm(error, running, run_fields(run)), SimRun(record, run),
+                   id=ids.sim_card_id(),
                    cls="card")

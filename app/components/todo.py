@@ -113,6 +113,8 @@ def TodoPage(items: list[dict]):
         P("Nothing to do. Add a todo, or ask the chat to.", cls="muted todo-empty"),
         P("Nothing here with this filter.", cls="muted todo-filtered-empty"),
         Div(TodoCount(items), TodoFilters(), ClearDone(items), cls="todo-footer"),
-        P("Double-click a todo (or press Enter on it) to edit it: Enter saves, Escape cancels.",
+        P(Span("Double-click a todo (or press Enter on it) to edit it: Enter saves, Escape cancels.",
+               cls="help-pointer"),
+          Span("Tap ✎ to edit a todo; Enter (or tapping elsewhere) saves.", cls="help-touch"),
           cls="muted todo-help"),
         cls="card", id="todo-card", data_filter="all")

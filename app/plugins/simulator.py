@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from importlib.resources import files
 
 from fasthtml.common import Pre
 
 from quanda.components import ids
-from quanda.components.simulator import (SimBar, SimRun, SimStatus, SimStopForm, SimulatorCard, progress_of,
-                                         status_text)
+from quanda.components.simulator import (SimBar, SimRun, SimStartForm, SimStatus, SimStopForm, SimulatorCard,
+                                         progress_of, run_fields, status_text)
 from quanda.components.stream import StreamMarker
 from quanda.api import (ClientError, Handle, Job, Plugin, QuandaError, QuandaMessage, QuandaToken, QuandaWriter,
                         near)
@@ -158,7 +159,8 @@ async def on_start(h: Handle, data: dict) -> None:
         raise ClientError("a run is already going: stop it first")
     message = await QuandaMessage.create(h.store, role=ROLE)
     await h.own(message.id, ROLE)
-    await h.store.put_record(RUN_KIND, h.owner, {"message_id": message.id, "chunks": chunks})
+    await h.store.put_record(RUN_KIND, h.owner, {"message_id": message.id, "chunks": chunks,
+                                                 "delay_min": round(low * 1000), "delay_max": round(high * 1000)})
     await h.start_job(ROLE, message.id, simulate(h, message, chunks, low, high))
     await h.publish("sim.started", message_id=message.id)
     await h.post_event(f"Stream simulator started: {chunks} chunks.")
@@ -178,7 +180,9 @@ async def show_started(h: Handle, fact: dict):
     record, run = await current_run(h)
     if record is None or record.id != fact["message_id"]:
         return None
-    return [SimRun(record, run, oob=True), SimStopForm(record.id, oob=True)]
+    # the fields belong to the run: every tab shows the values it runs with
+    return [SimRun(record, run, oob=True), SimStopForm(record.id, oob=True),
+            SimStartForm(run_fields(run), oob=True)]
 
 
 async def show_ended(h: Handle, fact: dict):
@@ -207,4 +211,5 @@ plugin = Plugin(
     fact_views={"sim.started": show_started, "sim.ended": show_ended},
     recover={ROLE: recover},
     system_prompt="The stream simulator runs a long job that streams progress; the user starts and stops it.",
+    assets=(str(files("quanda.static") / "simulator.js"),),  # the fields kept per tab
 )

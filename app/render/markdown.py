@@ -1,6 +1,6 @@
 """Safe Markdown rendering (mistune 3): what a message's HTML may hold.
 
-Raw HTML is escaped, never passed through; links keep only ``http:``, ``https:``, ``mailto:``, relative
+Raw HTML is escaped, never passed through; bare ``http://`` and ``https://`` URLs become links; links keep only ``http:``, ``https:``, ``mailto:``, relative
 URLs and ``#anchors`` (anything else, however it is spelled — case, entities, percent-encoding, control
 characters — is dropped and only the link text stays); every link gets ``rel="noopener noreferrer"``;
 images load only from this origin (a remote image becomes a plain link, so an answer cannot make the
@@ -100,10 +100,12 @@ class _SafeRenderer(HTMLRenderer):
         return text
 
 
-_MARKDOWN = mistune.create_markdown(escape=True, renderer=_SafeRenderer(), plugins=["table", "strikethrough"])
+# "url": bare http:// and https:// URLs become links, through `_SafeRenderer.link` like any other
+_MARKDOWN = mistune.create_markdown(escape=True, renderer=_SafeRenderer(),
+                                    plugins=["table", "strikethrough", "url"])
 # the open block's pieces: code shown plain while it streams, so it grows by appends
 _MARKDOWN_PLAIN = mistune.create_markdown(escape=True, renderer=_SafeRenderer(decorate=False),
-                                          plugins=["table", "strikethrough"])
+                                          plugins=["table", "strikethrough", "url"])
 
 
 def render_markdown(text: str) -> str:

@@ -30,6 +30,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static, TextArea
 
 from .client import Problem, QuandaClient
+from .input import QuestionInput
 from .model import Conversation, Entry
 from .readers import Follower, Readers
 from .widgets import AnswerView, EntryView, view_for
@@ -57,10 +58,10 @@ class QuandaTUI(Readers, App):
     #input { height: auto; min-height: 3; max-height: 10; }
     """
     BINDINGS = [
-        Binding("ctrl+s", "send", "Send", priority=True),
+        Binding("ctrl+s", "send", "Send", show=False, priority=True),  # (Enter sends: QuestionInput)
         Binding("ctrl+t", "stop", "Stop", priority=True),
         Binding("ctrl+r", "retry", "Retry", priority=True),
-        Binding("ctrl+n", "new_conversation", "New conversation", priority=True),
+        Binding("ctrl+n", "new_conversation", "New", priority=True),
         Binding("ctrl+o", "toggle_thinking", "Thinking", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -95,8 +96,9 @@ class QuandaTUI(Readers, App):
         yield Static(f"connecting to {escape(self.client.url)}…", id="status")
         yield VerticalScroll(id="timeline")
         yield Static("", id="problem")
-        yield TextArea(id="input", soft_wrap=True, show_line_numbers=False, tab_behavior="focus")
-        yield Footer()
+        yield QuestionInput(id="input", soft_wrap=True, show_line_numbers=False, tab_behavior="focus")
+        # every key on one line of 80 columns (the command palette, ^P, works without its hint)
+        yield Footer(show_command_palette=False)
 
     async def on_mount(self) -> None:
         self.query_one("#timeline", VerticalScroll).anchor()
@@ -226,6 +228,9 @@ class QuandaTUI(Readers, App):
         self.query_one("#status", Static).update(f"{mark} {escape(status.get('text', ''))}  ·  {where}")
 
     # -- actions ----------------------------------------------------------------------------------------------
+
+    def on_question_input_send(self, _: QuestionInput.Send) -> None:
+        self.action_send()
 
     def action_send(self) -> None:
         text = self.query_one("#input", TextArea).text.strip()

@@ -8,6 +8,7 @@ from rich.markup import escape
 from textual.containers import Vertical
 from textual.widgets import Collapsible, Label, Markdown, Static
 
+from quanda.components.model_name import model_label
 from quanda.llm.usage import usage_text
 
 from .model import ANSWER, Entry, MessageState
@@ -90,7 +91,7 @@ class AnswerView(EntryView):
         status = STATUS_TEXT.get(self.entry.status, self.entry.status)
         if self.entry.status == "final":  # sealed: how it ended is kept in the entry
             status = FINAL_TEXT.get(self.entry.outcome, "")
-        model = f" · {self.entry.model}" if self.entry.model else ""
+        model = f" · {model_label(self.entry.model)}" if self.entry.model else ""
         usage = f" · {usage_text(self.entry.usage)}" if self.entry.usage and self.entry.status != "generating" else ""
         return f"Assistant{escape(model)}" + (f" · [b]{escape(status)}[/b]" if status else "") + escape(usage)
 

@@ -192,7 +192,9 @@ async def test_hostile_markdown_never_executes(app_server, llm, browser):
 
 
 async def test_llm_server_down_gives_a_clear_message_and_the_app_keeps_serving(tmp_path, browser):
-    server = AppServer(tmp_path, OLLAMA_HOST=f"http://127.0.0.1:{free_port()}").start()
+    # (a model configured: Send stays on and the answer says what failed; with no model at all Send is off,
+    # see test_model_state_e2e.py)
+    server = AppServer(tmp_path, OLLAMA_HOST=f"http://127.0.0.1:{free_port()}", OLLAMA_MODEL="quanda-test").start()
     try:
         page = await open_chat(browser, server.url)
         await expect(page.locator("#llm-status")).to_contain_text("ollama serve")

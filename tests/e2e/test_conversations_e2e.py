@@ -25,9 +25,14 @@ async def open_tab(context, url, path="/"):
 
 
 async def ask_and_wait(page, text, reply_text):
+    """Ask, then wait for the new answer's bubble (not the last one before it, which may hold the same text and
+    sits beside a Send button still visible until the new answer starts) to end with `reply_text`."""
+    answers = page.locator("#msg-list li.msg.assistant")
+    before = await answers.count()
     await page.fill("#chat-input", text)
     await page.click("#chat-send")
-    await expect(page.locator("#msg-list li.msg.assistant").last).to_contain_text(reply_text, timeout=EXPECT_MS)
+    await expect(answers).to_have_count(before + 1, timeout=EXPECT_MS)
+    await expect(answers.last).to_contain_text(reply_text, timeout=EXPECT_MS)
     await expect(page.locator("#chat-send")).to_be_visible(timeout=EXPECT_MS)
 
 

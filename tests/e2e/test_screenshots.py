@@ -1,4 +1,5 @@
-"""Screenshots of the app as it is: the chat (light and dark), the todos, the stream simulator. Written to
+"""Screenshots of the app as it is: the chat (light and dark), the todos, the stream simulator, and a phone
+(the todos, and the chat's drawer in the dark theme). Written to
 tests/artifacts/ on every run for a reviewer; `QUANDA_UPDATE_SCREENSHOTS=1` also rewrites the README's
 (docs/screenshots/)."""
 
@@ -11,6 +12,7 @@ from tests.llm_server import Reply
 pytestmark = pytest.mark.e2e
 EXPECT_MS = 20_000
 VIEWPORT = {"width": 1100, "height": 680}
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
 ANSWER = ("Here is a plan for the week:\n\n1. **Monday**: buy milk and bread\n2. **Wednesday**: call mum\n"
           "3. **Friday**: write the report\n\nAnd a helper to count what is left:\n\n```python\n"
           "def left(todos):\n    return sum(1 for t in todos if not t[\"done\"])\n```\n")
@@ -75,3 +77,14 @@ async def test_screenshots(app_server, llm, browser):
     bar = page.locator("#sim-run progress")
     await expect(bar).to_have_attribute("value", "400", timeout=EXPECT_MS)
     await screenshot(page, "simulator", readme=True)
+
+    phone = await browser.new_context(**PHONE, color_scheme="light", storage_state=await light.storage_state())
+    phone_page = await open_page(phone, app_server.url, "/p/todo")
+    await expect(phone_page.locator("#todo-list .todo-name")).to_have_count(4)
+    await screenshot(phone_page, "phone-todos", readme=True, caret="initial")  # (hiding the caret injects a style)
+    dark_phone = await browser.new_context(**PHONE, color_scheme="dark", storage_state=await light.storage_state())
+    chat_page = await open_page(dark_phone, app_server.url, "/p/todo")
+    await chat_page.locator(".chat-toggle").tap()
+    await expect(chat_page.locator("#msg-list .md-code")).to_be_visible()
+    await expect(chat_page.locator("#chat-input")).to_be_in_viewport()
+    await screenshot(chat_page, "phone-chat-dark", readme=True, caret="initial")

@@ -173,3 +173,47 @@ async def test_pages_reference_no_external_url(app_server, browser):
     html = await page.content()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     assert requested and all(url.startswith(app_server.url) for url in requested), requested
+
+
+async def fields(page):
+    return [await page.input_value(f"#sim-{name}") for name in ("chunks", "delay-min", "delay-max")]
+
+
+async def test_the_fields_belong_to_the_run_and_are_kept_per_tab_when_idle(app_server, browser):
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(app_server.url + "/p/simulator")
+    await ws_open(page)
+    await start_run(page, 60, 100, 120)
+    await expect(page.locator("#sim-stop")).to_be_enabled(timeout=EXPECT_MS)
+    start, stop = await page.locator("#sim-start").bounding_box(), await page.locator("#sim-stop").bounding_box()
+    assert abs(start["y"] - stop["y"]) < 4 and stop["x"] > start["x"], "Stop sits beside Start"
+    await page.click("#menu >> text=Todos")
+    await page.click("#menu >> text=Stream simulator")
+    await expect(page.locator("#sim-stop")).to_be_enabled()
+    assert await fields(page) == ["60", "100", "120"]  # the run's, not the defaults
+    other = await context.new_page()  # another tab, and a reload: the run's values too
+    await other.goto(app_server.url + "/p/simulator")
+    await ws_open(other)
+    assert await fields(other) == ["60", "100", "120"]
+    await page.reload()
+    await ws_open(page)
+    assert await fields(page) == ["60", "100", "120"]
+    await page.click("#sim-stop")
+    await expect(page.locator(".sim-status")).to_have_text("stopped", timeout=EXPECT_MS)
+
+    await page.fill("#sim-chunks", "30")  # idle: what this tab typed is kept through a navigation and a reload
+    await page.click("#menu >> text=Todos")
+    await page.click("#menu >> text=Stream simulator")
+    await expect(page.locator("#sim-card")).to_be_visible()
+    assert await fields(page) == ["30", "100", "120"]
+    await page.reload()
+    await ws_open(page)
+    assert await fields(page) == ["30", "100", "120"]
+    await other.reload()
+    await ws_open(other)
+    assert await fields(other) == ["60", "100", "120"]  # the other tab's own: the last run's values
+    await page.click("#sim-start")  # Start runs with what is shown
+    await expect(page.locator("#sim-run progress")).to_have_attribute("max", "30", timeout=EXPECT_MS)
+    await expect(other.locator("#sim-run progress")).to_have_attribute("max", "30", timeout=EXPECT_MS)
+    assert await fields(other) == ["30", "100", "120"]  # a run started elsewhere: its values everywhere
