@@ -55,7 +55,9 @@ class AppContext:
 
 @dataclass
 class Handle:
-    """What every page, WebSocket action, fact view and job of a plugin is handed."""
+    """What every page, WebSocket action, fact view and job of a plugin is handed. Its methods and `store`,
+    `owner`, `page`, `settings` are the public API; `ctx` is the app's own (tests/test_public_api.py checks that
+    the reference plugins and the examples do without it)."""
 
     ctx: AppContext
     owner: str

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import types
 import typing
@@ -225,6 +224,7 @@ class Quanda:
         holds the live connection (keep the host's `live` elements where it is rendered, or beside it)."""
         return Div(Div(Span("Loading the chat…", cls="muted"), id="sidebar", hx_get="/-/quanda/sidebar",
                        hx_trigger="load", hx_swap="outerHTML"),
+                   Div(id="connection", cls="connection", hidden=True),  # lost, retrying (static/connection.js)
                    Div(id=ids.NOTICE),
                    Span(id="ws-state", cls="ws-state", data_state="connecting", title="Live connection"),
                    id="quanda", hx_ext="ws,quanda", ws_connect="/ws", **kwargs)
@@ -276,8 +276,7 @@ class Quanda:
                 return await act.run(h.owner, args, key)
             return Change(CommandResult(True, ""), facts=((self.changed_topic, {"action": act.name}),),
                           effect=effect, rerun=act.idempotent)
-        example = {"action": act.name, "target": self.name, "args": {n: f.type.__name__ for n, f in act.fields.items()}}
-        return CommandSpec(self.name, act.name, act.fields, json.dumps(example), plan, act.description, name=act.name,
+        return CommandSpec(self.name, act.name, act.fields, "", plan, act.description, name=act.name,
                            approval=act.approval, result_view=act.result,
                            undo=act.take_back if act.undo is not None else None)
 

@@ -121,6 +121,7 @@ def wire(app: Any, settings: Settings, plugins: list[Plugin], store: Any = None,
     from settings.db_url, and closed with the app); `workspace`: the host's function from a request or
     socket to the workspace it acts for (None: Quanda's own sessions, local mode or accounts)."""
     host = PluginHost(plugins)
+    routes_before = list(app.router.routes)  # a host's own, e.g. fast_app's catch-all for static files
     limits = Limits(settings.ws_frames_per_s, settings.ws_owner_frames_per_s, settings.ws_max_per_owner,
                     settings.ws_max_per_address)
     app.state.workspace_of = workspace
@@ -224,4 +225,6 @@ def wire(app: Any, settings: Settings, plugins: list[Plugin], store: Any = None,
     for plugin in plugins:
         if plugin.router is not None:
             plugin.router.to_app(app)
+    ours = [r for r in app.router.routes if not any(r is b for b in routes_before)]
+    app.router.routes[:] = ours + routes_before  # Quanda's paths first: a host's catch-all must not hide them
     return host

@@ -1,8 +1,9 @@
 """Who may use a message: the one place that records and checks it.
 
-Every message the app creates for someone is recorded as theirs (`own`); the WebSocket's follow, the chat's
-actions and the HTTP API all ask `owned` before they read or write one. Another owner's id is answered
-exactly like an unknown id (QuandaNotFoundError), so ids leak nothing.
+Every message the app creates for someone is recorded as theirs (`own`); the chat's actions and the HTTP API
+ask `owned` before they read or write one, the WebSocket's follow asks `role_if_owned`. Another owner's id is
+answered exactly like an unknown id (QuandaNotFoundError), so ids leak nothing. Facts name the owner they
+are for: `fact_for` is the one test of it (the hub, the SSE streams, AG-UI).
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ async def owner_of(store: QuandaStore, message_id: str) -> dict | None:
     if record is not None and "owner" not in record and "sid" in record:  # written before workspaces
         record["owner"] = record["sid"]
     return record
+
+
+async def role_if_owned(store: QuandaStore, owner: str, message_id: object) -> str | None:
+    """The role of the message if `owner` may use it ("" when it has none), else None."""
+    record = await owner_of(store, message_id)  # type: ignore[arg-type]
+    if record is None or record["owner"] != owner:
+        return None
+    return record.get("role", "")
+
+
+def fact_for(fact: dict, owner: str) -> bool:
+    """Whether a published fact is for `owner` (every fact names the owner it was published for)."""
+    return fact.get("owner") == owner
 
 
 async def owned(store: QuandaStore, owner: str, message_id: object,

@@ -26,7 +26,7 @@ from quanda.client_json import ClientJSONError, parse_client_json
 from quanda.components.auth import SignedOut
 from quanda.components.layout import Notice
 from quanda.context import ClientError, Handle
-from quanda.ownership import owner_of
+from quanda.ownership import role_if_owned
 from quanda.fanout import send_to_all
 from quanda.follow import Follower, StreamView
 from quanda.core import QuandaError, QuandaStoreError
@@ -275,10 +275,10 @@ class Hub:
                 seq = check_seq(seq)
             except QuandaError:
                 raise ClientError(f"bad seq for stream {str(message_id)[:40]!r}: a whole number ≥ 0") from None
-            mine = await owner_of(self.store, message_id)
-            if mine is None or mine["owner"] != conn.owner:
+            role = await role_if_owned(self.store, conn.owner, message_id)
+            if role is None:
                 raise ClientError(f"no stream {str(message_id)[:40]!r} here")
-            factory = self.views.get(mine.get("role", ""))
+            factory = self.views.get(role)
             if factory is None:
                 raise ClientError(f"stream {message_id} cannot be shown here")
             conn.attach(message_id, self._follower(message_id, seq, factory))

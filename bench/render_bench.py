@@ -2,7 +2,7 @@
 
     python bench/render_bench.py [--sizes 2000,20000] [--every 1,4,30] [--window 400] [--profile]
 
-A view (`app.components.chat.ChatView`, the production path) is fed an answer token by token, with one
+A view (`app/chat/stream_view.py` ChatView, the production path) is fed an answer token by token, with one
 `flush` per N tokens (N = 1, 4, 30: a frame per token at 50 tokens/s, ~4 tokens per frame at 500/s,
 ~30 at 2,000/s); the answer is ~5-character tokens of three kinds: mixed markdown (headings,
 paragraphs with inline code and bold, lists, fenced code), one long paragraph on a single line, one
@@ -101,7 +101,7 @@ class Run(NamedTuple):
 def run_ours(tokens: list[str], every: int) -> Run:
     from fasthtml.common import to_xml
 
-    from quanda.components.chat import ChatView
+    from quanda.chat.stream_view import ChatView
     from quanda.core import QuandaToken
     from quanda.render import render_blocks
 

@@ -31,7 +31,7 @@ AREAS = [  # (area, pattern on "function (file)"), innermost matching frame deci
     ("render: markdown (mistune)", r"[(/]mistune/"),
     ("render: highlighting (pygments)", r"[(/]pygments/"),
     ("render: app/render/", r"app/render/"),
-    ("view: ChatView", r"app/components/chat\.py"),
+    ("view: ChatView", r"app/(components/chat|chat/stream_view)\.py"),
     ("FT -> HTML (fastcore to_xml)", r"[(/](fastcore|fasthtml)/"),
     ("store: SQLite (sqlite*.py, writer thread)", r"app/core/store/sqlite"),
     ("store: SQLite's C code (sqlite3, WAL writes)", r"^(_pysqlite|pysqlite|sqlite3|pwrite|fdatasync|pread)"),

@@ -72,7 +72,8 @@ def bench_plugin():
 
     from quanda.components import ids
     from quanda.components.layout import Notice
-    from quanda.components.simulator import SimStatus, SimulatorView
+    from quanda.components.simulator import SimStatus
+    from quanda.plugins.simulator import SimulatorView
     from quanda.api import ClientError, Plugin
     from quanda.core import QuandaError, QuandaMessage, QuandaReader, QuandaWriter
     from bench.common import follow_full_handler, pct

@@ -171,7 +171,7 @@ def test_titles_come_from_the_first_line(text, title):
 async def test_a_tab_following_a_sealed_answer_again_gets_nothing(store):
     """A tab that navigates tells the server every stream it shows, finished ones included: following a sealed
     answer again from the seq the page holds must not append its last block a second time."""
-    from quanda.components.chat import ChatView
+    from quanda.chat.stream_view import ChatView
     from quanda.core import QuandaReader
 
     answer = await QuandaMessage.create(store, role="assistant")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import quanda.render.piece as render_piece
 import quanda.render.stream as render_stream
 from quanda.components import ids
-from quanda.components.chat import ChatView, MessageBody
+from quanda.chat.stream_view import ChatView
+from quanda.components.chat import MessageBody
 from quanda.components.stream import StreamMarker
 from quanda.core import QuandaToken
 from quanda.render import append_plan, render_blocks
@@ -399,7 +400,7 @@ def count_work(tokens: list[str], every: int) -> float:
         work[0] += len(old) + len(new)
         return real_plan(old, new)
 
-    import quanda.components.chat as chat
+    import quanda.chat.stream_view as chat
 
     with mock.patch.object(render_stream, "render_markdown", md), \
             mock.patch.object(render_piece, "_render_plain", plain), \

@@ -8,7 +8,7 @@ import time
 from typing import Annotated
 
 import pytest
-from fasthtml.common import FastHTML, Li, Main, Ul
+from fasthtml.common import FastHTML, Li, Main, Ul, fast_app
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -210,3 +210,13 @@ def test_a_model_without_tools_is_taught_the_actions_as_json_commands_which_run_
         again = client.portal.call(run_answer_commands, h, "answer-9", text)
         assert [r.text for r in first] == ["Added Ada."] and again == []
         assert host.calls == [("alice", "Ada", "", "answer-9:0")]
+
+
+def test_quandas_routes_come_before_a_hosts_catch_all(tmp_path, monkeypatch):
+    """fast_app() serves any /<path>.<ext> from the working directory: mounted later, Quanda's files must win."""
+    monkeypatch.chdir(tmp_path)  # no static/ folder here
+    app, _ = fast_app(default_hdrs=False)
+    Quanda(settings=settings(tmp_path)).mount(app)
+    with TestClient(app, base_url=ORIGIN) as client:
+        for asset in ("/static/quanda.js", "/static/plugins/chat/chat.js", "/static/app.css"):
+            assert client.get(asset).status_code == 200, asset

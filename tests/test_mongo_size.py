@@ -18,7 +18,7 @@ from pymongo.errors import DocumentTooLarge, OperationFailure, WTimeoutError
 
 from quanda.core import QuandaError, QuandaLimitError, QuandaMessage, QuandaReader, QuandaStoreError, QuandaWriter, replay
 from quanda.core.store import mongo
-from quanda.core.store.mongo_layout import MAX_DOCUMENT_BYTES, _entry_bson, _needed, _Py, _token_entry, _value_bson
+from quanda.core.store.mongo_layout import MAX_DOCUMENT_BYTES, entry_bson_size, bytes_needed, Py, token_entry, value_bson
 from quanda.core.token import CHUNK
 from tests.backends import make_store
 
@@ -38,8 +38,8 @@ def check_document(doc):
     tail = "".join(e["t"] for e in doc["tokens"][doc["content_seq"]:] if e["k"] == "chunk")
     assert doc["tail_bytes"] == len(tail.encode())
     assert doc["content_bytes"] == len((doc["content"] + tail).encode())
-    assert doc["estimate_bson"] == _value_bson(doc["estimate"])
-    assert doc["warning_bson"] == _value_bson(doc["warning"])
+    assert doc["estimate_bson"] == value_bson(doc["estimate"])
+    assert doc["warning_bson"] == value_bson(doc["warning"])
 
 
 async def run_accounting(steps, initial):
@@ -75,8 +75,8 @@ def test_bson_size_is_the_real_size_after_every_write(steps, initial):
 def test_entry_sizes_are_what_bson_encodes():
     for kind, text, estimate in [("chunk", "", None), ("chunk", "héllo 🙂", "(40%)"), ("immutable", "", None),
                                  ("override", "x" * 300, None), ("warning", "\u202e\x00", None)]:
-        entry = _token_entry(kind, text, estimate)
-        assert _entry_bson(kind, len(text.encode()), estimate) == len(bson.encode(entry))
+        entry = token_entry(kind, text, estimate)
+        assert entry_bson_size(kind, len(text.encode()), estimate) == len(bson.encode(entry))
         for index in (0, 9, 10, 12345):  # an array entry costs its key and a type byte on top
             assert len(bson.encode({"a": [entry] * (index + 1)})) - len(bson.encode({"a": [entry] * index})) == \
                 2 + len(str(index)) + len(bson.encode(entry))
@@ -84,7 +84,7 @@ def test_entry_sizes_are_what_bson_encodes():
 
 def room_for_a_chunk(store, doc):
     """Bytes left beyond what an empty chunk would need (the admission check's arithmetic, in Python)."""
-    return store.max_document_bytes - _needed(_Py(doc), CHUNK, _entry_bson(CHUNK, 0, None), 0, 0)
+    return store.max_document_bytes - bytes_needed(Py(doc), CHUNK, entry_bson_size(CHUNK, 0, None), 0, 0)
 
 
 async def fill_to_the_edge(store, msg):

@@ -58,3 +58,24 @@ def test_the_package_and_the_core_reexport_them():
     assert quanda.Quanda is Quanda and quanda.core.MessageRecord is MessageRecord
     assert quanda.PUBLIC == set(importlib.import_module("quanda.api").__all__)
     assert "MessageRecord" in quanda.core.__all__
+
+
+def test_plugins_and_examples_do_not_reach_into_the_app_context():
+    """`Handle.ctx` is the app's own (the LLM driver, every plugin, the jobs): a plugin uses the Handle's methods."""
+    reaching = [f"{path.relative_to(ROOT)}:{node.lineno}"
+                for path in sorted([*(ROOT / "app" / "plugins").rglob("*.py"), *(ROOT / "examples").rglob("*.py")])
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Attribute) and node.attr == "ctx"]
+    assert reaching == []
+
+
+def test_no_store_module_imports_another_ones_private_names():
+    """The store backends share through their documented base and, within one backend's family of modules, names
+    without a leading underscore (app/core/store/__init__.py)."""
+    private = []
+    for path in sorted((ROOT / "app" / "core" / "store").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("quanda")):
+                private += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []

@@ -17,7 +17,7 @@ from quanda.core import (QuandaImmutableError, QuandaLimitError, QuandaMessage, 
                         QuandaWriter, open_store, replay)
 from quanda.core.store import sqlite as sqlite_store
 from quanda.core.store.sqlite import SQLiteStore
-from quanda.core.store.sqlite_schema import CHECKPOINT_EVERY, CHECKPOINT_MAX, _checkpoint_due
+from quanda.core.store.sqlite_schema import CHECKPOINT_EVERY, CHECKPOINT_MAX, checkpoint_due
 
 
 async def two_stores(tmp_path, **limits):
@@ -226,7 +226,7 @@ async def test_a_database_written_before_the_content_table_reads_and_grows(tmp_p
 
 
 def test_checkpoints_come_often_enough_and_copy_the_content_o1_times_per_chunk():
-    due = [seq for seq in range(1, 200_001) if _checkpoint_due(seq)]
+    due = [seq for seq in range(1, 200_001) if checkpoint_due(seq)]
     gaps = [b - a for a, b in zip([0, *due], due)]
     assert min(gaps) >= CHECKPOINT_EVERY and max(gaps) <= CHECKPOINT_MAX
     for n in (1_000, 10_000, 30_000):  # while the gap still grows with the message: copying stays linear
@@ -287,13 +287,13 @@ async def test_prefix_listings_are_range_scans_of_the_key(tmp_path, monkeypatch)
     """Issue 21, item 10: `substr(key, 1, n) = prefix` scanned the whole table (21 ms a call at 200k rows,
     for every conversation, todo and reaper read)."""
     statements: list[str] = []
-    real_connect = sqlite_store._connect
+    real_connect = sqlite_store.connect_db
 
     def traced(*args, **kwargs):
         conn = real_connect(*args, **kwargs)
         conn.set_trace_callback(statements.append)
         return conn
-    monkeypatch.setattr(sqlite_store, "_connect", traced)
+    monkeypatch.setattr(sqlite_store, "connect_db", traced)
     store = await open_store(f"sqlite:///{tmp_path / 'q.db'}")
     try:
         for owner in ("ann", "bob"):

@@ -2,7 +2,8 @@
 (a snapshot, a rewrite) replaces the content box instead of appending to it."""
 
 from quanda.components import ids
-from quanda.components.simulator import SimulatorView, progress_of
+from quanda.components.simulator import progress_of
+from quanda.plugins.simulator import SimulatorView
 from quanda.core import QuandaToken
 
 MID = "ab" * 12

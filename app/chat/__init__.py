@@ -18,7 +18,7 @@ from fasthtml.common import H2, APIRouter, Div, P, Section
 import quanda.static
 
 from quanda.components.buttons import ws_button
-from quanda.components.chat import ChatView
+from .stream_view import ChatView
 from quanda.components.conversations import ConversationList, ConversationView, SearchBox, SearchResults
 from quanda import approvals
 from quanda.context import AppContext, Handle

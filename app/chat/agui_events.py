@@ -42,6 +42,7 @@ from ag_ui.encoder import EventEncoder
 
 from quanda.commands import claimed_result, result_line
 from quanda.context import Handle
+from quanda.ownership import fact_for
 from quanda.core import QuandaError, QuandaMessage, QuandaReader
 
 from . import client_tools, conversation, tools
@@ -203,7 +204,7 @@ class RunEvents:
                 return
 
     def _on_fact(self, topic: str, fact: dict) -> None:
-        if topic == "chat.thinking" and fact.get("owner") == self.h.owner and fact.get("answer_id") == self.answer_id:
+        if topic == "chat.thinking" and fact_for(fact, self.h.owner) and fact.get("answer_id") == self.answer_id:
             self.queue.put_nowait(("thinking", fact.get("thinking_id")))
 
     def _start_thinking(self, thinking_id: object) -> None:

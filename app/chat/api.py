@@ -54,6 +54,7 @@ from quanda.context import ClientError, Handle
 
 from quanda.access import handle_of
 from quanda.http_api import body_json, error, guarded
+from quanda.ownership import fact_for
 from quanda.revocation import revocable
 from quanda.core import QuandaError, QuandaMessage
 
@@ -126,7 +127,7 @@ async def follow(request):
     woke, badge, asked, undone = asyncio.Event(), [False], [], []
 
     def on_fact(topic: str, fact: dict) -> None:
-        if fact.get("owner") != h.owner or not topic.startswith("chat.") or topic in QUIET_TOPICS:
+        if not fact_for(fact, h.owner) or not topic.startswith("chat.") or topic in QUIET_TOPICS:
             return
         badge[0] = badge[0] or topic == "chat.badge"
         if topic == approvals.TOPIC and fact.get("key") not in asked:

@@ -1,12 +1,10 @@
-"""The stream simulator's Card, and the view that streams a run into it."""
+"""The stream simulator's card (its stream view is the plugin's, app/plugins/simulator.py)."""
 
 from __future__ import annotations
 
 import re
 
 from fasthtml.common import H3, Article, Button, Div, Form, Hidden, Input, Label, Pre, Progress, Span
-
-from quanda.core import QuandaToken
 
 from . import ids
 from .notice import FieldNotice
@@ -114,55 +112,3 @@ def SimulatorCard(record=None, run: dict | None = None, error: str = ""):
     return Article(H3("Stream simulator"), SimForm(error, running, run_fields(run)), SimRun(record, run),
                    id=ids.sim_card_id(),
                    cls="card")
-
-
-class SimulatorView:
-    """Streams a run into its card: appended text only (never the whole content again), the bar from each
-    chunk's estimate "(i/N)", and the status."""
-
-    def __init__(self, message_id: str):
-        self.message_id = message_id
-        self.appended: list[str] = []
-        self.replaced: str | None = None
-        self.seq = 0
-        self.warning = ""
-        self.immutable = False
-        self.status_dirty = False
-        self.progress: tuple[int, int] | None = None
-        self.progress_dirty = False
-
-    def feed(self, token: QuandaToken) -> None:
-        self.seq = token.seq
-        if token.kind in ("chunk", "override"):
-            if token.kind == "chunk":
-                self.appended.append(token.text)
-            else:
-                self.replaced, self.appended = token.text, []
-            progress = progress_of(token.estimate)
-            if progress is not None:
-                self.progress, self.progress_dirty = progress, True
-        elif token.kind == "warning":
-            self.warning, self.status_dirty = token.text, True
-        elif token.kind == "immutable":
-            self.immutable, self.status_dirty = True, True
-
-    def flush(self) -> list:
-        mid, fragments = self.message_id, []
-        text = "".join(self.appended)
-        if self.replaced is not None:
-            fragments.append(Pre(self.replaced + text, id=ids.sim_content_id(mid), cls="stream-content follow-scroll",
-                                 hx_swap_oob="true"))
-        elif text:
-            fragments.append(Pre(text, hx_swap_oob=f"beforeend:#{ids.sim_content_id(mid)}"))
-        if self.progress_dirty and self.progress:
-            fragments.append(SimBar(mid, *self.progress, oob=True))
-        if self.status_dirty and (self.progress or not self.immutable):
-            # without the run's progress (a tab that had every chunk already) the ending is told by the
-            # fact `sim.ended` instead
-            fragments.append(SimStatus(mid, status_text(self.immutable, self.warning, self.progress), oob=True))
-        if self.immutable:
-            fragments.append(SimStopForm(None, oob=True))
-        if fragments or self.seq:
-            fragments.append(StreamMarker(mid, self.seq, oob=True, ended=self.immutable))
-        self.appended, self.replaced, self.status_dirty, self.progress_dirty = [], None, False, False
-        return fragments

@@ -42,8 +42,9 @@ async def open_tabs(context, url: str, count: int) -> list:
 
 
 async def drive(browser, folder: Path, command: list, list_id: str, item: str, tool: str, arguments: dict,
-                table_db: Path, table: str, column: str, added: str):
-    """Start the host, ask in one tab, see the row in both; the host's table holds it once."""
+                table_db: Path, table: str, column: str, added: str, then=None):
+    """Start the host, ask in one tab, see the row in both; the host's table holds it once. `then(tab1, tab2)`:
+    more to do with both tabs before the server stops."""
     call = Reply(chunks=["On it. ", Chunk(tool_calls=[ToolCall(tool, arguments)])], delay=0.02)
     with LLMTestServer(Rounds(call, Reply(chunks=["Done."], delay=0.02))) as llm:
         with served_by(command, folder, OLLAMA_HOST=llm.url, OLLAMA_MODEL="quanda-test") as (url, _client):
@@ -61,12 +62,30 @@ async def drive(browser, folder: Path, command: list, list_id: str, item: str, t
             await expect(tab2.locator(f"#{list_id}")).to_contain_text(item, timeout=EXPECT_MS)
             assert (await tab2.locator(f"#{list_id}").inner_text()).count(item) == 1
             sent = llm.chat_requests[0].json
+            with sqlite3.connect(table_db) as db:
+                rows = db.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?", (item,)).fetchone()[0]
+            assert rows == 1, f"the host's table holds {rows} rows for {item!r}"
+            if then is not None:
+                await then(tab1, tab2)
             await context.close()  # before the server stops: a socket cut is not what is tested
             assert {t["function"]["name"] for t in sent["tools"]} >= {tool}
-    with sqlite3.connect(table_db) as db:
-        rows = db.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?", (item,)).fetchone()[0]
-    assert rows == 1, f"the host's table holds {rows} rows for {item!r}"
     return sent
+
+
+async def by_hand(tab1, tab2):
+    """The host's own form and buttons (its routes, through Quanda's door): every tab redraws, the chat is told."""
+    await expect(tab2.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
+    await expect(tab2.locator("#chat-input")).to_be_visible(timeout=EXPECT_MS)
+    await tab2.fill("input[name=name]", "Grace Hopper")
+    await tab2.click("#add")
+    for tab in (tab1, tab2):
+        await expect(tab.locator("#contacts .contact-name")).to_have_text(["Ada Lovelace", "Grace Hopper"],
+                                                                          timeout=EXPECT_MS)
+        await expect(tab.locator("#msg-list .event-line").filter(has_text="You added the contact Grace Hopper")
+                     ).to_have_count(1, timeout=EXPECT_MS)
+    await tab1.locator("#contacts li").filter(has_text="Ada Lovelace").get_by_role("button").click()
+    for tab in (tab1, tab2):
+        await expect(tab.locator("#contacts .contact-name")).to_have_text(["Grace Hopper"], timeout=EXPECT_MS)
 
 
 async def test_the_contacts_example_from_the_wheel_adds_a_row_once_and_every_tab_shows_it(tmp_path, browser):
@@ -74,7 +93,8 @@ async def test_the_contacts_example_from_the_wheel_adds_a_row_once_and_every_tab
     shutil.copy(ROOT / "examples" / "contacts.py", tmp_path / "contacts.py")
     sent = await drive(browser, tmp_path, [venv / "bin" / "python", "contacts.py"], "contacts", "Ada Lovelace",
                        "add_contact", {"name": "Ada Lovelace", "email": "ada@example.com"},
-                       tmp_path / "contacts.db", "contacts", "name", "Added the contact Ada Lovelace (id 1).")
+                       tmp_path / "contacts.db", "contacts", "name", "Added the contact Ada Lovelace (id 1).",
+                       then=by_hand)
     tools = {t["function"]["name"] for t in sent["tools"]}
     assert tools == {"add_contact", "delete_contact"}
     system = sent["messages"][0]["content"]

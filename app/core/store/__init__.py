@@ -1,5 +1,10 @@
 """Stores by URL: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `mongodb://host:port/db`,
-`postgresql://user@host:port/db[?schema=name]`."""
+`postgresql://user@host:port/db[?schema=name]`.
+
+Every backend implements the documented base, `QuandaStore` (base.py), and is one family of modules
+(`sqlite*.py`, `postgres*.py`, `mongo*.py`: the store, its schema or layout, its client, its writer…). What
+the modules of one family share is named without a leading underscore; a name with one is its module's own,
+and no module imports another's (nor another backend's)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from ..errors import (QuandaError, QuandaFencedError, QuandaImmutableError, Quan
                       QuandaStoreError)
 from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
 from .base import MessageRecord, utf8_len
-from .mongo_client import _WRITE_RETRIES, _translated
+from .mongo_client import WRITE_RETRIES, translated_errors
 from .fencing import Fence
 from .migrations import SchemaStatus
 from .mongo_facts import MongoFacts
@@ -46,17 +46,17 @@ from .mongo_layout import (
     MAX_DOCUMENT_BYTES,
     MESSAGES,
     SEAL_ENTRY_BSON,
-    _after_append_projection,
-    _entry_bson,
-    _Mql,
-    _needed,
-    _Py,
-    _record,
-    _sizes_after,
-    _state_projection,
-    _token_entry,
-    _tokens_projection,
-    _value_bson,
+    after_append_projection,
+    entry_bson_size,
+    Mql,
+    bytes_needed,
+    Py,
+    record_of,
+    sizes_after,
+    state_projection,
+    token_entry,
+    tokens_projection,
+    value_bson,
 )
 from .mongo_records import MongoRecords
 from .mongo_watch import MongoWatcher
@@ -97,7 +97,7 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
 
     async def open(self) -> "MongoStore":
         try:
-            with _translated("cannot reach MongoDB"):
+            with translated_errors("cannot reach MongoDB"):
                 await self._db.command("ping")
                 hello = await self._hello()
                 self.schema = await apply_migrations(self._db, self.origin, self.timeout_s, apply=self.migrate)
@@ -132,17 +132,17 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
         import bson
 
         oid = ObjectId()
-        tokens = [_token_entry(OVERRIDE, content, None)] if content else []
+        tokens = [token_entry(OVERRIDE, content, None)] if content else []
         doc: dict[str, Any] = {
             "_id": oid, "role": role, "created_at": now, "updated_at": now, "immutable": False,
             "last_seq": len(tokens), "content": content, "content_seq": len(tokens),
             "content_bytes": utf8_len(content), "tail_bytes": 0, "estimate": None, "estimate_bson": 0,
-            "warning": "", "warning_bson": _value_bson(""), "fence": Int64(0), "bson_size": 0, "tokens": tokens}
+            "warning": "", "warning_bson": value_bson(""), "fence": Int64(0), "bson_size": 0, "tokens": tokens}
         doc["bson_size"] = len(bson.encode(doc))  # once per message; appends keep it up to date
         needed = doc["bson_size"] + 2 + SEAL_ENTRY_BSON + len(str(len(tokens)))
         if needed > self.max_document_bytes:
             raise self._document_full(str(oid), needed)
-        with _translated("create a message"):
+        with translated_errors("create a message"):
             await self._messages.insert_one(doc)
         return MessageRecord(str(oid), role, content, None, "", False, len(tokens), now, now)
 
@@ -155,17 +155,17 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
         text_bytes = utf8_len(text)
         if kind == OVERRIDE and text_bytes > self.max_message_bytes:
             raise self._over_message_limit(message_id, text_bytes)
-        sizes = (_entry_bson(kind, text_bytes, estimate), text_bytes, _value_bson(estimate))
-        for attempt in range(_WRITE_RETRIES):
+        sizes = (entry_bson_size(kind, text_bytes, estimate), text_bytes, value_bson(estimate))
+        for attempt in range(WRITE_RETRIES):
             if attempt:
                 await asyncio.sleep(random.uniform(0, 0.01 * attempt))  # another writer got in: let it finish
             query, fields = self._append_filter(oid, kind, *sizes), self._append_fields(kind, text, estimate, *sizes)
             if fence is not None:  # refused below a newer job's fence, and raising the message's
                 query["fence"] = {"$lte": Int64(fence)}
                 fields["fence"] = {"$max": ["$fence", {"$literal": Int64(fence)}]}
-            with _translated(f"append to message {message_id}"):
+            with translated_errors(f"append to message {message_id}"):
                 doc = await self._messages.find_one_and_update(
-                    query, [{"$set": fields}], projection=_after_append_projection(),
+                    query, [{"$set": fields}], projection=after_append_projection(),
                     return_document=ReturnDocument.AFTER)
             if doc is not None:
                 token = QuandaToken(kind, text, estimate, doc["last_seq"])
@@ -173,8 +173,8 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
                 if _fold_due(kind, doc):
                     await self._fold_quietly(oid, doc["content_seq"], doc["last_seq"])
                 return token
-            with _translated(f"read message {message_id}"):  # why it was refused: the primary's latest state,
-                state = await self._latest.find_one({"_id": oid}, _state_projection())  # not a lagging snapshot
+            with translated_errors(f"read message {message_id}"):  # why it was refused: the primary's latest state,
+                state = await self._latest.find_one({"_id": oid}, state_projection())  # not a lagging snapshot
             if state is None:
                 raise QuandaNotFoundError(f"no message with id {message_id!r}")
             if fence is not None and state.get("fence", 0) > fence:
@@ -186,7 +186,7 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
                 raise QuandaImmutableError(f"message {message_id} is immutable; nothing was written")
             if kind == CHUNK and state["content_bytes"] + text_bytes > self.max_message_bytes:
                 raise self._over_message_limit(message_id, state["content_bytes"] + text_bytes)
-            needed = _needed(_Py(state), kind, *sizes)
+            needed = bytes_needed(Py(state), kind, *sizes)
             if needed > self.max_document_bytes:
                 raise self._document_full(message_id, needed)
             # the document changed between the two calls (another writer): try again
@@ -198,17 +198,17 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
         if kind == CHUNK:
             query["content_bytes"] = {"$lte": self.max_message_bytes - text_bytes}
         if kind != IMMUTABLE:  # the seal always fits: every other append left room for it
-            query["$expr"] = {"$lte": [_needed(_Mql, kind, entry_bson, text_bytes, estimate_bson),
+            query["$expr"] = {"$lte": [bytes_needed(Mql, kind, entry_bson, text_bytes, estimate_bson),
                                        self.max_document_bytes]}
         return query
 
     @staticmethod
     def _append_fields(kind: str, text: str, estimate: str | None, entry_bson: int, text_bytes: int,
                        estimate_bson: int) -> dict[str, Any]:
-        size, tail = _sizes_after(_Mql, kind, entry_bson, text_bytes, estimate_bson)
+        size, tail = sizes_after(Mql, kind, entry_bson, text_bytes, estimate_bson)
         fields: dict[str, Any] = {
             "last_seq": {"$add": ["$last_seq", 1]},
-            "tokens": {"$concatArrays": ["$tokens", {"$literal": [_token_entry(kind, text, estimate)]}]},
+            "tokens": {"$concatArrays": ["$tokens", {"$literal": [token_entry(kind, text, estimate)]}]},
             "updated_at": time.time(),
             "bson_size": size,
         }
@@ -241,9 +241,9 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
             log.warning("could not fold message %s's content forward: %s", oid, exc)
 
     async def _fold(self, oid: ObjectId, content_seq: int, last_seq: int) -> None:
-        with _translated(f"fold message {oid}"):
+        with translated_errors(f"fold message {oid}"):
             doc = await self._messages.find_one({"_id": oid, "content_seq": content_seq},
-                                                _tokens_projection(content_seq, last_seq - content_seq))
+                                                tokens_projection(content_seq, last_seq - content_seq))
             if doc is None:
                 return  # another writer folded it, or an override moved the checkpoint
             tail = "".join(entry["t"] for entry in doc["tokens"] if entry["k"] == CHUNK)
@@ -257,31 +257,31 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
         content, start, end = doc["content"], doc["content_seq"], doc["last_seq"]
         if end <= start:
             return content
-        with _translated(f"read message {doc['_id']}"):
-            tail = await self._messages.find_one({"_id": doc["_id"]}, _tokens_projection(start, end - start))
+        with translated_errors(f"read message {doc['_id']}"):
+            tail = await self._messages.find_one({"_id": doc["_id"]}, tokens_projection(start, end - start))
         if tail is None:
             raise QuandaNotFoundError(f"no message with id {str(doc['_id'])!r}")
         return content + "".join(entry["t"] for entry in tail["tokens"] if entry["k"] == CHUNK)
 
     async def _get_message(self, message_id: str) -> MessageRecord:
-        with _translated(f"read message {message_id}"):
-            doc = await self._messages.find_one({"_id": ObjectId(message_id)}, _state_projection())
+        with translated_errors(f"read message {message_id}"):
+            doc = await self._messages.find_one({"_id": ObjectId(message_id)}, state_projection())
         if doc is None:
             raise QuandaNotFoundError(f"no message with id {message_id!r}")
-        return _record(doc, await self._content(doc))
+        return record_of(doc, await self._content(doc))
 
     async def _delete_messages(self, message_ids: list[str]) -> int:
         if not message_ids:
             return 0
-        with _translated("delete messages"):
+        with translated_errors("delete messages"):
             result = await self._messages.delete_many({"_id": {"$in": [ObjectId(m) for m in message_ids]}})
         return result.deleted_count
 
     async def _select_tokens(self, message_id: str, gt: int, limit: int) -> list[QuandaToken]:
         # a 16 MiB document holds fewer than 2**20 entries: larger numbers change nothing, keep them small
         skip, count = min(gt, 1 << 30), min(limit, 1 << 30)
-        with _translated(f"read message {message_id}"):
-            doc = await self._messages.find_one({"_id": ObjectId(message_id)}, _tokens_projection(skip, count))
+        with translated_errors(f"read message {message_id}"):
+            doc = await self._messages.find_one({"_id": ObjectId(message_id)}, tokens_projection(skip, count))
         if doc is None:
             raise QuandaNotFoundError(f"no message with id {message_id!r}")
         return [QuandaToken(entry["k"], entry["t"], entry.get("e"), gt + i + 1)
@@ -295,10 +295,10 @@ class MongoStore(MongoWatcher, MongoFacts, MongoRecords):
         query: dict[str, Any] = {"immutable": {"$in": [False, True]} if immutable is None else immutable}
         if role is not None:
             query["role"] = role
-        with _translated("list messages"):
-            cursor = self._messages.find(query, _state_projection()).sort([("created_at", -1), ("_id", -1)])
+        with translated_errors("list messages"):
+            cursor = self._messages.find(query, state_projection()).sort([("created_at", -1), ("_id", -1)])
             docs = await cursor.limit(limit).to_list(length=limit)
-        return [_record(doc, await self._content(doc)) for doc in docs]
+        return [record_of(doc, await self._content(doc)) for doc in docs]
 
     async def _close(self) -> None:
         close = self._client.close()

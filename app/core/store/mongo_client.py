@@ -16,7 +16,7 @@ from ..errors import QuandaError, QuandaLimitError, QuandaStoreError, QuandaTime
 #: "resulting document too large" (update), BSONObjectTooLarge, "document to upsert too large"
 TOO_LARGE_CODES = frozenset({17419, 10334, 17420})
 #: tries of a write that lost a race (an append that another writer got in before, a fact seq given up)
-_WRITE_RETRIES = 5
+WRITE_RETRIES = 5
 #: our client defaults; any of them given in the URL wins (keyword arguments would override the URL)
 DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "serverSelectionTimeoutMS": 5000,
@@ -30,7 +30,7 @@ _OPTION_ALIASES = {"wtimeoutms": {"wtimeout"}}
 
 
 @contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
+def translated_errors(what: str) -> Iterator[None]:
     """Driver and BSON errors inside the block become QuandaErrors, raised from the original."""
     from pymongo.errors import DocumentTooLarge, OperationFailure, PyMongoError, WriteConcernError
     try:
@@ -55,7 +55,7 @@ def _translated(what: str) -> Iterator[None]:
         raise QuandaStoreError(f"{what}: MongoDB operation failed: {exc}") from exc
 
 
-def _driver_errors() -> tuple[type[BaseException], ...]:
+def driver_errors() -> tuple[type[BaseException], ...]:
     from pymongo.errors import PyMongoError
     return (PyMongoError, BSONError)
 

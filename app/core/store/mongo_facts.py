@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import QuandaStoreError
 from .base import QuandaStore
-from .mongo_client import _WRITE_RETRIES, _translated
+from .mongo_client import WRITE_RETRIES, translated_errors
 
 log = logging.getLogger("quanda.store.mongo")
 
@@ -42,9 +42,9 @@ class MongoFacts(QuandaStore):
 
     async def _publish_fact(self, topic: str, blob: str) -> None:
         from pymongo.errors import DuplicateKeyError
-        for _ in range(_WRITE_RETRIES):
+        for _ in range(WRITE_RETRIES):
             seq = await self._increment(FACT_SEQ_KEY)
-            with _translated("publish a fact"):
+            with translated_errors("publish a fact"):
                 try:
                     await self._facts.insert_one({"_id": seq, "origin": self.origin, "topic": topic, "data": blob,
                                                   "at": datetime.now(timezone.utc)})
@@ -54,7 +54,7 @@ class MongoFacts(QuandaStore):
         raise QuandaStoreError("could not publish a fact: its seqs kept being given up")
 
     async def _start_facts(self) -> None:
-        with _translated("read the fact counter"):
+        with translated_errors("read the fact counter"):
             doc = await self._counters.find_one({"_id": FACT_SEQ_KEY})
         self._fact_cursor = doc["value"] if doc else 0
         self._fact_gap = None
@@ -62,7 +62,7 @@ class MongoFacts(QuandaStore):
     async def _poll_facts(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         while True:
-            with _translated("read facts"):
+            with translated_errors("read facts"):
                 cursor = self._facts.find({"_id": {"$gt": self._fact_cursor}}).sort("_id", 1).limit(FACT_BATCH)
                 docs = await cursor.to_list(length=FACT_BATCH)
             again = len(docs) == FACT_BATCH
@@ -99,7 +99,7 @@ class MongoFacts(QuandaStore):
             return True
         filled = 0
         for seq in range(missing, next_present):
-            with _translated("give up a fact seq"):
+            with translated_errors("give up a fact seq"):
                 try:
                     await self._facts.insert_one({"_id": seq, "gap": True, "at": datetime.now(timezone.utc)})
                     filled += 1

@@ -14,8 +14,8 @@ Collections: `quanda_messages` (a message is one document), `quanda_facts` (`mon
 the document, with its tail folded into `content`, still has room for the seal's entry; so the fold and
 the seal always fit and a message can always be sealed. Content is stored twice (the log and the
 checkpoint), so a message made of chunks holds at most about 8 MiB of text. The size after an append is
-one formula (`_sizes_after`, `_needed`), evaluated in Python on a stored document (`_Py`) or built as an
-aggregation expression that guards the update on the server (`_Mql`).
+one formula (`sizes_after`, `bytes_needed`), evaluated in Python on a stored document (`Py`) or built as an
+aggregation expression that guards the update on the server (`Mql`).
 """
 
 from __future__ import annotations
@@ -34,20 +34,20 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 # 1 + len(key) + 1. A document is 4 (length) + its elements + 1. An array is a document keyed "0", "1", ...
 
 
-def _entry_bson(kind: str, text_bytes: int, estimate: str | None) -> int:
+def entry_bson_size(kind: str, text_bytes: int, estimate: str | None) -> int:
     """`len(bson.encode(entry))` of a token entry {k, t, e?}."""
     return 5 + (8 + len(kind)) + (8 + text_bytes) + (0 if estimate is None else 8 + utf8_len(estimate))
 
 
-def _value_bson(text: str | None) -> int:
+def value_bson(text: str | None) -> int:
     """BSON bytes of a string or null value (beyond its type byte and key)."""
     return 0 if text is None else 5 + utf8_len(text)
 
 
-SEAL_ENTRY_BSON = _entry_bson(IMMUTABLE, 0, None)
+SEAL_ENTRY_BSON = entry_bson_size(IMMUTABLE, 0, None)
 
 
-class _Py:
+class Py:
     """Evaluates a size formula in Python, on a document's stored fields."""
 
     def __init__(self, doc: dict[str, Any]):
@@ -69,7 +69,7 @@ class _Py:
         return len(str(n))
 
 
-class _Mql:
+class Mql:
     """Builds the same formula as a MongoDB aggregation expression (only $add, $subtract, $cond, $gte:
     what every server since 4.2, and mongomock, evaluate)."""
 
@@ -90,7 +90,7 @@ class _Mql:
         return {"$add": [1, *({"$cond": [{"$gte": [n, 10 ** k]}, 1, 0]} for k in range(1, 10))]}
 
 
-def _sizes_after(x: Any, kind: str, entry_bson: int, text_bytes: int, estimate_bson: int) -> tuple[Any, Any]:
+def sizes_after(x: Any, kind: str, entry_bson: int, text_bytes: int, estimate_bson: int) -> tuple[Any, Any]:
     """(bson_size, tail_bytes) of a message document after appending a `kind` token: the entry with its key
     (the old last_seq's digits), plus what the token changes in content, estimate and warning."""
     grown = x.add(x.f("bson_size"), 2 + entry_bson, x.digits(x.f("last_seq")))
@@ -105,10 +105,10 @@ def _sizes_after(x: Any, kind: str, entry_bson: int, text_bytes: int, estimate_b
     return x.sub(x.add(grown, 5), x.add(x.f("warning_bson"), x.f("estimate_bson"))), tail  # seal: warning ""
 
 
-def _needed(x: Any, kind: str, entry_bson: int, text_bytes: int, estimate_bson: int) -> Any:
+def bytes_needed(x: Any, kind: str, entry_bson: int, text_bytes: int, estimate_bson: int) -> Any:
     """The room an append needs to be admitted: the document after it with its tail folded into the content,
     plus the seal's entry (keyed by the new last_seq) for anything but the seal itself."""
-    size, tail = _sizes_after(x, kind, entry_bson, text_bytes, estimate_bson)
+    size, tail = sizes_after(x, kind, entry_bson, text_bytes, estimate_bson)
     if kind == IMMUTABLE:
         return x.add(size, tail)
     return x.add(size, tail, 2 + SEAL_ENTRY_BSON, x.digits(x.add(x.f("last_seq"), 1)))
@@ -117,25 +117,25 @@ def _needed(x: Any, kind: str, entry_bson: int, text_bytes: int, estimate_bson: 
 # -- projections: a fresh object per call (mongomock mutates what it is handed) -------------------------
 
 
-def _state_projection() -> dict[str, Any]:
+def state_projection() -> dict[str, Any]:
     return {"tokens": 0}
 
 
-def _after_append_projection() -> dict[str, Any]:
+def after_append_projection() -> dict[str, Any]:
     return {"last_seq": 1, "content_seq": 1, "content_bytes": 1, "tail_bytes": 1}
 
 
-def _tokens_projection(skip: int, count: int) -> dict[str, Any]:
+def tokens_projection(skip: int, count: int) -> dict[str, Any]:
     return {"last_seq": 1, "content_seq": 1, "tokens": {"$slice": [skip, count]}}
 
 
 # -- documents ------------------------------------------------------------------------------------------
 
 
-def _record(doc: dict[str, Any], content: str) -> MessageRecord:
+def record_of(doc: dict[str, Any], content: str) -> MessageRecord:
     return MessageRecord(str(doc["_id"]), doc["role"], content, doc.get("estimate"), doc.get("warning", ""),
                          bool(doc["immutable"]), doc["last_seq"], doc["created_at"], doc["updated_at"])
 
 
-def _token_entry(kind: str, text: str, estimate: str | None) -> dict[str, Any]:
+def token_entry(kind: str, text: str, estimate: str | None) -> dict[str, Any]:
     return {"k": kind, "t": text} if estimate is None else {"k": kind, "t": text, "e": estimate}

@@ -30,7 +30,7 @@ from bson import Int64
 from ..errors import QuandaFencedError, QuandaStoreError
 from ..validation import encode_record
 from .base import Lease, QuandaStore, RecordOp, prefix_bound
-from .mongo_client import _translated
+from .mongo_client import translated_errors
 from .mongo_migrations import LEASES
 
 TRANSACTIONS_RECHECK_S = 60.0  # after the server refused a transaction, units run in order this long
@@ -66,20 +66,20 @@ class MongoRecords(QuandaStore):
         return self._db[f"quanda_{kind}"]
 
     async def _insert_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
-        with _translated(f"insert record {kind}/{key}"):
+        with translated_errors(f"insert record {kind}/{key}"):
             return await self._apply_ops([("insert", kind, key, data)])
 
     async def _put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
-        with _translated(f"put record {kind}/{key}"):
+        with translated_errors(f"put record {kind}/{key}"):
             await self._apply_ops([("put", kind, key, data)])
 
     async def _get_record(self, kind: str, key: str) -> dict[str, Any] | None:
-        with _translated(f"read record {kind}/{key}"):
+        with translated_errors(f"read record {kind}/{key}"):
             doc = await self._records(kind).find_one({"_id": key})
         return _load_record(doc["data"]) if doc else None
 
     async def _delete_record(self, kind: str, key: str) -> bool:
-        with _translated(f"delete record {kind}/{key}"):
+        with translated_errors(f"delete record {kind}/{key}"):
             result = await self._records(kind).delete_one({"_id": key})
         return result.deleted_count == 1
 
@@ -91,7 +91,7 @@ class MongoRecords(QuandaStore):
             bounds["$lt"] = min(upper)
         if after is not None:
             bounds["$gt"] = after
-        with _translated(f"list records {kind}"):
+        with translated_errors(f"list records {kind}"):
             cursor = self._records(kind).find({"_id": bounds}).sort("_id", -1 if last else 1)
             if limit is not None:
                 cursor = cursor.limit(limit)
@@ -144,7 +144,7 @@ class MongoRecords(QuandaStore):
                             "transactions are tried again", exc, TRANSACTIONS_RECHECK_S)
                 self._transactions = self.atomic_records = False  # nothing was written: run it in order
                 self._transactions_back_at = time.monotonic() + TRANSACTIONS_RECHECK_S
-        with _translated("commit a unit of records"):
+        with translated_errors("commit a unit of records"):
             return await self._apply_ops(ops)
 
     async def _commit_in_transaction(self, ops: list[RecordOp]) -> bool:
@@ -152,7 +152,7 @@ class MongoRecords(QuandaStore):
         majority unless the URL says otherwise); `with_transaction` retries transient conflicts."""
         await self._ensure_collections({kind for _verb, kind, _key, _data in ops})
         try:
-            with _translated("commit a unit of records"):
+            with translated_errors("commit a unit of records"):
                 async with await self._start_session() as session:
                     return await session.with_transaction(
                         lambda s: self._apply_ops(ops, session=s, in_transaction=True))
@@ -178,7 +178,7 @@ class MongoRecords(QuandaStore):
         fence = await self._increment(FENCE_SEQ_KEY)
         fields = {"fence": Int64(fence), "holder": {"$literal": holder}, "data": {"$literal": data},
                   "expires_at": {"$add": [self._now(), ttl_s]}}
-        with _translated(f"acquire lease {key}"):
+        with translated_errors(f"acquire lease {key}"):
             try:  # free (no document) or expired: taken; held: the upsert finds the _id taken
                 await self._db[LEASES].update_one({"_id": key, **self._expired()}, [{"$set": fields}], upsert=True)
             except DuplicateKeyError:
@@ -186,20 +186,20 @@ class MongoRecords(QuandaStore):
         return Lease(key, fence, holder, ttl_s, json.loads(data))
 
     async def _renew_lease(self, key: str, fence: int, ttl_s: float) -> bool:
-        with _translated(f"renew lease {key}"):
+        with translated_errors(f"renew lease {key}"):
             done = await self._db[LEASES].update_one(
                 {"_id": key, "fence": fence}, [{"$set": {"expires_at": {"$add": [self._now(), ttl_s]}}}])
         return done.matched_count == 1
 
     async def _release_lease(self, key: str, fence: int) -> bool:
-        with _translated(f"release lease {key}"):
+        with translated_errors(f"release lease {key}"):
             done = await self._db[LEASES].delete_one({"_id": key, "fence": fence})
         return done.deleted_count == 1
 
     async def _leases(self, query: dict[str, Any], limit: int) -> list[Lease]:
         projection = {"fence": 1, "holder": 1, "data": 1,
                       "left": {"$subtract": ["$expires_at", self._now()]}} if self._server_clock else None
-        with _translated("read leases"):
+        with translated_errors("read leases"):
             docs = await self._db[LEASES].find(query, projection).sort("expires_at", 1).limit(limit).to_list(limit)
         return [Lease(doc["_id"], int(doc["fence"]), doc["holder"],
                       doc["left"] if projection else doc["expires_at"] - time.time(), json.loads(doc["data"]))
@@ -216,7 +216,7 @@ class MongoRecords(QuandaStore):
         """Create record collections up front: servers before 4.4 cannot create one inside a transaction."""
         from pymongo.errors import CollectionInvalid, OperationFailure
         for kind in sorted(kinds - self._known_collections):
-            with _translated(f"create collection quanda_{kind}"):
+            with translated_errors(f"create collection quanda_{kind}"):
                 try:
                     await self._db.create_collection(f"quanda_{kind}")
                 except CollectionInvalid:
@@ -232,7 +232,7 @@ class MongoRecords(QuandaStore):
     async def _increment(self, key: Any) -> int:
         from pymongo import ReturnDocument
         from pymongo.errors import DuplicateKeyError
-        with _translated(f"bump counter {key!r}"):
+        with translated_errors(f"bump counter {key!r}"):
             try:
                 doc = await self._counters.find_one_and_update(
                     {"_id": key}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER)

@@ -22,7 +22,7 @@ from bson import ObjectId
 
 from ..errors import QuandaError
 from .base import QuandaStore
-from .mongo_client import _driver_errors, _translated
+from .mongo_client import driver_errors, translated_errors
 from .mongo_layout import FACTS, MESSAGES
 
 log = logging.getLogger("quanda.store.mongo")
@@ -94,7 +94,7 @@ class MongoWatcher(QuandaStore):
         self._delivered = False  # whether the current change stream has delivered anything
 
     async def _poll_last_seqs(self, message_ids: list[str]) -> dict[str, int] | None:
-        with _translated("poll messages"):
+        with translated_errors("poll messages"):
             cursor = self._messages.find({"_id": {"$in": [ObjectId(m) for m in message_ids]}}, {"last_seq": 1})
             docs = await cursor.to_list(length=len(message_ids))
         return {str(doc["_id"]): doc["last_seq"] for doc in docs}
@@ -136,7 +136,7 @@ class MongoWatcher(QuandaStore):
             if _change_streams_unsupported(exc):
                 log.info("no change streams on this server (%s); polling for other processes' writes", exc)
                 return "unsupported"
-            if isinstance(exc, _driver_errors()):
+            if isinstance(exc, driver_errors()):
                 log.warning("cannot open a change stream (%s); polling until it reopens", exc)
                 return "broken"
             raise
@@ -146,7 +146,7 @@ class MongoWatcher(QuandaStore):
                 return "idle"
             return "followed" if self._delivered else "broken"  # it ended (invalidated, closed)
         except Exception as exc:  # noqa: BLE001 - a broken stream must not leave readers without a watcher
-            if isinstance(exc, (QuandaError, *_driver_errors())):
+            if isinstance(exc, (QuandaError, *driver_errors())):
                 log.warning("change stream failed (%s); reopening", exc)
             else:
                 log.exception("change stream handling failed; reopening")

@@ -33,15 +33,15 @@ from urllib.parse import urlsplit
 from ..errors import QuandaError, QuandaNotFoundError, QuandaStoreError
 from ..token import QuandaToken
 from .base import MessageRecord, new_id
-from .postgres_client import (_channel, _NoResetConnection, _quote, _translated, asyncpg, connection_broken, keep_alive,
+from .postgres_client import (channel_name, NoResetConnection, quote_ident, translated_errors, asyncpg, connection_broken, keep_alive,
                               pool_mode_of, split_url)
 from .postgres_facts import PostgresFacts
 from .postgres_listener import PostgresListener
 from .postgres_records import PostgresRecords
 from .migrations import SchemaStatus
 from .postgres_migrations import apply_migrations
-from .postgres_schema import _MESSAGE_SELECT
-from .postgres_writer import _STOP, PostgresWriter
+from .postgres_schema import MESSAGE_SELECT
+from .postgres_writer import STOP, PostgresWriter
 
 
 def _decode(value: bytes | None) -> str | None:
@@ -76,12 +76,12 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
         # transaction pooling: no named prepared statements (a statement prepared on one server connection
         # would be missing on the next); asyncpg then prepares each one unnamed
         self._connect_options: dict[str, Any] = {"statement_cache_size": 0} if self.pool_mode == "transaction" else {}
-        self._s = _quote(self.schema_name)
-        self.channel = _channel(self.schema_name)
+        self._s = quote_ident(self.schema_name)
+        self.channel = channel_name(self.schema_name)
         s = self._s
         self._sql_append = (f"SELECT statuses, vals FROM {s}.quanda_append2($1, $2, $3::text[], $4::text[], "
                             f"$5::bytea[], $6::bytea[], $7::text[], $8::bigint[], $9, $10)")
-        self._sql_message = _MESSAGE_SELECT.format(s=s)
+        self._sql_message = MESSAGE_SELECT.format(s=s)
         self._pool: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -93,11 +93,11 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
         async def tune(conn: Any) -> None:
             keep_alive(conn, timeout)
         try:
-            with _translated(f"connecting to {self._safe_url()}", timeout):
+            with translated_errors(f"connecting to {self._safe_url()}", timeout):
                 async with asyncio.timeout(timeout):
                     self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self.pool_size,
                                                            timeout=timeout, command_timeout=timeout, init=tune,
-                                                           connection_class=_NoResetConnection,
+                                                           connection_class=NoResetConnection,
                                                            **self._connect_options)
             await self._ensure_schema()
         except BaseException:
@@ -119,7 +119,7 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
 
     async def _close(self) -> None:
         if self._writer is not None and not self._writer.done():
-            self._queue.put_nowait(_STOP)  # the writes already queued are committed first
+            self._queue.put_nowait(STOP)  # the writes already queued are committed first
             with contextlib.suppress(Exception):
                 await self._writer
         for task in (self._listener, self._fact_drainer):
@@ -153,7 +153,7 @@ class PostgresStore(PostgresWriter, PostgresListener, PostgresFacts, PostgresRec
         if pool is None or self._closed:
             raise QuandaStoreError("the store is closed")
         timeout = self.timeout_s
-        with _translated(what, timeout):
+        with translated_errors(what, timeout):
             async with asyncio.timeout(timeout):
                 async with pool.acquire(timeout=timeout) as conn:
                     try:

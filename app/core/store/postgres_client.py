@@ -57,18 +57,18 @@ def pool_mode_of(url: str) -> str:
     return mode
 
 
-def _quote(identifier: str) -> str:
+def quote_ident(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _channel(schema: str) -> str:
+def channel_name(schema: str) -> str:
     name = "quanda" if schema == "public" else f"quanda_{schema}"
     if len(name) > 63:  # NOTIFY channel names are identifiers: at most 63 bytes
         name = "quanda_" + hashlib.sha1(schema.encode()).hexdigest()
     return name
 
 
-class _NoResetConnection(asyncpg.Connection if asyncpg is not None else object):  # type: ignore[misc]
+class NoResetConnection(asyncpg.Connection if asyncpg is not None else object):  # type: ignore[misc]
     """Pool connections never LISTEN, hold session locks or change settings: skip the reset query that
     asyncpg runs on every release (a round trip per pooled call)."""
 
@@ -84,7 +84,7 @@ DRIVER_ERRORS = ((asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.Interna
 
 
 @contextlib.contextmanager
-def _translated(what: str, timeout_s: float | None = None) -> Iterator[None]:
+def translated_errors(what: str, timeout_s: float | None = None) -> Iterator[None]:
     """Driver errors become QuandaStoreError (a timeout QuandaTimeoutError), raised from the original."""
     try:
         yield

@@ -103,7 +103,7 @@ class PostgresListener(QuandaStore):
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_S[1])
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, channel_name: str, payload: str) -> None:
         try:
             if payload.startswith("m"):
                 # `m` + origin + message id + ':' + last seq

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import QuandaFencedError, QuandaStoreError
 from .base import Lease, QuandaStore
-from .postgres_schema import _CLAIM_TAKEN, _FENCED, _RETRIED
+from .postgres_schema import CLAIM_TAKEN, FENCED, RETRIED
 
 _NOW = "extract(epoch FROM clock_timestamp())"  # the database server's clock
 _UNIT_TRIES = 4
@@ -115,12 +115,12 @@ class PostgresRecords(QuandaStore):
                 return True
             except QuandaStoreError as exc:
                 sqlstate = getattr(exc.__cause__, "sqlstate", None)
-                if sqlstate == _CLAIM_TAKEN:
+                if sqlstate == CLAIM_TAKEN:
                     return False
-                if sqlstate == _FENCED:
+                if sqlstate == FENCED:
                     raise QuandaFencedError(f"the job's lease {lease} is no longer held with fence {fence}: its "
                                             f"writes are refused; nothing was written") from exc.__cause__
-                if sqlstate not in _RETRIED or attempt == _UNIT_TRIES - 1:
+                if sqlstate not in RETRIED or attempt == _UNIT_TRIES - 1:
                     raise
             await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # a deadlock: both sides back off
         raise AssertionError("unreachable")

@@ -9,12 +9,12 @@ accepts, and bytewise order is code point order (Python's), whatever the databas
 
 from __future__ import annotations
 
-_CLAIM_TAKEN = "QU001"  # SQLSTATE raised by quanda_commit_records when an insert finds its key taken
-_FENCED = "QU002"  # SQLSTATE raised by quanda_commit_records2 when the job's lease has another fence
-_RETRIED = ("40P01", "40001")  # deadlock, serialization failure: the unit is tried again
+CLAIM_TAKEN = "QU001"  # SQLSTATE raised by quanda_commit_records when an insert finds its key taken
+FENCED = "QU002"  # SQLSTATE raised by quanda_commit_records2 when the job's lease has another fence
+RETRIED = ("40P01", "40001")  # deadlock, serialization failure: the unit is tried again
 
 # status codes of quanda_append2, one per write
-_OK, _NOT_FOUND, _IMMUTABLE, _OVER_LIMIT, _SEALED, _FENCED_OUT = 0, 1, 2, 3, 4, 5
+STATUS_OK, STATUS_NOT_FOUND, STATUS_IMMUTABLE, STATUS_OVER_LIMIT, STATUS_SEALED, STATUS_FENCED_OUT = 0, 1, 2, 3, 4, 5
 
 V1_DDL = """
 CREATE TABLE IF NOT EXISTS {s}.quanda_meta (key text PRIMARY KEY, value text NOT NULL);
@@ -201,7 +201,7 @@ END
 $fn$;
 """
 
-_MESSAGE_SELECT = """
+MESSAGE_SELECT = """
 SELECT m.id, m.role, m.content, m.estimate, m.warning, m.immutable, m.last_seq, m.created_at, m.updated_at,
        CASE WHEN m.last_seq > m.content_seq THEN
            (SELECT string_agg(t.text, ''::bytea ORDER BY t.seq) FROM {s}.quanda_tokens t

@@ -27,13 +27,13 @@ from ..token import IMMUTABLE, QuandaToken
 from .base import QuandaStore
 from .deadline import Deadlines, timed_out
 from .fencing import Fence
-from .postgres_client import _translated, asyncpg, connection_broken, keep_alive
-from .postgres_schema import _FENCED_OUT, _IMMUTABLE, _NOT_FOUND, _OK, _OVER_LIMIT, _SEALED
+from .postgres_client import translated_errors, asyncpg, connection_broken, keep_alive
+from .postgres_schema import STATUS_FENCED_OUT, STATUS_IMMUTABLE, STATUS_NOT_FOUND, STATUS_OK, STATUS_OVER_LIMIT, STATUS_SEALED
 
 log = logging.getLogger("quanda.store.postgres")
 
 MAX_BATCH = 512
-_STOP = object()
+STOP = object()
 
 
 @dataclass(slots=True)
@@ -93,13 +93,13 @@ class PostgresWriter(QuandaStore):
         queue = self._queue
         while True:
             item = await queue.get()
-            if item is _STOP:
+            if item is STOP:
                 return
             batch = [item]
             stop = False
             while len(batch) < MAX_BATCH and not queue.empty():
                 item = queue.get_nowait()
-                if item is _STOP:
+                if item is STOP:
                     stop = True
                     break
                 batch.append(item)
@@ -122,7 +122,7 @@ class PostgresWriter(QuandaStore):
     async def _writer_connection(self) -> Any:
         conn = self._writer_conn
         if conn is None or conn.is_closed():
-            with _translated(f"connecting to {self._safe_url()}", self.timeout_s):
+            with translated_errors(f"connecting to {self._safe_url()}", self.timeout_s):
                 conn = await asyncpg.connect(self._dsn, timeout=self.timeout_s, command_timeout=self.timeout_s,
                                              **self._connect_options)
             keep_alive(conn, self.timeout_s)
@@ -148,7 +148,7 @@ class PostgresWriter(QuandaStore):
     async def _call_append(self, batch: list[_Append]) -> list[Any]:
         order = sorted(range(len(batch)), key=lambda j: batch[j].message_id)  # stable: per message, in order
         entries = [batch[j] for j in order]
-        with _translated("append", self.timeout_s):
+        with translated_errors("append", self.timeout_s):
             async with asyncio.timeout(self.timeout_s):  # connecting and the call: one deadline
                 conn = await self._writer_connection()
                 for entry in entries:
@@ -167,21 +167,21 @@ class PostgresWriter(QuandaStore):
                     raise
         outcomes: list[Any] = [None] * len(batch)
         for j, entry, status, value in zip(order, entries, statuses, vals):
-            outcomes[j] = _Written(QuandaToken(entry.kind, entry.text, entry.estimate, value)) if status == _OK \
+            outcomes[j] = _Written(QuandaToken(entry.kind, entry.text, entry.estimate, value)) if status == STATUS_OK \
                 else self._refusal(entry, status, value)
         return outcomes
 
     def _refusal(self, entry: _Append, status: int, value: int) -> Any:
         """What a write that added no token returns or raises."""
-        if status == _SEALED:
+        if status == STATUS_SEALED:
             return QuandaToken(IMMUTABLE, "", None, value)
-        if status == _NOT_FOUND:
+        if status == STATUS_NOT_FOUND:
             return QuandaNotFoundError(f"no message with id {entry.message_id!r}")
-        if status == _IMMUTABLE:
+        if status == STATUS_IMMUTABLE:
             return QuandaImmutableError(f"message {entry.message_id} is immutable; nothing was written")
-        if status == _OVER_LIMIT:
+        if status == STATUS_OVER_LIMIT:
             return self._over_message_limit(entry.message_id, value)
-        if status == _FENCED_OUT:
+        if status == STATUS_FENCED_OUT:
             return QuandaFencedError(f"message {entry.message_id}: the job's lease {entry.fence.lease_key} is no longer "
                                      f"held with fence {entry.fence.fence}; nothing was written")
         return QuandaStoreError(f"PostgreSQL append returned an unknown status {status}")

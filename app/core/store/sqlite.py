@@ -17,7 +17,7 @@ chunks and at least every SYNC_EVERY_S seconds while chunks come; reading a mess
 it. The content is kept as of `content_seq` (a checkpoint) in a row of its own (`quanda_content`, so that
 syncing the message row never copies it; rows written before that table keep it in the message row), with the
 chunks after it read from the token log; it is checkpointed at every override and seal, and at seqs that are
-multiples of a power of two growing with the message (`_checkpoint_due`), so copying it costs O(1) per chunk
+multiples of a power of two growing with the message (`checkpoint_due`), so copying it costs O(1) per chunk
 amortised and a reader never has more than CHECKPOINT_MAX chunks to add.
 
 The schema, its statements and the row helpers are in `sqlite_schema.py`, its migrations in
@@ -39,11 +39,11 @@ from ..token import CHUNK, IMMUTABLE, OVERRIDE, WARNING, QuandaToken
 from .base import MessageRecord, new_id, utf8_len
 from .fencing import Fence
 from .migrations import SchemaStatus
-from .sqlite_schema import (_INSERT_TOKEN, _LAST_SEQS, _MESSAGE_COLUMNS, _MESSAGES, _SET_CONTENT, _SYNC,
-                            _SYNC_BY_KIND, CHECKPOINT_EVERY, FACTS_KEPT_S, KNOWN_MAX, PRUNE_EVERY,
-                            SYNC_EVERY_S, _checkpoint, _checkpoint_due, _connect, _record, _state, open_writer)
-from .sqlite_records import SQLiteRecords, _check_lease
-from .sqlite_writer import _STOP
+from .sqlite_schema import (INSERT_TOKEN, LAST_SEQS, MESSAGE_COLUMNS, MESSAGES, SET_CONTENT, SYNC,
+                            SYNC_BY_KIND, CHECKPOINT_EVERY, FACTS_KEPT_S, KNOWN_MAX, PRUNE_EVERY,
+                            SYNC_EVERY_S, checkpoint_wal, checkpoint_due, connect_db, record_of_row, state_of, open_writer)
+from .sqlite_records import SQLiteRecords, check_lease
+from .sqlite_writer import STOP
 
 log = logging.getLogger("quanda.store.sqlite")
 
@@ -63,7 +63,7 @@ class SQLiteStore(SQLiteRecords):
         try:
             os.makedirs(directory, exist_ok=True)
             writer, self.schema = await asyncio.to_thread(open_writer, self.path, self.timeout_s, self.migrate)
-            reader = await asyncio.to_thread(_connect, self.path, self.timeout_s)
+            reader = await asyncio.to_thread(connect_db, self.path, self.timeout_s)
         except (OSError, sqlite3.Error) as exc:
             raise QuandaStoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self._start_threads(writer, reader)
@@ -81,7 +81,7 @@ class SQLiteStore(SQLiteRecords):
                          (message_id, role, utf8_len(content), last_seq, last_seq, now, now))
             if content:
                 conn.execute("INSERT INTO quanda_tokens VALUES (?, 1, ?, ?, NULL)", (message_id, OVERRIDE, content))
-                conn.execute(_SET_CONTENT, (message_id, 1, content))
+                conn.execute(SET_CONTENT, (message_id, 1, content))
             return MessageRecord(message_id, role, content, None, "", False, last_seq, now, now)
 
         return await self._write(op)
@@ -95,7 +95,7 @@ class SQLiteStore(SQLiteRecords):
         def op(conn: sqlite3.Connection) -> QuandaToken:
             now = time.time()
             if fenced_by is not None:
-                _check_lease(conn, fenced_by)
+                check_lease(conn, fenced_by)
             mine = known.get(message_id) if kind == CHUNK else None
             if mine is not None and fence is not None and fence != mine.fence:
                 mine = None  # a new fence is written to the row (a lower one refused): the long way
@@ -104,12 +104,12 @@ class SQLiteStore(SQLiteRecords):
                 # the next seq after this process's last write: taken already if anyone wrote the message since
                 # (every change, a seal too, is a token with the next seq), else that one insert is the append
                 try:
-                    conn.execute(_INSERT_TOKEN, (message_id, mine.last_seq + 1, CHUNK, text, estimate))
+                    conn.execute(INSERT_TOKEN, (message_id, mine.last_seq + 1, CHUNK, text, estimate))
                     state = mine
                 except sqlite3.IntegrityError:
                     del known[message_id]
             if state is None:
-                state, immutable = _state(conn, message_id)
+                state, immutable = state_of(conn, message_id)
                 if fence is not None and fence != state.fence:
                     if fence < state.fence:
                         raise QuandaFencedError(f"message {message_id} was taken over by a newer job (fence "
@@ -123,15 +123,15 @@ class SQLiteStore(SQLiteRecords):
                 grown = size + (state.content_bytes if kind == CHUNK else 0)
                 if grown > max_bytes:
                     raise self._over_message_limit(message_id, grown)
-                conn.execute(_INSERT_TOKEN, (message_id, state.last_seq + 1, kind, text, estimate))
+                conn.execute(INSERT_TOKEN, (message_id, state.last_seq + 1, kind, text, estimate))
             seq = state.last_seq + 1
             content_bytes = size if kind == OVERRIDE else state.content_bytes + size
             if kind == CHUNK:
                 sync = seq & (CHECKPOINT_EVERY - 1) == 0  # a checkpoint's seq is a multiple of this
-                if sync and _checkpoint_due(seq):
-                    _checkpoint(conn, message_id, seq)
+                if sync and checkpoint_due(seq):
+                    checkpoint_wal(conn, message_id, seq)
                 if sync or now - state.synced_at >= SYNC_EVERY_S:
-                    conn.execute(_SYNC, (message_id, seq, content_bytes, estimate, now))
+                    conn.execute(SYNC, (message_id, seq, content_bytes, estimate, now))
                     state.synced_at = now
                 state.last_seq, state.content_bytes, state.estimate = seq, content_bytes, estimate
                 if state is not mine:
@@ -140,12 +140,12 @@ class SQLiteStore(SQLiteRecords):
                     known[message_id] = state
                 return QuandaToken(kind, text, estimate, seq)
             # any other token syncs the row: after the sync point there are only chunks
-            conn.execute(_SYNC_BY_KIND[kind], (message_id, seq, content_bytes, state.estimate, now, text)[
+            conn.execute(SYNC_BY_KIND[kind], (message_id, seq, content_bytes, state.estimate, now, text)[
                 :6 if kind == WARNING else 5])
             if kind == OVERRIDE:
-                conn.execute(_SET_CONTENT, (message_id, seq, text))
+                conn.execute(SET_CONTENT, (message_id, seq, text))
             elif kind == IMMUTABLE:
-                _checkpoint(conn, message_id, seq)
+                checkpoint_wal(conn, message_id, seq)
             known.pop(message_id, None)
             return QuandaToken(kind, text, estimate, seq)
 
@@ -190,7 +190,7 @@ class SQLiteStore(SQLiteRecords):
             self._data_version = version
             # the log's last seq (a row is synced only now and then while chunks come)
             seqs = None if message_ids is None else {
-                mid: seq for mid, seq in conn.execute(_LAST_SEQS, (message_ids,)) if seq is not None}
+                mid: seq for mid, seq in conn.execute(LAST_SEQS, (message_ids,)) if seq is not None}
             facts = None if facts_from is None else conn.execute(
                 "SELECT id, origin, topic, data FROM quanda_facts WHERE id > ? ORDER BY id", (facts_from,)).fetchall()
             return seqs, facts
@@ -213,8 +213,8 @@ class SQLiteStore(SQLiteRecords):
         def read(conn: sqlite3.Connection) -> list[MessageRecord]:
             conn.execute("BEGIN")
             try:
-                rows = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES} {where}", params).fetchall()
-                return [_record(conn, row) for row in rows]
+                rows = conn.execute(f"SELECT {MESSAGE_COLUMNS} FROM {MESSAGES} {where}", params).fetchall()
+                return [record_of_row(conn, row) for row in rows]
             finally:
                 conn.execute("COMMIT")
         return await self._run_read(read)
@@ -266,11 +266,11 @@ class SQLiteStore(SQLiteRecords):
         self._flush()
         threads = []
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
             threads.append(self._thread)
             self._thread = None
         if self._reader_thread is not None:
-            self._reads.put(_STOP)
+            self._reads.put(STOP)
             threads.append(self._reader_thread)
             self._reader_thread = None
         if threads:

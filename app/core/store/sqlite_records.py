@@ -13,13 +13,13 @@ from ..errors import QuandaFencedError
 from ..validation import encode_record
 from .base import Lease, prefix_bound
 from .fencing import Fence
-from .sqlite_schema import _NOW
+from .sqlite_schema import NOW
 from .sqlite_writer import SQLiteWriter
 
-_LEASE_COLUMNS = f"key, fence, holder, expires_at - {_NOW}, data"
+_LEASE_COLUMNS = f"key, fence, holder, expires_at - {NOW}, data"
 
 
-def _check_lease(conn: sqlite3.Connection, fence: Fence) -> None:
+def check_lease(conn: sqlite3.Connection, fence: Fence) -> None:
     """QuandaFencedError unless the lease still has this fence (inside the write's transaction)."""
     row = conn.execute("SELECT fence FROM quanda_leases WHERE key = ?", (fence.lease_key,)).fetchone()
     if row is None or row[0] != fence.fence:
@@ -106,7 +106,7 @@ class SQLiteRecords(SQLiteWriter):
             for sql, params, must_insert in statements:
                 if sql is None:  # the check comes first: nothing is written yet when it refuses
                     try:
-                        _check_lease(conn, params)
+                        check_lease(conn, params)
                     except QuandaFencedError:
                         conn.execute("RELEASE records")
                         raise
@@ -132,16 +132,16 @@ class SQLiteRecords(SQLiteWriter):
             fence = conn.execute("UPDATE quanda_meta SET value = value + 1 WHERE key = 'fence' RETURNING value"
                                  ).fetchone()[0]
             taken = conn.execute(
-                f"INSERT INTO quanda_leases VALUES (?1, ?2, ?3, {_NOW} + ?4, ?5) ON CONFLICT(key) DO UPDATE SET "
+                f"INSERT INTO quanda_leases VALUES (?1, ?2, ?3, {NOW} + ?4, ?5) ON CONFLICT(key) DO UPDATE SET "
                 f"fence = excluded.fence, holder = excluded.holder, expires_at = excluded.expires_at, "
-                f"data = excluded.data WHERE quanda_leases.expires_at < {_NOW}",
+                f"data = excluded.data WHERE quanda_leases.expires_at < {NOW}",
                 (key, fence, holder, ttl_s, data)).rowcount == 1
             return Lease(key, fence, holder, ttl_s, json.loads(data)) if taken else None
         return await self._write(op)
 
     async def _renew_lease(self, key: str, fence: int, ttl_s: float) -> bool:
         return await self._write(lambda conn: conn.execute(
-            f"UPDATE quanda_leases SET expires_at = {_NOW} + ? WHERE key = ? AND fence = ?",
+            f"UPDATE quanda_leases SET expires_at = {NOW} + ? WHERE key = ? AND fence = ?",
             (ttl_s, key, fence)).rowcount == 1)
 
     async def _release_lease(self, key: str, fence: int) -> bool:
@@ -153,6 +153,6 @@ class SQLiteRecords(SQLiteWriter):
                                        one=True))
 
     async def _expired_leases(self, limit: int) -> list[Lease]:
-        rows = await self._read(f"SELECT {_LEASE_COLUMNS} FROM quanda_leases WHERE expires_at < {_NOW} "
+        rows = await self._read(f"SELECT {_LEASE_COLUMNS} FROM quanda_leases WHERE expires_at < {NOW} "
                                 f"ORDER BY expires_at LIMIT ?", (limit,))
         return [_lease(row) for row in rows]

@@ -26,18 +26,18 @@ PRUNE_EVERY = 256
 # chunks (every other kind of token syncs the row), replayed on reading. Its content as of `content_seq` is in
 # quanda_content (a row of its own, rewritten only at checkpoints), or, for rows written before that table,
 # in the message row itself.
-_MESSAGE_COLUMNS = ("id, role, coalesce(c.content, m.content), estimate, warning, immutable, last_seq, created_at, "
+MESSAGE_COLUMNS = ("id, role, coalesce(c.content, m.content), estimate, warning, immutable, last_seq, created_at, "
                     "updated_at, coalesce(c.seq, m.content_seq)")
-_MESSAGES = "quanda_messages AS m LEFT JOIN quanda_content AS c ON c.message_id = m.id"
+MESSAGES = "quanda_messages AS m LEFT JOIN quanda_content AS c ON c.message_id = m.id"
 _TAIL = "SELECT text FROM quanda_tokens WHERE message_id = ? AND seq > ? AND kind = 'chunk' ORDER BY seq"
 _REPLAY = "SELECT seq, kind, text, estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? ORDER BY seq"
-_INSERT_TOKEN = "INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)"
+INSERT_TOKEN = "INSERT INTO quanda_tokens VALUES (?, ?, ?, ?, ?)"
 _STATE = "SELECT last_seq, immutable, content_bytes, estimate, updated_at, fence FROM quanda_messages WHERE id = ?"
-_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock: the machine's, as SQLite reads it
+NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock: the machine's, as SQLite reads it
 _SINCE = ("SELECT seq, length(CAST(text AS BLOB)), estimate FROM quanda_tokens WHERE message_id = ? AND seq > ? "
           "ORDER BY seq")
-_SYNC = "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = ?4, updated_at = ?5 WHERE id = ?1"
-_SYNC_BY_KIND = {
+SYNC = "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = ?4, updated_at = ?5 WHERE id = ?1"
+SYNC_BY_KIND = {
     OVERRIDE: "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = NULL, updated_at = ?5, "
               "content = '', content_seq = ?2 WHERE id = ?1",
     WARNING: "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = ?4, updated_at = ?5, "
@@ -45,19 +45,19 @@ _SYNC_BY_KIND = {
     IMMUTABLE: "UPDATE quanda_messages SET last_seq = ?2, content_bytes = ?3, estimate = NULL, updated_at = ?5, "
                "immutable = 1, warning = '' WHERE id = ?1",
 }
-_SET_CONTENT = "INSERT OR REPLACE INTO quanda_content VALUES (?1, ?2, ?3)"
+SET_CONTENT = "INSERT OR REPLACE INTO quanda_content VALUES (?1, ?2, ?3)"
 _CONTENT_SEQ = ("SELECT coalesce((SELECT seq FROM quanda_content WHERE message_id = ?1), "
                 "(SELECT content_seq FROM quanda_messages WHERE id = ?1))")
 _CHECKPOINT = ("INSERT OR REPLACE INTO quanda_content VALUES (?1, ?2, coalesce((SELECT content FROM quanda_content "
                "WHERE message_id = ?1), (SELECT content FROM quanda_messages WHERE id = ?1)) || ?3)")
 _CHECKPOINTED = "UPDATE quanda_messages SET content = '', content_seq = ?2 WHERE id = ?1"
-_LAST_SEQS = ("SELECT j.value, (SELECT seq FROM quanda_tokens WHERE message_id = j.value ORDER BY seq DESC LIMIT 1) "
+LAST_SEQS = ("SELECT j.value, (SELECT seq FROM quanda_tokens WHERE message_id = j.value ORDER BY seq DESC LIMIT 1) "
               "FROM json_each(?) AS j")
 
 Op = Callable[[sqlite3.Connection], Any]
 
 
-def _connect(path: str, timeout_s: float = 5.0) -> sqlite3.Connection:
+def connect_db(path: str, timeout_s: float = 5.0) -> sqlite3.Connection:
     """A connection as every thread of the store uses it: WAL, `synchronous=NORMAL`, a lock held elsewhere
     waited for at most `timeout_s`, the WAL cut back to WAL_SIZE_LIMIT when it restarts."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -78,7 +78,7 @@ def open_writer(path: str, timeout_s: float, migrate: bool = True) -> tuple[sqli
     """The writer thread's connection, with the schema migrated (unless `migrate` is False: then only where
     it stands is read); checkpoints (which fsync) are left to their own thread, not run inside a commit a
     writer is waiting on."""
-    conn = _connect(path, writer_busy_s(timeout_s))
+    conn = connect_db(path, writer_busy_s(timeout_s))
     try:
         status = apply_migrations(conn, apply=migrate)
     except BaseException:
@@ -93,7 +93,7 @@ def _tail(conn: sqlite3.Connection, message_id: str, after_seq: int) -> str:
     return "".join(text for (text,) in conn.execute(_TAIL, (message_id, after_seq)))
 
 
-def _checkpoint_due(seq: int) -> bool:
+def checkpoint_due(seq: int) -> bool:
     """Whether the content is checkpointed at `seq`: every multiple of the largest power of two up to a quarter
     of `seq`, at least CHECKPOINT_EVERY and at most CHECKPOINT_MAX apart. A function of the seq alone, so an
     append needs to read nothing to know; at most that many chunks follow a checkpoint, and the content is
@@ -102,7 +102,7 @@ def _checkpoint_due(seq: int) -> bool:
     return seq % gap == 0
 
 
-class _State:
+class WriterState:
     """A mutable message's state as an append sees it: its last seq, content bytes and estimate, when its
     row was last synced, and the highest fence that wrote it."""
 
@@ -113,7 +113,7 @@ class _State:
         self.fence = fence
 
 
-def _state(conn: sqlite3.Connection, message_id: str) -> tuple[_State, bool]:
+def state_of(conn: sqlite3.Connection, message_id: str) -> tuple[WriterState, bool]:
     """The message's state read from its row and the chunks after the row's sync point, and whether it is
     immutable; QuandaNotFoundError when there is no such message."""
     row = conn.execute(_STATE, (message_id,)).fetchone()
@@ -122,17 +122,17 @@ def _state(conn: sqlite3.Connection, message_id: str) -> tuple[_State, bool]:
     last_seq, immutable, content_bytes, estimate, synced_at, fence = row
     for last_seq, size, estimate in conn.execute(_SINCE, (message_id, last_seq)):
         content_bytes += size
-    return _State(last_seq, content_bytes, estimate, synced_at, fence), bool(immutable)
+    return WriterState(last_seq, content_bytes, estimate, synced_at, fence), bool(immutable)
 
 
-def _checkpoint(conn: sqlite3.Connection, message_id: str, seq: int) -> None:
+def checkpoint_wal(conn: sqlite3.Connection, message_id: str, seq: int) -> None:
     """Copy the content as of `seq` into its own row: the old checkpoint and the chunks after it."""
     content_seq = conn.execute(_CONTENT_SEQ, (message_id,)).fetchone()[0]
     conn.execute(_CHECKPOINT, (message_id, seq, _tail(conn, message_id, content_seq)))
     conn.execute(_CHECKPOINTED, (message_id, seq))
 
 
-def _record(conn: sqlite3.Connection, row: tuple) -> MessageRecord:
+def record_of_row(conn: sqlite3.Connection, row: tuple) -> MessageRecord:
     """A message from its row and the tokens after its content checkpoint: their chunks extend the content,
     and those after the row's sync point (all chunks) carry the last seq and the estimate."""
     mid, role, content, estimate, warning, immutable, synced_seq, created, updated, content_seq = row

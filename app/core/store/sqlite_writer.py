@@ -37,7 +37,7 @@ from ..errors import QuandaError, QuandaStoreError
 from ..token import QuandaToken
 from .base import QuandaStore
 from .deadline import Deadlines, timed_out
-from .sqlite_schema import Op, _connect, _State, open_writer, writer_busy_s
+from .sqlite_schema import Op, connect_db, WriterState, open_writer, writer_busy_s
 
 log = logging.getLogger("quanda.store.sqlite")
 
@@ -45,7 +45,7 @@ LOOP_BUDGET_S = 0.002  # the longest the event loop waits for a thread's answer
 MAX_BATCH = 512
 PIPELINE_FROM = 4  # a batch of this many writes is not waited for: the writers' next writes gather meanwhile
 CHECKPOINT_PAGES = 1000  # WAL pages after which the checkpointer thread copies the WAL back into the db
-_STOP = object()
+STOP = object()
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 QUEUED, TAKEN, WITHDRAWN = 0, 1, 2
 
@@ -112,7 +112,7 @@ class SQLiteWriter(QuandaStore):
         self._deadlines: Deadlines | None = None
         # the state of messages as this process last wrote them (the writer thread's alone: valid while nobody
         # else writes them, since a chunk checks that no later token exists); forgotten on every rollback
-        self._known: dict[str, _State] = {}
+        self._known: dict[str, WriterState] = {}
 
     def _start_threads(self, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         """The writer thread (on the connection `open_writer` made), the reader and the checkpointer."""
@@ -130,7 +130,7 @@ class SQLiteWriter(QuandaStore):
         return thread
 
     def _checkpoint_loop(self) -> None:
-        conn = _connect(self.path)
+        conn = connect_db(self.path)
         while True:
             self._checkpoint_wanted.wait()
             self._checkpoint_wanted.clear()
@@ -195,7 +195,7 @@ class SQLiteWriter(QuandaStore):
         return job.result
 
     def _read_loop(self, conn: sqlite3.Connection) -> None:
-        while (job := self._reads.get()) is not _STOP:
+        while (job := self._reads.get()) is not STOP:
             try:
                 job.result = job.fn(conn)
             except QuandaError as exc:
@@ -251,7 +251,7 @@ class SQLiteWriter(QuandaStore):
                 job = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if job is not _STOP:
+            if job is not STOP:
                 self._fail_job(job, error)
 
     def _fail_job(self, job: _Job, error: QuandaStoreError) -> None:
@@ -278,7 +278,7 @@ class SQLiteWriter(QuandaStore):
     def _serve_writes(self, conn: sqlite3.Connection) -> None:
         while True:
             job = self._queue.get()
-            if job is _STOP:
+            if job is STOP:
                 return
             jobs, size = [job], len(job.entries)
             while size < MAX_BATCH:
@@ -286,8 +286,8 @@ class SQLiteWriter(QuandaStore):
                     job = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if job is _STOP:
-                    self._queue.put(_STOP)
+                if job is STOP:
+                    self._queue.put(STOP)
                     break
                 jobs.append(job)
                 size += len(job.entries)
