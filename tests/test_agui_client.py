@@ -16,7 +16,9 @@ import subprocess
 
 import httpx
 import pytest
+from bs4 import BeautifulSoup
 
+from quanda.components.ids import TODO_LIST
 from tests.llm_server import Chunk, Reply, Rounds, ToolCall
 from tests.servers import ROOT, AppServer
 
@@ -112,7 +114,8 @@ async def test_our_tool_runs_once_and_is_reported_with_its_result(server, llm):
     assert len(llm.chat_requests) - asked == 2  # the call, then the answer after its result
     async with httpx.AsyncClient(base_url=server.url) as page:  # the todo exists once
         html = (await page.get("/p/todo", headers={"Authorization": f"Bearer {TOKEN}"})).text
-    assert html.count(">milk<") == 1
+    todos = BeautifulSoup(html, "html.parser").select(f"#{TODO_LIST} li")  # (the answer's result card shows it too)
+    assert [li.get_text(" ", strip=True).count("milk") for li in todos] == [1]
 
 
 async def test_frontend_tool_ends_the_run_and_its_result_continues_the_answer(server, llm):
