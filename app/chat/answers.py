@@ -173,7 +173,9 @@ async def start_thinking(h: Handle, key: str, answer_id: str) -> QuandaWriter:
 
 async def stop(h: Handle, message_id: object) -> None:
     record = await owned_answer(h, message_id)
-    if not await h.stop_job(record.id):
+    found = await conversation.find_answer(h.store, h.owner, record.id)
+    ended = found is not None and found[1].get("status") != "generating"  # its job may still be winding up
+    if ended or not await h.stop_job(record.id):
         raise ClientError("that answer is not being written")
 
 
