@@ -82,6 +82,7 @@ if os.environ.get("QUANDA_BENCH_APP_DIR"):  # a server of another version of the
     sys.path.insert(0, os.environ["QUANDA_BENCH_APP_DIR"])
 
 from bench.common import (BEFORE_COMMIT, MODEL, MachineLoad, answer_chunks, answer_end_re, answer_over_re, checkout_before,  # noqa: E402
+                          is_package_tree, package_tree,
                           cpu_seconds, free_port, llm_serve, new_owners, pct, stop_process, table, token_ids,
                           verdict, wait_http)
 from bench.page import MessageFrames  # noqa: E402
@@ -474,15 +475,19 @@ async def main(args: argparse.Namespace) -> int:
     owner_dbs = {"ours": f"sqlite:///{tmp}/bench.db", "baseline": f"sqlite:///{tmp}/bench.db",
                  "before": None if args.before_commit == BEFORE_COMMIT else f"sqlite:///{tmp}/before.db"}  # accounts since
     if args.before:  # the app as it was before issue 10, on a port of its own
-        before_dir = checkout_before(tmp / "before", args.before_commit)
-        if before_dir is None:
-            raise SystemExit("--before needs git (the app is extracted from the repository's history)")
+        if is_package_tree(args.before_commit):  # installed as `quanda` already: that tree's package goes first
+            before_env = {**env, "PYTHONPATH": os.pathsep.join(
+                [str(package_tree(args.before_commit, tmp / "before")), env.get("PYTHONPATH", "")])}
+        else:
+            before_dir = checkout_before(tmp / "before", args.before_commit)
+            if before_dir is None:
+                raise SystemExit("--before needs git (the app is extracted from the repository's history)")
+            before_env = {**env, "QUANDA_BENCH_APP_DIR": str(before_dir)}
         before_port = free_port()
         before_log = open(tmp / "before-server.log", "wb")  # closed with the process (it holds a copy)
         before = subprocess.Popen(
             [sys.executable, me, "--serve", str(before_port), f"sqlite:///{tmp}/before.db", llm_base, *knobs],
-            cwd=tmp, stdout=before_log, stderr=subprocess.STDOUT,
-            env={**env, "QUANDA_BENCH_APP_DIR": str(before_dir)})
+            cwd=tmp, stdout=before_log, stderr=subprocess.STDOUT, env=before_env)
         before_log.close()
         servers["before"] = (f"http://127.0.0.1:{before_port}", before)
     if args.metrics_off:  # the same app with its metrics switched off, on a port of its own

@@ -335,8 +335,8 @@ def follow_full_handler(role: str, full_resend: FullResend):
     """A plugin ws action `{"action": ..., "tab": n, "streams": {id: seq}}` that streams each message of
     `role` the owner holds through `full_resend(h, message_id, seq)` (one frame per token, no coalescing),
     outside the hub's followers; the same ownership check as the hub's `follow`."""
-    from quanda.api import ClientError
-    from quanda.core import QuandaError
+    ClientError = served("context").ClientError  # (quanda.api re-exports it; older trees have no quanda.api)
+    QuandaError = served("core").QuandaError
 
     tasks: dict[tuple[str, object, str], asyncio.Task] = {}
 
@@ -373,6 +373,32 @@ def served(name: str) -> Any:
     if os.environ.get("QUANDA_BENCH_APP_DIR"):
         return importlib.import_module("app." + re.sub(r"^core\b", "quanda", name))
     return importlib.import_module("quanda." + name)
+
+
+def is_package_tree(commit: str) -> bool:
+    """Whether the tree of `commit` installs as the package `quanda` (its core in app/core, since 074598a)."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{commit}:app/core"],
+                          capture_output=True).returncode == 0
+
+
+def package_tree(commit: str, dest: Path) -> Path:
+    """The package as of `commit` (app/ as quanda/, static/ inside it as quanda.static), importable from `dest`
+    ahead of this tree's editable install (whose finder comes after sys.path's)."""
+    import io
+    import shutil
+    import tarfile
+
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", commit, "app", "static"], check=True,
+                             capture_output=True).stdout
+    raw = dest / "raw"
+    raw.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(raw, filter="data")
+    shutil.move(str(raw / "app"), str(dest / "quanda"))
+    shutil.move(str(raw / "static"), str(dest / "quanda" / "static"))
+    return dest
 
 
 def checkout_before(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:

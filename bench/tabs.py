@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MachineLoad, free_port, pct, stop_process, table, verdict, wait_http  # noqa: E402
+from bench.common import MachineLoad, free_port, package_tree, pct, stop_process, table, verdict, wait_http  # noqa: E402
 
 BEFORE_TABS = "c74d2e2"  # main when issue 26 started: every tab's frame sent by a task of its own
 P99_TARGET_MS, P99_AT = 100.0, 2000
@@ -59,23 +59,6 @@ def raise_open_files() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def package_tree(commit: str, dest: Path) -> Path:
-    """The package as of `commit` (app/ as quanda/, static/ inside it as quanda.static), importable from `dest`
-    ahead of this tree's editable install (whose finder comes after sys.path's)."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "app", "static"], check=True,
-                             capture_output=True).stdout
-    import io
-    import tarfile
-
-    raw = dest / "raw"
-    raw.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(raw, filter="data")
-    shutil.move(str(raw / "app"), str(dest / "quanda"))
-    shutil.move(str(raw / "static"), str(dest / "quanda" / "static"))
-    return dest
 
 
 # == the client: one raw WebSocket per tab ===================================================================
