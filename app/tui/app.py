@@ -144,7 +144,15 @@ class QuandaTUI(Readers, App):
     def stop_network(self, problem: Problem) -> None:
         """Signed out: what is shown stays (with the reason), nothing more is asked of the server."""
         self.client.stopped = problem
-        self._stopping = asyncio.get_running_loop().create_task(self.close_network())
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop_network())
+
+    async def _stop_network(self) -> None:
+        await self.close_network()
+        # the frame drawer was one of the tasks cancelled, maybe before it drew the reason: a last frame
+        await self.draw()
+        async with self.frame_done:
+            self.frame_done.notify_all()
 
     async def action_quit(self) -> None:
         await self.close_network()
