@@ -112,11 +112,11 @@ class LLMRequest:
         self.result: Any = None
         return self
 
-    def token(self, kind: str = "text") -> None:
+    def token(self, kind: str = "text", count: int = 1) -> None:
         if self.asked is not None:
             FIRST_TOKEN.observe(time.perf_counter() - self.asked)
             self.asked = None
-        self.pending[kind] += 1
+        self.pending[kind] += count
         if self.pending[kind] >= TOKEN_BATCH:
             TOKENS.labels(kind).inc(self.pending[kind])
             self.pending[kind] = 0
