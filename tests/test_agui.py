@@ -67,6 +67,20 @@ def text(events: list[tuple]) -> str:
     return "".join(e.delta for _id, e in events if e.type == EventType.TEXT_MESSAGE_CONTENT)
 
 
+def applied(events: list[tuple]) -> dict[str, str]:
+    """Each message's text as a client applying the events holds it (as `@ag-ui/client` does: a snapshot
+    replaces the messages, a start keeps a message it has, a delta appends to it)."""
+    held: dict[str, str] = {}
+    for _id, e in events:
+        if e.type == EventType.MESSAGES_SNAPSHOT:
+            held = {m.id: m.content if isinstance(m.content, str) else "" for m in e.messages}
+        elif e.type == EventType.TEXT_MESSAGE_START:
+            held.setdefault(e.message_id, "")
+        elif e.type == EventType.TEXT_MESSAGE_CONTENT:
+            held[e.message_id] += e.delta
+    return held
+
+
 async def test_every_event_is_the_protocols_and_a_run_is_asked_once(api, llm):
     llm.script = Reply(chunks=["One ", "two ", "three."], delay=0.01)
     asked = len(llm.chat_requests)
@@ -77,6 +91,9 @@ async def test_every_event_is_the_protocols_and_a_run_is_asked_once(api, llm):
     assert text(events) == "One two three."
     again = await read_run(api, body)  # the same run again: its events, no second question
     assert text(again) == "One two three." and len(llm.chat_requests) == asked + 1
+    answer_id = next(e.message_id for _i, e in events if e.type == EventType.TEXT_MESSAGE_START)
+    # the answer was whole when this response began: its snapshot leaves it to the events (once, not twice)
+    assert applied(again)[answer_id] == applied(events)[answer_id] == "One two three."
     ids = [event_id for event_id, _e in events if event_id]
     middle = ids[len(ids) // 2]
     after = await read_run(api, body, {"Last-Event-ID": middle})
@@ -85,7 +102,7 @@ async def test_every_event_is_the_protocols_and_a_run_is_asked_once(api, llm):
                   if e.type == EventType.TEXT_MESSAGE_CONTENT]
     assert text(after) == "".join(sent_after)  # exactly what followed that id
     snapshot = next(e for _i, e in events if e.type == EventType.MESSAGES_SNAPSHOT)
-    assert [m.role for m in snapshot.messages][-2:] == ["user", "assistant"]
+    assert snapshot.messages[-1].role == "user" and answer_id not in {m.id for m in snapshot.messages}
 
 
 async def test_what_tabs_do_shows_in_the_thread(api, llm):

@@ -6,7 +6,8 @@ Events (encoded with the protocol's own types, `ag-ui-protocol`):
 - `RUN_STARTED` first in every response; then, in a response that starts from the beginning, a
   `MESSAGES_SNAPSHOT` of the thread (its last SNAPSHOT_ENTRIES entries: questions as `user` messages,
   answers as `assistant` messages with their tool calls and results, ambient events — what tabs do — as
-  `activity` messages of type `quanda.event`).
+  `activity` messages of type `quanda.event`) — without the run's own answer, which the events that
+  follow carry whole (a snapshot holding text they then send again would show it twice).
 - the answer's thinking as `REASONING_START` / `REASONING_MESSAGE_*` / `REASONING_END` (message id: the
   thinking message's id), its text as `TEXT_MESSAGE_*` (message id: the answer's id; it includes the ✓/✗
   lines the tabs show for our tool calls);
@@ -109,10 +110,15 @@ def call_arguments(call: dict) -> str:
     return call.get("raw_arguments", "")
 
 
-async def thread_messages(h: Handle, cid: str) -> list[Any]:
-    """The thread as AG-UI messages (see the module's docstring)."""
+async def thread_messages(h: Handle, cid: str, run_answer: str, shown: str | None = None) -> list[Any]:
+    """The thread as AG-UI messages (see the module's docstring). The run's own answer (`run_answer`) is as the
+    events sent so far make it: left out when they start from its beginning (`shown` None: every part of it
+    follows as events), else with `shown` as its text — never with text read later, which the events that
+    follow would add a second time (a client appends each delta to the message it has)."""
     found: list[Any] = []
     for key, entry in await conversation.entries(h.store, h.owner, limit=SNAPSHOT_ENTRIES, cid=cid):
+        if entry.get("message_id") == run_answer and shown is None:
+            continue
         if entry["type"] == "event":
             found.append(ActivityMessage(id=f"event-{key}", activity_type="quanda.event",
                                          content={"text": entry.get("text", "")}))
@@ -135,7 +141,8 @@ async def thread_messages(h: Handle, cid: str) -> list[Any]:
                     line = (await h.store.get_record(client_tools.RESULT_KIND, call_id) or {}).get("content")
                 if line is not None:
                     results.append(ToolMessage(id=f"{call_id}.result", tool_call_id=call_id, content=line))
-        found.append(AssistantMessage(id=record.id, content=record.content or None, tool_calls=calls or None))
+        content = shown if record.id == run_answer else record.content
+        found.append(AssistantMessage(id=record.id, content=content or None, tool_calls=calls or None))
         found.extend(results)
     return found
 
@@ -163,8 +170,8 @@ class RunEvents:
         stop_listening = await self.h.store.listen(self._on_fact)
         try:
             if not self.resumed:
-                yield encode(MessagesSnapshotEvent(messages=await thread_messages(self.h, self.run["cid"])),
-                             self.cursor)
+                yield encode(MessagesSnapshotEvent(messages=await thread_messages(self.h, self.run["cid"],
+                                                                                  self.answer_id)), self.cursor)
             self._read("a", self.answer_id, self.cursor.answer)
             found = await conversation.find_answer(self.h.store, self.h.owner, self.answer_id)
             if found and found[1].get("thinking_id"):
@@ -253,8 +260,8 @@ class RunEvents:
         if token.kind == "override":  # a Retry rebuilt the answer: the thread as it is now
             for text in self._close():
                 yield text
-            yield encode(MessagesSnapshotEvent(messages=await thread_messages(self.h, self.run["cid"])),
-                         self.cursor)
+            yield encode(MessagesSnapshotEvent(messages=await thread_messages(
+                self.h, self.run["cid"], self.answer_id, token.text)), self.cursor)
         elif token.kind == "warning" and token.text:
             for text in await self._end():
                 yield text
