@@ -312,3 +312,37 @@ async def test_a_quiet_message_stream_sends_keepalives_and_ends_with_its_reader(
 
     with pytest.raises(QuandaError, match="went away"):
         [x async for x in with_keepalives(failing(), every_s=1)]
+
+
+async def noted_entry(api, answer_id: str) -> dict:
+    """The answer's entry in the list once it is marked `unchanged` or `empty` (after its seal: its commands
+    are looked at last), or as it is after WAIT_S."""
+    await wait_status(api, answer_id, "done", "final")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while True:
+        entries = (await api.get("/api/chat/conversation")).json()["entries"]
+        entry = next(e for e in entries if e.get("message_id") == answer_id)
+        if entry["unchanged"] or entry["empty"] or loop.time() > deadline:
+            return entry
+        await asyncio.sleep(0.05)  # the answer's job is winding up: a chat.state may not follow this last step
+
+
+async def test_an_answer_that_said_nothing_or_changed_nothing_says_so_in_the_api_and_the_exports(api, llm):
+    await api.post("/api/chat/new")
+    llm.script = Reply(chunks=[])  # the model finishes without a word
+    silent = (await api.post("/api/chat/ask", json={"text": "Hello?"})).json()["answer_id"]
+    entry = await noted_entry(api, silent)
+    assert entry["outcome"] == "done" and entry["empty"] and not entry["unchanged"], entry
+    llm.script = Reply(chunks=["Sure, ", "noted."])  # a request answered in prose: no command ran
+    prose = (await api.post("/api/chat/ask", json={"text": "add buy milk"})).json()["answer_id"]
+    entry = await noted_entry(api, prose)
+    assert entry["unchanged"] and not entry["empty"], entry
+    page = (await api.get("/")).text
+    bubble = page.split(f'id="msg-{silent}"', 1)[1].split("<li ", 1)[0]
+    assert 'data-testid="empty"' in bubble and "The model sent no answer." in bubble
+    cid = (await api.get("/p/chat")).text.split('data-cid="', 1)[1].split('"', 1)[0]
+    exported = {m.get("id"): m for m in (await api.get(f"/chat/export/{cid}.json")).json()["messages"]}
+    assert exported[silent]["empty"] and exported[prose]["unchanged"] and not exported[prose]["empty"]
+    markdown = (await api.get(f"/chat/export/{cid}.md")).text
+    assert "*(The model sent no answer)*" in markdown and "> Nothing was changed." in markdown

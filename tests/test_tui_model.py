@@ -86,3 +86,14 @@ def test_a_sealed_answer_says_how_it_ended_and_what_it_cost():
     conv_entry = Entry.from_json({"key": "3", "type": "assistant", "status": "generating"})
     conv_entry.set_outcome({"outcome": "cut", "reason": "ended early", "usage": {"completion_tokens": 4}})
     assert conv_entry.outcome == "cut" and conv_entry.usage == {"completion_tokens": 4}
+
+
+def test_a_finished_answer_that_said_or_changed_nothing_has_the_pages_note():
+    from quanda.tui.model import EMPTY_NOTE, UNCHANGED_NOTE, Entry
+
+    def note(**flags) -> str:
+        return Entry.from_json({"key": "1", "type": "assistant", "status": "final", "outcome": "done",
+                                **flags}).note
+    assert note(empty=True) == EMPTY_NOTE == "The model sent no answer."
+    assert note(unchanged=True) == UNCHANGED_NOTE == "Nothing was changed."
+    assert note() == "" and note(empty=False, unchanged=False) == ""

@@ -135,15 +135,18 @@ async def refresh_badge(h: Handle) -> None:
 async def run_commands(h: Handle, key: str, answer_id: str) -> None:
     """The JSON commands in a finished answer's text; none in an answer that made native tool calls (those
     ran already, and a model that does both must not act twice). An answer to a request that ran no command
-    and said nothing of one is marked `unchanged` (its footer says "Nothing was changed.")."""
+    and said nothing of one is marked `unchanged` (its footer says "Nothing was changed."); one that sent no
+    text and did nothing is marked `empty` (its footer says so, rather than showing an empty bubble)."""
+    record = await h.store.get_message(answer_id)
     acted = await tools.used_tools(h, answer_id)
     if not acted:
-        record = await h.store.get_message(answer_id)
         acted = bool(await run_answer_commands(h, answer_id, record.content))
     asked = bool(await h.store.list_records(approvals.KIND, prefix=f"{answer_id}:", limit=1))
     ran = await ran_actions(h, answer_id)
-    unchanged = not acted and not asked and await asked_for_change(h, key)
+    empty = not record.content.strip() and not acted and not asked and not ran
+    unchanged = not acted and not asked and not empty and await asked_for_change(h, key)
     await conversation.update_entry(h.store, key, commands="done", **({"unchanged": True} if unchanged else {}),
+                                    **({"empty": True} if empty else {}),
                                     **({"approvals": True} if asked else {}), **({"acted": True} if ran else {}))
     if asked or ran:
         await h.publish("chat.state", message_id=answer_id, state="done")

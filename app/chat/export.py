@@ -22,6 +22,7 @@ from fasthtml.common import APIRouter
 from starlette.responses import JSONResponse, Response
 
 from quanda.access import handle_of
+from quanda.components.answer import EMPTY_NOTE
 from quanda.core import QuandaError
 
 from quanda.llm.usage import usage_text
@@ -123,7 +124,9 @@ def as_markdown(data: dict) -> str:
         if m.get("thinking"):
             lines += ["<details><summary>Thinking</summary>", "", m["thinking"], "", "</details>", ""]
         lines += [m["content"] or (f"*(no answer: {m['outcome']})*" if m.get("outcome") not in (None, "done")
-                                   else "*(empty)*"), ""]
+                                   else f"*({EMPTY_NOTE.rstrip('.')})*" if m.get("empty") else "*(empty)*"), ""]
+        if m.get("unchanged"):
+            lines += ["> Nothing was changed.", ""]
         if m.get("warning") or m.get("reason"):
             lines += [f"> ⚠ {m.get('warning') or m['reason']}", ""]
         for r in m.get("results") or []:

@@ -37,13 +37,17 @@ def info(entry: dict[str, Any], record, last: bool = False, running: bool = True
     return AnswerInfo(status=status, reason=reason_of(entry, record) if status in answers.UNFINISHED else "",
                       sealed=bool(record is not None and record.immutable), usage=entry.get("usage") or {},
                       version=int(entry.get("shown", 0)), versions=max(1, len(versions)), last=last,
-                      unchanged=bool(entry.get("unchanged")) and status == "done")
+                      unchanged=bool(entry.get("unchanged")) and status == "done",
+                      empty=bool(entry.get("empty")) and status == "done")
 
 
 def as_json(entry: dict[str, Any], record) -> dict[str, Any]:
     """The outcome fields of an answer in the HTTP API and the JSON export."""
     versions = entry.get("versions") or []
+    done = status_of(entry) == "done"
     return {"outcome": status_of(entry),
             "reason": reason_of(entry, record) if status_of(entry) in answers.UNFINISHED else "",
+            "unchanged": bool(entry.get("unchanged")) and done,  # it was asked for a change and ran none
+            "empty": bool(entry.get("empty")) and done,  # the model sent no text and did nothing
             "usage": entry.get("usage") or None,
             "version": int(entry.get("shown", 0)) + 1, "versions": max(1, len(versions))}

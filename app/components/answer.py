@@ -17,6 +17,7 @@ from .buttons import ws_button
 
 UNFINISHED = ("stopped", "failed", "cut", "interrupted")
 OUTCOME_LABEL = {"stopped": "Stopped", "failed": "Failed", "cut": "Cut off", "interrupted": "Interrupted"}
+EMPTY_NOTE = "The model sent no answer."
 HORIZON = "context-horizon"
 
 
@@ -35,6 +36,7 @@ class AnswerInfo:
     approvals: list = field(default_factory=list)  # the actions it asked to run, each decided or not yet
     results: list = field(default_factory=list)  # the actions it ran: what each did, Undo while it can
     unchanged: bool = False  # its question asked for a change and it ran no command
+    empty: bool = False  # the model finished without a word (and did nothing)
 
     @property
     def retryable(self) -> bool:
@@ -108,6 +110,9 @@ def ResultCard(result: dict):
 def AnswerFooter(message_id: str, info: AnswerInfo, oob: bool = False):
     """Under an answer: how it ended, its usage, its versions, Retry / Regenerate where they work."""
     parts = [Outcome(info)]
+    if info.empty:
+        parts.append(Div(EMPTY_NOTE, cls="msg-unchanged", data_testid="empty",
+                         title="Regenerate asks again; a small model may need a shorter or plainer question"))
     if info.unchanged:
         parts.append(Div("Nothing was changed.", cls="msg-unchanged", data_testid="unchanged",
                          title="Your question looked like a request, but this answer ran no command: ask again "

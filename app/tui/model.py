@@ -20,6 +20,8 @@ from .sse import ProtocolError
 
 ANSWER = "assistant"
 RETRYABLE = ("stopped", "failed", "cut", "interrupted")
+UNCHANGED_NOTE = "Nothing was changed."  # (as the web page says them)
+EMPTY_NOTE = "The model sent no answer."
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Entry:
     thinking: MessageState | None = None
     outcome: str = ""  # how it ended, kept after the seal: done, stopped, failed, cut, interrupted
     reason: str = ""  # why, for an unfinished one
+    note: str = ""  # what a finished one did not do: "Nothing was changed." / "The model sent no answer."
     usage: dict[str, Any] | None = None
     approvals: list[dict[str, Any]] = field(default_factory=list)  # actions it asked to run, decided or not
     results: list[dict[str, Any]] = field(default_factory=list)  # actions it ran: undoable, undone
@@ -112,6 +115,7 @@ class Entry:
         if "outcome" in data:
             self.outcome, self.reason = data.get("outcome") or "", data.get("reason") or ""
             self.usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+            self.note = EMPTY_NOTE if data.get("empty") else UNCHANGED_NOTE if data.get("unchanged") else ""
         if isinstance(data.get("results"), list):
             self.results = [r for r in data["results"] if isinstance(r, dict) and isinstance(r.get("key"), str)]
         if isinstance(data.get("approvals"), list):

@@ -123,6 +123,8 @@ class AnswerView(EntryView):
         text = message.warning if message is not None else ""
         if not text and self.entry.outcome in FINAL_TEXT and self.entry.status == "final":
             text = self.entry.reason  # the seal cleared the warning; the entry kept why it ended
+        if not text and self.entry.status == "final":
+            text = self.entry.note  # a finished answer that changed nothing, or said nothing
         estimate = message.estimate if message is not None and not message.immutable else None
         warning = self.query_one(".warning", Static)
         self.set_text(warning, escape(text or (estimate or "")))

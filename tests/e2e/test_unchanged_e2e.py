@@ -1,5 +1,6 @@
 """An answer that ran no command, to a question that asked for a change, says so: "Nothing was changed." —
-not after a question, nor after an answer whose command ran; in every tab and after a reload."""
+not after a question, nor after an answer whose command ran; in every tab and after a reload. An answer
+without a word says that instead."""
 
 import pytest
 from playwright.async_api import expect
@@ -32,6 +33,11 @@ async def test_nothing_was_changed_is_said_after_a_request_that_ran_no_command(a
         timeout=EXPECT_MS)
     await expect(page.locator("#todo-list li")).to_have_count(0)
 
+    llm.script = Reply(chunks=[])  # the model finishes without a word: said so, not an empty bubble
+    silent = await ask(page, "add buy bread")
+    await expect(silent.locator("[data-testid=empty]")).to_have_text("The model sent no answer.", timeout=EXPECT_MS)
+    await expect(silent.locator("[data-testid=unchanged]")).to_have_count(0)
+
     llm.script = Reply(chunks=["Paris."])
     question = await ask(page, "What is the capital of France?")
     await expect(question).to_contain_text("Paris.")
@@ -46,3 +52,4 @@ async def test_nothing_was_changed_is_said_after_a_request_that_ran_no_command(a
     await page.reload()
     await expect(page.locator("#ws-state")).to_have_attribute("data-state", "open", timeout=EXPECT_MS)
     await expect(page.locator("#msg-list [data-testid=unchanged]")).to_have_count(1)  # the first answer's, kept
+    await expect(page.locator("#msg-list [data-testid=empty]")).to_have_count(1)
