@@ -112,11 +112,11 @@ class LLMRequest:
         self.result: Any = None
         return self
 
-    def token(self, kind: str = "text", count: int = 1) -> None:
+    def token(self, kind: str = "text") -> None:
         if self.asked is not None:
             FIRST_TOKEN.observe(time.perf_counter() - self.asked)
             self.asked = None
-        self.pending[kind] += count
+        self.pending[kind] += 1
         if self.pending[kind] >= TOKEN_BATCH:
             TOKENS.labels(kind).inc(self.pending[kind])
             self.pending[kind] = 0

@@ -1,14 +1,10 @@
-"""The lean streaming reader of the chat request (app/llm/stream.py): framing, stalls, cuts, cancellation; and
-a read's events joined (app/llm/events.py)."""
+"""The lean streaming reader of the chat request (app/llm/stream.py): framing, stalls, cuts, cancellation."""
 
 import asyncio
 
 import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from quanda.llm.events import DELTA, REASONING, TOOL_CALL, LLMEvent, completed_event, joined
 from quanda.llm.stream import post_stream
 
 
@@ -164,36 +160,3 @@ async def test_a_stream_slower_than_the_rest_stops_resting(monkeypatch):
     reads, body = await paced_reads(0.005, 40)
     assert b"".join(reads) == body
     assert len(rests) <= 8, f"{len(rests)} rests for 40 lines 5 ms apart (one per line would be 40)"
-
-
-# -- a read's events, joined ------------------------------------------------------------------------------------
-
-def _collapsed(types: list[str]) -> list[str]:
-    """`types` with each run of one text kind written once."""
-    out: list[str] = []
-    for t in types:
-        if not (out and out[-1] == t and t in (DELTA, REASONING)):
-            out.append(t)
-    return out
-
-
-_text_event = st.builds(LLMEvent, st.sampled_from([DELTA, REASONING]), st.text(min_size=1, max_size=5),
-                        st.one_of(st.none(), st.integers(1, 4).map(lambda n: {"pieces": n})))
-_other_event = st.sampled_from([LLMEvent(TOOL_CALL, data={"position": 0}), completed_event("stop")])
-
-
-@given(st.lists(st.one_of(_text_event, _other_event), max_size=30))
-def test_joined_keeps_every_piece_in_order_and_joins_each_run(events):
-    out = joined(events)
-    assert [e.type for e in out] == _collapsed([e.type for e in events])
-    for kind in (DELTA, REASONING):
-        assert "".join(e.text for e in out if e.type == kind) == "".join(e.text for e in events if e.type == kind)
-        assert sum(e.pieces for e in out if e.type == kind) == sum(e.pieces for e in events if e.type == kind)
-    assert [e for e in out if e.type not in (DELTA, REASONING)] == [e for e in events
-                                                                     if e.type not in (DELTA, REASONING)]
-
-
-def test_joined_leaves_a_lone_event_as_it_came():
-    one = LLMEvent(DELTA, "hi")
-    assert joined([one]) == [one] and joined([one, completed_event("stop")])[0] is one
-    assert joined([one, LLMEvent(DELTA, "!")]) == [LLMEvent(DELTA, "hi!", {"pieces": 2})]

@@ -105,7 +105,6 @@ class Turn:
 
     text_parts: list[str] = field(default_factory=list)
     thinking_parts: list[str] = field(default_factory=list)
-    pieces: int = 0  # of the answer's text, as the LLM sent them (about its tokens)
     calls: list[dict] = field(default_factory=list)
     completed: bool = False
     error: str | None = None
@@ -259,14 +258,13 @@ class RoundLoop:
                 aclosing(self.llm.stream_chat(fitted.messages, self.model, offered, options)) as events:
             async for event in events:
                 if event.type == DELTA and event.text:
-                    request.token("text", event.pieces)
+                    request.token()
                     if not turn.text_parts:
                         self.meter.first()
                     turn.text_parts.append(event.text)
-                    turn.pieces += event.pieces
                     await self._write(event.text)
                 elif event.type == REASONING and event.text:
-                    request.token("reasoning", event.pieces)
+                    request.token("reasoning")
                     turn.thinking_parts.append(event.text)
                     await self._think(event.text, first=len(turn.thinking_parts) == 1)
                 elif event.type == TOOL_CALL:
@@ -277,11 +275,11 @@ class RoundLoop:
                 elif event.type == COMPLETED:
                     turn.completed = True
                     request.result = event
-                    self.meter.completed((event.data or {}).get("usage"), turn.pieces)
+                    self.meter.completed((event.data or {}).get("usage"), len(turn.text_parts))
                 elif event.type == ERROR:
                     turn.error, turn.error_data = event.text, dict(event.data or {})
                     request.result = event
-                    self.meter.completed(None, turn.pieces)
+                    self.meter.completed(None, len(turn.text_parts))
         return turn
 
     def _tools_refused(self, rejection: LLMEvent) -> None:

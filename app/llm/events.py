@@ -34,9 +34,7 @@ class LLMEvent:
 
     ``text``: the answer text for ``DELTA``, the thinking text for ``REASONING``, a human message that
     says what happened and how to fix it for ``ERROR``.
-    ``data``: ``None`` for a ``DELTA`` or ``REASONING`` that is one piece of the wire, ``{"pieces": n}`` for
-    one that joins the ``n`` consecutive pieces of its kind that came in one read (`pieces`); ``{"done_reason":
-    ..., "usage"?: {...}}`` for ``COMPLETED`` (``usage`` when the server said how
+    ``data``: ``{"done_reason": ..., "usage"?: {...}}`` for ``COMPLETED`` (``usage`` when the server said how
     many tokens it read and wrote: ``prompt_tokens``, ``completion_tokens``, and where it gives them
     ``tokens_per_s``, ``prompt_ms``); ``{"reason", "status", "models"?, "window"?}`` for ``ERROR``
     (``models`` when the reason is ``model_missing``; ``window``, the context window in tokens, when the
@@ -56,11 +54,6 @@ class LLMEvent:
     type: str
     text: str = ""
     data: dict | None = None
-
-    @property
-    def pieces(self) -> int:
-        """How many pieces of the wire this event's text joins (1 unless the driver joined some)."""
-        return self.data["pieces"] if self.data and "pieces" in self.data else 1
 
     @property
     def is_terminal(self) -> bool:
@@ -89,31 +82,3 @@ def completed_event(done_reason: str | None, usage: dict | None = None) -> LLMEv
     if usage:
         data["usage"] = usage
     return LLMEvent(COMPLETED, data=data)
-
-
-def joined(events: list[LLMEvent]) -> list[LLMEvent]:
-    """`events` with each run of consecutive ``DELTA`` (or ``REASONING``) events made one, its text the run's
-    texts joined and its ``pieces`` their number: a fast LLM's read holds several tokens, and every event
-    costs each layer above the driver a turn."""
-    if len(events) < 2:
-        return events
-    out: list[LLMEvent] = []
-    run: list[LLMEvent] = []
-    for event in events:
-        if run and event.type != run[0].type:
-            out.append(_join(run))
-            run = []
-        if event.type in (DELTA, REASONING):
-            run.append(event)
-        else:
-            out.append(event)
-    if run:
-        out.append(_join(run))
-    return out
-
-
-def _join(run: list[LLMEvent]) -> LLMEvent:
-    if len(run) == 1:
-        return run[0]
-    return LLMEvent(run[0].type, "".join(e.text for e in run), {"pieces": sum(e.pieces for e in run)})
-

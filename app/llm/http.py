@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .base import LLMDriver, LLMUnavailable
-from .events import RUN_CREATED, TOOLS_REJECTED, LLMEvent, error_event, joined
+from .events import RUN_CREATED, TOOLS_REJECTED, LLMEvent, error_event
 from .failures import FailureEvents, _body_message, _describe, _read_capped, _window_in
 from .gate import LLMBusy, LLMGate
 from .stream import post_stream
@@ -247,16 +247,11 @@ class HTTPDriver(FailureEvents, LLMDriver):
                 lines = LineSplitter(lone_cr=self.lone_cr)
                 async for data in resp.aiter_bytes():
                     received = True
-                    read: list[LLMEvent] = []  # a read's events go up together (see `joined`)
                     for line in lines.feed(data):
-                        events = decoder.feed(line)
-                        read += events
-                        if events and events[-1].is_terminal:
-                            break  # what follows the end is not read (as before)
-                    for event in joined(read):
-                        yield event
-                        if event.is_terminal:
-                            return
+                        for event in decoder.feed(line):
+                            yield event
+                            if event.is_terminal:
+                                return
                 for event in decoder.finish(lines.tail()):
                     yield event
                     if event.is_terminal:
