@@ -149,6 +149,8 @@ class QuandaTUI(Readers, App):
 
     async def _stop_network(self) -> None:
         await self.close_network()
+        if not self.is_running:  # quit meanwhile: no screen to draw on
+            return
         # the frame drawer was one of the tasks cancelled, maybe before it drew the reason: a last frame
         await self.draw()
         async with self.frame_done:
