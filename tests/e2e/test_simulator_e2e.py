@@ -179,6 +179,13 @@ async def fields(page):
     return [await page.input_value(f"#sim-{name}") for name in ("chunks", "delay-min", "delay-max")]
 
 
+async def expect_fields(page, values):
+    """The fields once the card's redraw has settled (a tab's kept values come back on htmx's settle, a few ms
+    after the card is visible)."""
+    for name, value in zip(("chunks", "delay-min", "delay-max"), values):
+        await expect(page.locator(f"#sim-{name}")).to_have_value(value, timeout=EXPECT_MS)
+
+
 async def test_the_fields_belong_to_the_run_and_are_kept_per_tab_when_idle(app_server, browser):
     context = await browser.new_context()
     page = await context.new_page()
@@ -206,10 +213,10 @@ async def test_the_fields_belong_to_the_run_and_are_kept_per_tab_when_idle(app_s
     await page.click("#menu >> text=Todos")
     await page.click("#menu >> text=Stream simulator")
     await expect(page.locator("#sim-card")).to_be_visible()
-    assert await fields(page) == ["30", "100", "120"]
+    await expect_fields(page, ["30", "100", "120"])
     await page.reload()
     await ws_open(page)
-    assert await fields(page) == ["30", "100", "120"]
+    await expect_fields(page, ["30", "100", "120"])
     await other.reload()
     await ws_open(other)
     assert await fields(other) == ["60", "100", "120"]  # the other tab's own: the last run's values
