@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from tests.llm_server import LLMTestServer, Reply
+from tests.llm_server import Chunk, LLMTestServer, Reply
 from tests.servers import AppServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,10 @@ AT_BOTTOM = "el => el.scrollHeight - el.scrollTop - el.clientHeight < 30"
 
 
 async def test_a_3000_word_answer_keeps_the_input_in_view_and_follows_the_latest_line(app_server, llm, browser):
-    llm.script = Reply(chunks=long_answer(3000), delay=0.004)
+    chunks = long_answer(3000)
+    # the last words wait 5 s: the checks made while it streams (Stop shown) cannot find it ended (CI, under load)
+    chunks[-1] = Chunk(content=chunks[-1], delay=5.0)
+    llm.script = Reply(chunks=chunks, delay=0.004)
     page = await open_chat(browser, app_server.url)
     msg_list = page.locator("#msg-list")
     await expect(msg_list).to_have_attribute("aria-live", "polite")  # screen readers hear what arrives
